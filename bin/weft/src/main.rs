@@ -1,0 +1,352 @@
+//! `weft`: one binary for the whole container network. With `CNI_COMMAND` set it is the CNI
+//! plugin; otherwise a command-line tool (`weft lab ...`, `weft install-cni`, ...).
+
+mod demo;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "weft: a multi-host container network",
+    long_about = "weft gives every container on every host an address on one flat network.\n\n\
+        Run with CNI_COMMAND set, this binary is the CNI plugin (network type \"weft\").\n\
+        Otherwise it is the command-line tool below."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A virtual multi-host lab on this machine (network namespaces only; root).
+    #[command(subcommand)]
+    Lab(LabCmd),
+    /// Install weft as a CNI plugin: copy this binary into the plugin directory and write a
+    /// conflist (weft chained with portmap, bandwidth and tuning).
+    InstallCni(InstallCni),
+}
+
+#[derive(Args)]
+struct InstallCni {
+    /// Directory of CNI plugin binaries.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    /// Directory of CNI network configs.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The network's name (the conflist is NAME.conflist).
+    #[arg(long, default_value = "weft")]
+    name: String,
+    /// This host's container address range.
+    #[arg(long, default_value = "10.32.0.0/24")]
+    range: String,
+    /// Where the plugin keeps its allocations.
+    #[arg(long, default_value = "/var/lib/weft")]
+    data_dir: String,
+    /// Overwrite an existing conflist of the same name.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Create a lab: N hosts (network namespaces h1..hN) joined by an isolated underlay.
+    Up {
+        /// Lab name (a-z, 0-9; up to 12 characters).
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// Number of hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// mesh: one L2 segment; subnets: two segments joined by a router;
+        /// partial: as mesh, but the last host reaches only the one before it.
+        #[arg(long, default_value = "mesh")]
+        topology: weft_lab::Topology,
+        /// Print the lab as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a lab and everything in it (also after a crash).
+    Down {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show labs, their hosts and containers.
+    Status {
+        /// Only this lab.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on a lab host (HOST) or in a container (HOST/CONTAINER).
+    Exec {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// HOST or HOST/CONTAINER.
+        target: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Start a container on a host: its own network namespace, attached through CNI as a
+    /// runtime would, optionally running CMD in the background.
+    Run {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Use this conflist instead of the host's default (weft alone).
+        #[arg(long)]
+        conflist: Option<PathBuf>,
+        /// Print the container (and its CNI result) as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Host name (h1, h2, ...).
+        host: String,
+        /// Container name (a-z, 0-9, _).
+        container: String,
+        /// Command to run inside, in the background.
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Remove a container: CNI DEL, then its namespace.
+    Rm {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Host name.
+        host: String,
+        /// Container name.
+        container: String,
+    },
+    /// Run podman on a lab host, configured for weft (CNI backend, weft chained with
+    /// portmap, bandwidth and tuning), e.g. `weft lab podman h1 -- run -d ...`.
+    Podman {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Host name.
+        host: String,
+        /// podman's arguments.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+    /// The demo: a lab host with two containers talking over weft, then cleaned up.
+    Demo {
+        /// Keep the lab up afterwards (remove it with `weft lab down --name demo`).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cni_main();
+    }
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Lab(cmd) => lab(cmd),
+        Cmd::InstallCni(args) => install_cni(&args),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cni_main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
+    // VERSION may come with no stdin at all; everything else reads the config.
+    if cmd != "VERSION" || !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let _ = std::io::stdin().read_to_end(&mut stdin);
+    }
+    let out = weft_plugin::run(|k| std::env::var(k).ok(), &stdin);
+    if !out.stdout.is_empty() {
+        println!("{}", out.stdout);
+    }
+    if out.code == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(out.code.clamp(1, 255) as u8)
+    }
+}
+
+type Res = Result<ExitCode, String>;
+
+fn self_exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find the weft binary: {e}"))
+}
+
+fn lab(cmd: LabCmd) -> Res {
+    let e = |e: weft_lab::LabError| e.0;
+    match cmd {
+        LabCmd::Up {
+            name,
+            hosts,
+            topology,
+            json,
+        } => {
+            let state = weft_lab::up(&name, hosts, topology, &self_exe()?).map_err(e)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state).expect("json"));
+            } else {
+                println!(
+                    "lab {} is up: {} hosts, topology {}",
+                    name, hosts, state.plan.topology
+                );
+                print_hosts(&state);
+                println!("\nnext: weft lab run --name {name} h1 c1 -- sleep 3600; weft lab exec --name {name} h1/c1 -- ip addr");
+            }
+        }
+        LabCmd::Down { name } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            weft_lab::down(&name).map_err(e)?;
+            println!("lab {name} is down");
+        }
+        LabCmd::Status { name, json } => {
+            let names = match name {
+                Some(n) => vec![n],
+                None => weft_lab::list(),
+            };
+            let states = names
+                .iter()
+                .map(|n| weft_lab::load(n))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(e)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&states).expect("json"));
+            } else if states.is_empty() {
+                println!("no labs");
+            } else {
+                for s in &states {
+                    println!(
+                        "lab {}: {} hosts, topology {}{}",
+                        s.plan.name,
+                        s.plan.hosts.len(),
+                        s.plan.topology,
+                        if s.complete {
+                            ""
+                        } else {
+                            " (incomplete: run `weft lab down`)"
+                        }
+                    );
+                    print_hosts(s);
+                }
+            }
+        }
+        LabCmd::Exec { name, target, cmd } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            let state = weft_lab::load(&name).map_err(e)?;
+            let ns = weft_lab::target_netns(&state, &target).map_err(e)?;
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(&cmd)
+                .status()
+                .map_err(|err| format!("run ip netns exec: {err}"))?;
+            return Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ));
+        }
+        LabCmd::Run {
+            name,
+            conflist,
+            json,
+            host,
+            container,
+            cmd,
+        } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            let c =
+                weft_lab::run(&name, &host, &container, conflist.as_deref(), &cmd).map_err(e)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c).expect("json"));
+            } else {
+                println!(
+                    "container {host}/{container} is up at {}",
+                    c.ip.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        LabCmd::Rm {
+            name,
+            host,
+            container,
+        } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            weft_lab::rm(&name, &host, &container).map_err(e)?;
+            println!("container {host}/{container} removed");
+        }
+        LabCmd::Podman { name, host, args } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            let code = weft_lab::podman(&name, &host, &args).map_err(e)?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
+        LabCmd::Demo { keep } => demo::run(&self_exe()?, keep)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_hosts(state: &weft_lab::LabState) {
+    for h in &state.plan.hosts {
+        println!(
+            "  {:<4} underlay {:<15} pods {:<16} netns {}",
+            h.name, h.underlay, h.pod_range, h.netns
+        );
+        for c in state.containers.iter().filter(|c| c.host == h.name) {
+            println!(
+                "       container {:<12} {:<15} netns {}",
+                c.name,
+                c.ip.as_deref().unwrap_or("-"),
+                c.netns
+            );
+        }
+    }
+}
+
+fn install_cni(a: &InstallCni) -> Res {
+    let conflist = weft_config::example_conflist(&a.name, &a.range, &a.data_dir);
+    // Refuse a config weft itself would refuse, before writing anything.
+    let v: serde_json::Value = serde_json::from_str(&conflist).expect("json");
+    let mut first = v["plugins"][0].clone();
+    first["cniVersion"] = v["cniVersion"].clone();
+    first["name"] = v["name"].clone();
+    weft_config::parse(first.to_string().as_bytes()).map_err(|e| e.msg)?;
+    let conf_path = a.conf_dir.join(format!("{}.conflist", a.name));
+    if conf_path.exists() && !a.force {
+        return Err(format!(
+            "{} exists; pass --force to overwrite it",
+            conf_path.display()
+        ));
+    }
+    std::fs::create_dir_all(&a.bin_dir)
+        .map_err(|e| format!("create {}: {e}", a.bin_dir.display()))?;
+    std::fs::create_dir_all(&a.conf_dir)
+        .map_err(|e| format!("create {}: {e}", a.conf_dir.display()))?;
+    let bin = a.bin_dir.join("weft");
+    copy_atomic(&self_exe()?, &bin)?;
+    let tmp = conf_path.with_extension("conflist.tmp");
+    std::fs::write(&tmp, conflist).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &conf_path).map_err(|e| format!("write {}: {e}", conf_path.display()))?;
+    println!("installed {} and {}", bin.display(), conf_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy_atomic(from: &Path, to: &Path) -> Result<(), String> {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).map_err(|e| format!("copy to {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, to).map_err(|e| format!("install {}: {e}", to.display()))
+}

@@ -1,0 +1,635 @@
+//! The virtual multi-host lab: hosts as network namespaces joined by an isolated underlay,
+//! containers attached through CNI.
+//!
+//! Everything a lab makes is a named network namespace called `weft-LAB-...` plus files
+//! under `/run/weft-lab/LAB/`. Links are created inside lab namespaces only (a veth's
+//! peer is created directly in its target namespace), so nothing is ever added to the root
+//! network namespace or linked to it. `down` ends the processes inside the lab's
+//! namespaces, asks each host's podman to remove its containers, and deletes the
+//! namespaces, which removes every link in them. `up` first clears what a crashed run left.
+
+pub mod plan;
+mod runtime;
+pub mod sys;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use plan::{plan, LabPlan, Topology};
+pub use runtime::{cni_exec, CniCall};
+
+/// Where labs keep their files.
+pub const LAB_ROOT: &str = "/run/weft-lab";
+
+/// A lab failure, in words for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LabError(pub String);
+
+impl LabError {
+    /// A new error with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        LabError(msg.into())
+    }
+}
+
+/// A container the lab started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerState {
+    /// Host it runs on.
+    pub host: String,
+    /// Its name (unique per host).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// The CNI container id used for it.
+    pub container_id: String,
+    /// The conflist it was attached with.
+    pub conflist: PathBuf,
+    /// The final CNI result of its ADD.
+    pub result: serde_json::Value,
+    /// Its address, from the result.
+    pub ip: Option<String>,
+    /// The pid of the command it runs, if one was given.
+    pub pid: Option<i32>,
+}
+
+/// What the lab knows about itself, kept in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LabState {
+    /// The plan it was made from.
+    pub plan: LabPlan,
+    /// True once `up` finished.
+    pub complete: bool,
+    /// Containers started with `run`.
+    pub containers: Vec<ContainerState>,
+}
+
+/// The directory of lab `name`.
+pub fn lab_dir(name: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(name)
+}
+
+/// The directory of one host of a lab (its CNI configs and data).
+pub fn host_dir(name: &str, host: &str) -> PathBuf {
+    lab_dir(name).join(host)
+}
+
+/// The CNI plugin directory of a lab (holds `weft`), listed before the system's.
+pub fn cni_bin_dir(name: &str) -> PathBuf {
+    lab_dir(name).join("bin")
+}
+
+/// Where Debian's reference CNI plugins live.
+pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
+
+/// The CNI_PATH the lab uses.
+pub fn cni_path(name: &str) -> String {
+    format!("{}:{SYSTEM_CNI_DIR}", cni_bin_dir(name).display())
+}
+
+fn require_root() -> Result<(), LabError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LabError::new(
+            "the lab creates network namespaces: run it as root",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a lab's state.
+pub fn load(name: &str) -> Result<LabState, LabError> {
+    plan::check_name(name).map_err(LabError::new)?;
+    let path = lab_dir(name).join("state.json");
+    let bytes = fs::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            LabError::new(format!("no lab named {name:?} (see `weft lab status`)"))
+        } else {
+            LabError::new(format!("read {}: {e}", path.display()))
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| LabError::new(format!("{} is damaged: {e}", path.display())))
+}
+
+fn save(state: &LabState) -> Result<(), LabError> {
+    let path = lab_dir(&state.plan.name).join("state.json");
+    let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+    sys::write_atomic(&path, &bytes)
+}
+
+/// Changes a lab's state under its lock.
+fn update<T>(name: &str, f: impl FnOnce(&mut LabState) -> T) -> Result<T, LabError> {
+    let _lock = sys::lock(&lab_dir(name).join("lock"))?;
+    let mut state = load(name)?;
+    let out = f(&mut state);
+    save(&state)?;
+    Ok(out)
+}
+
+/// The names of all labs with a state file.
+pub fn list() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(LAB_ROOT)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("state.json").exists())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Resolves an optional `--name`: the given one, or the only lab there is.
+pub fn resolve(name: Option<&str>) -> Result<String, LabError> {
+    if let Some(n) = name {
+        plan::check_name(n).map_err(LabError::new)?;
+        return Ok(n.to_string());
+    }
+    let labs = list();
+    match labs.len() {
+        0 => Err(LabError::new(
+            "no lab is up: start one with `weft lab up --hosts N`",
+        )),
+        1 => Ok(labs[0].clone()),
+        _ => Err(LabError::new(format!(
+            "several labs exist ({}): say which with --name",
+            labs.join(", ")
+        ))),
+    }
+}
+
+/// Brings a lab up. `weft_bin` is the weft binary the hosts use as their CNI plugin.
+pub fn up(
+    name: &str,
+    hosts: usize,
+    topology: Topology,
+    weft_bin: &Path,
+) -> Result<LabState, LabError> {
+    require_root()?;
+    let plan = plan::plan(name, hosts, topology).map_err(LabError::new)?;
+    if let Ok(state) = load(name) {
+        if state.complete
+            && state
+                .plan
+                .namespaces()
+                .iter()
+                .all(|ns| Path::new(&sys::netns_path(ns)).exists())
+        {
+            return Err(LabError::new(format!(
+                "lab {name:?} is already up; `weft lab down --name {name}` first"
+            )));
+        }
+    }
+    // Whatever a crashed run left behind goes first.
+    down(name)?;
+    let result = build(&plan, weft_bin);
+    if let Err(e) = result {
+        let _ = down(name);
+        return Err(e);
+    }
+    load(name)
+}
+
+fn build(plan: &LabPlan, weft_bin: &Path) -> Result<(), LabError> {
+    let name = &plan.name;
+    let dir = lab_dir(name);
+    fs::create_dir_all(&dir)
+        .map_err(|e| LabError::new(format!("create {}: {e}", dir.display())))?;
+    let mut state = LabState {
+        plan: plan.clone(),
+        complete: false,
+        containers: vec![],
+    };
+    save(&state)?;
+
+    for ns in plan.namespaces() {
+        sys::netns_add(&ns)?;
+    }
+    for sw in &plan.switches {
+        sys::ip_batch(
+            sw,
+            &["link add br0 type bridge".into(), "link set br0 up".into()],
+        )?;
+    }
+    if let Some(rt) = &plan.router {
+        for (i, sw) in plan.switches.iter().enumerate() {
+            let seg = i + 1;
+            sys::ip_batch(
+                sw,
+                &[
+                    format!("link add rt type veth peer name eth{seg} netns {rt}"),
+                    "link set rt master br0 up".into(),
+                ],
+            )?;
+            sys::ip_batch(
+                rt,
+                &[
+                    format!("addr add 172.30.{seg}.254/24 dev eth{seg}"),
+                    format!("link set eth{seg} up"),
+                ],
+            )?;
+        }
+        sys::netns_sysctl(rt, "net.ipv4.ip_forward", "1")?;
+    }
+    for h in &plan.hosts {
+        sys::ip_batch(
+            &h.switch,
+            &[
+                format!(
+                    "link add {} type veth peer name eth0 netns {}",
+                    h.name, h.netns
+                ),
+                format!("link set {} master br0 up", h.name),
+            ],
+        )?;
+        let mut lines = vec![
+            format!("addr add {}/24 dev eth0", h.underlay),
+            "link set eth0 up".into(),
+        ];
+        if let Some(gw) = h.gateway {
+            lines.push(format!("route add default via {gw}"));
+        }
+        sys::ip_batch(&h.netns, &lines)?;
+        sys::netns_sysctl(&h.netns, "net.ipv4.ip_forward", "1")?;
+        write_host_files(name, h)?;
+    }
+    apply_filters(plan, &[])?;
+
+    let bin = cni_bin_dir(name);
+    fs::create_dir_all(&bin)
+        .map_err(|e| LabError::new(format!("create {}: {e}", bin.display())))?;
+    let link = bin.join("weft");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(weft_bin, &link)
+        .map_err(|e| LabError::new(format!("link {}: {e}", link.display())))?;
+
+    state.complete = true;
+    save(&state)
+}
+
+/// The conflist every lab host uses by default: weft alone.
+pub fn host_conflist(lab: &str, host: &plan::HostPlan) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "weft",
+        "plugins": [{
+            "type": "weft",
+            "range": host.pod_range,
+            "dataDir": host_dir(lab, &host.name).join("data"),
+        }]
+    }))
+    .expect("json")
+}
+
+fn write_host_files(lab: &str, h: &plan::HostPlan) -> Result<(), LabError> {
+    let dir = host_dir(lab, &h.name);
+    let netd = dir.join("net.d");
+    fs::create_dir_all(&netd)
+        .map_err(|e| LabError::new(format!("create {}: {e}", netd.display())))?;
+    sys::write_atomic(
+        &netd.join("weft.conflist"),
+        host_conflist(lab, h).as_bytes(),
+    )
+}
+
+/// Installs each switch's filter (blocked pairs of the topology plus `extra`).
+fn apply_filters(plan: &LabPlan, extra: &[(String, String)]) -> Result<(), LabError> {
+    for sw in &plan.switches {
+        let rules = plan.switch_filter(sw, extra);
+        let script = format!("table bridge weftlab\ndelete table bridge weftlab\n{rules}");
+        sys::run_input(
+            "ip",
+            &["netns", "exec", sw, "nft", "-f", "-"],
+            Some(&script),
+        )?;
+    }
+    Ok(())
+}
+
+/// Tears a lab down: every process in its namespaces, each host's podman containers, every
+/// namespace whose name starts with `weft-NAME-`, and its files. Works from whatever is
+/// there, so it also clears a lab whose `up` crashed. A lab that does not exist is fine.
+pub fn down(name: &str) -> Result<(), LabError> {
+    require_root()?;
+    plan::check_name(name).map_err(LabError::new)?;
+    let dir = lab_dir(name);
+    // Podman containers live in namespaces podman made (cni-...): ask podman to end them.
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for entry in rd.filter_map(|e| e.ok()) {
+            let host = entry.file_name().to_string_lossy().to_string();
+            if entry.path().join("podman").exists() {
+                let _ = podman_cleanup(name, &host);
+            }
+        }
+    }
+    let prefix = plan::ns_prefix(name);
+    let mine: Vec<String> = sys::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    for ns in &mine {
+        sys::kill_netns_processes(ns, Duration::from_secs(2));
+    }
+    let mut errors = Vec::new();
+    for ns in &mine {
+        if let Err(e) = sys::netns_del(ns) {
+            errors.push(e.0);
+        }
+    }
+    if dir.exists() {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            errors.push(format!("remove {}: {e}", dir.display()));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::new(errors.join("; ")))
+    }
+}
+
+/// Where a `weft lab exec` target runs: `HOST` or `HOST/CONTAINER`.
+pub fn target_netns(state: &LabState, target: &str) -> Result<String, LabError> {
+    let name = &state.plan.name;
+    match target.split_once('/') {
+        None => state
+            .plan
+            .host(target)
+            .map(|h| h.netns.clone())
+            .ok_or_else(|| unknown_host(state, target)),
+        Some((host, container)) => state
+            .containers
+            .iter()
+            .find(|c| c.host == host && c.name == container)
+            .map(|c| c.netns.clone())
+            .ok_or_else(|| {
+                LabError::new(format!(
+                    "lab {name:?} has no container {container:?} on host {host:?}"
+                ))
+            }),
+    }
+}
+
+fn unknown_host(state: &LabState, host: &str) -> LabError {
+    LabError::new(format!(
+        "lab {:?} has no host {host:?} (hosts: {})",
+        state.plan.name,
+        state
+            .plan
+            .hosts
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Starts a container on `host`: a network namespace attached through the CNI conflist
+/// (the host's default, or `conflist`), optionally running `cmd` in the background.
+pub fn run(
+    name: &str,
+    host: &str,
+    container: &str,
+    conflist: Option<&Path>,
+    cmd: &[String],
+) -> Result<ContainerState, LabError> {
+    require_root()?;
+    plan::check_container_name(container).map_err(LabError::new)?;
+    let state = load(name)?;
+    let hp = state
+        .plan
+        .host(host)
+        .ok_or_else(|| unknown_host(&state, host))?
+        .clone();
+    let netns = plan::container_netns(name, host, container);
+    if Path::new(&sys::netns_path(&netns)).exists() {
+        return Err(LabError::new(format!(
+            "container {container:?} already exists on {host}"
+        )));
+    }
+    let conflist = conflist
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| host_dir(name, host).join("net.d/weft.conflist"));
+    sys::netns_add(&netns)?;
+    let container_id = format!("lab-{name}-{host}-{container}");
+    let call = CniCall {
+        host_netns: hp.netns.clone(),
+        container_id: container_id.clone(),
+        netns_path: sys::netns_path(&netns),
+        ifname: "eth0".into(),
+        cni_path: cni_path(name),
+    };
+    let result = match runtime::chain_add(&call, &conflist) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = sys::netns_del(&netns);
+            return Err(e);
+        }
+    };
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .map(|s| s.split('/').next().unwrap_or(s).to_string());
+    let mut c = ContainerState {
+        host: host.into(),
+        name: container.into(),
+        netns: netns.clone(),
+        container_id,
+        conflist,
+        result,
+        ip,
+        pid: None,
+    };
+    if !cmd.is_empty() {
+        match spawn_in(
+            &netns,
+            &host_dir(name, host).join(format!("{container}.log")),
+            cmd,
+        ) {
+            Ok(pid) => c.pid = Some(pid),
+            Err(e) => {
+                let _ = teardown_container(&c);
+                return Err(e);
+            }
+        }
+    }
+    let saved = c.clone();
+    update(name, move |s| s.containers.push(saved))?;
+    Ok(c)
+}
+
+/// Starts `cmd` detached inside namespace `ns`, output to `log`; returns its pid.
+fn spawn_in(ns: &str, log: &Path, cmd: &[String]) -> Result<i32, LabError> {
+    use std::os::unix::process::CommandExt;
+    let out = fs::File::create(log)
+        .map_err(|e| LabError::new(format!("create {}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| LabError::new(format!("log {}: {e}", log.display())))?;
+    let mut command = std::process::Command::new("ip");
+    command
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let child = command
+        .spawn()
+        .map_err(|e| LabError::new(format!("start {:?}: {e}", cmd.join(" "))))?;
+    Ok(child.id() as i32)
+}
+
+fn teardown_container(c: &ContainerState) -> Result<(), LabError> {
+    sys::kill_netns_processes(&c.netns, Duration::from_secs(2));
+    let host_ns = {
+        // `weft-LAB-HOST-CONTAINER` → host namespace `weft-LAB-HOST`.
+        let suffix = format!("-{}", c.name);
+        c.netns
+            .strip_suffix(&suffix)
+            .unwrap_or(&c.netns)
+            .to_string()
+    };
+    let call = CniCall {
+        host_netns: host_ns,
+        container_id: c.container_id.clone(),
+        netns_path: sys::netns_path(&c.netns),
+        ifname: "eth0".into(),
+        cni_path: c
+            .conflist
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.parent())
+            .map(|lab| format!("{}:{SYSTEM_CNI_DIR}", lab.join("bin").display()))
+            .unwrap_or_else(|| SYSTEM_CNI_DIR.into()),
+    };
+    let del = runtime::chain_del(&call, &c.conflist, Some(&c.result));
+    sys::netns_del(&c.netns)?;
+    del
+}
+
+/// Removes a container: ends its command, CNI DEL through its conflist, deletes its
+/// namespace.
+pub fn rm(name: &str, host: &str, container: &str) -> Result<(), LabError> {
+    require_root()?;
+    let state = load(name)?;
+    let c = state
+        .containers
+        .iter()
+        .find(|c| c.host == host && c.name == container)
+        .cloned()
+        .ok_or_else(|| {
+            LabError::new(format!(
+                "lab {name:?} has no container {container:?} on host {host:?}"
+            ))
+        })?;
+    let res = teardown_container(&c);
+    update(name, |s| {
+        s.containers
+            .retain(|x| !(x.host == host && x.name == container))
+    })?;
+    res
+}
+
+/// Runs podman inside a lab host: only the network namespace is entered (podman needs the
+/// host's cgroup mounts), with a per-host configuration, storage and CNI config directory
+/// under the lab's directory. Returns podman's exit status code.
+pub fn podman(name: &str, host: &str, args: &[String]) -> Result<i32, LabError> {
+    require_root()?;
+    let state = load(name)?;
+    let hp = state
+        .plan
+        .host(host)
+        .ok_or_else(|| unknown_host(&state, host))?
+        .clone();
+    let mut cmd = podman_command(name, &hp)?;
+    cmd.args(args);
+    let status = cmd
+        .status()
+        .map_err(|e| LabError::new(format!("run podman: {e} (is podman installed?)")))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// Builds the podman command line for a lab host, writing its config on first use.
+pub fn podman_command(name: &str, hp: &plan::HostPlan) -> Result<std::process::Command, LabError> {
+    let dir = host_dir(name, &hp.name).join("podman");
+    let netd = dir.join("net.d");
+    fs::create_dir_all(&netd)
+        .map_err(|e| LabError::new(format!("create {}: {e}", netd.display())))?;
+    let conf = dir.join("containers.conf");
+    if !conf.exists() {
+        let text = format!(
+            "[containers]\ndefault_ulimits = []\nnetns = \"bridge\"\n\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{events}\"\nruntime = \"runc\"\nstatic_dir = \"{root}/libpod\"\ntmp_dir = \"{run}/tmp\"\n\n[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{bin}\", \"{sys}\"]\nnetwork_config_dir = \"{netd}\"\ndefault_network = \"weft\"\n",
+            events = dir.join("events.log").display(),
+            root = dir.join("root").display(),
+            run = dir.join("run").display(),
+            bin = cni_bin_dir(name).display(),
+            sys = SYSTEM_CNI_DIR,
+            netd = netd.display(),
+        );
+        sys::write_atomic(&conf, text.as_bytes())?;
+        let storage = format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.join("root").display(),
+            dir.join("run").display()
+        );
+        sys::write_atomic(&dir.join("storage.conf"), storage.as_bytes())?;
+        let conflist = weft_chain_conflist(name, hp);
+        sys::write_atomic(&netd.join("weft.conflist"), conflist.as_bytes())?;
+    }
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net={}", sys::netns_path(&hp.netns)))
+        .arg("--")
+        .arg("podman")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .arg("--tmpdir")
+        .arg(dir.join("run/tmp"))
+        .env("CONTAINERS_CONF", &conf)
+        .env("CONTAINERS_STORAGE_CONF", dir.join("storage.conf"))
+        .env("XDG_RUNTIME_DIR", dir.join("xdg"))
+        .env("CNI_PATH", cni_path(name));
+    Ok(cmd)
+}
+
+/// The conflist podman uses on a lab host: weft chained with the reference portmap,
+/// bandwidth and tuning plugins (spec 1.0.0, what podman 4's libcni speaks).
+pub fn weft_chain_conflist(lab: &str, hp: &plan::HostPlan) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "weft",
+        "plugins": [
+            {
+                "type": "weft",
+                "range": hp.pod_range,
+                "dataDir": host_dir(lab, &hp.name).join("data"),
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
+            { "type": "bandwidth", "capabilities": { "bandwidth": true } },
+            { "type": "tuning" }
+        ]
+    }))
+    .expect("json")
+}
+
+fn podman_cleanup(name: &str, host: &str) -> Result<(), LabError> {
+    let state = load(name)?;
+    let Some(hp) = state.plan.host(host).cloned() else {
+        return Ok(());
+    };
+    if !Path::new(&sys::netns_path(&hp.netns)).exists() {
+        return Ok(());
+    }
+    let mut cmd = podman_command(name, &hp)?;
+    cmd.args(["rm", "--all", "--force", "--time", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _ = cmd.status();
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The lab's plan: which namespaces, links, addresses and filters a topology needs.
+//! Pure: computed from the lab name, host count and topology, and unit-tested.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The most hosts a lab may have (addresses are /24 underlays).
+pub const MAX_HOSTS: usize = 100;
+
+/// How the lab's hosts are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// All hosts on one L2 segment.
+    Mesh,
+    /// Two L2 segments joined by a router namespace; the first half of the hosts on the
+    /// first segment, the rest on the second.
+    Subnets,
+    /// One L2 segment, but host N reaches only host N-1 directly (as across a firewall).
+    Partial,
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Topology::Mesh => "mesh",
+            Topology::Subnets => "subnets",
+            Topology::Partial => "partial",
+        })
+    }
+}
+
+impl FromStr for Topology {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mesh" => Ok(Topology::Mesh),
+            "subnets" => Ok(Topology::Subnets),
+            "partial" => Ok(Topology::Partial),
+            other => Err(format!(
+                "unknown topology {other:?}: expected mesh, subnets or partial"
+            )),
+        }
+    }
+}
+
+/// One virtual host of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPlan {
+    /// `h1`, `h2`, ...
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Which switch namespace its `eth0` is plugged into.
+    pub switch: String,
+    /// Its underlay address (`eth0`), with prefix length 24.
+    pub underlay: Ipv4Addr,
+    /// The router's address on its segment, for `subnets` (its default route).
+    pub gateway: Option<Ipv4Addr>,
+    /// The container range this host's CNI config allocates from.
+    pub pod_range: String,
+}
+
+/// Everything one lab is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPlan {
+    /// The lab's name.
+    pub name: String,
+    /// Its topology.
+    pub topology: Topology,
+    /// Switch namespaces (each holds one bridge `br0`).
+    pub switches: Vec<String>,
+    /// The router namespace, for `subnets`.
+    pub router: Option<String>,
+    /// The hosts.
+    pub hosts: Vec<HostPlan>,
+    /// Host pairs that cannot reach each other (by host name), for `partial`.
+    pub blocked: Vec<(String, String)>,
+}
+
+/// Checks a lab name: 1 to 12 characters of `a-z0-9`, so namespace names built from it
+/// (`weft-NAME-...`) can never be mistaken for another lab's.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 12
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(format!(
+            "invalid lab name {name:?}: use 1 to 12 characters of a-z and 0-9"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a container name: 1 to 24 characters of `a-z0-9_` (it becomes part of a
+/// namespace name and of the CNI container id).
+pub fn check_container_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 24
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "invalid container name {name:?}: use 1 to 24 characters of a-z, 0-9 and _"
+        ));
+    }
+    Ok(())
+}
+
+/// The prefix of every namespace of lab `name`.
+pub fn ns_prefix(name: &str) -> String {
+    format!("weft-{name}-")
+}
+
+/// The namespace of container `container` on host `host` of lab `lab`.
+pub fn container_netns(lab: &str, host: &str, container: &str) -> String {
+    format!("weft-{lab}-{host}-{container}")
+}
+
+/// Computes the plan of a lab.
+pub fn plan(name: &str, hosts: usize, topology: Topology) -> Result<LabPlan, String> {
+    check_name(name)?;
+    if hosts == 0 || hosts > MAX_HOSTS {
+        return Err(format!("--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts"));
+    }
+    if topology == Topology::Subnets && hosts < 2 {
+        return Err("the subnets topology needs at least 2 hosts".into());
+    }
+    let p = ns_prefix(name);
+    let mut switches = vec![format!("{p}sw1")];
+    let mut router = None;
+    if topology == Topology::Subnets {
+        switches.push(format!("{p}sw2"));
+        router = Some(format!("{p}rt"));
+    }
+    let first_half = hosts.div_ceil(2);
+    let host_plans = (1..=hosts)
+        .map(|i| {
+            let (switch, segment, gateway) = if topology == Topology::Subnets {
+                if i <= first_half {
+                    (
+                        switches[0].clone(),
+                        1u8,
+                        Some(Ipv4Addr::new(172, 30, 1, 254)),
+                    )
+                } else {
+                    (
+                        switches[1].clone(),
+                        2u8,
+                        Some(Ipv4Addr::new(172, 30, 2, 254)),
+                    )
+                }
+            } else {
+                (switches[0].clone(), 0u8, None)
+            };
+            HostPlan {
+                name: format!("h{i}"),
+                netns: format!("{p}h{i}"),
+                switch,
+                underlay: Ipv4Addr::new(172, 30, segment, i as u8),
+                gateway,
+                pod_range: format!("10.32.{i}.0/24"),
+            }
+        })
+        .collect();
+    let mut blocked = Vec::new();
+    if topology == Topology::Partial && hosts >= 3 {
+        for i in 1..hosts - 1 {
+            blocked.push((format!("h{i}"), format!("h{hosts}")));
+        }
+    }
+    Ok(LabPlan {
+        name: name.to_string(),
+        topology,
+        switches,
+        router,
+        hosts: host_plans,
+        blocked,
+    })
+}
+
+impl LabPlan {
+    /// Every namespace of the lab (switches, router, hosts), in creation order.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = self.switches.clone();
+        v.extend(self.router.iter().cloned());
+        v.extend(self.hosts.iter().map(|h| h.netns.clone()));
+        v
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Option<&HostPlan> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The nft ruleset for a switch: drops frames between blocked host pairs (both ways),
+    /// between the ports named after the hosts. Empty when nothing is blocked here.
+    pub fn switch_filter(&self, switch: &str, extra_blocked: &[(String, String)]) -> String {
+        let on_switch = |h: &str| self.host(h).is_some_and(|p| p.switch == switch);
+        let mut rules = String::new();
+        for (a, b) in self.blocked.iter().chain(extra_blocked) {
+            if on_switch(a) && on_switch(b) {
+                rules.push_str(&format!(
+                    "    iifname \"{a}\" oifname \"{b}\" drop\n    iifname \"{b}\" oifname \"{a}\" drop\n"
+                ));
+            }
+        }
+        format!(
+            "table bridge weftlab {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n{rules}  }}\n}}\n"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("lab1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(
+            check_name("a-b").is_err(),
+            "a dash would make prefixes ambiguous"
+        );
+        assert!(check_name("ABC").is_err());
+        assert!(check_name("abcdefghijklm").is_err());
+        assert!(check_container_name("web_1").is_ok());
+        assert!(check_container_name("web-1").is_err());
+    }
+
+    #[test]
+    fn mesh_puts_every_host_on_one_switch() {
+        let p = plan("t", 3, Topology::Mesh).unwrap();
+        assert_eq!(p.switches, vec!["weft-t-sw1"]);
+        assert!(p.router.is_none());
+        assert_eq!(p.hosts.len(), 3);
+        assert!(p.hosts.iter().all(|h| h.switch == "weft-t-sw1"));
+        assert_eq!(p.hosts[2].underlay, Ipv4Addr::new(172, 30, 0, 3));
+        assert_eq!(p.hosts[2].pod_range, "10.32.3.0/24");
+        assert!(p.blocked.is_empty());
+        assert_eq!(
+            p.namespaces(),
+            vec!["weft-t-sw1", "weft-t-h1", "weft-t-h2", "weft-t-h3"]
+        );
+    }
+
+    #[test]
+    fn subnets_splits_hosts_behind_a_router() {
+        let p = plan("t", 3, Topology::Subnets).unwrap();
+        assert_eq!(p.router.as_deref(), Some("weft-t-rt"));
+        assert_eq!(p.hosts[0].switch, "weft-t-sw1");
+        assert_eq!(p.hosts[1].switch, "weft-t-sw1");
+        assert_eq!(p.hosts[2].switch, "weft-t-sw2");
+        assert_eq!(p.hosts[2].underlay, Ipv4Addr::new(172, 30, 2, 3));
+        assert_eq!(p.hosts[2].gateway, Some(Ipv4Addr::new(172, 30, 2, 254)));
+        assert!(plan("t", 1, Topology::Subnets).is_err());
+    }
+
+    #[test]
+    fn partial_lets_the_last_host_reach_only_its_neighbour() {
+        let p = plan("t", 4, Topology::Partial).unwrap();
+        assert_eq!(
+            p.blocked,
+            vec![
+                ("h1".to_string(), "h4".to_string()),
+                ("h2".to_string(), "h4".to_string())
+            ]
+        );
+        let f = p.switch_filter("weft-t-sw1", &[]);
+        assert!(f.contains("iifname \"h1\" oifname \"h4\" drop"));
+        assert!(f.contains("iifname \"h4\" oifname \"h2\" drop"));
+        assert!(!f.contains("\"h3\""));
+    }
+
+    #[test]
+    fn host_counts_are_bounded() {
+        assert!(plan("t", 0, Topology::Mesh).is_err());
+        assert!(plan("t", MAX_HOSTS + 1, Topology::Mesh).is_err());
+        assert!(plan("t", MAX_HOSTS, Topology::Mesh).is_ok());
+    }
+}

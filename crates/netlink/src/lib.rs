@@ -1,0 +1,708 @@
+//! Thin synchronous netlink wrapper: links, veth pairs, addresses, routes, neighbours, and
+//! running code inside a network namespace.
+//!
+//! This crate decides nothing. It turns small, typed requests into rtnetlink messages on a
+//! blocking `NETLINK_ROUTE` socket and reports the kernel's answer. It is synchronous on
+//! purpose: the CNI plugin is a short-lived process where a runtime would cost more start-up
+//! time than the whole ADD.
+//!
+//! A [`Netlink`] handle talks to the network namespace its socket was opened in. To work in
+//! another namespace, use [`in_netns`], which runs a closure on a fresh OS thread that has
+//! entered the namespace; the caller's thread never changes namespace.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::Path;
+
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// The route protocol number weft marks its routes with (`ip route` shows `proto 0x77`
+/// unless `/etc/iproute2/rt_protos` names it). Routes with any other protocol are not weft's.
+pub const WEFT_ROUTE_PROTOCOL: u8 = 0x77;
+
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// An error from the kernel or from the socket, with the operation it happened in.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct Error {
+    /// What was being done, in words, e.g. `create veth weft1a2b`.
+    pub op: String,
+    /// The underlying OS error (the kernel's errno for netlink NACKs).
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Error {
+    fn new(op: impl Into<String>, source: std::io::Error) -> Self {
+        Error {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// The errno, if the error came from the kernel or a syscall.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    /// True when the object already exists (`EEXIST`).
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+
+    /// True when the object does not exist (`ENODEV`, `ENOENT`, `ESRCH`, `EADDRNOTAVAIL`).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL)
+        )
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A network interface as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU in bytes.
+    pub mtu: u32,
+    /// Hardware address, if any.
+    pub mac: Option<[u8; 6]>,
+    /// Administratively up.
+    pub up: bool,
+    /// The link kind (`veth`, `bridge`, ...), when the kernel reports one.
+    pub kind: Option<String>,
+    /// The index of the peer/parent link (`IFLA_LINK`), e.g. a veth's other end.
+    pub link: Option<u32>,
+    /// The alias (`IFLA_IFALIAS`), which weft uses to mark links as its own.
+    pub alias: Option<String>,
+}
+
+/// A route as the kernel reports it (only the fields weft uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination network.
+    pub dst: IpNet,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Output interface index.
+    pub oif: Option<u32>,
+    /// Route scope.
+    pub scope: Scope,
+    /// Route protocol (who made it).
+    pub protocol: u8,
+    /// Routing table.
+    pub table: u32,
+}
+
+/// Route scope, the subset weft uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Reaches beyond this host (`scope global`).
+    Universe,
+    /// Directly attached to a link (`scope link`).
+    Link,
+    /// This host only.
+    Host,
+    /// Any other value.
+    Other(u8),
+}
+
+impl From<RouteScope> for Scope {
+    fn from(s: RouteScope) -> Self {
+        match s {
+            RouteScope::Universe => Scope::Universe,
+            RouteScope::Link => Scope::Link,
+            RouteScope::Host => Scope::Host,
+            other => Scope::Other(u8::from(other)),
+        }
+    }
+}
+
+impl From<Scope> for RouteScope {
+    fn from(s: Scope) -> Self {
+        match s {
+            Scope::Universe => RouteScope::Universe,
+            Scope::Link => RouteScope::Link,
+            Scope::Host => RouteScope::Host,
+            Scope::Other(v) => RouteScope::from(v),
+        }
+    }
+}
+
+/// A blocking rtnetlink socket bound to the network namespace it was opened in.
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self> {
+        let mut sock =
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::new("open netlink socket", e))?;
+        sock.bind_auto()
+            .map_err(|e| Error::new("bind netlink socket", e))?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::new("connect netlink socket", e))?;
+        // Extended acks give the kernel's reason text on some errors; ignore if unsupported.
+        let _ = sock.set_ext_ack(true);
+        Ok(Netlink {
+            sock,
+            seq: 1,
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends one request and collects the answer: for a dump, every message until `DONE`;
+    /// otherwise the kernel's ACK (an empty vector) or its error.
+    fn request(
+        &mut self,
+        op: &dyn Fn() -> String,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(|e| Error::new(op(), e))?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut answer = Vec::new();
+        loop {
+            self.buf.clear();
+            self.sock
+                .recv(&mut self.buf, 0)
+                .map_err(|e| Error::new(op(), e))?;
+            let mut offset = 0;
+            while offset < self.buf.len() {
+                let bytes = &self.buf[offset..];
+                let len = NetlinkBuffer::new_checked(bytes)
+                    .map_err(|e| Error::new(op(), invalid(e)))?
+                    .length() as usize;
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len])
+                    .map_err(|e| Error::new(op(), invalid(e)))?;
+                offset += (len + 3) & !3;
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(answer),
+                    NetlinkPayload::Error(err) => {
+                        return match err.code {
+                            None => Ok(answer),
+                            Some(code) => Err(Error::new(
+                                op(),
+                                std::io::Error::from_raw_os_error(-code.get()),
+                            )),
+                        };
+                    }
+                    NetlinkPayload::InnerMessage(inner) => {
+                        answer.push(inner);
+                        if !dump {
+                            return Ok(answer);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn ack(&mut self, op: &dyn Fn() -> String, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+        self.request(op, msg, flags | NLM_F_ACK).map(|_| ())
+    }
+
+    /// All links in this namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let msgs = self.request(
+            &|| "list links".into(),
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link with this name, or `None`.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(
+            &|| format!("look up link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(mut msgs) => Ok(match msgs.pop() {
+                Some(RouteNetlinkMessage::NewLink(l)) => Some(link_from(l)),
+                _ => None,
+            }),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with this index, or `None`.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(
+            &|| format!("look up link #{index}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(mut msgs) => Ok(match msgs.pop() {
+                Some(RouteNetlinkMessage::NewLink(l)) => Some(link_from(l)),
+                _ => None,
+            }),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a veth pair: `name` here, `peer` moved at once into the namespace open as
+    /// `peer_netns`. Both ends get `mtu` and the alias `alias` (weft's ownership mark).
+    /// Fails with `EEXIST` if `name` exists here.
+    pub fn create_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_netns: RawFd,
+        mtu: u32,
+        alias: &str,
+    ) -> Result<()> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes = vec![
+            LinkAttribute::IfName(peer.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::NetNsFd(peer_netns),
+        ];
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+            ]),
+        ];
+        self.ack(
+            &|| format!("create veth {name} (peer {peer})"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        if !alias.is_empty() {
+            if let Some(link) = self.link_by_name(name)? {
+                self.set_alias(link.index, alias)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a link's alias (`ip link set DEV alias TEXT`).
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.ack(
+            &|| format!("set alias of link #{index}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
+    /// Renames a link (it must be down).
+    pub fn rename_link(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.ack(
+            &|| format!("rename link #{index} to {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
+    /// Sets a link administratively up.
+    pub fn set_up(&mut self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.ack(
+            &|| format!("set link #{index} up"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
+    /// Deletes a link (a veth pair goes with either end).
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.ack(
+            &|| format!("delete link #{index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        )
+    }
+
+    /// Adds an address to a link; `noprefixroute` suppresses the kernel's prefix route.
+    pub fn add_address(&mut self, index: u32, addr: IpNet, noprefixroute: bool) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(&addr.addr());
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr.addr()));
+        msg.attributes.push(AddressAttribute::Address(addr.addr()));
+        if noprefixroute {
+            use netlink_packet_route::address::AddressFlags;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        }
+        self.ack(
+            &|| format!("add address {addr} to link #{index}"),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// The addresses on a link (all links when `index` is 0).
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<(u32, IpNet)>> {
+        let msgs = self.request(
+            &|| "list addresses".into(),
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if let RouteNetlinkMessage::NewAddress(a) = m {
+                if index != 0 && a.header.index != index {
+                    continue;
+                }
+                let ip = a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                });
+                if let Some(ip) = ip {
+                    if let Ok(net) = IpNet::new(ip, a.header.prefix_len) {
+                        out.push((a.header.index, net));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn route_message(route: &Route) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(&route.dst.addr());
+        msg.header.destination_prefix_length = route.dst.prefix_len();
+        msg.header.protocol = RouteProtocol::from(route.protocol);
+        msg.header.scope = route.scope.into();
+        msg.header.kind = RouteType::Unicast;
+        if route.table < 256 {
+            msg.header.table = route.table as u8;
+        } else {
+            msg.header.table = 252; // RT_TABLE_COMPAT: the real id is in the attribute
+        }
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                route.dst.network(),
+            )));
+        msg.attributes.push(RouteAttribute::Table(route.table));
+        if let Some(gw) = route.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        if let Some(oif) = route.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        msg
+    }
+
+    /// Adds a route; with `replace` an existing route to the same destination is replaced.
+    pub fn add_route(&mut self, route: &Route, replace: bool) -> Result<()> {
+        let flags = if replace {
+            NLM_F_CREATE | NLM_F_REPLACE
+        } else {
+            NLM_F_CREATE | NLM_F_EXCL
+        };
+        self.ack(
+            &|| format!("add route to {}", route.dst),
+            RouteNetlinkMessage::NewRoute(Self::route_message(route)),
+            flags,
+        )
+    }
+
+    /// Deletes a route matching destination, table, protocol and (if set) gateway and oif.
+    pub fn delete_route(&mut self, route: &Route) -> Result<()> {
+        self.ack(
+            &|| format!("delete route to {}", route.dst),
+            RouteNetlinkMessage::DelRoute(Self::route_message(route)),
+            0,
+        )
+    }
+
+    /// The unicast routes of one family in one table.
+    pub fn routes(&mut self, v6: bool, table: u32) -> Result<Vec<Route>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let msgs = self.request(
+            &|| "list routes".into(),
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            if r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut t = u32::from(r.header.table);
+            let mut dst = None;
+            let mut gateway = None;
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Table(v) => t = *v,
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                        dst = Some(IpAddr::V4(*ip))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+                        dst = Some(IpAddr::V6(*ip))
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => {
+                        gateway = Some(IpAddr::V4(*ip))
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => {
+                        gateway = Some(IpAddr::V6(*ip))
+                    }
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if t != table {
+                continue;
+            }
+            let dst = dst.unwrap_or(if v6 {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            });
+            let Ok(dst) = IpNet::new(dst, r.header.destination_prefix_length) else {
+                continue;
+            };
+            out.push(Route {
+                dst,
+                gateway,
+                oif,
+                scope: r.header.scope.into(),
+                protocol: u8::from(r.header.protocol),
+                table: t,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds (or replaces) a permanent neighbour entry: `ip` is at `mac` on link `index`.
+    pub fn set_permanent_neighbour(&mut self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(&ip);
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match ip {
+                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+            }));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.ack(
+            &|| format!("add neighbour {ip} on link #{index}"),
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Permanent neighbour entries on a link.
+    pub fn permanent_neighbours(&mut self, index: u32) -> Result<Vec<(IpAddr, Option<[u8; 6]>)>> {
+        let msgs = self.request(
+            &|| "list neighbours".into(),
+            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                        ip = Some(IpAddr::V4(*v))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                        ip = Some(IpAddr::V6(*v))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                        mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]])
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(ip) = ip {
+                out.push((ip, mac));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+fn family(ip: &IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn link_from(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        kind: None,
+        link: None,
+        alias: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                link.mac = Some([a[0], a[1], a[2], a[3], a[4], a[5]])
+            }
+            LinkAttribute::Link(l) => link.link = Some(l),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        link.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Opens a network namespace file (e.g. `/run/netns/NAME` or `/proc/PID/ns/net`) and checks
+/// that it is one.
+pub fn open_netns(path: &Path) -> Result<File> {
+    let file = File::open(path).map_err(|e| Error::new(format!("open {}", path.display()), e))?;
+    // SAFETY: `file` is a valid open descriptor for the duration of the call; NS_GET_NSTYPE
+    // takes no argument and only returns the namespace type of the descriptor.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if kind < 0 {
+        return Err(Error::new(
+            format!("{} is not a namespace file", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if kind != libc::CLONE_NEWNET {
+        return Err(Error::new(
+            format!("{} is not a network namespace", path.display()),
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        ));
+    }
+    Ok(file)
+}
+
+/// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Runs `f` on a new OS thread that has entered the network namespace `ns`. The calling
+/// thread's namespace never changes; the helper thread ends with `f`.
+pub fn in_netns<T, F>(ns: &File, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::new("enter network namespace", e.into()))?;
+            Ok(f())
+        });
+        handle.join().unwrap_or_else(|_| {
+            Err(Error::new(
+                "work inside network namespace",
+                std::io::Error::other("thread panicked"),
+            ))
+        })
+    })
+}

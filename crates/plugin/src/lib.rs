@@ -1,0 +1,581 @@
+//! The weft CNI plugin: ADD, DEL, CHECK, VERSION, STATUS and GC over the kernel.
+//!
+//! One attachment is a veth pair. Its host end is named from a hash of (container id,
+//! interface) so DEL finds it without any state, and carries the alias
+//! `weft:NETWORK:CONTAINER:IFNAME`, weft's ownership mark: weft deletes only links that
+//! carry it. Inside the container the interface gets the address as a /32 (or /128), a
+//! link-scope route to a link-local gateway, a default route through it and a permanent
+//! neighbour entry for the gateway pointing at the host end, so no ARP is needed to leave.
+//! On the host a /32 route (protocol [`WEFT_ROUTE_PROTOCOL`]) and a permanent neighbour
+//! entry point at the container. No bridge: `ip route` and `traceroute` show the truth.
+//!
+//! Every failure undoes what the call made: the veth (and with it its routes and
+//! neighbours) and the allocation.
+
+pub mod store;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use weft_alloc::{Owner, Range};
+use weft_cni::{code, CniError, CniResult, Command, Env, Interface, IpConfig, NetConf, Route};
+use weft_config::NetworkConfig;
+use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
+
+use store::{AddressSource, LocalFileSource};
+
+/// CHECK found the attachment not as ADD made it (plugin-specific code).
+pub const CHECK_FAILED: u32 = 101;
+
+/// The MTU used when none is configured and none can be detected.
+const FALLBACK_MTU: u32 = 1500;
+
+/// What one plugin invocation prints and how it exits.
+pub struct Outcome {
+    /// Text for stdout (a result or an error JSON; may be empty).
+    pub stdout: String,
+    /// Process exit code.
+    pub code: i32,
+}
+
+/// Runs one CNI invocation: `get` reads the environment, `stdin` is the network config.
+pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    // The version to speak in errors: the config's if it can be read, else the latest.
+    let conf_version = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str().map(String::from))
+        })
+        .unwrap_or_else(|| weft_cni::Version::LATEST.as_str().to_string());
+    match dispatch(get, stdin) {
+        Ok(stdout) => Outcome { stdout, code: 0 },
+        Err(e) => Outcome {
+            stdout: e.to_json(&conf_version),
+            code: 1,
+        },
+    }
+}
+
+fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CniError> {
+    let env = Env::from_vars(get)?;
+    if env.command == Command::Version {
+        let v = serde_json::from_slice::<serde_json::Value>(stdin)
+            .ok()
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|s| s.as_str().map(String::from))
+            })
+            .unwrap_or_else(|| weft_cni::Version::LATEST.as_str().to_string());
+        return Ok(weft_cni::version_info(&v));
+    }
+    let (conf, net) = weft_config::parse(stdin)?;
+    let ctx = Ctx::new(conf, net)?;
+    match env.command {
+        Command::Add => ctx.add(&env),
+        Command::Del => ctx.del(&env).map(|_| String::new()),
+        Command::Check => ctx.check(&env).map(|_| String::new()),
+        Command::Status => ctx.status().map(|_| String::new()),
+        Command::Gc => ctx.gc().map(|_| String::new()),
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+struct Ctx {
+    conf: NetConf,
+    net: NetworkConfig,
+    range: Range,
+}
+
+/// The ids of one attachment.
+struct Attach<'a> {
+    container_id: &'a str,
+    ifname: &'a str,
+}
+
+impl Ctx {
+    fn new(conf: NetConf, net: NetworkConfig) -> Result<Self, CniError> {
+        let range = Range::new(net.range, net.range_start, net.range_end)
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+        Ok(Ctx { conf, net, range })
+    }
+
+    fn source(&self) -> LocalFileSource {
+        LocalFileSource::new(
+            Path::new(&self.net.data_dir),
+            &self.net.name,
+            self.range.clone(),
+        )
+    }
+
+    fn alias(&self, a: &Attach) -> String {
+        format!("weft:{}:{}:{}", self.net.name, a.container_id, a.ifname)
+    }
+
+    fn host_ifname(&self, a: &Attach) -> String {
+        host_veth_name(&self.net.host_veth_prefix, a.container_id, a.ifname)
+    }
+
+    fn gateway(&self) -> IpAddr {
+        self.net.gateway
+    }
+
+    fn attach<'a>(env: &'a Env) -> Attach<'a> {
+        Attach {
+            container_id: env.container_id.as_deref().unwrap_or_default(),
+            ifname: env.ifname.as_deref().unwrap_or_default(),
+        }
+    }
+
+    fn add(&self, env: &Env) -> Result<String, CniError> {
+        let a = Self::attach(env);
+        let netns_path = env.netns.as_deref().unwrap_or_default();
+        let netns = open_netns_env(netns_path)?;
+        let prev = match &self.conf.prev_result {
+            Some(v) => Some(CniResult::parse_prev(v)?),
+            None => None,
+        };
+        let owner = Owner {
+            container_id: a.container_id.to_string(),
+            ifname: a.ifname.to_string(),
+        };
+        let mut source = self.source();
+        let ip = source.allocate(&owner)?;
+        match self.wire(&a, &netns, netns_path, ip) {
+            Ok(mut result) => {
+                if let Some(mut prev) = prev {
+                    prev.cni_version = result.cni_version.clone();
+                    prev.append(result);
+                    result = prev;
+                }
+                Ok(result.to_json_string())
+            }
+            Err(e) => {
+                // Undo: the veth (routes and neighbours go with it), then the address.
+                let _ = self.remove_host_link(&a);
+                let _ = source.release(&owner);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the veth pair and programs both ends for address `ip`.
+    fn wire(
+        &self,
+        a: &Attach,
+        netns: &File,
+        netns_path: &str,
+        ip: IpAddr,
+    ) -> Result<CniResult, CniError> {
+        let host_if = self.host_ifname(a);
+        let gw = self.gateway();
+        let mut nlh = Netlink::open().map_err(nl_err)?;
+        let mtu = match self.net.mtu {
+            Some(m) => m,
+            None => detect_mtu(&mut nlh),
+        };
+        if nlh.link_by_name(&host_if).map_err(nl_err)?.is_some() {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "host interface {host_if} already exists: container {} already has {} attached; DEL it first",
+                    a.container_id, a.ifname
+                ),
+            ));
+        }
+        nlh.create_veth(&host_if, a.ifname, netns.as_raw(), mtu, &self.alias(a))
+            .map_err(|e| {
+                if e.is_exists() {
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        format!(
+                            "cannot create {}: an interface of that name already exists in the container (CNI_IFNAME)",
+                            a.ifname
+                        ),
+                    )
+                } else {
+                    nl_err(e)
+                }
+            })?;
+        let host = nlh
+            .link_by_name(&host_if)
+            .map_err(nl_err)?
+            .ok_or_else(|| CniError::new(code::IO_FAILURE, format!("{host_if} vanished")))?;
+        let host_mac = host
+            .mac
+            .ok_or_else(|| CniError::new(code::IO_FAILURE, format!("{host_if} has no MAC")))?;
+        let host_prefix = if ip.is_ipv4() { 32 } else { 128 };
+        let ip_net = IpNet::new(ip, host_prefix).expect("valid prefix");
+        let gw_net = IpNet::new(gw, host_prefix).expect("valid prefix");
+
+        // Container side, on a thread inside the container's namespace.
+        let ifname = a.ifname.to_string();
+        let cont_mac = nl::in_netns(netns, move || -> Result<[u8; 6], nl::Error> {
+            let mut c = Netlink::open()?;
+            if let Some(lo) = c.link_by_name("lo")? {
+                if !lo.up {
+                    c.set_up(lo.index)?;
+                }
+            }
+            let link = c.link_by_name(&ifname)?.ok_or_else(|| nl::Error {
+                op: format!("find {ifname} in the container"),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            })?;
+            c.add_address(link.index, ip_net, true)?;
+            c.set_up(link.index)?;
+            c.set_permanent_neighbour(link.index, gw, host_mac)?;
+            c.add_route(
+                &nl::Route {
+                    dst: gw_net,
+                    gateway: None,
+                    oif: Some(link.index),
+                    scope: Scope::Link,
+                    protocol: WEFT_ROUTE_PROTOCOL,
+                    table: MAIN_TABLE,
+                },
+                true,
+            )?;
+            c.add_route(
+                &nl::Route {
+                    dst: default_net(ip),
+                    gateway: Some(gw),
+                    oif: Some(link.index),
+                    scope: Scope::Universe,
+                    protocol: WEFT_ROUTE_PROTOCOL,
+                    table: MAIN_TABLE,
+                },
+                true,
+            )?;
+            link.mac.ok_or_else(|| nl::Error {
+                op: format!("read the MAC of {ifname}"),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            })
+        })
+        .and_then(|r| r)
+        .map_err(nl_err)?;
+
+        // Host side.
+        set_forwarding(&host_if, ip.is_ipv6())?;
+        nlh.set_up(host.index).map_err(nl_err)?;
+        nlh.set_permanent_neighbour(host.index, ip, cont_mac)
+            .map_err(nl_err)?;
+        nlh.add_route(
+            &nl::Route {
+                dst: ip_net,
+                gateway: None,
+                oif: Some(host.index),
+                scope: Scope::Link,
+                protocol: WEFT_ROUTE_PROTOCOL,
+                table: MAIN_TABLE,
+            },
+            true,
+        )
+        .map_err(nl_err)?;
+
+        let mut result = CniResult::new(self.net.cni_version);
+        result.interfaces = vec![
+            Interface {
+                name: host_if,
+                mac: Some(nl::format_mac(&host_mac)),
+                mtu: Some(mtu),
+                ..Default::default()
+            },
+            Interface {
+                name: a.ifname.to_string(),
+                mac: Some(nl::format_mac(&cont_mac)),
+                mtu: Some(mtu),
+                sandbox: Some(netns_path.to_string()),
+                ..Default::default()
+            },
+        ];
+        result.ips = vec![IpConfig {
+            address: IpNet::new(ip, host_prefix).expect("valid prefix"),
+            gateway: Some(gw),
+            interface: Some(1),
+        }];
+        result.routes = vec![Route {
+            dst: default_net(ip),
+            gw: Some(gw),
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }];
+        Ok(result)
+    }
+
+    /// Deletes the host end of an attachment if it exists and carries weft's mark.
+    fn remove_host_link(&self, a: &Attach) -> Result<(), CniError> {
+        let host_if = self.host_ifname(a);
+        let mut nlh = Netlink::open().map_err(nl_err)?;
+        if let Some(link) = nlh.link_by_name(&host_if).map_err(nl_err)? {
+            if link.alias.as_deref() == Some(self.alias(a).as_str()) {
+                match nlh.delete_link(link.index) {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(nl_err(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn del(&self, env: &Env) -> Result<(), CniError> {
+        let a = Self::attach(env);
+        // The veth first: once it is gone nothing routes to the address, then free it.
+        self.remove_host_link(&a)?;
+        self.source().release(&Owner {
+            container_id: a.container_id.to_string(),
+            ifname: a.ifname.to_string(),
+        })?;
+        Ok(())
+    }
+
+    fn check(&self, env: &Env) -> Result<(), CniError> {
+        let a = Self::attach(env);
+        let fail = |msg: String| CniError::new(CHECK_FAILED, msg);
+        let owner = Owner {
+            container_id: a.container_id.to_string(),
+            ifname: a.ifname.to_string(),
+        };
+        let ip = self.source().lookup(&owner)?.ok_or_else(|| {
+            fail(format!(
+                "no address is allocated to container {} interface {}",
+                a.container_id, a.ifname
+            ))
+        })?;
+        if let Some(prev) = &self.conf.prev_result {
+            let prev = CniResult::parse_prev(prev)?;
+            if !prev.ips.iter().any(|c| c.address.addr() == ip) {
+                return Err(fail(format!(
+                    "prevResult does not list {ip}, the address allocated to this attachment"
+                )));
+            }
+        }
+        let host_if = self.host_ifname(&a);
+        let mut nlh = Netlink::open().map_err(nl_err)?;
+        let host = nlh
+            .link_by_name(&host_if)
+            .map_err(nl_err)?
+            .ok_or_else(|| fail(format!("host interface {host_if} is missing")))?;
+        if host.alias.as_deref() != Some(self.alias(&a).as_str()) {
+            return Err(fail(format!(
+                "host interface {host_if} does not carry weft's mark {:?}",
+                self.alias(&a)
+            )));
+        }
+        if !host.up {
+            return Err(fail(format!("host interface {host_if} is down")));
+        }
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        let ip_net = IpNet::new(ip, prefix).expect("valid prefix");
+        let routes = nlh.routes(ip.is_ipv6(), MAIN_TABLE).map_err(nl_err)?;
+        if !routes
+            .iter()
+            .any(|r| r.dst == ip_net && r.oif == Some(host.index))
+        {
+            return Err(fail(format!(
+                "host route {ip_net} dev {host_if} is missing"
+            )));
+        }
+        let netns = open_netns_env(env.netns.as_deref().unwrap_or_default())?;
+        let ifname = a.ifname.to_string();
+        let gw = self.gateway();
+        let problem = nl::in_netns(&netns, move || -> Result<Option<String>, nl::Error> {
+            let mut c = Netlink::open()?;
+            let Some(link) = c.link_by_name(&ifname)? else {
+                return Ok(Some(format!(
+                    "interface {ifname} is missing in the container"
+                )));
+            };
+            if !link.up {
+                return Ok(Some(format!("interface {ifname} is down in the container")));
+            }
+            let addrs = c.addresses(link.index)?;
+            if !addrs.iter().any(|(_, n)| *n == ip_net) {
+                return Ok(Some(format!(
+                    "interface {ifname} lacks address {ip_net} in the container"
+                )));
+            }
+            let routes = c.routes(ip.is_ipv6(), MAIN_TABLE)?;
+            if !routes.iter().any(|r| {
+                r.dst.prefix_len() == 0 && r.gateway == Some(gw) && r.oif == Some(link.index)
+            }) {
+                return Ok(Some(format!(
+                    "the container has no default route via {gw} dev {ifname}"
+                )));
+            }
+            Ok(None)
+        })
+        .and_then(|r| r)
+        .map_err(nl_err)?;
+        match problem {
+            Some(p) => Err(fail(p)),
+            None => Ok(()),
+        }
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        let free = self.source().free().map_err(|e| {
+            CniError::new(
+                code::NOT_AVAILABLE,
+                format!("weft cannot allocate: {}", e.msg),
+            )
+        })?;
+        if free == 0 {
+            return Err(CniError::new(
+                code::NOT_AVAILABLE,
+                format!(
+                    "weft cannot add containers: every address of {} is allocated",
+                    self.net.range
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn gc(&self) -> Result<(), CniError> {
+        let valid: BTreeSet<(String, String)> = self
+            .conf
+            .valid_attachments
+            .as_ref()
+            .ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    "GC needs \"cni.dev/valid-attachments\" in the network config",
+                )
+            })?
+            .iter()
+            .map(|v| (v.container_id.clone(), v.ifname.clone()))
+            .collect();
+        // Links carrying this network's mark whose attachment is not valid.
+        let prefix = format!("weft:{}:", self.net.name);
+        let mut nlh = Netlink::open().map_err(nl_err)?;
+        for link in nlh.links().map_err(nl_err)? {
+            let Some(rest) = link.alias.as_deref().and_then(|s| s.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let Some((cid, ifname)) = rest.split_once(':') else {
+                continue;
+            };
+            if !valid.contains(&(cid.to_string(), ifname.to_string())) {
+                match nlh.delete_link(link.index) {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(nl_err(e)),
+                }
+            }
+        }
+        // Allocations whose attachment is not valid.
+        let mut source = self.source();
+        for (_, owner) in source.list()? {
+            if !valid.contains(&(owner.container_id.clone(), owner.ifname.clone())) {
+                source.release(&owner)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host-side veth name: `PREFIX` + hex of a stable hash of (container id, ifname),
+/// 15 characters in all (the kernel's limit).
+pub fn host_veth_name(prefix: &str, container_id: &str, ifname: &str) -> String {
+    // FNV-1a, 64 bit: stable across Rust versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(ifname.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let hex = format!("{h:016x}");
+    let take = 15usize.saturating_sub(prefix.len()).min(16);
+    format!("{prefix}{}", &hex[..take])
+}
+
+fn default_net(ip: IpAddr) -> IpNet {
+    match ip {
+        IpAddr::V4(_) => "0.0.0.0/0".parse().expect("valid"),
+        IpAddr::V6(_) => "::/0".parse().expect("valid"),
+    }
+}
+
+fn open_netns_env(path: &str) -> Result<File, CniError> {
+    if path.is_empty() {
+        return Err(CniError::new(code::INVALID_ENV, "CNI_NETNS is required"));
+    }
+    nl::open_netns(Path::new(path)).map_err(|e| {
+        CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "CNI_NETNS={path} is not a usable network namespace: {}",
+                e.source
+            ),
+        )
+    })
+}
+
+/// The MTU of the interface the default route leaves through, else the fallback.
+fn detect_mtu(nlh: &mut Netlink) -> u32 {
+    let oif = nlh.routes(false, MAIN_TABLE).ok().and_then(|routes| {
+        routes
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0)
+            .and_then(|r| r.oif)
+    });
+    oif.and_then(|i| nlh.link_by_index(i).ok().flatten())
+        .map(|l| l.mtu)
+        .filter(|m| *m >= 576)
+        .unwrap_or(FALLBACK_MTU)
+}
+
+fn set_forwarding(ifname: &str, v6: bool) -> Result<(), CniError> {
+    let path = if v6 {
+        format!("/proc/sys/net/ipv6/conf/{ifname}/forwarding")
+    } else {
+        format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding")
+    };
+    std::fs::write(&path, b"1")
+        .map_err(|e| CniError::new(code::IO_FAILURE, format!("write {path}: {e}")))
+}
+
+fn nl_err(e: nl::Error) -> CniError {
+    CniError::new(code::IO_FAILURE, e.to_string())
+}
+
+trait AsRaw {
+    fn as_raw(&self) -> std::os::fd::RawFd;
+}
+
+impl AsRaw for File {
+    fn as_raw(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_stable_and_fit_the_kernel_limit() {
+        let a = host_veth_name("weft", "abc123", "eth0");
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("weft"));
+        assert_eq!(a, host_veth_name("weft", "abc123", "eth0"));
+        assert_ne!(a, host_veth_name("weft", "abc123", "eth1"));
+        assert_ne!(a, host_veth_name("weft", "abc124", "eth0"));
+        // The separator keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(
+            host_veth_name("w", "ab", "ceth"),
+            host_veth_name("w", "abc", "eth")
+        );
+        assert_eq!(host_veth_name("wf", "x", "eth0").len(), 15);
+    }
+}
