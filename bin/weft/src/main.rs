@@ -130,7 +130,8 @@ enum LabCmd {
         container: String,
     },
     /// Run podman on a lab host, configured for weft (CNI backend, weft chained with
-    /// portmap, bandwidth and tuning), e.g. `weft lab podman h1 -- run -d ...`.
+    /// portmap, bandwidth and tuning), e.g. `weft lab podman h1 -- run -d
+    /// localhost/weft-busybox sleep 1d`. The busybox image is imported on first use.
     Podman {
         /// Lab name; may be left out when one lab exists.
         #[arg(long)]
@@ -150,7 +151,10 @@ enum LabCmd {
 }
 
 fn main() -> ExitCode {
-    if std::env::var_os("CNI_COMMAND").is_some() {
+    // CNI mode: CNI_COMMAND is set, or (a runtime that forgot it) no arguments and some
+    // other CNI_ variable, so the caller gets a CNI error rather than usage text.
+    let cni_vars = std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("CNI_"));
+    if std::env::var_os("CNI_COMMAND").is_some() || (std::env::args_os().len() == 1 && cni_vars) {
         return cni_main();
     }
     let cli = Cli::parse();
@@ -171,7 +175,7 @@ fn cni_main() -> ExitCode {
     let mut stdin = Vec::new();
     let cmd = std::env::var("CNI_COMMAND").unwrap_or_default();
     // VERSION may come with no stdin at all; everything else reads the config.
-    if cmd != "VERSION" || !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+    if !(cmd == "VERSION" && std::io::IsTerminal::is_terminal(&std::io::stdin())) {
         let _ = std::io::stdin().read_to_end(&mut stdin);
     }
     let out = weft_plugin::run(|k| std::env::var(k).ok(), &stdin);

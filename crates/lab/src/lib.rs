@@ -49,6 +49,10 @@ pub struct ContainerState {
     pub container_id: String,
     /// The conflist it was attached with.
     pub conflist: PathBuf,
+    /// The host namespace its plugins ran in.
+    pub host_netns: String,
+    /// The CNI_PATH its plugins were found in.
+    pub cni_path: String,
     /// The final CNI result of its ADD.
     pub result: serde_json::Value,
     /// Its address, from the result.
@@ -440,6 +444,8 @@ pub fn run(
         netns: netns.clone(),
         container_id,
         conflist,
+        host_netns: hp.netns.clone(),
+        cni_path: cni_path(name),
         result,
         ip,
         pid: None,
@@ -486,26 +492,12 @@ fn spawn_in(ns: &str, log: &Path, cmd: &[String]) -> Result<i32, LabError> {
 
 fn teardown_container(c: &ContainerState) -> Result<(), LabError> {
     sys::kill_netns_processes(&c.netns, Duration::from_secs(2));
-    let host_ns = {
-        // `weft-LAB-HOST-CONTAINER` → host namespace `weft-LAB-HOST`.
-        let suffix = format!("-{}", c.name);
-        c.netns
-            .strip_suffix(&suffix)
-            .unwrap_or(&c.netns)
-            .to_string()
-    };
     let call = CniCall {
-        host_netns: host_ns,
+        host_netns: c.host_netns.clone(),
         container_id: c.container_id.clone(),
         netns_path: sys::netns_path(&c.netns),
         ifname: "eth0".into(),
-        cni_path: c
-            .conflist
-            .parent()
-            .and_then(|p| p.parent())
-            .and_then(|p| p.parent())
-            .map(|lab| format!("{}:{SYSTEM_CNI_DIR}", lab.join("bin").display()))
-            .unwrap_or_else(|| SYSTEM_CNI_DIR.into()),
+        cni_path: c.cni_path.clone(),
     };
     let del = runtime::chain_del(&call, &c.conflist, Some(&c.result));
     sys::netns_del(&c.netns)?;
@@ -546,6 +538,7 @@ pub fn podman(name: &str, host: &str, args: &[String]) -> Result<i32, LabError> 
         .host(host)
         .ok_or_else(|| unknown_host(&state, host))?
         .clone();
+    ensure_busybox_image(name, &hp)?;
     let mut cmd = podman_command(name, &hp)?;
     cmd.args(args);
     let status = cmd
@@ -616,6 +609,75 @@ pub fn weft_chain_conflist(lab: &str, hp: &plan::HostPlan) -> String {
         ]
     }))
     .expect("json")
+}
+
+/// The image every lab host's podman has: a busybox-static root filesystem.
+pub const BUSYBOX_IMAGE: &str = "localhost/weft-busybox";
+
+/// Imports [`BUSYBOX_IMAGE`] into a host's podman storage on first use, from the machine's
+/// `/bin/busybox` (Debian's busybox-static): no registry needed.
+pub fn ensure_busybox_image(name: &str, hp: &plan::HostPlan) -> Result<(), LabError> {
+    let dir = host_dir(name, &hp.name).join("podman");
+    let marker = dir.join("image-imported");
+    if marker.exists() {
+        return Ok(());
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| LabError::new("busybox not found: install busybox-static"))?;
+    let root = dir.join("rootfs");
+    let _ = fs::remove_dir_all(&root);
+    for sub in ["bin", "tmp", "etc", "proc", "sys", "dev"] {
+        fs::create_dir_all(root.join(sub))
+            .map_err(|e| LabError::new(format!("create rootfs: {e}")))?;
+    }
+    fs::copy(busybox, root.join("bin/busybox"))
+        .map_err(|e| LabError::new(format!("copy busybox: {e}")))?;
+    for applet in [
+        "sh",
+        "ping",
+        "nc",
+        "ip",
+        "sleep",
+        "cat",
+        "echo",
+        "wget",
+        "httpd",
+        "ls",
+        "traceroute",
+        "hostname",
+        "ifconfig",
+        "route",
+        "env",
+    ] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    let tar = dir.join("rootfs.tar");
+    sys::run(
+        "tar",
+        &[
+            "-C",
+            &root.to_string_lossy(),
+            "-cf",
+            &tar.to_string_lossy(),
+            ".",
+        ],
+    )?;
+    let mut cmd = podman_command(name, hp)?;
+    let out = cmd
+        .args(["import", &tar.to_string_lossy(), BUSYBOX_IMAGE])
+        .output()
+        .map_err(|e| LabError::new(format!("run podman import: {e}")))?;
+    if !out.status.success() {
+        return Err(LabError::new(format!(
+            "podman import failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let _ = fs::remove_dir_all(&root);
+    let _ = fs::remove_file(&tar);
+    fs::write(&marker, b"").map_err(|e| LabError::new(format!("write marker: {e}")))
 }
 
 fn podman_cleanup(name: &str, host: &str) -> Result<(), LabError> {

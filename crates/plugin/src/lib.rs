@@ -142,7 +142,21 @@ impl Ctx {
             container_id: a.container_id.to_string(),
             ifname: a.ifname.to_string(),
         };
+        // An attachment that exists already is refused before anything is touched, so the
+        // undo below only ever removes what this call made.
+        let host_if = self.host_ifname(&a);
+        let mut nlh = Netlink::open().map_err(nl_err)?;
+        if nlh.link_by_name(&host_if).map_err(nl_err)?.is_some() {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "container {} already has {} attached (host interface {host_if}); DEL it first",
+                    a.container_id, a.ifname
+                ),
+            ));
+        }
         let mut source = self.source();
+        let held_before = source.lookup(&owner)?;
         let ip = source.allocate(&owner)?;
         match self.wire(&a, &netns, netns_path, ip) {
             Ok(mut result) => {
@@ -156,7 +170,9 @@ impl Ctx {
             Err(e) => {
                 // Undo: the veth (routes and neighbours go with it), then the address.
                 let _ = self.remove_host_link(&a);
-                let _ = source.release(&owner);
+                if held_before.is_none() {
+                    let _ = source.release(&owner);
+                }
                 Err(e)
             }
         }
@@ -177,15 +193,6 @@ impl Ctx {
             Some(m) => m,
             None => detect_mtu(&mut nlh),
         };
-        if nlh.link_by_name(&host_if).map_err(nl_err)?.is_some() {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "host interface {host_if} already exists: container {} already has {} attached; DEL it first",
-                    a.container_id, a.ifname
-                ),
-            ));
-        }
         nlh.create_veth(&host_if, a.ifname, netns.as_raw(), mtu, &self.alias(a))
             .map_err(|e| {
                 if e.is_exists() {
