@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 /// neighbours and the allocation file.
 fn host_state(lab: &Lab, host: &str) -> String {
     let ns = lab.host_ns(host);
-    let (_, links) = sh("ip", &["-n", &ns, "-o", "link", "show"]);
-    let (_, routes) = sh("ip", &["-n", &ns, "route", "show", "table", "all"]);
-    let (_, neigh) = sh("ip", &["-n", &ns, "neigh", "show", "nud", "permanent"]);
+    let links = stdout_of("ip", &["-n", &ns, "-o", "link", "show"]);
+    let routes = stdout_of("ip", &["-n", &ns, "route", "show", "table", "all"]);
+    let neigh = stdout_of("ip", &["-n", &ns, "neigh", "show", "nud", "permanent"]);
     let alloc = std::fs::read_to_string(format!("{}/networks/weft/alloc.json", lab.data_dir(host)))
         .ok()
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
@@ -29,6 +29,8 @@ fn allocations(lab: &Lab, host: &str) -> usize {
         .and_then(|v| v["entries"].as_object().map(|m| m.len()))
         .unwrap_or(0)
 }
+
+type CniEnv = Vec<(&'static str, String)>;
 
 #[test]
 fn add_check_del_wire_a_container_and_undo_it() {
@@ -268,12 +270,13 @@ fn bad_input_gets_spec_errors_and_leaves_nothing_behind() {
     let good = weft_conf("1.0.0", "10.32.1.0/24", &data);
     let before = host_state(&lab, "h1");
 
-    let env = |f: &dyn Fn(&mut Vec<(&'static str, String)>)| {
+    let env = |f: &dyn Fn(&mut CniEnv)| {
         let mut e = cni_env("ADD", "bad-1", &netns, "eth0");
         f(&mut e);
         e
     };
-    let cases: Vec<(&str, Vec<(&str, String)>, String, u64, &str)> = vec![
+    // (what, environment, stdin, expected code, text the message must contain)
+    let cases: Vec<(&str, CniEnv, String, u64, &str)> = vec![
         ("malformed JSON", env(&|_| {}), "{\"cniVersion\": ".into(), 6, "decode"),
         ("not an object", env(&|_| {}), "[1,2]".into(), 6, ""),
         (

@@ -592,23 +592,14 @@ pub fn podman_command(name: &str, hp: &plan::HostPlan) -> Result<std::process::C
 }
 
 /// The conflist podman uses on a lab host: weft chained with the reference portmap,
-/// bandwidth and tuning plugins (spec 1.0.0, what podman 4's libcni speaks).
+/// bandwidth and tuning plugins, the same as `weft install-cni` writes (spec 1.0.0, what
+/// podman 4's libcni speaks).
 pub fn weft_chain_conflist(lab: &str, hp: &plan::HostPlan) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "weft",
-        "plugins": [
-            {
-                "type": "weft",
-                "range": hp.pod_range,
-                "dataDir": host_dir(lab, &hp.name).join("data"),
-            },
-            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
-            { "type": "bandwidth", "capabilities": { "bandwidth": true } },
-            { "type": "tuning" }
-        ]
-    }))
-    .expect("json")
+    weft_config::example_conflist(
+        "weft",
+        &hp.pod_range,
+        &host_dir(lab, &hp.name).join("data").to_string_lossy(),
+    )
 }
 
 /// The image every lab host's podman has: a busybox-static root filesystem.

@@ -79,12 +79,15 @@ pub fn netns_add(name: &str) -> Result<(), LabError> {
     Ok(())
 }
 
-/// The pids of processes whose network namespace is `ns`.
+/// The pids of processes whose network namespace is `ns`, never this process itself (a
+/// caller that entered a lab namespace must not end itself).
 pub fn netns_pids(ns: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
     run("ip", &["netns", "pids", ns])
         .map(|out| {
             out.split_whitespace()
                 .filter_map(|p| p.parse().ok())
+                .filter(|p| *p != me)
                 .collect()
         })
         .unwrap_or_default()

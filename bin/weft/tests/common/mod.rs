@@ -52,6 +52,13 @@ pub fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs a command, returns its stdout only (stderr can carry transient warnings, e.g. about
+/// a peer namespace another test just deleted).
+pub fn stdout_of(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("run command");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A lab that is torn down when dropped, also when the test panics.
 pub struct Lab {
     pub name: String,
@@ -182,7 +189,7 @@ pub fn root_snapshot() -> String {
         ("ip", vec!["rule", "show"]),
         ("nft", vec!["list", "ruleset"]),
     ] {
-        let (_, out) = sh(cmd, &args);
+        let out = stdout_of(cmd, &args);
         // Address lifetimes and route expiry count down on their own: not state.
         let out: String = out
             .lines()
@@ -196,8 +203,8 @@ pub fn root_snapshot() -> String {
 
 /// Links on a lab host that carry weft's mark.
 pub fn weft_links(host_ns: &str) -> Vec<String> {
-    let (_, out) = sh("ip", &["-n", host_ns, "-o", "link", "show"]);
-    out.lines()
+    stdout_of("ip", &["-n", host_ns, "-o", "link", "show"])
+        .lines()
         .filter(|l| l.contains("alias weft:"))
         .map(String::from)
         .collect()

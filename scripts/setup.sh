@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what weft's demo, tests and benchmarks need on Debian 12 (run as root), then
+# builds weft. Idempotent: packages already there are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: run as root (it installs packages and the lab creates network namespaces)" >&2
+  exit 1
+fi
+
+pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-linux procps tar
+      podman runc conmon containernetworking-plugins iperf3 jq)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Rust toolchain: rustup's if present, else Debian's.
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: no cargo found; installing Debian's (weft needs Rust 1.80 or newer)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc >/dev/null
+fi
