@@ -583,3 +583,51 @@ fn chained_with_reference_plugins_through_the_lab_runtime() {
     assert!(weft_links(&lab.host_ns("h1")).is_empty());
     assert_eq!(allocations(&lab, "h1"), 0);
 }
+
+#[test]
+fn prev_result_is_kept_and_mtu_is_applied() {
+    if !root_or_skip("prev_result_and_mtu") {
+        return;
+    }
+    let lab = Lab::up("cprev", 1, "mesh");
+    let hns = lab.host_ns("h1");
+    let netns = lab.netns("m");
+    let mut conf: Value =
+        serde_json::from_str(&weft_conf("1.1.0", "10.32.1.0/24", &lab.data_dir("h1"))).unwrap();
+    conf["mtu"] = json!(1400);
+    // As if an earlier plugin in the chain had made an interface and an address.
+    conf["prevResult"] = json!({
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "earlier0", "sandbox": netns}],
+        "ips": [{"address": "192.0.2.7/24", "interface": 0}]
+    });
+    let (code, res, raw) = plugin(Plugin {
+        host_ns: &hns,
+        env: cni_env("ADD", "prev-1", &netns, "eth0"),
+        stdin: conf.to_string(),
+    });
+    assert_eq!(code, 0, "{raw}");
+    let ifs = res["interfaces"].as_array().unwrap();
+    assert_eq!(ifs.len(), 3, "{res}");
+    assert_eq!(ifs[0]["name"], "earlier0");
+    assert_eq!(ifs[2]["name"], "eth0");
+    assert_eq!(res["ips"][0]["address"], "192.0.2.7/24");
+    assert_eq!(
+        res["ips"][1]["interface"], 2,
+        "weft's address points at its eth0"
+    );
+    let (_, link) = sh(
+        "ip",
+        &[
+            "-n",
+            netns.trim_start_matches("/run/netns/"),
+            "link",
+            "show",
+            "eth0",
+        ],
+    );
+    assert!(link.contains("mtu 1400"), "{link}");
+    let host_if = ifs[1]["name"].as_str().unwrap();
+    let (_, hl) = sh("ip", &["-n", &hns, "link", "show", host_if]);
+    assert!(hl.contains("mtu 1400"), "{hl}");
+}

@@ -379,6 +379,16 @@ pub fn target_netns(state: &LabState, target: &str) -> Result<String, LabError> 
     }
 }
 
+/// The plan of one host of a lab.
+fn load_host(name: &str, host: &str) -> Result<plan::HostPlan, LabError> {
+    let state = load(name)?;
+    state
+        .plan
+        .host(host)
+        .cloned()
+        .ok_or_else(|| unknown_host(&state, host))
+}
+
 fn unknown_host(state: &LabState, host: &str) -> LabError {
     LabError::new(format!(
         "lab {:?} has no host {host:?} (hosts: {})",
@@ -404,12 +414,7 @@ pub fn run(
 ) -> Result<ContainerState, LabError> {
     require_root()?;
     plan::check_container_name(container).map_err(LabError::new)?;
-    let state = load(name)?;
-    let hp = state
-        .plan
-        .host(host)
-        .ok_or_else(|| unknown_host(&state, host))?
-        .clone();
+    let hp = load_host(name, host)?;
     let netns = plan::container_netns(name, host, container);
     if Path::new(&sys::netns_path(&netns)).exists() {
         return Err(LabError::new(format!(
@@ -532,12 +537,7 @@ pub fn rm(name: &str, host: &str, container: &str) -> Result<(), LabError> {
 /// under the lab's directory. Returns podman's exit status code.
 pub fn podman(name: &str, host: &str, args: &[String]) -> Result<i32, LabError> {
     require_root()?;
-    let state = load(name)?;
-    let hp = state
-        .plan
-        .host(host)
-        .ok_or_else(|| unknown_host(&state, host))?
-        .clone();
+    let hp = load_host(name, host)?;
     ensure_busybox_image(name, &hp)?;
     let mut cmd = podman_command(name, &hp)?;
     cmd.args(args);

@@ -264,29 +264,18 @@ impl Netlink {
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(
-            &|| format!("look up link {name}"),
-            RouteNetlinkMessage::GetLink(msg),
-            0,
-        ) {
-            Ok(mut msgs) => Ok(match msgs.pop() {
-                Some(RouteNetlinkMessage::NewLink(l)) => Some(link_from(l)),
-                _ => None,
-            }),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(&|| format!("look up link {name}"), msg)
     }
 
     /// The link with this index, or `None`.
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self.request(
-            &|| format!("look up link #{index}"),
-            RouteNetlinkMessage::GetLink(msg),
-            0,
-        ) {
+        self.get_link(&|| format!("look up link #{index}"), msg)
+    }
+
+    fn get_link(&mut self, op: &dyn Fn() -> String, msg: LinkMessage) -> Result<Option<Link>> {
+        match self.request(op, RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(mut msgs) => Ok(match msgs.pop() {
                 Some(RouteNetlinkMessage::NewLink(l)) => Some(link_from(l)),
                 _ => None,

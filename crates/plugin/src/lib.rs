@@ -44,13 +44,7 @@ pub struct Outcome {
 /// Runs one CNI invocation: `get` reads the environment, `stdin` is the network config.
 pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     // The version to speak in errors: the config's if it can be read, else the latest.
-    let conf_version = serde_json::from_slice::<serde_json::Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|s| s.as_str().map(String::from))
-        })
-        .unwrap_or_else(|| weft_cni::Version::LATEST.as_str().to_string());
+    let conf_version = stdin_version(stdin);
     match dispatch(get, stdin) {
         Ok(stdout) => Outcome { stdout, code: 0 },
         Err(e) => Outcome {
@@ -60,16 +54,21 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     }
 }
 
+/// The cniVersion the caller's config asks for, if it can be read; else the latest.
+fn stdin_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str().map(String::from))
+        })
+        .unwrap_or_else(|| weft_cni::Version::LATEST.as_str().to_string())
+}
+
 fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CniError> {
     let env = Env::from_vars(get)?;
     if env.command == Command::Version {
-        let v = serde_json::from_slice::<serde_json::Value>(stdin)
-            .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(|s| s.as_str().map(String::from))
-            })
-            .unwrap_or_else(|| weft_cni::Version::LATEST.as_str().to_string());
+        let v = stdin_version(stdin);
         return Ok(weft_cni::version_info(&v));
     }
     let (conf, net) = weft_config::parse(stdin)?;
