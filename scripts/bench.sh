@@ -10,6 +10,7 @@ cargo build --release --quiet -p weft -p weft-bench
 
 containers=${CONTAINERS:-200}
 cni=$(./target/release/weft-bench cni --containers "$containers" --weft target/release/weft)
+mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
 
 {
   echo "# Benchmarks"
@@ -31,5 +32,16 @@ cni=$(./target/release/weft-bench cni --containers "$containers" --weft target/r
   echo
   echo "DEL is dominated by the kernel's own veth teardown (RTM_DELLINK waits for RCU grace"
   echo "periods, ~20-30 ms here under strace), which both plugins pay."
+  echo
+  echo "## Mesh control traffic per state change"
+  echo
+  echo "Command: \`weft-bench mesh-bytes --nodes 20,200,1000\` (part of \`bash scripts/bench.sh\`), in"
+  echo "the deterministic simulator of \`crates/mesh\`. Target: grows with N, not N² — the per-node"
+  echo "cost must stay flat (a full-state broadcast would grow linearly per node)."
+  echo
+  echo "$mesh"
+  echo
+  echo "Not yet measured (issue 3 open): time for all agents to agree after a host joins a"
+  echo "20-host lab, and agent RSS at 20 hosts; both need the agent."
 } > docs/benchmarks.md
 cat docs/benchmarks.md

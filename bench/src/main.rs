@@ -31,16 +31,46 @@ enum Cmd {
         #[arg(long, default_value = "target/release/weft")]
         weft: PathBuf,
     },
+    /// Mesh control traffic: bytes each node sends per state change, in the simulator, at
+    /// growing cluster sizes (the growth must be flat, not linear).
+    MeshBytes {
+        /// Cluster sizes.
+        #[arg(long, value_delimiter = ',', default_value = "20,200,1000")]
+        nodes: Vec<usize>,
+        /// Seeds averaged per size.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Cni { containers, weft } => cni(containers, &weft),
+        Cmd::MeshBytes { nodes, seeds } => {
+            mesh_bytes(&nodes, seeds);
+            Ok(())
+        }
     };
     if let Err(e) = res {
         eprintln!("weft-bench: {e}");
         std::process::exit(1);
+    }
+}
+
+fn mesh_bytes(sizes: &[usize], seeds: u64) {
+    println!("Bytes sent per node per state change (one record written by one node), simulated,");
+    println!("bounded-degree random graph, no loss, periodic digests not counted; mean of {seeds} seeds\n");
+    println!("| nodes | bytes per node per change | vs the smallest |");
+    println!("|---|---|---|");
+    let mut first = None;
+    for &n in sizes {
+        let mean = (0..seeds)
+            .map(|s| weft_mesh::sim::bytes_per_change(n, s))
+            .sum::<f64>()
+            / seeds as f64;
+        let base = *first.get_or_insert(mean);
+        println!("| {n} | {mean:.0} | {:.2}x |", mean / base);
     }
 }
 
