@@ -5,12 +5,7 @@ mod common;
 use common::*;
 
 fn podman(lab: &Lab, host: &str, args: &[&str]) -> (bool, String) {
-    let mut all = vec!["lab", "podman", "--name", &lab.name, host, "--"];
-    all.extend_from_slice(args);
-    let out = weft(&all);
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    lab.lab_cmd("podman", host, args)
 }
 
 fn podman_ok(lab: &Lab, host: &str, args: &[&str]) -> String {

@@ -86,8 +86,13 @@ impl Lab {
     }
 
     pub fn exec(&self, target: &str, cmd: &[&str]) -> (bool, String) {
-        let mut args = vec!["lab", "exec", "--name", &self.name, target, "--"];
-        args.extend_from_slice(cmd);
+        self.lab_cmd("exec", target, cmd)
+    }
+
+    /// `weft lab SUB --name LAB TARGET -- ARGS`: (success, stdout+stderr).
+    pub fn lab_cmd(&self, sub: &str, target: &str, rest: &[&str]) -> (bool, String) {
+        let mut args = vec!["lab", sub, "--name", &self.name, target, "--"];
+        args.extend_from_slice(rest);
         let out = weft(&args);
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
