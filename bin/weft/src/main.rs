@@ -1,6 +1,7 @@
 //! `weft`: one binary for the whole container network. With `CNI_COMMAND` set it is the CNI
 //! plugin; otherwise a command-line tool (`weft lab ...`, `weft install-cni`, ...).
 
+mod agent_cli;
 mod demo;
 
 use std::io::Read;
@@ -31,6 +32,27 @@ enum Cmd {
     /// Install weft as a CNI plugin: copy this binary into the plugin directory and write a
     /// conflist (weft chained with portmap, bandwidth and tuning).
     InstallCni(InstallCni),
+    /// Run the per-host agent in the foreground: peer connections, the replicated mesh
+    /// state, routes over the mesh, and the local API.
+    Agent(agent_cli::AgentArgs),
+    /// This node, every other node of the mesh, their state and next hops (asks the agent).
+    Status(agent_cli::SocketArg),
+    /// This node's direct peer connections and dial targets (asks the agent).
+    Peers(agent_cli::SocketArg),
+    /// Ask the agent to connect to a peer address.
+    Connect {
+        #[command(flatten)]
+        socket: agent_cli::SocketArg,
+        /// IP, IP:PORT or HOST:PORT (port 6783 if left out).
+        addr: String,
+    },
+    /// Ask the agent to stop dialling a peer address.
+    Forget {
+        #[command(flatten)]
+        socket: agent_cli::SocketArg,
+        /// The address given to `connect` or `--peer`.
+        addr: String,
+    },
 }
 
 #[derive(Args)]
@@ -161,6 +183,11 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Lab(cmd) => lab(cmd),
         Cmd::InstallCni(args) => install_cni(&args),
+        Cmd::Agent(args) => agent_cli::agent(args),
+        Cmd::Status(s) => agent_cli::status(s),
+        Cmd::Peers(s) => agent_cli::peers(s),
+        Cmd::Connect { socket, addr } => agent_cli::connect_or_forget(socket, &addr, true),
+        Cmd::Forget { socket, addr } => agent_cli::connect_or_forget(socket, &addr, false),
     };
     match res {
         Ok(code) => code,

@@ -1,0 +1,299 @@
+//! The agent's configuration: a JSON file and flags; errors name the field.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Default TCP port for peer connections.
+pub const DEFAULT_PORT: u16 = 6783;
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
+
+/// A validated agent configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub name: String,
+    /// Where to accept peer connections.
+    pub listen: SocketAddr,
+    /// The address other nodes should dial (published in the mesh).
+    pub advertise: SocketAddr,
+    /// Peers to connect to at start (`host:port` or `ip`, default port 6783).
+    pub peers: Vec<SocketAddr>,
+    /// Identity and state directory.
+    pub data_dir: PathBuf,
+    /// The cluster secret file.
+    pub secret_file: PathBuf,
+    /// The local API socket.
+    pub socket: PathBuf,
+    /// At most this many peer connections are dialled.
+    pub max_peers: usize,
+    /// Anti-entropy tick in milliseconds.
+    pub tick_ms: u64,
+    /// A node unreachable this long is declared gone, in seconds.
+    pub down_after_secs: u64,
+}
+
+/// The raw form, as in the config file (every field optional; flags fill in).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    /// Node name.
+    pub name: Option<String>,
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Advertised address.
+    pub advertise: Option<String>,
+    /// Initial peers.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Data directory.
+    pub data_dir: Option<String>,
+    /// Secret file.
+    pub secret_file: Option<String>,
+    /// API socket.
+    pub socket: Option<String>,
+    /// Peer limit.
+    pub max_peers: Option<usize>,
+    /// Tick.
+    pub tick_ms: Option<u64>,
+    /// Down-after.
+    pub down_after_secs: Option<u64>,
+}
+
+/// A configuration error: which field, what was expected, what was found.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("agent config field `{field}`: expected {expected}, found {found}")]
+pub struct ConfigError {
+    /// The field (flag name without dashes, or file key).
+    pub field: String,
+    /// What would have been accepted.
+    pub expected: String,
+    /// What was given.
+    pub found: String,
+}
+
+fn err(field: &str, expected: &str, found: impl std::fmt::Display) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        expected: expected.into(),
+        found: found.to_string(),
+    }
+}
+
+impl RawConfig {
+    /// Parses a config file's JSON.
+    pub fn from_json(text: &str) -> Result<RawConfig, ConfigError> {
+        serde_json::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let field = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.contains("unknown field"))
+                .unwrap_or("(file)")
+                .to_string();
+            err(
+                &field,
+                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs",
+                msg,
+            )
+        })
+    }
+
+    /// Overlays `other` (flags) on this (file): set fields of `other` win; peers add up.
+    pub fn overlay(mut self, other: RawConfig) -> RawConfig {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            name,
+            listen,
+            advertise,
+            data_dir,
+            secret_file,
+            socket,
+            max_peers,
+            tick_ms,
+            down_after_secs
+        );
+        self.peers.extend(other.peers);
+        self
+    }
+
+    /// Validates and fills in defaults.
+    pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let name = self
+            .name
+            .ok_or_else(|| err("name", "a node name", "nothing"))?;
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(err(
+                "name",
+                "1 to 63 characters of A-Z a-z 0-9 - _ .",
+                format!("{name:?}"),
+            ));
+        }
+        let listen = match &self.listen {
+            None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            Some(s) => parse_addr(s)
+                .ok_or_else(|| err("listen", "IP:PORT such as 0.0.0.0:6783", format!("{s:?}")))?,
+        };
+        let advertise = match &self.advertise {
+            Some(s) => {
+                let a = parse_addr(s).ok_or_else(|| {
+                    err(
+                        "advertise",
+                        "IP:PORT such as 10.0.0.5:6783",
+                        format!("{s:?}"),
+                    )
+                })?;
+                if a.ip().is_unspecified() {
+                    return Err(err("advertise", "an address peers can dial", s));
+                }
+                a
+            }
+            None if !listen.ip().is_unspecified() => listen,
+            None => {
+                return Err(err(
+                    "advertise",
+                    "the address peers should dial (needed when listen is 0.0.0.0 or ::)",
+                    "nothing",
+                ))
+            }
+        };
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| {
+                parse_addr(p)
+                    .ok_or_else(|| err("peer", "IP, IP:PORT or HOST:PORT", format!("{p:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let data_dir = PathBuf::from(self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
+        if !data_dir.is_absolute() {
+            return Err(err("data-dir", "an absolute path", data_dir.display()));
+        }
+        let secret_file = PathBuf::from(self.secret_file.ok_or_else(|| {
+            err(
+                "secret-file",
+                "the path of the cluster secret file",
+                "nothing",
+            )
+        })?);
+        let socket = PathBuf::from(self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()));
+        let max_peers = self.max_peers.unwrap_or(100);
+        if max_peers == 0 {
+            return Err(err("max-peers", "at least 1", 0));
+        }
+        let tick_ms = self.tick_ms.unwrap_or(1000);
+        // Connections idle for 5 s are dead, and a tick sends a digest on each: ticks stay short.
+        if !(50..=1000).contains(&tick_ms) {
+            return Err(err("tick-ms", "50 to 1000", tick_ms));
+        }
+        let down_after_secs = self.down_after_secs.unwrap_or(300);
+        if down_after_secs == 0 {
+            return Err(err("down-after-secs", "at least 1", 0));
+        }
+        Ok(AgentConfig {
+            name,
+            listen,
+            advertise,
+            peers,
+            data_dir,
+            secret_file,
+            socket,
+            max_peers,
+            tick_ms,
+            down_after_secs,
+        })
+    }
+}
+
+/// Parses `IP`, `IP:PORT`, `[V6]:PORT` or `HOST:PORT` (resolved once); the port defaults to
+/// 6783.
+pub fn parse_addr(s: &str) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    if s.contains(':') {
+        return s.to_socket_addrs().ok()?.next();
+    }
+    (s, DEFAULT_PORT).to_socket_addrs().ok()?.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig {
+            name: Some("h1".into()),
+            listen: Some("10.0.0.1:6783".into()),
+            secret_file: Some("/etc/weft/secret".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = raw().validate().unwrap();
+        assert_eq!(c.advertise, "10.0.0.1:6783".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.tick_ms, 1000);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut r = raw();
+        r.listen = Some("nonsense:port".into());
+        assert_eq!(r.validate().unwrap_err().field, "listen");
+        let mut r = raw();
+        r.listen = Some("0.0.0.0:6783".into());
+        assert_eq!(r.validate().unwrap_err().field, "advertise");
+        let mut r = raw();
+        r.name = Some("bad name".into());
+        assert_eq!(r.validate().unwrap_err().field, "name");
+        let mut r = raw();
+        r.peers = vec!["10.0.0.2:99999".into()];
+        assert_eq!(r.validate().unwrap_err().field, "peer");
+        let mut r = raw();
+        r.secret_file = None;
+        assert_eq!(r.validate().unwrap_err().field, "secret-file");
+        let mut r = raw();
+        r.data_dir = Some("relative".into());
+        assert_eq!(r.validate().unwrap_err().field, "data-dir");
+        let mut r = raw();
+        r.tick_ms = Some(1);
+        assert_eq!(r.validate().unwrap_err().field, "tick-ms");
+    }
+
+    #[test]
+    fn files_parse_and_flags_win() {
+        let f = RawConfig::from_json(
+            r#"{"name":"a","listen":"10.0.0.1:1","peers":["10.0.0.2"],"secretFile":"/s"}"#,
+        )
+        .unwrap();
+        let flags = RawConfig {
+            name: Some("b".into()),
+            peers: vec!["10.0.0.3".into()],
+            ..Default::default()
+        };
+        let c = f.overlay(flags).validate().unwrap();
+        assert_eq!(c.name, "b");
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[0], "10.0.0.2:6783".parse().unwrap());
+        let e = RawConfig::from_json(r#"{"nmae":"a"}"#).unwrap_err();
+        assert_eq!(e.field, "nmae");
+    }
+}

@@ -1,0 +1,191 @@
+//! One peer connection: the Noise handshake, then frames both ways until either side fails.
+//! Any framing, decryption or decoding error closes the connection; the agent goes on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use weft_mesh::{Message, NodeId};
+use weft_wire::{encode_frame, ClusterKey, FrameReader, Handshake, Identity, Role, Transport};
+
+use crate::{log, Event};
+
+/// How long a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection that stays silent this long is dead (peers send a digest every tick).
+fn idle_timeout(events_tick_ms: u64) -> Duration {
+    Duration::from_millis((events_tick_ms * 5).max(5000))
+}
+
+async fn read_frame(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    buf: &mut [u8],
+) -> Result<Vec<u8>, String> {
+    loop {
+        if let Some(f) = reader.next_frame().map_err(|e| e.to_string())? {
+            return Ok(f);
+        }
+        let n = stream.read(buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed by peer".into());
+        }
+        reader.push(&buf[..n]);
+    }
+}
+
+async fn handshake(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    role: Role,
+    ident: &Identity,
+    key: &ClusterKey,
+) -> Result<Transport, String> {
+    let mut hs = Handshake::new(role, ident, key).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    while !hs.is_finished() {
+        if hs.my_turn() {
+            let msg = hs.write().map_err(|e| e.to_string())?;
+            let frame = encode_frame(&msg).map_err(|e| e.to_string())?;
+            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+        } else {
+            let frame = read_frame(stream, reader, &mut buf).await?;
+            hs.read(&frame).map_err(|e| e.to_string())?;
+        }
+    }
+    hs.finish().map_err(|e| e.to_string())
+}
+
+/// Runs one connection to its end.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    outbound: bool,
+    dialled: Option<SocketAddr>,
+    conn: u64,
+    events: mpsc::UnboundedSender<Event>,
+    ident: Arc<Identity>,
+    key: Arc<ClusterKey>,
+) {
+    let _ = stream.set_nodelay(true);
+    let role = if outbound {
+        Role::Initiator
+    } else {
+        Role::Responder
+    };
+    let mut reader = FrameReader::new();
+    let transport = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut stream, &mut reader, role, &ident, &key),
+    )
+    .await
+    .unwrap_or_else(|_| Err("handshake timed out".into()));
+    let mut transport = match transport {
+        Ok(t) => t,
+        Err(why) => {
+            // Wrong secret, garbage, or a port scan: refuse and say so.
+            log(format!("refused connection with {addr}: {why}"));
+            if let Some(a) = dialled {
+                let _ = events.send(Event::DialFailed {
+                    addr: a,
+                    why: format!("handshake failed: {why}"),
+                });
+            }
+            return;
+        }
+    };
+    let peer = NodeId(transport.remote_node_id());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (decide_tx, decide_rx) = oneshot::channel();
+    if events
+        .send(Event::Connected {
+            conn,
+            peer,
+            addr,
+            outbound,
+            dialled,
+            tx,
+            decide: decide_tx,
+        })
+        .is_err()
+    {
+        return;
+    }
+    if !decide_rx.await.unwrap_or(false) {
+        return;
+    }
+    let why = pump(
+        &mut stream,
+        &mut reader,
+        &mut transport,
+        &mut rx,
+        conn,
+        peer,
+        &events,
+    )
+    .await;
+    let _ = events.send(Event::Disconnected { conn, peer, why });
+}
+
+async fn pump(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    transport: &mut Transport,
+    rx: &mut mpsc::UnboundedReceiver<Message>,
+    conn: u64,
+    peer: NodeId,
+    events: &mpsc::UnboundedSender<Event>,
+) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    let idle = idle_timeout(1000);
+    loop {
+        // Whole frames already buffered first.
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => match transport.open(&frame) {
+                    Ok(Some(bytes)) => match serde_json::from_slice::<Message>(&bytes) {
+                        Ok(msg) => {
+                            if events.send(Event::Message { conn, peer, msg }).is_err() {
+                                return "agent stopping".into();
+                            }
+                        }
+                        Err(e) => return format!("undecodable message: {e}"),
+                    },
+                    Ok(None) => {}
+                    Err(e) => return format!("bad frame: {e}"),
+                },
+                Ok(None) => break,
+                Err(e) => return format!("bad framing: {e}"),
+            }
+        }
+        tokio::select! {
+            read = tokio::time::timeout(idle, stream.read(&mut buf)) => match read {
+                Err(_) => return format!("silent for {} s", idle.as_secs()),
+                Ok(Err(e)) => return e.to_string(),
+                Ok(Ok(0)) => return "closed by peer".into(),
+                Ok(Ok(n)) => reader.push(&buf[..n]),
+            },
+            out = rx.recv() => match out {
+                None => return "replaced by another connection".into(),
+                Some(msg) => {
+                    let bytes = serde_json::to_vec(&msg).expect("json");
+                    let frames = match transport.seal(&bytes) {
+                        Ok(f) => f,
+                        Err(e) => return format!("seal: {e}"),
+                    };
+                    for f in frames {
+                        let frame = encode_frame(&f).expect("sealed frames fit");
+                        if let Err(e) = stream.write_all(&frame).await {
+                            return e.to_string();
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
