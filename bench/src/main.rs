@@ -31,6 +31,19 @@ enum Cmd {
         #[arg(long, default_value = "target/release/weft")]
         weft: PathBuf,
     },
+    /// Mesh convergence and footprint on a lab: time until every agent sees a host that
+    /// (re)joins as up, and each agent's resident memory.
+    MeshJoin {
+        /// Lab hosts.
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// Joins measured (the last host leaves and joins again each time).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// The weft binary (a release build).
+        #[arg(long, default_value = "target/release/weft")]
+        weft: PathBuf,
+    },
     /// Mesh control traffic: bytes each node sends per state change, in the simulator, at
     /// growing cluster sizes (the growth must be flat, not linear).
     MeshBytes {
@@ -47,6 +60,11 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Cni { containers, weft } => cni(containers, &weft),
+        Cmd::MeshJoin {
+            hosts,
+            rounds,
+            weft,
+        } => mesh_join(hosts, rounds, &weft),
         Cmd::MeshBytes { nodes, seeds } => {
             mesh_bytes(&nodes, seeds);
             Ok(())
@@ -72,6 +90,131 @@ fn mesh_bytes(sizes: &[usize], seeds: u64) {
         let base = *first.get_or_insert(mean);
         println!("| {n} | {mean:.0} | {:.2}x |", mean / base);
     }
+}
+
+const MESH_LAB: &str = "benchmesh";
+
+/// For every agent: how many other nodes it sees up, and whether it sees `name` up.
+fn mesh_views(state: &weft_lab::LabState, name: &str) -> Vec<(usize, bool)> {
+    state
+        .agents
+        .iter()
+        .map(|a| {
+            let Ok((200, body)) = weft_agent::api::request(&a.socket, "GET", "/status", None)
+            else {
+                return (0, false);
+            };
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let peers = v["peers"].as_array().cloned().unwrap_or_default();
+            let up: Vec<&serde_json::Value> =
+                peers.iter().filter(|p| p["status"] == "up").collect();
+            (
+                up.len(),
+                up.iter().any(|p| p["name"] == name) || v["node"]["name"] == name,
+            )
+        })
+        .collect()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn rss_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn mesh_join(hosts: usize, rounds: usize, weft: &Path) -> Result<(), String> {
+    let weft = weft.canonicalize().map_err(|e| {
+        format!(
+            "{}: {e} (build it: cargo build --release -p weft)",
+            weft.display()
+        )
+    })?;
+    let _ = weft_lab::down(MESH_LAB);
+    let started = Instant::now();
+    weft_lab::up(MESH_LAB, hosts, weft_lab::Topology::Mesh, &weft).map_err(|e| e.0)?;
+    let res = mesh_join_run(hosts, rounds, started);
+    let down = weft_lab::down(MESH_LAB).map_err(|e| e.0);
+    res.and(down)
+}
+
+fn mesh_join_run(hosts: usize, rounds: usize, started: Instant) -> Result<(), String> {
+    let state = weft_lab::load(MESH_LAB).map_err(|e| e.0)?;
+    let last = format!("h{hosts}");
+    let all_agree = |state: &weft_lab::LabState| {
+        mesh_views(state, &last)
+            .iter()
+            .all(|(up, sees)| *up == hosts - 1 && *sees)
+    };
+    wait_until(Duration::from_secs(60), || all_agree(&state))
+        .ok_or("the lab's agents never agreed on all hosts")?;
+    let first = started.elapsed();
+    let mut joins = Vec::new();
+    for _ in 0..rounds {
+        weft_lab::agent(MESH_LAB, &last, weft_lab::AgentAction::Stop).map_err(|e| e.0)?;
+        let state = weft_lab::load(MESH_LAB).map_err(|e| e.0)?;
+        wait_until(Duration::from_secs(60), || {
+            mesh_views(&state, &last)
+                .iter()
+                .enumerate()
+                .all(|(i, (_, sees))| i == hosts - 1 || !*sees)
+        })
+        .ok_or("the others never saw the last host go")?;
+        let t0 = Instant::now();
+        weft_lab::agent(MESH_LAB, &last, weft_lab::AgentAction::Start).map_err(|e| e.0)?;
+        let state = weft_lab::load(MESH_LAB).map_err(|e| e.0)?;
+        wait_until(Duration::from_secs(60), || all_agree(&state))
+            .ok_or("the mesh never agreed after the join")?;
+        joins.push(t0.elapsed());
+    }
+    let state = weft_lab::load(MESH_LAB).map_err(|e| e.0)?;
+    let rss: Vec<u64> = state
+        .agents
+        .iter()
+        .filter_map(|a| a.pid.and_then(rss_kib))
+        .collect();
+    joins.sort();
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    println!("Mesh on a {hosts}-host lab (mesh topology, each agent given one peer, tick 1 s)\n");
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| lab up to all agents agreeing (start of {hosts} agents) | {} | — |",
+        ms(first)
+    );
+    println!(
+        "| a host joins: until every agent sees it up, median of {rounds} | {} | ≤ 2 s |",
+        ms(joins[joins.len() / 2])
+    );
+    println!(
+        "| a host joins: worst of {rounds} | {} | ≤ 2 s |",
+        ms(joins[joins.len() - 1])
+    );
+    if !rss.is_empty() {
+        let max = rss.iter().max().copied().unwrap_or(0);
+        let mean = rss.iter().sum::<u64>() / rss.len() as u64;
+        println!(
+            "| agent RSS, mean / max over {} agents | {:.1} / {:.1} MiB | ≤ 30 MB |",
+            rss.len(),
+            mean as f64 / 1024.0,
+            max as f64 / 1024.0
+        );
+    }
+    Ok(())
 }
 
 const LAB: &str = "benchcni";

@@ -91,6 +91,10 @@ enum LabCmd {
         /// partial: as mesh, but the last host reaches only the one before it.
         #[arg(long, default_value = "mesh")]
         topology: weft_lab::Topology,
+        /// Do not start the mesh agent on the hosts (start one with `weft lab agent HOST
+        /// start`).
+        #[arg(long)]
+        no_agents: bool,
         /// Print the lab as JSON.
         #[arg(long)]
         json: bool,
@@ -164,6 +168,37 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
+    /// Start, stop (SIGTERM, then SIGKILL after 5 s), kill (SIGKILL) or restart a host's
+    /// mesh agent. Its identity is kept, so a restarted agent has the same node id.
+    Agent {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Host name.
+        host: String,
+        /// start, stop, kill or restart.
+        action: weft_lab::AgentAction,
+    },
+    /// Cut the underlay between two hosts (both directions, at their switches), as a
+    /// broken link or firewall would; `heal` undoes it.
+    Cut {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// One host.
+        a: String,
+        /// The other host.
+        b: String,
+    },
+    /// Heal the cut between two hosts, or every cut when no hosts are given.
+    Heal {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Two hosts, or none for all cuts.
+        #[arg(num_args = 0..=2)]
+        hosts: Vec<String>,
+    },
     /// The demo: a lab host with two containers talking over weft, then cleaned up.
     Demo {
         /// Keep the lab up afterwards (remove it with `weft lab down --name demo`).
@@ -229,11 +264,14 @@ fn lab(cmd: LabCmd) -> Res {
             name,
             hosts,
             topology,
+            no_agents,
             json,
         } => {
-            let state = weft_lab::up(&name, hosts, topology, &self_exe()?).map_err(e)?;
+            let opts = weft_lab::UpOptions { agents: !no_agents };
+            let state = weft_lab::up_with(&name, hosts, topology, &self_exe()?, opts).map_err(e)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&state).expect("json"));
+                let v = weft_lab::status_json(&state);
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             } else {
                 println!(
                     "lab {} is up: {} hosts, topology {}",
@@ -259,7 +297,8 @@ fn lab(cmd: LabCmd) -> Res {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(e)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&states).expect("json"));
+                let v: Vec<_> = states.iter().map(weft_lab::status_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             } else if states.is_empty() {
                 println!("no labs");
             } else {
@@ -326,6 +365,32 @@ fn lab(cmd: LabCmd) -> Res {
             let code = weft_lab::podman(&name, &host, &args).map_err(e)?;
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
+        LabCmd::Agent { name, host, action } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            println!("{}", weft_lab::agent(&name, &host, action).map_err(e)?);
+        }
+        LabCmd::Cut { name, a, b } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            if weft_lab::cut(&name, &a, &b).map_err(e)? {
+                println!("cut {a} from {b}");
+            } else {
+                println!("{a} and {b} were already cut");
+            }
+        }
+        LabCmd::Heal { name, hosts } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            let pair = match hosts.as_slice() {
+                [] => None,
+                [a, b] => Some((a.as_str(), b.as_str())),
+                _ => return Err("heal takes two hosts, or none to heal every cut".into()),
+            };
+            let n = weft_lab::heal(&name, pair).map_err(e)?;
+            match (pair, n) {
+                (Some((a, b)), 0) => println!("{a} and {b} were not cut"),
+                (Some((a, b)), _) => println!("healed {a} and {b}"),
+                (None, n) => println!("healed {n} cut(s)"),
+            }
+        }
         LabCmd::Demo { keep } => demo::run(&self_exe()?, keep)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -337,6 +402,14 @@ fn print_hosts(state: &weft_lab::LabState) {
             "  {:<4} underlay {:<15} pods {:<16} netns {}",
             h.name, h.underlay, h.pod_range, h.netns
         );
+        if let Some(a) = state.agents.iter().find(|a| a.host == h.name) {
+            let run = match (a.pid, weft_lab::agent_running(a)) {
+                (Some(pid), true) => format!("running, pid {pid}"),
+                (Some(pid), false) => format!("not running (pid {pid} exited)"),
+                (None, _) => "not running".into(),
+            };
+            println!("       agent {run:<28} socket {}", a.socket.display());
+        }
         for c in state.containers.iter().filter(|c| c.host == h.name) {
             println!(
                 "       container {:<12} {:<15} netns {}",
@@ -345,6 +418,10 @@ fn print_hosts(state: &weft_lab::LabState) {
                 c.netns
             );
         }
+    }
+    let cuts: Vec<String> = state.cuts.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+    if !cuts.is_empty() {
+        println!("  cut: {}", cuts.join(", "));
     }
 }
 

@@ -143,6 +143,9 @@ async fn pump(
 ) -> String {
     let mut buf = vec![0u8; 64 * 1024];
     let idle = idle_timeout(1000);
+    // Only a successful read moves the deadline: our own sends must not keep a silent peer.
+    let silence = tokio::time::sleep(idle);
+    tokio::pin!(silence);
     loop {
         // Whole frames already buffered first.
         loop {
@@ -164,11 +167,14 @@ async fn pump(
             }
         }
         tokio::select! {
-            read = tokio::time::timeout(idle, stream.read(&mut buf)) => match read {
-                Err(_) => return format!("silent for {} s", idle.as_secs()),
-                Ok(Err(e)) => return e.to_string(),
-                Ok(Ok(0)) => return "closed by peer".into(),
-                Ok(Ok(n)) => reader.push(&buf[..n]),
+            _ = &mut silence => return format!("silent for {} s", idle.as_secs()),
+            read = stream.read(&mut buf) => match read {
+                Err(e) => return e.to_string(),
+                Ok(0) => return "closed by peer".into(),
+                Ok(n) => {
+                    reader.push(&buf[..n]);
+                    silence.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
             },
             out = rx.recv() => match out {
                 None => return "replaced by another connection".into(),

@@ -7,7 +7,11 @@
 //! network namespace or linked to it. `down` ends the processes inside the lab's
 //! namespaces, asks each host's podman to remove its containers, and deletes the
 //! namespaces, which removes every link in them. `up` first clears what a crashed run left.
+//!
+//! Every host runs the mesh agent (`weft agent`, see [`agents`]) unless the lab is made
+//! without; `cut` and `heal` block and unblock pairs of hosts at their switches.
 
+pub mod agents;
 pub mod plan;
 mod runtime;
 pub mod sys;
@@ -18,6 +22,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use agents::{
+    agent, agent_running, agent_socket, cut, heal, secret_path, status_json, AgentAction,
+    AgentState,
+};
 pub use plan::{plan, LabPlan, Topology};
 pub use runtime::{cni_exec, CniCall};
 
@@ -70,6 +78,26 @@ pub struct LabState {
     pub complete: bool,
     /// Containers started with `run`.
     pub containers: Vec<ContainerState>,
+    /// Each host's mesh agent (also when the lab was made without starting them).
+    #[serde(default)]
+    pub agents: Vec<AgentState>,
+    /// Host pairs cut with `cut` (each pair once, names in order), on top of the
+    /// topology's own blocked pairs.
+    #[serde(default)]
+    pub cuts: Vec<(String, String)>,
+}
+
+/// How `up_with` makes a lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpOptions {
+    /// Start the mesh agent on every host (and wait until each answers on its socket).
+    pub agents: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions { agents: true }
+    }
 }
 
 /// The directory of lab `name`.
@@ -167,12 +195,24 @@ pub fn resolve(name: Option<&str>) -> Result<String, LabError> {
     }
 }
 
-/// Brings a lab up. `weft_bin` is the weft binary the hosts use as their CNI plugin.
+/// Brings a lab up with an agent on every host. `weft_bin` is the weft binary the hosts use
+/// as their CNI plugin and agent.
 pub fn up(
     name: &str,
     hosts: usize,
     topology: Topology,
     weft_bin: &Path,
+) -> Result<LabState, LabError> {
+    up_with(name, hosts, topology, weft_bin, UpOptions::default())
+}
+
+/// Brings a lab up as `opts` says.
+pub fn up_with(
+    name: &str,
+    hosts: usize,
+    topology: Topology,
+    weft_bin: &Path,
+    opts: UpOptions,
 ) -> Result<LabState, LabError> {
     require_root()?;
     let plan = plan::plan(name, hosts, topology).map_err(LabError::new)?;
@@ -191,7 +231,7 @@ pub fn up(
     }
     // Whatever a crashed run left behind goes first.
     down(name)?;
-    let result = build(&plan, weft_bin);
+    let result = build(&plan, weft_bin, &opts);
     if let Err(e) = result {
         let _ = down(name);
         return Err(e);
@@ -199,7 +239,7 @@ pub fn up(
     load(name)
 }
 
-fn build(plan: &LabPlan, weft_bin: &Path) -> Result<(), LabError> {
+fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabError> {
     let name = &plan.name;
     let dir = lab_dir(name);
     fs::create_dir_all(&dir)
@@ -208,6 +248,8 @@ fn build(plan: &LabPlan, weft_bin: &Path) -> Result<(), LabError> {
         plan: plan.clone(),
         complete: false,
         containers: vec![],
+        agents: agents::plan_agents(plan, weft_bin),
+        cuts: vec![],
     };
     save(&state)?;
 
@@ -272,6 +314,13 @@ fn build(plan: &LabPlan, weft_bin: &Path) -> Result<(), LabError> {
     std::os::unix::fs::symlink(weft_bin, &link)
         .map_err(|e| LabError::new(format!("link {}: {e}", link.display())))?;
 
+    agents::write_secret(name)?;
+    if opts.agents {
+        // Saved with the pids even when one fails, so `down` and `status` see them.
+        let started = agents::start_all(&mut state);
+        save(&state)?;
+        started?;
+    }
     state.complete = true;
     save(&state)
 }
@@ -475,8 +524,20 @@ pub fn run(
 
 /// Starts `cmd` detached inside namespace `ns`, output to `log`; returns its pid.
 fn spawn_in(ns: &str, log: &Path, cmd: &[String]) -> Result<i32, LabError> {
+    spawn_detached(ns, log, cmd, false)
+}
+
+/// Starts `cmd` inside namespace `ns` in its own process group, stdin closed, output to
+/// `log` (appended to or replaced); returns its pid (`ip netns exec` execs the command, so
+/// it is the command's pid).
+fn spawn_detached(ns: &str, log: &Path, cmd: &[String], append: bool) -> Result<i32, LabError> {
     use std::os::unix::process::CommandExt;
-    let out = fs::File::create(log)
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
         .map_err(|e| LabError::new(format!("create {}: {e}", log.display())))?;
     let err = out
         .try_clone()

@@ -199,22 +199,39 @@ impl LabPlan {
         self.hosts.iter().find(|h| h.name == name)
     }
 
-    /// The nft ruleset for a switch: drops frames between blocked host pairs (both ways),
-    /// between the ports named after the hosts. Empty when nothing is blocked here.
+    /// The nft ruleset for a switch: drops traffic between blocked host pairs (both ways).
+    /// Two hosts on this switch are separated between the ports named after them (every
+    /// frame, ARP included). A host on this switch and one on another segment are separated
+    /// between the host's port and the router port `rt`, by the other host's underlay
+    /// address (IPv4 only: the router forwards nothing else). Pairs touching no host here
+    /// add nothing.
     pub fn switch_filter(&self, switch: &str, extra_blocked: &[(String, String)]) -> String {
-        let on_switch = |h: &str| self.host(h).is_some_and(|p| p.switch == switch);
         let mut rules = String::new();
         for (a, b) in self.blocked.iter().chain(extra_blocked) {
-            if on_switch(a) && on_switch(b) {
-                rules.push_str(&format!(
+            let (Some(ha), Some(hb)) = (self.host(a), self.host(b)) else {
+                continue;
+            };
+            match (ha.switch == switch, hb.switch == switch) {
+                (true, true) => rules.push_str(&format!(
                     "    iifname \"{a}\" oifname \"{b}\" drop\n    iifname \"{b}\" oifname \"{a}\" drop\n"
-                ));
+                )),
+                (true, false) => rules.push_str(&cross_rules(ha, hb)),
+                (false, true) => rules.push_str(&cross_rules(hb, ha)),
+                (false, false) => {}
             }
         }
         format!(
             "table bridge weftlab {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n{rules}  }}\n}}\n"
         )
     }
+}
+
+/// Rules on `here`'s switch that separate it from `there`, a host behind the router.
+fn cross_rules(here: &HostPlan, there: &HostPlan) -> String {
+    let (h, ip) = (&here.name, there.underlay);
+    format!(
+        "    iifname \"{h}\" oifname \"rt\" ip daddr {ip} drop\n    iifname \"rt\" oifname \"{h}\" ip saddr {ip} drop\n"
+    )
 }
 
 #[cfg(test)]
@@ -277,6 +294,35 @@ mod tests {
         assert!(f.contains("iifname \"h1\" oifname \"h4\" drop"));
         assert!(f.contains("iifname \"h4\" oifname \"h2\" drop"));
         assert!(!f.contains("\"h3\""));
+    }
+
+    #[test]
+    fn extra_pairs_on_one_switch_drop_between_ports() {
+        let p = plan("t", 3, Topology::Mesh).unwrap();
+        let f = p.switch_filter("weft-t-sw1", &[("h1".into(), "h2".into())]);
+        assert!(f.contains("iifname \"h1\" oifname \"h2\" drop"));
+        assert!(f.contains("iifname \"h2\" oifname \"h1\" drop"));
+        assert!(!f.contains("\"h3\""));
+        // Unknown hosts are ignored, not turned into rules.
+        let f = p.switch_filter("weft-t-sw1", &[("h1".into(), "h9".into())]);
+        assert!(!f.contains("drop"));
+    }
+
+    #[test]
+    fn pairs_across_the_router_drop_at_each_side_by_address() {
+        let p = plan("t", 4, Topology::Subnets).unwrap();
+        let cut = [("h1".to_string(), "h4".to_string())];
+        let f1 = p.switch_filter("weft-t-sw1", &cut);
+        assert!(f1.contains("iifname \"h1\" oifname \"rt\" ip daddr 172.30.2.4 drop"));
+        assert!(f1.contains("iifname \"rt\" oifname \"h1\" ip saddr 172.30.2.4 drop"));
+        assert!(!f1.contains("\"h2\""));
+        let f2 = p.switch_filter("weft-t-sw2", &cut);
+        assert!(f2.contains("iifname \"h4\" oifname \"rt\" ip daddr 172.30.1.1 drop"));
+        assert!(f2.contains("iifname \"rt\" oifname \"h4\" ip saddr 172.30.1.1 drop"));
+        assert!(!f2.contains("\"h3\""));
+        // A pair on the first segment adds nothing to the second switch.
+        let f2 = p.switch_filter("weft-t-sw2", &[("h1".into(), "h2".into())]);
+        assert!(!f2.contains("drop"));
     }
 
     #[test]

@@ -174,3 +174,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
     fs::write(&tmp, bytes).map_err(|e| LabError::new(format!("write {}: {e}", tmp.display())))?;
     fs::rename(&tmp, path).map_err(|e| LabError::new(format!("write {}: {e}", path.display())))
 }
+
+/// Writes a file only its owner may read (mode 0600), atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| LabError::new(format!("write {}: {e}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(|e| LabError::new(format!("write {}: {e}", path.display())))
+}
