@@ -11,6 +11,7 @@ cargo build --release --quiet -p weft -p weft-bench
 containers=${CONTAINERS:-200}
 cni=$(./target/release/weft-bench cni --containers "$containers" --weft target/release/weft)
 mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
+join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target/release/weft)
 
 {
   echo "# Benchmarks"
@@ -41,7 +42,13 @@ mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
   echo
   echo "$mesh"
   echo
-  echo "Not yet measured (issue 3 open): time for all agents to agree after a host joins a"
-  echo "20-host lab, and agent RSS at 20 hosts; both need the agent."
+  echo "## Mesh convergence and agent memory on a lab"
+  echo
+  echo "Command: \`weft-bench mesh-join --hosts 20 --rounds 5\` (part of \`bash scripts/bench.sh\`): a"
+  echo "20-host lab, each agent started with one peer; the last host's agent is stopped until all"
+  echo "others see it gone, then started, and the time until every agent reports it up is taken."
+  echo "Polling granularity 20 ms. Routes are recomputed on the 1 s tick, which bounds the join time."
+  echo
+  echo "$join"
 } > docs/benchmarks.md
 cat docs/benchmarks.md
