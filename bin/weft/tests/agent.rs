@@ -22,7 +22,7 @@ impl Drop for Agent {
 }
 
 fn start_agent(lab: &Lab, host: &str, name: &str, port: u16, peer: &str, secret: &str) -> Agent {
-    let dir = format!("/run/weft-lab/{}/t-{name}", lab.name);
+    let dir = format!("/run/weft-lab/{}/t-{host}-{name}", lab.name);
     std::fs::create_dir_all(&dir).unwrap();
     let ip = format!("172.30.0.{}", host.trim_start_matches('h'));
     let socket = format!("{dir}/weft.sock");
@@ -224,4 +224,62 @@ fn agent_config_errors_name_the_field() {
         assert!(!out.status.success(), "weft {args:?} should fail");
         assert!(err.contains(want), "weft {args:?}: {err:?} lacks {want:?}");
     }
+}
+
+#[test]
+fn connect_at_run_time_and_a_duplicate_name_is_reported() {
+    if !root_or_skip("agent_connect_and_conflict") {
+        return;
+    }
+    let lab = Lab::up("agc", 3, "mesh");
+    let secret = format!("/run/weft-lab/{}/t.secret", lab.name);
+    std::fs::write(&secret, "s").unwrap();
+    let a = start_agent(&lab, "h1", "alpha", 7000, "172.30.0.2:7000", &secret);
+    let b = start_agent(&lab, "h2", "beta", 7000, "172.30.0.1:7000", &secret);
+    wait_for("alpha sees beta", || {
+        peer_state(&a, "beta") == Some(("up".into(), true))
+    });
+    // A node started with a peer that does not exist joins once told where to go.
+    let c = start_agent(&lab, "h3", "alpha", 7000, "172.30.0.99:7000", &secret);
+    wait_for("the newcomer's API", || status(&c).is_some());
+    let out = weft(&["connect", "--socket", &c.socket, "172.30.0.2:7000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the newcomer sees beta", || {
+        peer_state(&c, "beta").is_some_and(|(s, _)| s == "up")
+    });
+    // It claims the name "alpha" too: every node reports the conflict, nothing is merged.
+    wait_for("beta reports the name conflict", || {
+        status(&b).is_some_and(|s| {
+            s["conflicts"].as_array().is_some_and(|c| {
+                c.iter().any(|x| {
+                    x["name"] == "alpha" && x["ids"].as_array().map(|i| i.len()) == Some(2)
+                })
+            })
+        })
+    });
+    let s = status(&b).unwrap();
+    let alphas = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "alpha")
+        .count();
+    assert_eq!(alphas, 2, "two distinct nodes named alpha: {s}");
+    let out = weft(&[
+        "forget",
+        "--socket",
+        &c.socket,
+        "172.30.0.99:7000",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["was_known"], true, "{v}");
+    drop(c);
+    drop(b);
+    drop(a);
 }
