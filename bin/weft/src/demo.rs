@@ -41,9 +41,29 @@ pub fn run(weft: &Path, keep: bool) -> Result<(), String> {
 fn demo(weft: &Path) -> Result<(), String> {
     let w = weft.to_string_lossy().to_string();
     let e = |e: weft_lab::LabError| e.0;
-    step("a lab of one host, h1, in its own network namespaces");
+    step("a lab of three hosts in network namespaces; h3 reaches only h2 (partial topology)");
     let _ = weft_lab::down(LAB);
-    weft_lab::up(LAB, 1, weft_lab::Topology::Mesh, weft).map_err(e)?;
+    weft_lab::up(LAB, 3, weft_lab::Topology::Partial, weft).map_err(e)?;
+    step("the mesh: each agent was given one peer; they find the rest and route around the gap");
+    let sock = weft_lab::agent_socket(LAB, "h3")
+        .to_string_lossy()
+        .to_string();
+    for _ in 0..100 {
+        let out = Command::new(&w)
+            .args(["status", "--socket", &sock, "--json"])
+            .output()
+            .map_err(|e| format!("run weft status: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let up = v["peers"]
+            .as_array()
+            .map(|p| p.iter().filter(|x| x["status"] == "up").count())
+            .unwrap_or(0);
+        if up == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    show(&[&w, "status", "--socket", &sock])?;
     step("two containers on h1, attached by the weft CNI plugin");
     let a = weft_lab::run(LAB, "h1", "a", None, &[]).map_err(e)?;
     let b = weft_lab::run(
