@@ -137,13 +137,18 @@ fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-fn mesh_join(hosts: usize, rounds: usize, weft: &Path) -> Result<(), String> {
-    let weft = weft.canonicalize().map_err(|e| {
+/// The absolute path of the weft binary to measure, or how to build it.
+fn weft_binary(weft: &Path) -> Result<PathBuf, String> {
+    weft.canonicalize().map_err(|e| {
         format!(
             "{}: {e} (build it: cargo build --release -p weft)",
             weft.display()
         )
-    })?;
+    })
+}
+
+fn mesh_join(hosts: usize, rounds: usize, weft: &Path) -> Result<(), String> {
+    let weft = weft_binary(weft)?;
     let _ = weft_lab::down(MESH_LAB);
     let started = Instant::now();
     weft_lab::up(MESH_LAB, hosts, weft_lab::Topology::Mesh, &weft).map_err(|e| e.0)?;
@@ -228,12 +233,7 @@ struct Plugin {
 }
 
 fn cni(n: usize, weft: &Path) -> Result<(), String> {
-    let weft = weft.canonicalize().map_err(|e| {
-        format!(
-            "{}: {e} (build it: cargo build --release -p weft)",
-            weft.display()
-        )
-    })?;
+    let weft = weft_binary(weft)?;
     let _ = weft_lab::down(LAB);
     weft_lab::up(LAB, 1, weft_lab::Topology::Mesh, &weft).map_err(|e| e.0)?;
     let res = cni_run(n, &weft);
