@@ -1,5 +1,5 @@
 //! `weft agent` and the commands that talk to a running agent (`status`, `peers`,
-//! `connect`, `forget`).
+//! `connect`, `forget`, `ipam`, `rmpeer`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,8 @@ use weft_agent::{api, RawConfig};
 #[derive(Args)]
 pub struct AgentArgs {
     /// A JSON config file (keys: name, listen, advertise, peers, dataDir, secretFile, socket,
-    /// maxPeers, tickMs, downAfterSecs); flags override it.
+    /// maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit,
+    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's name.
@@ -45,6 +46,31 @@ pub struct AgentArgs {
     /// A node unreachable this long is declared gone [default: 300].
     #[arg(long)]
     down_after_secs: Option<u64>,
+    /// Cluster address pools, CIDRs separated by commas or given repeatedly; every node of
+    /// a cluster needs the same [default: 10.32.0.0/12].
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    ipam_pools: Vec<String>,
+    /// Prefix length of the IPv4 blocks pools are cut into, 16 to 32 [default: 26].
+    #[arg(long, value_name = "LEN")]
+    ipam_block_v4: Option<u64>,
+    /// Prefix length of the IPv6 blocks pools are cut into, 112 to 128 [default: 122].
+    #[arg(long, value_name = "LEN")]
+    ipam_block_v6: Option<u64>,
+    /// Number of nodes that start the cluster together; must be more than half of them
+    /// [default: 1]. With --peer given, a node first connects to learn an existing cluster.
+    #[arg(long, value_name = "N")]
+    ipam_init: Option<u64>,
+    /// An empty active block goes back to reserve after this long, ms [default: 60000].
+    #[arg(long, value_name = "MS")]
+    ipam_grace_ms: Option<u64>,
+    /// A node down this long is removed and its space reclaimed by its heir, ms; 0 = only
+    /// by `weft rmpeer` [default: 1800000].
+    #[arg(long, value_name = "MS")]
+    ipam_reclaim_after_ms: Option<u64>,
+    /// An unanswered request for space goes to another node after this long, ms
+    /// [default: 2000].
+    #[arg(long, value_name = "MS")]
+    ipam_request_timeout_ms: Option<u64>,
 }
 
 /// Where the agent's API is.
@@ -87,6 +113,13 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         max_peers: a.max_peers,
         tick_ms: a.tick_ms,
         down_after_secs: a.down_after_secs,
+        ipam_pools: (!a.ipam_pools.is_empty()).then_some(a.ipam_pools),
+        ipam_block_v4: a.ipam_block_v4,
+        ipam_block_v6: a.ipam_block_v6,
+        ipam_init: a.ipam_init,
+        ipam_grace_ms: a.ipam_grace_ms,
+        ipam_reclaim_after_ms: a.ipam_reclaim_after_ms,
+        ipam_request_timeout_ms: a.ipam_request_timeout_ms,
     };
     let cfg = file.overlay(flags).validate().map_err(|e| e.to_string())?;
     weft_agent::run(cfg).map_err(|e| e.0)?;
@@ -193,6 +226,98 @@ pub fn connect_or_forget(s: SocketArg, addr: &str, connect: bool) -> Result<Exit
         println!("connecting to {addr}");
     } else {
         println!("forgot {addr}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn count(v: Option<u64>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn ipam(s: SocketArg) -> Result<ExitCode, String> {
+    let text = call(&s, "GET", "/ipam", None)?;
+    if s.json {
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r: weft_agent::IpamReport =
+        serde_json::from_str(&text).map_err(|e| format!("bad answer: {e}"))?;
+    match &r.not_ready {
+        None => println!("node {} ({}): cluster IPAM ready", r.node.name, r.node.id),
+        Some(why) => println!(
+            "node {} ({}): cluster IPAM NOT READY: {why}",
+            r.node.name, r.node.id
+        ),
+    }
+    if let Some(c) = &r.conflict {
+        println!("CONFLICT: {c}");
+    }
+    println!(
+        "{:<12} {:<9} {:<7} {:>6} {:>7} {:>6} {:>6} {:>5} {:>8} {:<7} {:<12} active blocks",
+        "node", "id", "status", "active", "reserve", "used", "free", "lent", "borrowed", "removed",
+        "heir"
+    );
+    for n in &r.nodes {
+        let name = match (&n.name, n.local) {
+            (Some(name), true) => format!("{name}*"),
+            (Some(name), false) => name.clone(),
+            (None, true) => "(this)*".into(),
+            (None, false) => "?".into(),
+        };
+        let heir = n
+            .heir_name
+            .clone()
+            .or_else(|| n.heir.as_deref().map(|h| short(h).to_string()))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:<9} {:<7} {:>6} {:>7} {:>6} {:>6} {:>5} {:>8} {:<7} {:<12} {}",
+            name,
+            short(&n.id),
+            n.status,
+            n.blocks.len(),
+            count(n.reserve),
+            count(n.used),
+            count(n.free),
+            count(n.lent),
+            count(n.borrowed),
+            if n.removed { "yes" } else { "no" },
+            heir,
+            if n.blocks.is_empty() {
+                "-".to_string()
+            } else {
+                n.blocks.join(" ")
+            },
+        );
+    }
+    println!(
+        "pools {} (blocks /{} IPv4, /{} IPv6; init {})",
+        r.pools.join(", "),
+        r.block_v4,
+        r.block_v6,
+        r.init
+    );
+    println!(
+        "total: {} usable, {} used, {} free",
+        r.usable,
+        r.used,
+        r.usable.saturating_sub(r.used)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rmpeer(s: SocketArg, peer: &str) -> Result<ExitCode, String> {
+    let text = call(
+        &s,
+        "POST",
+        "/ipam/rmpeer",
+        Some(serde_json::json!({ "peer": peer }).to_string()),
+    )?;
+    if s.json {
+        println!("{text}");
+    } else {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("bad answer: {e}"))?;
+        println!("{}", v["message"].as_str().unwrap_or(&text));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -53,6 +53,35 @@ enum Cmd {
         /// The address given to `connect` or `--peer`.
         addr: String,
     },
+    /// The cluster's address management as this node sees it: pools, whether this node
+    /// allocates (and why not), and per node its active blocks, reserve blocks, used, free,
+    /// lent and borrowed addresses, removal and heir (asks the agent).
+    #[command(
+        long_about = "The cluster's address management as this node sees it (asks the agent).\n\n\
+            One line per node: name (* = this node), id prefix, mesh status, number of active \
+            blocks, reserve blocks, addresses used by its containers, free addresses in its \
+            active blocks, addresses lent to and borrowed from other nodes, whether it was \
+            removed, its heir (the node that takes its space if it is removed) and its active \
+            blocks. Then the pools and totals. If this node does not allocate, the first line \
+            says why (e.g. waiting for its heir after a restart)."
+    )]
+    Ipam(agent_cli::SocketArg),
+    /// Remove a node that is gone for good from the cluster's address management: its heir
+    /// takes its blocks, and its addresses become free. Refused while the node is up.
+    #[command(
+        long_about = "Remove a node that is gone for good from the cluster's address \
+            management (asks the agent; run it on any live node).\n\n\
+            The removed node's heir takes its blocks and keeps what it had lent to others; the \
+            addresses its containers had become free. Refused while the node is up: stop it \
+            first. If the node comes back later, it drops its old space and starts empty. \
+            Nodes down longer than --ipam-reclaim-after-ms are removed automatically."
+    )]
+    Rmpeer {
+        #[command(flatten)]
+        socket: agent_cli::SocketArg,
+        /// The node's name, or its 32-hex id (`weft ipam` shows both).
+        peer: String,
+    },
 }
 
 #[derive(Args)]
@@ -66,9 +95,17 @@ struct InstallCni {
     /// The network's name (the conflist is NAME.conflist).
     #[arg(long, default_value = "weft")]
     name: String,
-    /// This host's container address range.
+    /// This host's container address range (standalone: addresses from a table on this
+    /// host, no agent needed).
     #[arg(long, default_value = "10.32.0.0/24")]
     range: String,
+    /// Take container addresses from the cluster's pools through the weft agent instead of
+    /// a range of this host: the conflist has no "range", and `weft agent` must run.
+    #[arg(long, conflicts_with = "range")]
+    cluster_ipam: bool,
+    /// The agent's API socket, with --cluster-ipam.
+    #[arg(long, default_value = weft_config::DEFAULT_AGENT_SOCKET, requires = "cluster_ipam")]
+    agent_socket: String,
     /// Where the plugin keeps its allocations.
     #[arg(long, default_value = "/var/lib/weft")]
     data_dir: String,
@@ -223,6 +260,8 @@ fn main() -> ExitCode {
         Cmd::Peers(s) => agent_cli::peers(s),
         Cmd::Connect { socket, addr } => agent_cli::connect_or_forget(socket, &addr, true),
         Cmd::Forget { socket, addr } => agent_cli::connect_or_forget(socket, &addr, false),
+        Cmd::Ipam(s) => agent_cli::ipam(s),
+        Cmd::Rmpeer { socket, peer } => agent_cli::rmpeer(socket, &peer),
     };
     match res {
         Ok(code) => code,
@@ -426,7 +465,11 @@ fn print_hosts(state: &weft_lab::LabState) {
 }
 
 fn install_cni(a: &InstallCni) -> Res {
-    let conflist = weft_config::example_conflist(&a.name, &a.range, &a.data_dir);
+    let conflist = if a.cluster_ipam {
+        weft_config::example_agent_conflist(&a.name, &a.agent_socket, &a.data_dir)
+    } else {
+        weft_config::example_conflist(&a.name, &a.range, &a.data_dir)
+    };
     // Refuse a config weft itself would refuse, before writing anything.
     let v: serde_json::Value = serde_json::from_str(&conflist).expect("json");
     let mut first = v["plugins"][0].clone();

@@ -3,7 +3,9 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use serde::Deserialize;
+use weft_ipam::{IpamConfig, Space};
 
 /// Default TCP port for peer connections.
 pub const DEFAULT_PORT: u16 = 6783;
@@ -11,6 +13,20 @@ pub const DEFAULT_PORT: u16 = 6783;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
+/// Default cluster address pool.
+pub const DEFAULT_IPAM_POOL: &str = "10.32.0.0/12";
+/// Default IPv4 block prefix length.
+pub const DEFAULT_IPAM_BLOCK_V4: u8 = 26;
+/// Default IPv6 block prefix length.
+pub const DEFAULT_IPAM_BLOCK_V6: u8 = 122;
+/// Default number of nodes that start the cluster together.
+pub const DEFAULT_IPAM_INIT: usize = 1;
+/// Default time an empty active block waits before going back to reserve.
+pub const DEFAULT_IPAM_GRACE_MS: u64 = 60_000;
+/// Default time a node stays down before its heir reclaims its space (0 = never).
+pub const DEFAULT_IPAM_RECLAIM_AFTER_MS: u64 = 1_800_000;
+/// Default time an unanswered request for space waits before it goes elsewhere.
+pub const DEFAULT_IPAM_REQUEST_TIMEOUT_MS: u64 = 2_000;
 
 /// A validated agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +51,8 @@ pub struct AgentConfig {
     pub tick_ms: u64,
     /// A node unreachable this long is declared gone, in seconds.
     pub down_after_secs: u64,
+    /// The cluster IPAM: pools, block sizes, bootstrap and timings.
+    pub ipam: IpamConfig,
 }
 
 /// The raw form, as in the config file (every field optional; flags fill in).
@@ -62,6 +80,20 @@ pub struct RawConfig {
     pub tick_ms: Option<u64>,
     /// Down-after.
     pub down_after_secs: Option<u64>,
+    /// Cluster address pools (CIDRs).
+    pub ipam_pools: Option<Vec<String>>,
+    /// IPv4 block prefix length.
+    pub ipam_block_v4: Option<u64>,
+    /// IPv6 block prefix length.
+    pub ipam_block_v6: Option<u64>,
+    /// Nodes that start the cluster together.
+    pub ipam_init: Option<u64>,
+    /// Grace of an empty active block, ms.
+    pub ipam_grace_ms: Option<u64>,
+    /// Automatic reclaim of a down node after this long, ms (0 = off).
+    pub ipam_reclaim_after_ms: Option<u64>,
+    /// Timeout of a request for space, ms.
+    pub ipam_request_timeout_ms: Option<u64>,
 }
 
 /// A configuration error: which field, what was expected, what was found.
@@ -97,7 +129,7 @@ impl RawConfig {
                 .to_string();
             err(
                 &field,
-                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs",
+                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs",
                 msg,
             )
         })
@@ -117,7 +149,14 @@ impl RawConfig {
             socket,
             max_peers,
             tick_ms,
-            down_after_secs
+            down_after_secs,
+            ipam_pools,
+            ipam_block_v4,
+            ipam_block_v6,
+            ipam_init,
+            ipam_grace_ms,
+            ipam_reclaim_after_ms,
+            ipam_request_timeout_ms
         );
         self.peers.extend(other.peers);
         self
@@ -125,6 +164,8 @@ impl RawConfig {
 
     /// Validates and fills in defaults.
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        // Checked now, reported after the fields before it.
+        let ipam = ipam_config(&self);
         let name = self
             .name
             .ok_or_else(|| err("name", "a node name", "nothing"))?;
@@ -201,6 +242,7 @@ impl RawConfig {
         if down_after_secs == 0 {
             return Err(err("down-after-secs", "at least 1", 0));
         }
+        let ipam = ipam?;
         Ok(AgentConfig {
             name,
             listen,
@@ -212,8 +254,86 @@ impl RawConfig {
             max_peers,
             tick_ms,
             down_after_secs,
+            ipam,
         })
     }
+}
+
+/// Validates the `ipam-*` fields; the pools and block sizes through [`Space::new`], whose
+/// message is reported under the field it concerns.
+fn ipam_config(r: &RawConfig) -> Result<IpamConfig, ConfigError> {
+    let pools: Vec<String> = match &r.ipam_pools {
+        Some(p) => p.clone(),
+        None => vec![DEFAULT_IPAM_POOL.to_string()],
+    };
+    let pools = pools
+        .iter()
+        .map(|p| {
+            p.trim().parse::<IpNet>().map_err(|_| {
+                err(
+                    "ipam-pools",
+                    "CIDRs such as 10.32.0.0/12 or fd00:32::/104",
+                    format!("{p:?}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // A block holds at most MAX_BLOCK_ADDRS addresses: prefix lengths from 16 (IPv4) or
+    // 112 (IPv6) up to a single address.
+    let bits = weft_ipam::space::MAX_BLOCK_ADDRS.trailing_zeros() as u64;
+    let block_v4 = r.ipam_block_v4.unwrap_or(DEFAULT_IPAM_BLOCK_V4.into());
+    if !(32 - bits..=32).contains(&block_v4) {
+        return Err(err(
+            "ipam-block-v4",
+            &format!("an IPv4 block prefix length from {} to 32", 32 - bits),
+            block_v4,
+        ));
+    }
+    let block_v6 = r.ipam_block_v6.unwrap_or(DEFAULT_IPAM_BLOCK_V6.into());
+    if !(128 - bits..=128).contains(&block_v6) {
+        return Err(err(
+            "ipam-block-v6",
+            &format!("an IPv6 block prefix length from {} to 128", 128 - bits),
+            block_v6,
+        ));
+    }
+    let shown: Vec<String> = pools.iter().map(|p| p.to_string()).collect();
+    let space = Space::new(pools, block_v4 as u8, block_v6 as u8).map_err(|msg| {
+        err(
+            "ipam-pools",
+            &format!("pools that fit the block sizes /{block_v4} and /{block_v6} ({msg})"),
+            shown.join(","),
+        )
+    })?;
+    let init = r.ipam_init.unwrap_or(DEFAULT_IPAM_INIT as u64);
+    if !(1..=1000).contains(&init) {
+        return Err(err(
+            "ipam-init",
+            "1 to 1000 (the nodes that start the cluster together; more than half of them)",
+            init,
+        ));
+    }
+    let grace_ms = r.ipam_grace_ms.unwrap_or(DEFAULT_IPAM_GRACE_MS);
+    let reclaim_after_ms = r
+        .ipam_reclaim_after_ms
+        .unwrap_or(DEFAULT_IPAM_RECLAIM_AFTER_MS);
+    let request_timeout_ms = r
+        .ipam_request_timeout_ms
+        .unwrap_or(DEFAULT_IPAM_REQUEST_TIMEOUT_MS);
+    if request_timeout_ms < 100 {
+        return Err(err(
+            "ipam-request-timeout-ms",
+            "at least 100",
+            request_timeout_ms,
+        ));
+    }
+    Ok(IpamConfig {
+        space,
+        init: init as usize,
+        grace_ms,
+        reclaim_after_ms,
+        request_timeout_ms,
+    })
 }
 
 /// Parses `IP`, `IP:PORT`, `[V6]:PORT` or `HOST:PORT` (resolved once); the port defaults to
@@ -251,6 +371,72 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.tick_ms, 1000);
+        assert_eq!(
+            c.ipam.space.pools,
+            vec![DEFAULT_IPAM_POOL.parse::<IpNet>().unwrap()]
+        );
+        assert_eq!((c.ipam.space.block_v4, c.ipam.space.block_v6), (26, 122));
+        assert_eq!(c.ipam.init, 1);
+        assert_eq!(c.ipam.grace_ms, 60_000);
+        assert_eq!(c.ipam.reclaim_after_ms, 1_800_000);
+        assert_eq!(c.ipam.request_timeout_ms, 2_000);
+    }
+
+    #[test]
+    fn ipam_fields_are_checked_and_named() {
+        let bad: Vec<(fn(&mut RawConfig), &str, &str)> = vec![
+            (
+                |r| r.ipam_pools = Some(vec!["10.0.0.0/33".into()]),
+                "ipam-pools",
+                "CIDR",
+            ),
+            (
+                |r| r.ipam_pools = Some(vec!["10.0.0.1/24".into()]),
+                "ipam-pools",
+                "host bits",
+            ),
+            (
+                |r| r.ipam_pools = Some(vec!["10.0.0.0/16".into(), "10.0.1.0/24".into()]),
+                "ipam-pools",
+                "overlap",
+            ),
+            (
+                |r| r.ipam_pools = Some(vec![]),
+                "ipam-pools",
+                "at least one pool",
+            ),
+            (
+                |r| r.ipam_pools = Some(vec!["10.0.0.0/27".into()]),
+                "ipam-pools",
+                "smaller than one /26 block",
+            ),
+            (|r| r.ipam_block_v4 = Some(33), "ipam-block-v4", "16 to 32"),
+            (|r| r.ipam_block_v4 = Some(8), "ipam-block-v4", "16 to 32"),
+            (|r| r.ipam_block_v6 = Some(64), "ipam-block-v6", "112 to 128"),
+            (|r| r.ipam_init = Some(0), "ipam-init", "more than half"),
+            (
+                |r| r.ipam_request_timeout_ms = Some(5),
+                "ipam-request-timeout-ms",
+                "100",
+            ),
+        ];
+        for (f, field, text) in bad {
+            let mut r = raw();
+            f(&mut r);
+            let e = r.validate().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains(text), "{e} lacks {text:?}");
+        }
+        let mut r = raw();
+        r.ipam_pools = Some(vec!["10.99.0.0/24".into(), "fd00:99::/120".into()]);
+        r.ipam_block_v4 = Some(28);
+        r.ipam_block_v6 = Some(124);
+        r.ipam_init = Some(3);
+        r.ipam_reclaim_after_ms = Some(0);
+        let c = r.validate().unwrap();
+        assert_eq!(c.ipam.space.total_blocks(), 16 + 16);
+        assert_eq!(c.ipam.init, 3);
+        assert_eq!(c.ipam.reclaim_after_ms, 0);
     }
 
     #[test]
@@ -295,5 +481,18 @@ mod tests {
         assert_eq!(c.peers[0], "10.0.0.2:6783".parse().unwrap());
         let e = RawConfig::from_json(r#"{"nmae":"a"}"#).unwrap_err();
         assert_eq!(e.field, "nmae");
+        let f = RawConfig::from_json(
+            r#"{"ipamPools":["10.99.0.0/24"],"ipamBlockV4":28,"ipamInit":2,"ipamGraceMs":5}"#,
+        )
+        .unwrap();
+        let flags = RawConfig {
+            ipam_init: Some(3),
+            ..raw()
+        };
+        let c = f.overlay(flags).validate().unwrap();
+        assert_eq!(c.ipam.space.pools, vec!["10.99.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(c.ipam.space.block_v4, 28);
+        assert_eq!(c.ipam.init, 3);
+        assert_eq!(c.ipam.grace_ms, 5);
     }
 }

@@ -2,12 +2,13 @@
 //! mesh state machine (`weft-mesh`), persistence of identity and own records, discovery with
 //! jittered backoff, and the local HTTP + JSON API on a unix socket.
 //!
-//! One task owns all state (the mesh [`Node`], the connection table, the dial table) and is
-//! fed events: connections established or lost, messages, API requests and ticks. Each
-//! connection is a task of its own that does the handshake, then moves frames between the
-//! socket and that owner task. Design: docs/mesh.md.
+//! One task owns all state (the mesh [`Node`], the cluster IPAM engine, the connection
+//! table, the dial table) and is fed events: connections established or lost, messages, API
+//! requests and ticks. Each connection is a task of its own that does the handshake, then
+//! moves frames between the socket and that owner task. Design: docs/mesh.md, docs/ipam.md.
 
 pub mod api;
+mod cluster_ipam;
 pub mod config;
 mod conn;
 mod store;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+use weft_ipam::Ipam;
 use weft_mesh::{MeshConfig, Message, Node, NodeId, Output, Status};
 use weft_wire::{ClusterKey, Identity};
 
@@ -101,6 +103,22 @@ struct Agent {
     start: Instant,
     rng: u64,
     warned_conflicts: BTreeSet<String>,
+    /// The cluster IPAM engine.
+    ipam: Ipam,
+    /// Added to [`Agent::now`] for the IPAM clock (monotonic across restarts).
+    ipam_base: u64,
+    /// The IPAM steps once it can have heard of the cluster (see `cluster_ipam`).
+    ipam_started: bool,
+    /// When the first peer connection was seen (agent clock).
+    first_link_at: Option<u64>,
+    /// The IPAM state changed and is not on disk yet.
+    ipam_unsaved: bool,
+    /// Allocations waiting for space or readiness.
+    pending: Vec<cluster_ipam::Pending>,
+    /// Node names seen, kept after the mesh drops a gone node's records.
+    names: BTreeMap<NodeId, String>,
+    /// The last IPAM state logged.
+    ipam_state_logged: Option<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -127,6 +145,12 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     let ident = store::load_or_create_identity(&cfg.data_dir)?;
     let id = NodeId(ident.node_id());
     let persisted = store::load_persisted(&cfg.data_dir)?;
+    let ipam_persisted = store::load_ipam(&cfg.data_dir)?;
+    let ipam_base = ipam_persisted
+        .as_ref()
+        .map(cluster_ipam::clock_base)
+        .unwrap_or(0);
+    let ipam = Ipam::new(id, cfg.ipam.clone(), ipam_persisted);
     let mesh_cfg = MeshConfig {
         down_after_ms: cfg.down_after_secs * 1000,
         ae_period_ms: cfg.tick_ms,
@@ -152,6 +176,14 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         start: Instant::now(),
         rng: seed(),
         warned_conflicts: BTreeSet::new(),
+        ipam,
+        ipam_base,
+        ipam_started: false,
+        first_link_at: None,
+        ipam_unsaved: false,
+        pending: Vec::new(),
+        names: BTreeMap::new(),
+        ipam_state_logged: None,
         cfg,
     };
     log(format!(
@@ -197,6 +229,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         }
     }
     agent.save();
+    agent.save_ipam_if_needed();
     let _ = std::fs::remove_file(&agent.cfg.socket);
     log("stopped");
     Ok(())
@@ -281,6 +314,8 @@ impl Agent {
         self.check_conflicts();
         self.discover();
         self.dial_due();
+        self.remember_names();
+        self.ipam_tick();
     }
 
     /// Adds the advertised addresses of known, not gone, unconnected nodes to the dial table.
@@ -474,8 +509,13 @@ impl Agent {
             Event::Message { conn, peer, msg } => {
                 if self.conns.get(&peer).is_some_and(|c| c.id == conn) {
                     let now = self.now();
+                    let before = self.node.digest();
                     let outs = self.node.on_message(peer, msg, now);
                     self.perform(outs);
+                    // Waiting allocations go on as soon as the space they wait for arrives.
+                    if !self.pending.is_empty() && self.node.digest() != before {
+                        self.ipam_step();
+                    }
                 }
             }
             Event::Disconnected { conn, peer, why } => {
@@ -499,8 +539,12 @@ impl Agent {
                 body,
                 reply,
             } => {
-                let answer = self.api(&method, &path, &body);
-                let _ = reply.send(answer);
+                if method == "POST" && api::split_query(&path).0 == "/ipam/allocate" {
+                    self.api_allocate(&body, reply);
+                } else {
+                    let answer = self.api(&method, &path, &body);
+                    let _ = reply.send(answer);
+                }
             }
         }
     }
@@ -521,8 +565,12 @@ impl Agent {
             .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
-    fn api(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+    fn api(&mut self, method: &str, target: &str, body: &str) -> (u16, String) {
         let json = |v: &dyn erased::Ser| (200, v.to_json());
+        let (path, query) = api::split_query(target);
+        if let Some(answer) = self.api_ipam(method, path, &query, body) {
+            return answer;
+        }
         match (method, path) {
             ("GET", "/status") => json(&self.status()),
             ("GET", "/peers") => json(&self.peer_list()),
@@ -573,12 +621,7 @@ impl Agent {
             if *owner == self.id {
                 continue;
             }
-            let status = match self.node.status(owner) {
-                Status::Up => "up",
-                Status::Down { .. } => "down",
-                Status::Gone => "gone",
-                Status::Unknown => "unknown",
-            };
+            let status = cluster_ipam::status_str(self.node.status(owner));
             peers.push(PeerReport {
                 id: owner.to_string(),
                 name: self.name_of(owner),
@@ -719,4 +762,65 @@ pub struct ConnReport {
     pub direction: String,
     /// Seconds connected.
     pub seconds: u64,
+}
+
+/// `GET /ipam`: the cluster IPAM as this node sees it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct IpamReport {
+    /// This node.
+    pub node: NodeReport,
+    /// The pools (CIDRs).
+    pub pools: Vec<String>,
+    /// IPv4 block prefix length.
+    pub block_v4: u8,
+    /// IPv6 block prefix length.
+    pub block_v6: u8,
+    /// Nodes that start the cluster together.
+    pub init: usize,
+    /// This node allocates.
+    pub ready: bool,
+    /// Why it does not, if it does not.
+    pub not_ready: Option<String>,
+    /// Two geneses seen: the cluster's IPAM is misconfigured and allocates nothing.
+    pub conflict: Option<String>,
+    /// Every node the IPAM knows, this one first.
+    pub nodes: Vec<IpamNodeReport>,
+    /// Addresses of the pools that may be handed out.
+    pub usable: u64,
+    /// Addresses in use by containers, as the nodes report.
+    pub used: u64,
+}
+
+/// One node in an IPAM report. The counts come from the node's own summary (`ipam/use`)
+/// and are absent when it is not known here.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct IpamNodeReport {
+    /// Node id.
+    pub id: String,
+    /// Its name, if known.
+    pub name: Option<String>,
+    /// This node.
+    pub local: bool,
+    /// Mesh status: up, down, gone or unknown.
+    pub status: String,
+    /// Its active blocks (CIDRs): routed to it, it allocates from them.
+    pub blocks: Vec<String>,
+    /// Reserve blocks it holds.
+    pub reserve: Option<u64>,
+    /// Addresses its containers use.
+    pub used: Option<u64>,
+    /// Free addresses in its active blocks.
+    pub free: Option<u64>,
+    /// Addresses it lends to other nodes.
+    pub lent: Option<u64>,
+    /// Addresses it borrows from other nodes.
+    pub borrowed: Option<u64>,
+    /// It allocates (confirmed by its heir).
+    pub ready: Option<bool>,
+    /// It was removed (`weft rmpeer` or automatic reclaim); its heir took its space.
+    pub removed: bool,
+    /// Its effective heir, which takes its space if it is removed.
+    pub heir: Option<String>,
+    /// The heir's name.
+    pub heir_name: Option<String>,
 }

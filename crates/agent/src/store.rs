@@ -1,6 +1,6 @@
 //! What the agent keeps in its data dir: its identity (`identity.json`, mode 0600, made on
-//! first start) and its own mesh records with their version counter (`mesh.json`), both
-//! replaced atomically.
+//! first start), its own mesh records with their version counter (`mesh.json`) and the
+//! cluster IPAM's state (`ipam.json`, mode 0600), all replaced atomically.
 
 use std::fs;
 use std::io::Write;
@@ -69,6 +69,32 @@ pub(crate) fn load_persisted(dir: &Path) -> Result<Option<Persisted>, AgentError
 pub(crate) fn save_persisted(dir: &Path, p: &Persisted) -> Result<(), AgentError> {
     write_private(
         &dir.join("mesh.json"),
+        &serde_json::to_vec(p).expect("json"),
+    )
+}
+
+/// The cluster IPAM's state (`ipam.json`), if saved before. A damaged file stops the agent:
+/// starting empty would forget which addresses are in use.
+pub(crate) fn load_ipam(dir: &Path) -> Result<Option<weft_ipam::Persist>, AgentError> {
+    let path = dir.join("ipam.json");
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            AgentError(format!(
+                "{} is damaged ({e}); it holds this node's address allocations: restore it, or \
+                 move it away and remove this node from the cluster (`weft rmpeer` on another \
+                 node) before starting it as a new member",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError(format!("read {}: {e}", path.display()))),
+    }
+}
+
+/// Saves the cluster IPAM's state (mode 0600, replaced atomically).
+pub(crate) fn save_ipam(dir: &Path, p: &weft_ipam::Persist) -> Result<(), AgentError> {
+    write_private(
+        &dir.join("ipam.json"),
         &serde_json::to_vec(p).expect("json"),
     )
 }

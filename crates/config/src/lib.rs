@@ -24,6 +24,9 @@ pub const DEFAULT_HOST_VETH_PREFIX: &str = "weft";
 pub const DEFAULT_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Default link-local gateway for IPv6 ranges.
 pub const DEFAULT_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Default `agentSocket`: the weft agent's API, which hands out cluster addresses when the
+/// config has no `range`.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/weft/weft.sock";
 
 /// weft's plugin-specific keys.
 const WEFT_KEYS: &[&str] = &[
@@ -34,6 +37,7 @@ const WEFT_KEYS: &[&str] = &[
     "mtu",
     "dataDir",
     "hostVethPrefix",
+    "agentSocket",
 ];
 /// Standard CNI keys that end up in `NetConf::extra` and are tolerated.
 const TOLERATED_KEYS: &[&str] = &["args", "ipam", "dns"];
@@ -45,14 +49,18 @@ pub struct NetworkConfig {
     pub cni_version: Version,
     /// Network name (`name`).
     pub name: String,
-    /// The container address range (`range`), host bits zero.
-    pub range: IpNet,
+    /// The container address range (`range`), host bits zero: standalone mode, addresses
+    /// from a table on this host. `None`: addresses come from the cluster IPAM of the weft
+    /// agent at `agent_socket`.
+    pub range: Option<IpNet>,
     /// First allocatable address (`rangeStart`), inside `range`.
     pub range_start: Option<IpAddr>,
     /// Last allocatable address (`rangeEnd`), inside `range`.
     pub range_end: Option<IpAddr>,
     /// Link-local next hop given to containers (`gateway`); defaults to
-    /// 169.254.1.1 for IPv4 ranges and fe80::1 for IPv6 ranges.
+    /// 169.254.1.1 for IPv4 ranges and fe80::1 for IPv6 ranges. Without a range, the
+    /// configured gateway (default 169.254.1.1) serves addresses of its family and the
+    /// other family gets its default: see [`NetworkConfig::gateway_for`].
     pub gateway: IpAddr,
     /// Container MTU (`mtu`); `None` means the plugin detects it.
     pub mtu: Option<u32>,
@@ -60,6 +68,8 @@ pub struct NetworkConfig {
     pub data_dir: String,
     /// Prefix of host-side veth names (`hostVethPrefix`), 1..=6 of `[a-z0-9]`.
     pub host_veth_prefix: String,
+    /// The weft agent's API socket (`agentSocket`), absolute; used when there is no `range`.
+    pub agent_socket: String,
 }
 
 /// A config validation error naming the field, what was expected and what was found.
@@ -240,58 +250,83 @@ impl NetworkConfig {
             ));
         }
 
-        // range
+        // range (absent or null: cluster addresses from the agent)
         const RANGE: &str = "an IP network in CIDR form such as 10.32.1.0/24";
         let range_val = extra.get("range");
-        let range: IpNet = match opt_str(extra, "range", RANGE)? {
-            Some(s) => s
-                .parse()
-                .map_err(|_| ConfigError::new("range", RANGE, range_val))?,
-            None => return Err(ConfigError::new("range", RANGE, range_val)),
+        let range: Option<IpNet> = match opt_str(extra, "range", RANGE)? {
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| ConfigError::new("range", RANGE, range_val))?,
+            ),
+            None => None,
         };
-        if range.addr() != range.network() {
-            return Err(ConfigError::new(
-                "range",
-                format!(
-                    "an IP network with the host bits zero, such as {}",
-                    range.trunc()
-                ),
-                range_val,
-            ));
-        }
-        let bounds = usable_bounds(&range).ok_or_else(|| {
-            ConfigError::new(
-                "range",
-                "a network with at least 2 usable addresses (IPv4 prefix /30 or shorter, IPv6 prefix /126 or shorter)",
-                range_val,
-            )
-        })?;
+        let (range_start, range_end) = match &range {
+            Some(range) => {
+                if range.addr() != range.network() {
+                    return Err(ConfigError::new(
+                        "range",
+                        format!(
+                            "an IP network with the host bits zero, such as {}",
+                            range.trunc()
+                        ),
+                        range_val,
+                    ));
+                }
+                let bounds = usable_bounds(range).ok_or_else(|| {
+                    ConfigError::new(
+                        "range",
+                        "a network with at least 2 usable addresses (IPv4 prefix /30 or shorter, IPv6 prefix /126 or shorter)",
+                        range_val,
+                    )
+                })?;
 
-        // rangeStart / rangeEnd
-        let range_start = range_bound(extra, "rangeStart", &range, bounds)?;
-        let range_end = range_bound(extra, "rangeEnd", &range, bounds)?;
-        if let (Some(start), Some(end)) = (range_start, range_end) {
-            if start > end {
-                return Err(ConfigError::new(
-                    "rangeEnd",
-                    format!("an address not below rangeStart {start}"),
-                    extra.get("rangeEnd"),
-                ));
+                // rangeStart / rangeEnd
+                let range_start = range_bound(extra, "rangeStart", range, bounds)?;
+                let range_end = range_bound(extra, "rangeEnd", range, bounds)?;
+                if let (Some(start), Some(end)) = (range_start, range_end) {
+                    if start > end {
+                        return Err(ConfigError::new(
+                            "rangeEnd",
+                            format!("an address not below rangeStart {start}"),
+                            extra.get("rangeEnd"),
+                        ));
+                    }
+                }
+                (range_start, range_end)
             }
-        }
+            None => {
+                for key in ["rangeStart", "rangeEnd"] {
+                    if let Some(v) = extra.get(key).filter(|v| !v.is_null()) {
+                        return Err(ConfigError::new(
+                            key,
+                            "nothing: it needs \"range\" (without a range, addresses come from the weft agent)",
+                            Some(v),
+                        ));
+                    }
+                }
+                (None, None)
+            }
+        };
 
         // gateway
-        let default_gw: IpAddr = if range.addr().is_ipv4() {
+        let v4 = range.map_or(true, |r| r.addr().is_ipv4());
+        let default_gw: IpAddr = if v4 {
             DEFAULT_GATEWAY_V4.into()
         } else {
             DEFAULT_GATEWAY_V6.into()
         };
-        let gw_expected = format!(
-            "an {} unicast address outside range {range}, such as {default_gw}",
-            family(&range.addr())
-        );
+        let gw_expected = match &range {
+            Some(range) => format!(
+                "an {} unicast address outside range {range}, such as {default_gw}",
+                family(&range.addr())
+            ),
+            None => format!(
+                "a unicast address outside the cluster's pools, such as {default_gw}"
+            ),
+        };
         let gateway = match opt_str(extra, "gateway", &gw_expected)? {
-            None if range.contains(&default_gw) => {
+            None if range.is_some_and(|r| r.contains(&default_gw)) => {
+                let range = range.expect("checked");
                 return Err(ConfigError::new(
                     "gateway",
                     format!(
@@ -299,14 +334,13 @@ impl NetworkConfig {
                         family(&range.addr())
                     ),
                     None,
-                ))
+                ));
             }
             None => default_gw,
             Some(s) => {
                 let err = || ConfigError::new("gateway", gw_expected.clone(), extra.get("gateway"));
                 let gw: IpAddr = s.parse().map_err(|_| err())?;
-                let bad = gw.is_ipv4() != range.addr().is_ipv4()
-                    || range.contains(&gw)
+                let bad = range.is_some_and(|r| gw.is_ipv4() != r.addr().is_ipv4() || r.contains(&gw))
                     || gw.is_unspecified()
                     || gw.is_multicast()
                     || gw == IpAddr::V4(Ipv4Addr::BROADCAST);
@@ -318,7 +352,7 @@ impl NetworkConfig {
         };
 
         // mtu
-        let min_mtu = if range.addr().is_ipv4() { 576 } else { 1280 };
+        let min_mtu = if v4 { 576 } else { 1280 };
         let mtu = match extra.get("mtu") {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
@@ -355,6 +389,20 @@ impl NetworkConfig {
             }
         };
 
+        // agentSocket
+        const SOCKET: &str = "an absolute path such as /run/weft/weft.sock";
+        let agent_socket = match opt_str(extra, "agentSocket", SOCKET)? {
+            None => DEFAULT_AGENT_SOCKET.to_string(),
+            Some(p) if p.starts_with('/') && !p.contains('\0') => p.to_string(),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "agentSocket",
+                    SOCKET,
+                    extra.get("agentSocket"),
+                ))
+            }
+        };
+
         Ok(NetworkConfig {
             cni_version,
             name,
@@ -365,19 +413,33 @@ impl NetworkConfig {
             mtu,
             data_dir,
             host_veth_prefix,
+            agent_socket,
         })
     }
 
-    /// The effective first and last allocatable addresses: `rangeStart` /
-    /// `rangeEnd` when set, otherwise the usable bounds of `range`
-    /// (network address and IPv4 broadcast excluded).
-    pub fn allocation_bounds(&self) -> (IpAddr, IpAddr) {
-        let (first, last) =
-            usable_bounds(&self.range).expect("validated range has usable addresses");
-        (
+    /// The effective first and last allocatable addresses of the range: `rangeStart` /
+    /// `rangeEnd` when set, otherwise the usable bounds of `range` (network address and
+    /// IPv4 broadcast excluded). `None` without a range (addresses from the agent).
+    pub fn allocation_bounds(&self) -> Option<(IpAddr, IpAddr)> {
+        let range = self.range.as_ref()?;
+        let (first, last) = usable_bounds(range).expect("validated range has usable addresses");
+        Some((
             self.range_start.unwrap_or(first),
             self.range_end.unwrap_or(last),
-        )
+        ))
+    }
+
+    /// The gateway for a container address: the configured (or default) gateway when it is
+    /// of the address's family, else the family's default (169.254.1.1 or fe80::1). With a
+    /// range, addresses are of the range's family, so this is always `gateway`.
+    pub fn gateway_for(&self, ip: &IpAddr) -> IpAddr {
+        if self.gateway.is_ipv4() == ip.is_ipv4() {
+            self.gateway
+        } else if ip.is_ipv4() {
+            DEFAULT_GATEWAY_V4.into()
+        } else {
+            DEFAULT_GATEWAY_V6.into()
+        }
     }
 }
 
@@ -396,6 +458,21 @@ pub fn parse(bytes: &[u8]) -> Result<(NetConf, NetworkConfig), CniError> {
 /// by portmap, bandwidth and tuning. The arguments are inserted verbatim
 /// (JSON-escaped), not validated. The text ends with a newline.
 pub fn example_conflist(name: &str, range: &str, data_dir: &str) -> String {
+    conflist(name, Some(range), None, data_dir)
+}
+
+/// As [`example_conflist`], for cluster addresses: no `range`; the weft agent at
+/// `agent_socket` hands out addresses from the cluster's pools.
+pub fn example_agent_conflist(name: &str, agent_socket: &str, data_dir: &str) -> String {
+    conflist(name, None, Some(agent_socket), data_dir)
+}
+
+fn conflist(
+    name: &str,
+    range: Option<&str>,
+    agent_socket: Option<&str>,
+    data_dir: &str,
+) -> String {
     #[derive(Serialize)]
     struct Conflist<'a> {
         #[serde(rename = "cniVersion")]
@@ -407,7 +484,10 @@ pub fn example_conflist(name: &str, range: &str, data_dir: &str) -> String {
     struct Weft<'a> {
         #[serde(rename = "type")]
         plugin_type: &'a str,
-        range: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        range: Option<&'a str>,
+        #[serde(rename = "agentSocket", skip_serializing_if = "Option::is_none")]
+        agent_socket: Option<&'a str>,
         #[serde(rename = "dataDir")]
         data_dir: &'a str,
     }
@@ -445,6 +525,7 @@ pub fn example_conflist(name: &str, range: &str, data_dir: &str) -> String {
             Weft {
                 plugin_type: PLUGIN_TYPE,
                 range,
+                agent_socket,
                 data_dir,
             },
             Portmap {

@@ -39,18 +39,19 @@ fn minimal_config_gets_defaults() {
         NetworkConfig {
             cni_version: Version::V1_0_0,
             name: "weftnet".into(),
-            range: "10.32.1.0/24".parse().unwrap(),
+            range: Some("10.32.1.0/24".parse().unwrap()),
             range_start: None,
             range_end: None,
             gateway: "169.254.1.1".parse().unwrap(),
             mtu: None,
             data_dir: "/var/lib/weft".into(),
             host_veth_prefix: "weft".into(),
+            agent_socket: DEFAULT_AGENT_SOCKET.into(),
         }
     );
     assert_eq!(
         c.allocation_bounds(),
-        ("10.32.1.1".parse().unwrap(), "10.32.1.254".parse().unwrap())
+        Some(("10.32.1.1".parse().unwrap(), "10.32.1.254".parse().unwrap()))
     );
 }
 
@@ -73,7 +74,7 @@ fn full_config() {
     assert_eq!(c.host_veth_prefix, "w0");
     assert_eq!(
         c.allocation_bounds(),
-        ("10.32.1.10".parse().unwrap(), "10.32.1.20".parse().unwrap())
+        Some(("10.32.1.10".parse().unwrap(), "10.32.1.20".parse().unwrap()))
     );
 }
 
@@ -83,10 +84,10 @@ fn ipv6_config() {
     assert_eq!(c.gateway, "fe80::1".parse::<IpAddr>().unwrap());
     assert_eq!(
         c.allocation_bounds(),
-        (
+        Some((
             "fd00:32::1".parse().unwrap(),
             "fd00:32::ffff:ffff:ffff:ffff".parse().unwrap()
-        )
+        ))
     );
     let mut v = with("range", json!("fd00:32::/64"));
     v["mtu"] = json!(1000);
@@ -106,8 +107,8 @@ fn display_format() {
         e.to_string(),
         r#"network config field "range": expected an IP network in CIDR form such as 10.32.1.0/24, found "10.32.1.0/33""#
     );
-    let e = err(without("range"));
-    assert_eq!(e.found, "nothing");
+    let e = err(with("range", json!(5)));
+    assert_eq!(e.found, "5");
     let c: CniError = e.into();
     assert_eq!(c.code, code::INVALID_CONFIG);
     assert!(c.msg.contains("\"range\""));
@@ -171,7 +172,7 @@ fn range_validation() {
     let c = ok(with("range", json!("10.32.1.0/30")));
     assert_eq!(
         c.allocation_bounds(),
-        ("10.32.1.1".parse().unwrap(), "10.32.1.2".parse().unwrap())
+        Some(("10.32.1.1".parse().unwrap(), "10.32.1.2".parse().unwrap()))
     );
 }
 
@@ -335,7 +336,7 @@ fn example_conflist_shape_and_round_trip() {
     );
     let (_, c) = parse(&first_plugin(&s)).unwrap();
     assert_eq!(c.name, "weft");
-    assert_eq!(c.range, "10.32.1.0/24".parse::<IpNet>().unwrap());
+    assert_eq!(c.range, Some("10.32.1.0/24".parse::<IpNet>().unwrap()));
     assert_eq!(c.data_dir, "/var/lib/weft");
 }
 
@@ -368,6 +369,68 @@ fn usable_bounds_edges() {
     );
 }
 
+#[test]
+fn without_a_range_addresses_come_from_the_agent() {
+    for v in [without("range"), with("range", Value::Null)] {
+        let c = ok(v);
+        assert_eq!(c.range, None);
+        assert_eq!(c.allocation_bounds(), None);
+        assert_eq!(c.agent_socket, DEFAULT_AGENT_SOCKET);
+        assert_eq!(c.gateway, "169.254.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            c.gateway_for(&"10.32.0.5".parse().unwrap()),
+            "169.254.1.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            c.gateway_for(&"fd00::5".parse().unwrap()),
+            "fe80::1".parse::<IpAddr>().unwrap()
+        );
+    }
+    let mut v = without("range");
+    v["agentSocket"] = json!("/run/x/agent.sock");
+    v["gateway"] = json!("fe80::9");
+    let c = ok(v);
+    assert_eq!(c.agent_socket, "/run/x/agent.sock");
+    assert_eq!(
+        c.gateway_for(&"fd00::5".parse().unwrap()),
+        "fe80::9".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        c.gateway_for(&"10.0.0.5".parse().unwrap()),
+        "169.254.1.1".parse::<IpAddr>().unwrap()
+    );
+    for bad in [json!("relative/sock"), json!(3)] {
+        let mut v = without("range");
+        v["agentSocket"] = bad;
+        assert_eq!(err(v).field, "agentSocket");
+    }
+    for key in ["rangeStart", "rangeEnd"] {
+        let mut v = without("range");
+        v[key] = json!("10.32.1.5");
+        let e = err(v);
+        assert_eq!(e.field, key);
+        assert!(e.expected.contains("range"), "{}", e.expected);
+    }
+    let mut v = without("range");
+    v["gateway"] = json!("224.0.0.1");
+    assert_eq!(err(v).field, "gateway");
+    // With a range, agentSocket is accepted and unused.
+    assert!(ok(with("agentSocket", json!("/run/a.sock"))).range.is_some());
+}
+
+#[test]
+fn example_agent_conflist_has_no_range() {
+    let s = example_agent_conflist("weft", "/run/weft/weft.sock", "/var/lib/weft");
+    let list: Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(
+        list["plugins"][0],
+        json!({"type": "weft", "agentSocket": "/run/weft/weft.sock", "dataDir": "/var/lib/weft"})
+    );
+    let (_, c) = parse(&first_plugin(&s)).unwrap();
+    assert_eq!(c.range, None);
+    assert_eq!(c.agent_socket, "/run/weft/weft.sock");
+}
+
 proptest! {
     #[test]
     fn valid_ipv4_ranges_accepted(a in any::<u32>(), prefix in 0u8..=30) {
@@ -375,7 +438,7 @@ proptest! {
         let v = with("range", json!(net.to_string()));
         match NetworkConfig::from_netconf(&conf(v)) {
             Ok(c) => {
-                let (first, last) = c.allocation_bounds();
+                let (first, last) = c.allocation_bounds().unwrap();
                 prop_assert!(first < last && net.contains(&first) && net.contains(&last));
             }
             // Only a range that swallows the default gateway may fail.
@@ -398,7 +461,7 @@ proptest! {
         let s = example_conflist(&name, &net.to_string(), &dir);
         let (_, c) = parse(&first_plugin(&s)).unwrap();
         prop_assert_eq!(c.name, name);
-        prop_assert_eq!(c.range, net);
+        prop_assert_eq!(c.range, Some(net));
         prop_assert_eq!(c.data_dir, dir);
     }
 
@@ -406,7 +469,7 @@ proptest! {
     fn arbitrary_extra_values_never_panic(
         key in prop_oneof![
             Just("range"), Just("rangeStart"), Just("rangeEnd"), Just("gateway"),
-            Just("mtu"), Just("dataDir"), Just("hostVethPrefix")
+            Just("mtu"), Just("dataDir"), Just("hostVethPrefix"), Just("agentSocket")
         ],
         s in ".{0,40}",
         n in any::<i64>(),

@@ -25,7 +25,7 @@ use weft_cni::{code, CniError, CniResult, Command, Env, Interface, IpConfig, Net
 use weft_config::NetworkConfig;
 use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 
-use store::{AddressSource, LocalFileSource};
+use store::{AddressSource, AgentSource, LocalFileSource};
 
 /// CHECK found the attachment not as ADD made it (plugin-specific code).
 pub const CHECK_FAILED: u32 = 101;
@@ -86,7 +86,8 @@ fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String
 struct Ctx {
     conf: NetConf,
     net: NetworkConfig,
-    range: Range,
+    /// The standalone range; `None`: cluster addresses from the agent.
+    range: Option<Range>,
 }
 
 /// The ids of one attachment.
@@ -97,17 +98,33 @@ struct Attach<'a> {
 
 impl Ctx {
     fn new(conf: NetConf, net: NetworkConfig) -> Result<Self, CniError> {
-        let range = Range::new(net.range, net.range_start, net.range_end)
-            .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
+        let range = match net.range {
+            Some(r) => Some(
+                Range::new(r, net.range_start, net.range_end)
+                    .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Ctx { conf, net, range })
     }
 
-    fn source(&self) -> LocalFileSource {
-        LocalFileSource::new(
-            Path::new(&self.net.data_dir),
-            &self.net.name,
-            self.range.clone(),
-        )
+    fn source(&self) -> Box<dyn AddressSource> {
+        match &self.range {
+            Some(range) => Box::new(LocalFileSource::new(
+                Path::new(&self.net.data_dir),
+                &self.net.name,
+                range.clone(),
+            )),
+            None => Box::new(AgentSource::new(Path::new(&self.net.agent_socket))),
+        }
+    }
+
+    /// Where addresses come from, for messages.
+    fn space(&self) -> String {
+        match &self.net.range {
+            Some(r) => r.to_string(),
+            None => "the cluster's pools".to_string(),
+        }
     }
 
     fn alias(&self, a: &Attach) -> String {
@@ -118,8 +135,8 @@ impl Ctx {
         host_veth_name(&self.net.host_veth_prefix, a.container_id, a.ifname)
     }
 
-    fn gateway(&self) -> IpAddr {
-        self.net.gateway
+    fn gateway(&self, ip: &IpAddr) -> IpAddr {
+        self.net.gateway_for(ip)
     }
 
     fn attach<'a>(env: &'a Env) -> Attach<'a> {
@@ -186,7 +203,7 @@ impl Ctx {
         ip: IpAddr,
     ) -> Result<CniResult, CniError> {
         let host_if = self.host_ifname(a);
-        let gw = self.gateway();
+        let gw = self.gateway(&ip);
         let mut nlh = Netlink::open().map_err(nl_err)?;
         let mtu = match self.net.mtu {
             Some(m) => m,
@@ -390,7 +407,7 @@ impl Ctx {
         }
         let netns = open_netns_env(env.netns.as_deref().unwrap_or_default())?;
         let ifname = a.ifname.to_string();
-        let gw = self.gateway();
+        let gw = self.gateway(&ip);
         let problem = nl::in_netns(&netns, move || -> Result<Option<String>, nl::Error> {
             let mut c = Netlink::open()?;
             let Some(link) = c.link_by_name(&ifname)? else {
@@ -437,7 +454,7 @@ impl Ctx {
                 code::NOT_AVAILABLE,
                 format!(
                     "weft cannot add containers: every address of {} is allocated",
-                    self.net.range
+                    self.space()
                 ),
             ));
         }
@@ -445,7 +462,7 @@ impl Ctx {
     }
 
     fn gc(&self) -> Result<(), CniError> {
-        let valid: BTreeSet<(String, String)> = self
+        let valid: BTreeSet<Owner> = self
             .conf
             .valid_attachments
             .as_ref()
@@ -456,7 +473,7 @@ impl Ctx {
                 )
             })?
             .iter()
-            .map(|v| (v.container_id.clone(), v.ifname.clone()))
+            .map(|v| Owner::new(v.container_id.clone(), v.ifname.clone()))
             .collect();
         // Links carrying this network's mark whose attachment is not valid.
         let prefix = format!("weft:{}:", self.net.name);
@@ -468,7 +485,7 @@ impl Ctx {
             let Some((cid, ifname)) = rest.split_once(':') else {
                 continue;
             };
-            if !valid.contains(&(cid.to_string(), ifname.to_string())) {
+            if !valid.contains(&Owner::new(cid, ifname)) {
                 match nlh.delete_link(link.index) {
                     Ok(()) => {}
                     Err(e) if e.is_not_found() => {}
@@ -477,12 +494,7 @@ impl Ctx {
             }
         }
         // Allocations whose attachment is not valid.
-        let mut source = self.source();
-        for (_, owner) in source.list()? {
-            if !valid.contains(&(owner.container_id.clone(), owner.ifname.clone())) {
-                source.release(&owner)?;
-            }
-        }
+        self.source().gc(&valid)?;
         Ok(())
     }
 }

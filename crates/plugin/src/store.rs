@@ -1,16 +1,23 @@
 //! Where container addresses come from, behind [`AddressSource`].
 //!
-//! For now a host-local source: the allocation table of one network lives in
-//! `DATA_DIR/networks/NAME/alloc.json`, changed only under an exclusive `flock` on
-//! `alloc.lock` and replaced atomically (write to a temporary file, then rename), so
-//! concurrent plugin invocations never hand out one address twice and a crash mid-write
-//! never leaves a torn file. The cluster-wide IPAM replaces this source later.
+//! - [`AgentSource`] (the network config has no `range`): the weft agent on this host hands
+//!   out addresses from the cluster's pools over its local API (`agentSocket`).
+//! - [`LocalFileSource`] (standalone, with a `range`): the allocation table of one network
+//!   lives in `DATA_DIR/networks/NAME/alloc.json`, changed only under an exclusive `flock` on
+//!   `alloc.lock` and replaced atomically (write to a temporary file, then rename), so
+//!   concurrent plugin invocations never hand out one address twice and a crash mid-write
+//!   never leaves a torn file.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use weft_agent::api::{self, ClientError};
 
 use weft_alloc::{AllocError, AllocTable, Owner, Range};
 use weft_cni::{code, CniError};
@@ -27,6 +34,16 @@ pub trait AddressSource {
     fn list(&mut self) -> Result<Vec<(IpAddr, Owner)>, CniError>;
     /// How many addresses are still free.
     fn free(&mut self) -> Result<u128, CniError>;
+    /// Releases every allocation whose owner is not in `valid`; returns the addresses.
+    fn gc(&mut self, valid: &BTreeSet<Owner>) -> Result<Vec<IpAddr>, CniError> {
+        let mut freed = Vec::new();
+        for (_, owner) in self.list()? {
+            if !valid.contains(&owner) {
+                freed.extend(self.release(&owner)?);
+            }
+        }
+        Ok(freed)
+    }
 }
 
 /// The host-local, file-backed address source.
@@ -132,6 +149,180 @@ impl AddressSource for LocalFileSource {
 
     fn free(&mut self) -> Result<u128, CniError> {
         self.with_table(false, |t| Ok(t.free()))
+    }
+}
+
+/// Cluster addresses from the weft agent on this host, over its API socket.
+pub struct AgentSource {
+    socket: PathBuf,
+}
+
+/// Longest answer wait of the calls that do not allocate.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+struct AddressAnswer {
+    address: Option<IpAddr>,
+}
+
+#[derive(Deserialize)]
+struct ListAnswer {
+    allocations: Vec<ListEntry>,
+}
+
+#[derive(Deserialize)]
+struct ListEntry {
+    address: IpAddr,
+    container_id: String,
+    ifname: String,
+}
+
+#[derive(Deserialize)]
+struct GcAnswer {
+    released: Vec<IpAddr>,
+}
+
+#[derive(Deserialize)]
+struct ReportAnswer {
+    not_ready: Option<String>,
+    usable: u64,
+    used: u64,
+}
+
+impl AgentSource {
+    /// The source served by the agent at `socket`.
+    pub fn new(socket: &Path) -> Self {
+        AgentSource {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// One request; non-200 answers become CNI errors (503: try again later, 507:
+    /// exhausted), and so does an agent that does not answer.
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<T, CniError> {
+        let body = body.map(|b| b.to_string());
+        let (status, text) = api::call(&self.socket, method, path, body.as_deref(), timeout)
+            .map_err(|e| match e {
+                ClientError::Unreachable { socket, why } => CniError::new(
+                    code::TRY_AGAIN,
+                    format!(
+                        "cannot reach the weft agent at {socket} ({why}): `weft agent` must be \
+                         running on this host to hand out cluster addresses (the network config \
+                         has no \"range\"; \"agentSocket\" names the agent's socket)"
+                    ),
+                ),
+                ClientError::Failed(msg) => CniError::new(
+                    code::TRY_AGAIN,
+                    format!("the weft agent at {}: {msg}", self.socket.display()),
+                ),
+            })?;
+        let msg = || {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or_else(|| text.clone())
+        };
+        match status {
+            200 => serde_json::from_str(&text).map_err(|e| {
+                CniError::new(
+                    code::INTERNAL,
+                    format!("the weft agent's answer to {path} is not understood: {e}"),
+                )
+            }),
+            503 => Err(CniError::new(code::TRY_AGAIN, msg())),
+            507 => Err(CniError::new(
+                code::ADDRESS_EXHAUSTED,
+                format!("cannot allocate: {}", msg()),
+            )),
+            404 => Err(CniError::new(
+                code::INTERNAL,
+                format!(
+                    "the weft agent at {} does not serve {path} ({}): is it an older weft?",
+                    self.socket.display(),
+                    msg()
+                ),
+            )),
+            _ => Err(CniError::new(
+                code::INTERNAL,
+                format!("the weft agent refused {path}: {}", msg()),
+            )),
+        }
+    }
+
+    fn owner_json(owner: &Owner) -> serde_json::Value {
+        serde_json::json!({ "container_id": owner.container_id, "ifname": owner.ifname })
+    }
+}
+
+impl AddressSource for AgentSource {
+    fn allocate(&mut self, owner: &Owner) -> Result<IpAddr, CniError> {
+        let a: AddressAnswer = self.call(
+            "POST",
+            "/ipam/allocate",
+            Some(Self::owner_json(owner)),
+            api::ALLOCATE_CLIENT_TIMEOUT,
+        )?;
+        a.address.ok_or_else(|| {
+            CniError::new(code::INTERNAL, "the weft agent allocated no address")
+        })
+    }
+
+    fn release(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError> {
+        let a: AddressAnswer = self.call(
+            "POST",
+            "/ipam/release",
+            Some(Self::owner_json(owner)),
+            AGENT_TIMEOUT,
+        )?;
+        Ok(a.address)
+    }
+
+    fn lookup(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError> {
+        let a: AddressAnswer = self.call(
+            "POST",
+            "/ipam/lookup",
+            Some(Self::owner_json(owner)),
+            AGENT_TIMEOUT,
+        )?;
+        Ok(a.address)
+    }
+
+    fn list(&mut self) -> Result<Vec<(IpAddr, Owner)>, CniError> {
+        let l: ListAnswer = self.call("GET", "/ipam/list", None, AGENT_TIMEOUT)?;
+        Ok(l.allocations
+            .into_iter()
+            .map(|e| (e.address, Owner::new(e.container_id, e.ifname)))
+            .collect())
+    }
+
+    /// Free addresses of the cluster's pools, as far as this node knows; an error when the
+    /// agent is unreachable or its IPAM is not ready.
+    fn free(&mut self) -> Result<u128, CniError> {
+        let r: ReportAnswer = self.call("GET", "/ipam", None, AGENT_TIMEOUT)?;
+        if let Some(why) = r.not_ready {
+            return Err(CniError::new(
+                code::TRY_AGAIN,
+                format!("the cluster IPAM of the weft agent is not ready: {why}"),
+            ));
+        }
+        Ok(u128::from(r.usable.saturating_sub(r.used)))
+    }
+
+    fn gc(&mut self, valid: &BTreeSet<Owner>) -> Result<Vec<IpAddr>, CniError> {
+        let valid: Vec<serde_json::Value> = valid.iter().map(Self::owner_json).collect();
+        let g: GcAnswer = self.call(
+            "POST",
+            "/ipam/gc",
+            Some(serde_json::json!({ "valid": valid })),
+            AGENT_TIMEOUT,
+        )?;
+        Ok(g.released)
     }
 }
 

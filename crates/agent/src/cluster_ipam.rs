@@ -1,0 +1,613 @@
+//! The cluster IPAM in the agent: the owner task holds a `weft_ipam::Ipam` next to the mesh
+//! `Node`, steps it on every tick (and after IPAM requests), persists its state to
+//! `ipam.json` before publishing its records and before answering an allocation or a
+//! release, and serves the `/ipam` endpoints. Allocations that must wait for space or for
+//! readiness are kept in a list and retried after every step, so the owner task never
+//! blocks.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use weft_alloc::Owner;
+use weft_ipam::view::{UseRec, PREFIX};
+use weft_ipam::{AllocError, Persist};
+use weft_mesh::{NodeId, Status};
+
+use crate::api::{error_json, ALLOCATE_WAIT};
+use crate::{log, Agent, IpamNodeReport, IpamReport, NodeReport};
+
+/// An allocation waiting for space or readiness.
+pub(crate) struct Pending {
+    owner: Owner,
+    deadline: Instant,
+    reason: String,
+    reply: oneshot::Sender<(u16, String)>,
+}
+
+/// What an allocation attempt came to.
+enum Attempt {
+    /// Answer now.
+    Answer(u16, String),
+    /// Try again after the next step; why it waits.
+    Wait(String),
+}
+
+#[derive(Deserialize)]
+struct OwnerBody {
+    container_id: String,
+    ifname: String,
+}
+
+#[derive(Deserialize)]
+struct GcBody {
+    valid: Vec<OwnerBody>,
+}
+
+#[derive(Deserialize)]
+struct RmpeerBody {
+    peer: String,
+}
+
+fn owner_of(b: OwnerBody) -> Result<Owner, (u16, String)> {
+    if b.container_id.is_empty() || b.ifname.is_empty() {
+        return Err((
+            400,
+            error_json("container_id and ifname must not be empty"),
+        ));
+    }
+    Ok(Owner::new(b.container_id, b.ifname))
+}
+
+fn parse_owner(body: &str) -> Result<Owner, (u16, String)> {
+    let b: OwnerBody = serde_json::from_str(body).map_err(|e| {
+        (
+            400,
+            error_json(&format!(
+                "expected {{\"container_id\": \"...\", \"ifname\": \"...\"}}: {e}"
+            )),
+        )
+    })?;
+    owner_of(b)
+}
+
+fn query_owner(query: &[(String, String)]) -> Result<Owner, (u16, String)> {
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(q, _)| q == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    owner_of(OwnerBody {
+        container_id: get("container_id"),
+        ifname: get("ifname"),
+    })
+}
+
+fn address_json(a: Option<IpAddr>) -> String {
+    serde_json::json!({ "address": a.map(|a| a.to_string()) }).to_string()
+}
+
+/// The time base of the IPAM clock after a restart: the latest time the saved state
+/// mentions, so that the engine's clock never goes back across restarts (it keeps request
+/// and grace start times in its state).
+pub(crate) fn clock_base(p: &Persist) -> u64 {
+    let req = p.req.map(|(_, at)| at).unwrap_or(0);
+    let empty = p.empty_since.values().copied().max().unwrap_or(0);
+    req.max(empty)
+}
+
+pub(crate) fn status_str(s: Status) -> &'static str {
+    match s {
+        Status::Up => "up",
+        Status::Down { .. } => "down",
+        Status::Gone => "gone",
+        Status::Unknown => "unknown",
+    }
+}
+
+impl Agent {
+    /// The IPAM clock: monotonic, also across restarts (see [`clock_base`]).
+    pub(crate) fn ipam_now(&self) -> u64 {
+        self.ipam_base + self.now()
+    }
+
+    /// Why the IPAM cannot allocate now, or `None` when it can.
+    pub(crate) fn ipam_not_ready(&self) -> Option<String> {
+        if !self.ipam_started {
+            return Some(format!(
+                "waiting to connect to a peer ({}) to learn the cluster's IPAM before joining it",
+                self.cfg
+                    .peers
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        match self.ipam.ready() {
+            Ok(()) => None,
+            Err(AllocError::NotReady(why)) => Some(why),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Opens the start gate once the IPAM may step: it already knows a genesis (a
+    /// restart), no peer is configured (the first node of a cluster), or it is connected and
+    /// has had time to receive its peers' records. A node that joins an existing cluster
+    /// must see the cluster's genesis before its first step, or it would start a cluster of
+    /// its own.
+    fn ipam_gate(&mut self) -> bool {
+        if self.ipam.view().genesis.is_some() || self.cfg.peers.is_empty() {
+            return true;
+        }
+        if self.conns.is_empty() {
+            return false;
+        }
+        let now = self.now();
+        let since = *self.first_link_at.get_or_insert(now);
+        now.saturating_sub(since) >= 2 * self.cfg.tick_ms
+            && self
+                .conns
+                .keys()
+                .all(|p| self.node.store().version(p).is_some())
+    }
+
+    /// The tick's IPAM work.
+    pub(crate) fn ipam_tick(&mut self) {
+        if !self.ipam_started && self.ipam_gate() {
+            self.ipam_started = true;
+            log(format!(
+                "cluster IPAM starts: pools {}, init {}",
+                self.pools_text(),
+                self.cfg.ipam.init
+            ));
+        }
+        self.ipam_step();
+    }
+
+    fn pools_text(&self) -> String {
+        self.cfg
+            .ipam
+            .space
+            .pools
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Saves the IPAM state now.
+    fn save_ipam(&mut self) -> Result<(), String> {
+        self.ipam.take_dirty();
+        match crate::store::save_ipam(&self.cfg.data_dir, self.ipam.persist()) {
+            Ok(()) => {
+                self.ipam_unsaved = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.ipam_unsaved = true;
+                Err(e.0)
+            }
+        }
+    }
+
+    /// One step of the engine: merge, act, persist, publish; then retry waiting
+    /// allocations (and step once more if that allocated something, to publish it).
+    pub(crate) fn ipam_step(&mut self) {
+        for round in 0..2 {
+            if self.ipam_started {
+                let now = self.ipam_now();
+                let writes = {
+                    let node = &self.node;
+                    let live = |id: &NodeId| node.status(id) == Status::Up;
+                    self.ipam.step(node.store(), &live, now)
+                };
+                if self.ipam.take_dirty() {
+                    self.ipam_unsaved = true;
+                }
+                // The state is on disk before any record that follows from it is published:
+                // a give must never be forgotten by a restart.
+                if self.ipam_unsaved {
+                    if let Err(e) = self.save_ipam() {
+                        log(format!("cluster IPAM: {e}; its records wait for a save"));
+                        self.retry_pending();
+                        return;
+                    }
+                }
+                if !writes.is_empty() {
+                    let t = self.now();
+                    let mut outs = Vec::new();
+                    for (key, value) in writes {
+                        outs.extend(self.node.set_local(&key, value, t));
+                    }
+                    self.perform(outs);
+                    self.save();
+                }
+                self.log_ipam_state();
+            }
+            if !self.retry_pending() || round == 1 {
+                break;
+            }
+        }
+    }
+
+    fn log_ipam_state(&mut self) {
+        let now = match self.ipam_not_ready() {
+            None => "ready".to_string(),
+            Some(why) => format!("not ready: {why}"),
+        };
+        if self.ipam_state_logged.as_deref() != Some(now.as_str()) {
+            log(format!("cluster IPAM {now}"));
+            self.ipam_state_logged = Some(now);
+        }
+    }
+
+    /// Tries one allocation; persists before an address is answered.
+    fn try_allocate(&mut self, owner: &Owner) -> Attempt {
+        if !self.ipam_started {
+            return Attempt::Wait(format!(
+                "cluster IPAM is not ready: {}",
+                self.ipam_not_ready().unwrap_or_default()
+            ));
+        }
+        let had = self.ipam.lookup(owner).is_some();
+        match self.ipam.allocate(owner) {
+            Ok(a) => {
+                if let Err(e) = self.save_ipam() {
+                    if !had {
+                        self.ipam.release(owner);
+                    }
+                    return Attempt::Answer(
+                        500,
+                        error_json(&format!("cannot save the allocation: {e}")),
+                    );
+                }
+                Attempt::Answer(200, address_json(Some(a)))
+            }
+            Err(AllocError::Exhausted) => Attempt::Answer(
+                507,
+                error_json(&format!(
+                    "no free address: every address of the cluster's pools ({}) is in use",
+                    self.pools_text()
+                )),
+            ),
+            Err(e) => Attempt::Wait(e.to_string()),
+        }
+    }
+
+    /// Retries the waiting allocations; answers those that succeed, fail for good or pass
+    /// their deadline. Returns true if an address was handed out.
+    fn retry_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut allocated = false;
+        let waiting = std::mem::take(&mut self.pending);
+        for mut p in waiting {
+            match self.try_allocate(&p.owner) {
+                Attempt::Answer(code, body) => {
+                    allocated |= code == 200;
+                    let _ = p.reply.send((code, body));
+                }
+                Attempt::Wait(why) if now < p.deadline && !p.reply.is_closed() => {
+                    p.reason = why;
+                    self.pending.push(p);
+                }
+                Attempt::Wait(why) => {
+                    p.reason = why;
+                    self.give_up(p);
+                }
+            }
+        }
+        allocated
+    }
+
+    fn give_up(&mut self, p: Pending) {
+        let msg = format!(
+            "no address for container {} interface {} within {} s: {}",
+            p.owner.container_id,
+            p.owner.ifname,
+            ALLOCATE_WAIT.as_secs(),
+            p.reason
+        );
+        let _ = p.reply.send((503, error_json(&msg)));
+        // The engine stops asking space for it unless another request waits for it too.
+        if !self.pending.iter().any(|o| o.owner == p.owner) && self.ipam.lookup(&p.owner).is_none()
+        {
+            self.ipam.release(&p.owner);
+        }
+    }
+
+    /// `POST /ipam/allocate`: answers now, or keeps the request waiting.
+    pub(crate) fn api_allocate(&mut self, body: &str, reply: oneshot::Sender<(u16, String)>) {
+        let owner = match parse_owner(body) {
+            Ok(o) => o,
+            Err(answer) => {
+                let _ = reply.send(answer);
+                return;
+            }
+        };
+        match self.try_allocate(&owner) {
+            Attempt::Answer(code, body) => {
+                let _ = reply.send((code, body));
+            }
+            Attempt::Wait(reason) => self.pending.push(Pending {
+                owner,
+                deadline: Instant::now() + ALLOCATE_WAIT,
+                reason,
+                reply,
+            }),
+        }
+        // Publish the allocation, or ask for space at once.
+        self.ipam_step();
+    }
+
+    /// The other `/ipam` endpoints; `None` if `route` is not one of them.
+    pub(crate) fn api_ipam(
+        &mut self,
+        method: &str,
+        route: &str,
+        query: &[(String, String)],
+        body: &str,
+    ) -> Option<(u16, String)> {
+        let answer = match (method, route) {
+            ("GET", "/ipam") => (
+                200,
+                serde_json::to_string(&self.ipam_report()).expect("json"),
+            ),
+            ("POST", "/ipam/release") => self.api_release(body),
+            ("POST", "/ipam/gc") => self.api_gc(body),
+            ("GET", "/ipam/lookup") | ("POST", "/ipam/lookup") => {
+                let owner = if method == "GET" {
+                    query_owner(query)
+                } else {
+                    parse_owner(body)
+                };
+                match owner {
+                    Ok(o) => (200, address_json(self.ipam.lookup(&o))),
+                    Err(e) => e,
+                }
+            }
+            ("GET", "/ipam/list") => {
+                let list: Vec<serde_json::Value> = self
+                    .ipam
+                    .list()
+                    .into_iter()
+                    .map(|(a, o)| {
+                        serde_json::json!({
+                            "address": a.to_string(),
+                            "container_id": o.container_id,
+                            "ifname": o.ifname,
+                        })
+                    })
+                    .collect();
+                (
+                    200,
+                    serde_json::json!({ "allocations": list }).to_string(),
+                )
+            }
+            ("POST", "/ipam/rmpeer") => self.api_rmpeer(body),
+            _ => return None,
+        };
+        Some(answer)
+    }
+
+    fn api_release(&mut self, body: &str) -> (u16, String) {
+        let owner = match parse_owner(body) {
+            Ok(o) => o,
+            Err(e) => return e,
+        };
+        let freed = self.ipam.release(&owner);
+        if let Err(e) = self.save_ipam() {
+            return (500, error_json(&format!("cannot save the release: {e}")));
+        }
+        self.ipam_step();
+        (200, address_json(freed))
+    }
+
+    fn api_gc(&mut self, body: &str) -> (u16, String) {
+        let b: GcBody = match serde_json::from_str(body) {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    400,
+                    error_json(&format!(
+                        "expected {{\"valid\": [{{\"container_id\": \"...\", \"ifname\": \"...\"}}, ...]}}: {e}"
+                    )),
+                )
+            }
+        };
+        let valid: BTreeSet<Owner> = b
+            .valid
+            .into_iter()
+            .map(|o| Owner::new(o.container_id, o.ifname))
+            .collect();
+        let released = self.ipam.gc(&valid);
+        if let Err(e) = self.save_ipam() {
+            return (500, error_json(&format!("cannot save the release: {e}")));
+        }
+        self.ipam_step();
+        let released: Vec<String> = released.iter().map(|a| a.to_string()).collect();
+        (200, serde_json::json!({ "released": released }).to_string())
+    }
+
+    fn api_rmpeer(&mut self, body: &str) -> (u16, String) {
+        let Ok(b) = serde_json::from_str::<RmpeerBody>(body) else {
+            return (
+                400,
+                error_json("expected {\"peer\": \"NODE NAME or 32-hex node id\"}"),
+            );
+        };
+        let id = match self.resolve_node(&b.peer) {
+            Ok(id) => id,
+            Err(e) => return e,
+        };
+        let result = {
+            let node = &self.node;
+            let live = |n: &NodeId| node.status(n) == Status::Up;
+            self.ipam.rmpeer(id, &live)
+        };
+        match result {
+            Ok(msg) => {
+                log(format!("rmpeer {}: {msg}", b.peer));
+                self.ipam_step();
+                (200, serde_json::json!({ "message": msg }).to_string())
+            }
+            Err(e) => (409, error_json(&e)),
+        }
+    }
+
+    /// A node by name (as its `name` record says, remembered after it is gone) or 32-hex id.
+    fn resolve_node(&self, peer: &str) -> Result<NodeId, (u16, String)> {
+        if let Ok(id) = peer.parse::<NodeId>() {
+            return Ok(id);
+        }
+        let ids: Vec<NodeId> = self
+            .names
+            .iter()
+            .filter(|(_, n)| n.as_str() == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            [] => Err((
+                404,
+                error_json(&format!(
+                    "no node named {peer:?} is known here; give its 32-hex id (`weft ipam` lists them)"
+                )),
+            )),
+            _ => Err((
+                409,
+                error_json(&format!(
+                    "several nodes are named {peer:?} ({}); give the id of the one to remove",
+                    ids.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            )),
+        }
+    }
+
+    /// Remembers every node's name, also after the mesh drops a gone node's records.
+    pub(crate) fn remember_names(&mut self) {
+        let store = self.node.store();
+        for owner in store.owners() {
+            if let Some(Some(n)) = store.get(owner, crate::NAME_KEY) {
+                let n = String::from_utf8_lossy(n);
+                if self.names.get(owner).map(String::as_str) != Some(&*n) {
+                    self.names.insert(*owner, n.into_owned());
+                }
+            }
+        }
+    }
+
+    fn use_of(&self, id: &NodeId) -> Option<UseRec> {
+        if *id == self.id {
+            return self
+                .ipam
+                .view()
+                .genesis
+                .is_some()
+                .then(|| self.ipam.usage());
+        }
+        let v = self
+            .node
+            .store()
+            .get(id, &format!("{PREFIX}use"))
+            .flatten()?;
+        serde_json::from_slice(v).ok()
+    }
+
+    /// `GET /ipam`.
+    pub(crate) fn ipam_report(&self) -> IpamReport {
+        let view = self.ipam.view();
+        let space = &self.cfg.ipam.space;
+        let store = self.node.store();
+        let mut ids = view.nodes();
+        ids.insert(self.id);
+        let use_key = format!("{PREFIX}use");
+        ids.extend(
+            store
+                .owners()
+                .filter(|o| matches!(store.get(o, &use_key), Some(Some(_)))),
+        );
+        let cidr = |k: u64| space.block_net(k).map(|n| n.to_string());
+        let mut nodes = Vec::new();
+        let mut used_total = 0u64;
+        for id in ids {
+            let blocks: Vec<String> = if id == self.id {
+                self.ipam
+                    .held_blocks()
+                    .into_iter()
+                    .filter(|(_, active)| *active)
+                    .filter_map(|(k, _)| cidr(k))
+                    .collect()
+            } else {
+                view.claims
+                    .iter()
+                    .filter(|(k, c)| c.holder == id && c.active && view.holder(**k) == Some(id))
+                    .filter_map(|(k, _)| cidr(*k))
+                    .collect()
+            };
+            let u = self.use_of(&id);
+            used_total += u.as_ref().map_or(0, |u| u.used);
+            let hello = view.hello.get(&id).copied().unwrap_or(0);
+            let heir = view.effective_heir(&id);
+            nodes.push(IpamNodeReport {
+                id: id.to_string(),
+                name: self.names.get(&id).cloned(),
+                local: id == self.id,
+                status: status_str(self.node.status(&id)).to_string(),
+                blocks,
+                reserve: u.as_ref().map(|u| u.reserve),
+                used: u.as_ref().map(|u| u.used),
+                free: u.as_ref().map(|u| u.free),
+                lent: u.as_ref().map(|u| u.lent),
+                borrowed: u.as_ref().map(|u| u.borrowed),
+                ready: u.as_ref().map(|u| u.ready),
+                removed: view.taken_at(&id, hello),
+                heir: heir.map(|h| h.to_string()),
+                heir_name: heir.and_then(|h| self.names.get(&h).cloned()),
+            });
+        }
+        nodes.sort_by(|a, b| {
+            (!a.local, &a.name, &a.id).cmp(&(!b.local, &b.name, &b.id))
+        });
+        let not_ready = self.ipam_not_ready();
+        IpamReport {
+            node: NodeReport {
+                id: self.id.to_string(),
+                name: self.cfg.name.clone(),
+                addr: self.cfg.advertise.to_string(),
+            },
+            pools: space.pools.iter().map(|p| p.to_string()).collect(),
+            block_v4: space.block_v4,
+            block_v6: space.block_v6,
+            init: self.cfg.ipam.init,
+            ready: not_ready.is_none(),
+            not_ready,
+            conflict: view.conflict.clone(),
+            nodes,
+            usable: u64::try_from(space.usable_total()).unwrap_or(u64::MAX),
+            used: used_total,
+        }
+    }
+
+    /// Saves the IPAM state if it changed and was not saved (at shutdown).
+    pub(crate) fn save_ipam_if_needed(&mut self) {
+        if self.ipam.take_dirty() {
+            self.ipam_unsaved = true;
+        }
+        if self.ipam_unsaved {
+            if let Err(e) = self.save_ipam() {
+                log(format!("cluster IPAM: {e}"));
+            }
+        }
+    }
+}
