@@ -254,7 +254,16 @@ pub fn ipam(s: SocketArg) -> Result<ExitCode, String> {
     }
     println!(
         "{:<12} {:<9} {:<7} {:>6} {:>7} {:>6} {:>6} {:>5} {:>8} {:<7} {:<12} active blocks",
-        "node", "id", "status", "active", "reserve", "used", "free", "lent", "borrowed", "removed",
+        "node",
+        "id",
+        "status",
+        "active",
+        "reserve",
+        "used",
+        "free",
+        "lent",
+        "borrowed",
+        "removed",
         "heir"
     );
     for n in &r.nodes {

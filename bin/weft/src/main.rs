@@ -34,7 +34,7 @@ enum Cmd {
     InstallCni(InstallCni),
     /// Run the per-host agent in the foreground: peer connections, the replicated mesh
     /// state, routes over the mesh, and the local API.
-    Agent(agent_cli::AgentArgs),
+    Agent(Box<agent_cli::AgentArgs>),
     /// This node, every other node of the mesh, their state and next hops (asks the agent).
     Status(agent_cli::SocketArg),
     /// This node's direct peer connections and dial targets (asks the agent).
@@ -255,7 +255,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Lab(cmd) => lab(cmd),
         Cmd::InstallCni(args) => install_cni(&args),
-        Cmd::Agent(args) => agent_cli::agent(args),
+        Cmd::Agent(args) => agent_cli::agent(*args),
         Cmd::Status(s) => agent_cli::status(s),
         Cmd::Peers(s) => agent_cli::peers(s),
         Cmd::Connect { socket, addr } => agent_cli::connect_or_forget(socket, &addr, true),

@@ -185,9 +185,9 @@ pub fn request(
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
     call(socket, method, path, body, Duration::from_secs(10)).map_err(|e| match e {
-        ClientError::Unreachable { .. } => format!(
-            "{e} (is `weft agent` running? --socket or WEFT_SOCKET choose another)"
-        ),
+        ClientError::Unreachable { .. } => {
+            format!("{e} (is `weft agent` running? --socket or WEFT_SOCKET choose another)")
+        }
         ClientError::Failed(msg) => msg,
     })
 }
@@ -201,12 +201,11 @@ pub fn call(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), ClientError> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        ClientError::Unreachable {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| ClientError::Unreachable {
             socket: socket.display().to_string(),
             why: e.to_string(),
-        }
-    })?;
+        })?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
     let body = body.unwrap_or("");

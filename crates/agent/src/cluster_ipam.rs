@@ -53,10 +53,7 @@ struct RmpeerBody {
 
 fn owner_of(b: OwnerBody) -> Result<Owner, (u16, String)> {
     if b.container_id.is_empty() || b.ifname.is_empty() {
-        return Err((
-            400,
-            error_json("container_id and ifname must not be empty"),
-        ));
+        return Err((400, error_json("container_id and ifname must not be empty")));
     }
     Ok(Owner::new(b.container_id, b.ifname))
 }
@@ -386,10 +383,7 @@ impl Agent {
                         })
                     })
                     .collect();
-                (
-                    200,
-                    serde_json::json!({ "allocations": list }).to_string(),
-                )
+                (200, serde_json::json!({ "allocations": list }).to_string())
             }
             ("POST", "/ipam/rmpeer") => self.api_rmpeer(body),
             _ => return None,
@@ -576,9 +570,7 @@ impl Agent {
                 heir_name: heir.and_then(|h| self.names.get(&h).cloned()),
             });
         }
-        nodes.sort_by(|a, b| {
-            (!a.local, &a.name, &a.id).cmp(&(!b.local, &b.name, &b.id))
-        });
+        nodes.sort_by(|a, b| (!a.local, &a.name, &a.id).cmp(&(!b.local, &b.name, &b.id)));
         let not_ready = self.ipam_not_ready();
         IpamReport {
             node: NodeReport {

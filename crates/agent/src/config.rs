@@ -384,7 +384,8 @@ mod tests {
 
     #[test]
     fn ipam_fields_are_checked_and_named() {
-        let bad: Vec<(fn(&mut RawConfig), &str, &str)> = vec![
+        type Case = (fn(&mut RawConfig), &'static str, &'static str);
+        let bad: Vec<Case> = vec![
             (
                 |r| r.ipam_pools = Some(vec!["10.0.0.0/33".into()]),
                 "ipam-pools",
@@ -412,7 +413,11 @@ mod tests {
             ),
             (|r| r.ipam_block_v4 = Some(33), "ipam-block-v4", "16 to 32"),
             (|r| r.ipam_block_v4 = Some(8), "ipam-block-v4", "16 to 32"),
-            (|r| r.ipam_block_v6 = Some(64), "ipam-block-v6", "112 to 128"),
+            (
+                |r| r.ipam_block_v6 = Some(64),
+                "ipam-block-v6",
+                "112 to 128",
+            ),
             (|r| r.ipam_init = Some(0), "ipam-init", "more than half"),
             (
                 |r| r.ipam_request_timeout_ms = Some(5),
@@ -490,7 +495,10 @@ mod tests {
             ..raw()
         };
         let c = f.overlay(flags).validate().unwrap();
-        assert_eq!(c.ipam.space.pools, vec!["10.99.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            c.ipam.space.pools,
+            vec!["10.99.0.0/24".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(c.ipam.space.block_v4, 28);
         assert_eq!(c.ipam.init, 3);
         assert_eq!(c.ipam.grace_ms, 5);

@@ -98,3 +98,61 @@ pub(crate) fn save_ipam(dir: &Path, p: &weft_ipam::Persist) -> Result<(), AgentE
         &serde_json::to_vec(p).expect("json"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_alloc::Owner;
+    use weft_ipam::{Ipam, IpamConfig, Space};
+    use weft_mesh::{NodeId, Store};
+
+    fn tmpdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("weft-agent-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn engine(id: NodeId, persisted: Option<weft_ipam::Persist>) -> Ipam {
+        let cfg = IpamConfig {
+            space: Space::new(vec!["10.99.0.0/24".parse().unwrap()], 28, 122).unwrap(),
+            init: 1,
+            grace_ms: 60_000,
+            reclaim_after_ms: 0,
+            request_timeout_ms: 2_000,
+        };
+        Ipam::new(id, cfg, persisted)
+    }
+
+    #[test]
+    fn ipam_state_survives_a_save_and_a_load() {
+        let dir = tmpdir("ipam-roundtrip");
+        assert!(load_ipam(&dir).unwrap().is_none(), "no file: a fresh node");
+        let id = NodeId([7; 16]);
+        let mut ipam = engine(id, None);
+        let live = |_: &NodeId| true;
+        ipam.step(&Store::new(), &live, 0);
+        let owner = Owner::new("c1", "eth0");
+        let a = ipam.allocate(&owner).expect("a lone init-1 node allocates");
+        save_ipam(&dir, ipam.persist()).unwrap();
+        let mode = fs::metadata(dir.join("ipam.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back = load_ipam(&dir).unwrap().expect("saved");
+        assert_eq!(&back, ipam.persist());
+        let again = engine(id, Some(back));
+        assert_eq!(again.lookup(&owner), Some(a));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_ipam_file_stops_the_start() {
+        let dir = tmpdir("ipam-damaged");
+        fs::write(dir.join("ipam.json"), b"{\"inc\": 3, \"view\": [").unwrap();
+        let e = load_ipam(&dir).unwrap_err();
+        assert!(e.0.contains("ipam.json is damaged"), "{}", e.0);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -320,9 +320,7 @@ impl NetworkConfig {
                 "an {} unicast address outside range {range}, such as {default_gw}",
                 family(&range.addr())
             ),
-            None => format!(
-                "a unicast address outside the cluster's pools, such as {default_gw}"
-            ),
+            None => format!("a unicast address outside the cluster's pools, such as {default_gw}"),
         };
         let gateway = match opt_str(extra, "gateway", &gw_expected)? {
             None if range.is_some_and(|r| r.contains(&default_gw)) => {
@@ -340,7 +338,8 @@ impl NetworkConfig {
             Some(s) => {
                 let err = || ConfigError::new("gateway", gw_expected.clone(), extra.get("gateway"));
                 let gw: IpAddr = s.parse().map_err(|_| err())?;
-                let bad = range.is_some_and(|r| gw.is_ipv4() != r.addr().is_ipv4() || r.contains(&gw))
+                let bad = range
+                    .is_some_and(|r| gw.is_ipv4() != r.addr().is_ipv4() || r.contains(&gw))
                     || gw.is_unspecified()
                     || gw.is_multicast()
                     || gw == IpAddr::V4(Ipv4Addr::BROADCAST);
@@ -467,12 +466,7 @@ pub fn example_agent_conflist(name: &str, agent_socket: &str, data_dir: &str) ->
     conflist(name, None, Some(agent_socket), data_dir)
 }
 
-fn conflist(
-    name: &str,
-    range: Option<&str>,
-    agent_socket: Option<&str>,
-    data_dir: &str,
-) -> String {
+fn conflist(name: &str, range: Option<&str>, agent_socket: Option<&str>, data_dir: &str) -> String {
     #[derive(Serialize)]
     struct Conflist<'a> {
         #[serde(rename = "cniVersion")]

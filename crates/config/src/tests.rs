@@ -415,7 +415,9 @@ fn without_a_range_addresses_come_from_the_agent() {
     v["gateway"] = json!("224.0.0.1");
     assert_eq!(err(v).field, "gateway");
     // With a range, agentSocket is accepted and unused.
-    assert!(ok(with("agentSocket", json!("/run/a.sock"))).range.is_some());
+    assert!(ok(with("agentSocket", json!("/run/a.sock")))
+        .range
+        .is_some());
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! On the host a /32 route (protocol [`WEFT_ROUTE_PROTOCOL`]) and a permanent neighbour
 //! entry point at the container. No bridge: `ip route` and `traceroute` show the truth.
 //!
+//! Addresses come from an [`store::AddressSource`]: the weft agent's cluster IPAM when the
+//! network config has no `range` ([`store::AgentSource`]), else a table of the range on this
+//! host ([`store::LocalFileSource`]).
+//!
 //! Every failure undoes what the call made: the veth (and with it its routes and
 //! neighbours) and the allocation.
 

@@ -268,9 +268,8 @@ impl AddressSource for AgentSource {
             Some(Self::owner_json(owner)),
             api::ALLOCATE_CLIENT_TIMEOUT,
         )?;
-        a.address.ok_or_else(|| {
-            CniError::new(code::INTERNAL, "the weft agent allocated no address")
-        })
+        a.address
+            .ok_or_else(|| CniError::new(code::INTERNAL, "the weft agent allocated no address"))
     }
 
     fn release(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError> {
@@ -343,4 +342,83 @@ fn flock_exclusive(file: &File) -> std::io::Result<()> {
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> CniError {
     CniError::new(code::IO_FAILURE, format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    fn sock_path(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("weft-plugin-{tag}-{}.sock", std::process::id()));
+        let _ = fs::remove_file(&p);
+        p
+    }
+
+    /// A one-shot server answering one request with `status` and `body`.
+    fn answer_once(path: &Path, status: u16, body: &'static str) -> std::thread::JoinHandle<()> {
+        let l = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let msg = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(msg.as_bytes()).unwrap();
+        })
+    }
+
+    #[test]
+    fn an_absent_agent_is_try_again_and_names_the_socket() {
+        let p = sock_path("absent");
+        let mut src = AgentSource::new(&p);
+        let e = src.allocate(&Owner::new("c", "eth0")).unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN);
+        assert!(e.msg.contains(&p.display().to_string()), "{}", e.msg);
+        assert!(e.msg.contains("`weft agent` must be"), "{}", e.msg);
+        let e = src.free().unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN);
+    }
+
+    #[test]
+    fn agent_refusals_map_to_cni_codes() {
+        for (status, body, want) in [
+            (
+                507,
+                r#"{"error":"no free address"}"#,
+                code::ADDRESS_EXHAUSTED,
+            ),
+            (
+                503,
+                r#"{"error":"cluster IPAM is not ready: x"}"#,
+                code::TRY_AGAIN,
+            ),
+            (500, r#"{"error":"cannot save"}"#, code::INTERNAL),
+        ] {
+            let p = sock_path(&format!("refuse{status}"));
+            let t = answer_once(&p, status, body);
+            let e = AgentSource::new(&p)
+                .allocate(&Owner::new("c", "eth0"))
+                .unwrap_err();
+            t.join().unwrap();
+            assert_eq!(e.code, want, "{status}: {}", e.msg);
+            let text: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert!(e.msg.contains(text["error"].as_str().unwrap()), "{}", e.msg);
+            let _ = fs::remove_file(&p);
+        }
+        // STATUS fails while the agent's IPAM is not ready.
+        let p = sock_path("notready");
+        let t = answer_once(
+            &p,
+            200,
+            r#"{"not_ready":"waiting for the heir","usable":254,"used":3}"#,
+        );
+        let e = AgentSource::new(&p).free().unwrap_err();
+        t.join().unwrap();
+        assert!(e.msg.contains("waiting for the heir"), "{}", e.msg);
+        let _ = fs::remove_file(&p);
+    }
 }
