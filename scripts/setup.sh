@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-linux procps tar
-      podman runc conmon containernetworking-plugins iperf3 jq)
+      podman runc conmon containernetworking-plugins iperf3 jq curl ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,12 +21,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The Rust toolchain: rustup's if present, else Debian's.
+# The Rust toolchain: rustup's if present.
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: no cargo found; installing Debian's (weft needs Rust 1.80 or newer)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc >/dev/null
+# Debian 12's own rustc (1.63) is older than weft needs (1.80): without a new enough
+# cargo, rustup installs the stable toolchain for root.
+cargo_ok() {
+  command -v cargo >/dev/null 2>&1 || return 1
+  local v
+  v=$(cargo --version | awk '{print $2}')
+  [ "$(printf '%s\n1.80.0\n' "$v" | sort -V | head -n1)" = "1.80.0" ]
+}
+if ! cargo_ok; then
+  echo "setup: no Rust 1.80 or newer found; installing the stable toolchain with rustup"
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >/dev/null
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
 fi

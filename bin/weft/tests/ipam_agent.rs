@@ -10,28 +10,16 @@ use common::*;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod ipam_support;
+use ipam_support::*;
+
 const POOL: &str = "10.99.0.0/24";
 
-struct Agent {
-    child: Child,
-    socket: String,
-    log: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `weft agent` on a lab host with the small pool cut into /28 blocks.
+/// An agent on the small pool, cut into /28 blocks.
 fn start_agent(lab: &Lab, host: &str, name: &str, peer: Option<&str>, init: u32) -> Agent {
     start_agent_with(lab, host, name, peer, init, POOL)
 }
@@ -44,160 +32,16 @@ fn start_agent_with(
     init: u32,
     pool: &str,
 ) -> Agent {
-    let dir = format!("/run/weft-lab/{}/t-{host}-{name}", lab.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret = format!("/run/weft-lab/{}/t.secret", lab.name);
-    if !Path::new(&secret).exists() {
-        std::fs::write(&secret, "the ipam test secret\n").unwrap();
-    }
-    let ip = format!("172.30.0.{}", host.trim_start_matches('h'));
-    let socket = format!("{dir}/weft.sock");
-    let log = format!("{dir}/agent.log");
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &lab.host_ns(host),
-        WEFT,
-        "agent",
-        "--name",
+    let peers: Vec<&str> = peer.into_iter().collect();
+    start_agent_full(
+        lab,
+        host,
         name,
-    ])
-    .args(["--listen", &format!("{ip}:7000")])
-    .args([
-        "--data-dir",
-        &format!("{dir}/data"),
-        "--secret-file",
-        &secret,
-    ])
-    .args(["--socket", &socket, "--tick-ms", "200"])
-    .args(["--ipam-pools", pool, "--ipam-block-v4", "28"])
-    .args(["--ipam-init", &init.to_string()]);
-    if let Some(p) = peer {
-        cmd.args(["--peer", p]);
-    }
-    // Log appended across restarts, so a failure shows the whole story.
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let child = cmd.stdout(Stdio::null()).stderr(logf).spawn().unwrap();
-    Agent { child, socket, log }
-}
-
-/// One API request; (status, JSON body).
-fn api(a: &Agent, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (code, text) = weft_agent::api::call(
-        Path::new(&a.socket),
-        method,
-        path,
-        body.as_deref(),
-        Duration::from_secs(20),
+        &peers,
+        init,
+        pool,
+        &["--ipam-block-v4", "28"],
     )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", log_tail(a)));
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn owner(c: &str) -> Value {
-    json!({"container_id": c, "ifname": "eth0"})
-}
-
-/// Allocates for container `c` and insists it worked.
-fn allocate(a: &Agent, c: &str) -> IpAddr {
-    let (code, v) = api(a, "POST", "/ipam/allocate", Some(owner(c)));
-    assert_eq!(code, 200, "allocate {c}: {v}\n{}", log_tail(a));
-    v["address"].as_str().unwrap().parse().unwrap()
-}
-
-fn lookup(a: &Agent, c: &str) -> Option<IpAddr> {
-    let (code, v) = api(
-        a,
-        "GET",
-        &format!("/ipam/lookup?container_id={c}&ifname=eth0"),
-        None,
-    );
-    assert_eq!(code, 200, "{v}");
-    v["address"].as_str().map(|s| s.parse().unwrap())
-}
-
-/// `weft ipam --json` of an agent, or None while it does not answer.
-fn report(a: &Agent) -> Option<Value> {
-    let out = weft(&["ipam", "--socket", &a.socket, "--json"]);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn node<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
-    r["nodes"].as_array()?.iter().find(|n| n["name"] == name)
-}
-
-fn ready(a: &Agent) -> bool {
-    report(a).is_some_and(|r| r["ready"] == true)
-}
-
-fn log_tail(a: &Agent) -> String {
-    let log = std::fs::read_to_string(&a.log).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    format!(
-        "log of {}:\n  {}",
-        a.socket,
-        lines[lines.len().saturating_sub(15)..].join("\n  ")
-    )
-}
-
-fn wait_for(what: &str, agents: &[&Agent], mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let logs: Vec<String> = agents.iter().map(|a| log_tail(a)).collect();
-    let reports: Vec<String> = agents
-        .iter()
-        .map(|a| report(a).map(|r| r.to_string()).unwrap_or_default())
-        .collect();
-    panic!(
-        "gave up waiting for: {what}\n{}\n{}",
-        logs.join("\n"),
-        reports.join("\n")
-    );
-}
-
-/// An IPv4 CIDR as (network, prefix length).
-#[derive(Debug, Clone, Copy)]
-struct Cidr(u32, u32);
-
-impl Cidr {
-    fn parse(s: &str) -> Cidr {
-        let (a, l) = s.split_once('/').unwrap();
-        let a: std::net::Ipv4Addr = a.parse().unwrap();
-        Cidr(u32::from(a), l.parse().unwrap())
-    }
-
-    fn contains(&self, ip: &IpAddr) -> bool {
-        let IpAddr::V4(ip) = ip else { return false };
-        let mask = u32::MAX.checked_shl(32 - self.1).unwrap_or(0);
-        u32::from(*ip) & mask == self.0
-    }
-
-    fn size(&self) -> u32 {
-        1 << (32 - self.1)
-    }
-}
-
-fn cidrs(n: &Value) -> Vec<Cidr> {
-    n["blocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| Cidr::parse(b.as_str().unwrap()))
-        .collect()
 }
 
 #[test]

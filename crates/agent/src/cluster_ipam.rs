@@ -532,6 +532,14 @@ impl Agent {
                 .filter(|o| matches!(store.get(o, &use_key), Some(Some(_)))),
         );
         let cidr = |k: u64| space.block_net(k).map(|n| n.to_string());
+        let mut held: std::collections::BTreeMap<NodeId, Vec<String>> = Default::default();
+        if view.genesis.is_some() {
+            for k in 0..space.total_blocks() {
+                if let (Some(h), Some(c)) = (view.holder(k), cidr(k)) {
+                    held.entry(h).or_default().push(c);
+                }
+            }
+        }
         let mut nodes = Vec::new();
         let mut used_total = 0u64;
         for id in ids {
@@ -559,6 +567,7 @@ impl Agent {
                 local: id == self.id,
                 status: status_str(self.node.status(&id)).to_string(),
                 blocks,
+                held: held.remove(&id).unwrap_or_default(),
                 reserve: u.as_ref().map(|u| u.reserve),
                 used: u.as_ref().map(|u| u.used),
                 free: u.as_ref().map(|u| u.free),

@@ -805,6 +805,9 @@ pub struct IpamNodeReport {
     pub status: String,
     /// Its active blocks (CIDRs): routed to it, it allocates from them.
     pub blocks: Vec<String>,
+    /// Every block it holds as this node's view resolves it, active and reserve (CIDRs).
+    #[serde(default)]
+    pub held: Vec<String>,
     /// Reserve blocks it holds.
     pub reserve: Option<u64>,
     /// Addresses its containers use.

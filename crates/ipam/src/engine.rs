@@ -104,7 +104,17 @@ pub struct Persist {
     pub cursor: Option<IpAddr>,
     /// Active block → empty since.
     pub empty_since: BTreeMap<u64, u64>,
+    /// Blocks taken from a removed node and not used yet → when taken (see
+    /// [`QUARANTINE_MS`]).
+    #[serde(default)]
+    pub quarantine: BTreeMap<u64, u64>,
 }
+
+/// A block taken from a removed node is neither activated nor given for this long
+/// after the take, and until every node not removed is up: a give the removed node
+/// wrote and its taker never read surfaces first (the receiver's claim wins over the
+/// take, see `BlockRec::took`).
+pub const QUARANTINE_MS: u64 = 10_000;
 
 /// The IPAM engine of one node.
 #[derive(Debug, Clone)]
@@ -247,6 +257,12 @@ impl Ipam {
         out
     }
 
+    /// Blocks taken from a removed node and still in quarantine (held, but
+    /// neither used nor given yet).
+    pub fn quarantined(&self) -> Vec<u64> {
+        self.st.quarantine.keys().copied().collect()
+    }
+
     pub(crate) fn gen_for_pub(&self, k: u64) -> u64 {
         self.gen_for(k)
     }
@@ -266,11 +282,21 @@ impl Ipam {
     /// Generation this node writes for block `k` it holds.
     fn gen_for(&self, k: u64) -> u64 {
         let c = self.st.view.claim(k).expect("genesis");
-        if c.holder == self.id && c.own {
+        if c.holder == self.id {
             c.gen
         } else {
             c.gen + 1
         }
+    }
+
+    /// The take flag of a record this node writes for block `k` it holds: kept
+    /// while the block stays at the generation it was taken at.
+    pub(crate) fn took_flag(&self, k: u64) -> bool {
+        self.st
+            .view
+            .claims
+            .get(&k)
+            .is_some_and(|c| c.holder == self.id && c.own && c.take)
     }
 
     fn set_block(&mut self, k: u64, rec: BlockRec) {
@@ -286,7 +312,9 @@ impl Ipam {
         self.st
             .blocks
             .iter()
-            .filter(|(k, b)| b.to.is_none() && b.active && self.holds(**k))
+            .filter(|(k, b)| {
+                b.to.is_none() && b.active && self.holds(**k) && !self.st.quarantine.contains_key(k)
+            })
             .map(|(k, _)| *k)
             .collect()
     }
@@ -303,7 +331,7 @@ impl Ipam {
         let mut first = None;
         for k in self.active_blocks() {
             for a in self.free_in(k) {
-                if self.st.cursor.is_none_or(|c| a > c) {
+                if self.st.cursor.map_or(true, |c| a > c) {
                     return Some(a);
                 }
                 first = first.or(Some(a));
@@ -313,7 +341,11 @@ impl Ipam {
     }
 
     fn activate_reserve(&mut self) -> bool {
-        let Some((k, _)) = self.held_blocks().into_iter().find(|(_, a)| !a) else {
+        let Some((k, _)) = self
+            .held_blocks()
+            .into_iter()
+            .find(|(k, a)| !a && !self.st.quarantine.contains_key(k))
+        else {
             // (a reserve block with lent addresses in it is activated by accept_blocks)
             return false;
         };
@@ -322,6 +354,7 @@ impl Ipam {
             inc: self.st.inc,
             active: true,
             to: None,
+            took: self.took_flag(k),
         };
         self.set_block(k, rec);
         true

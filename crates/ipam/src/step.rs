@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weft_mesh::{NodeId, Store};
 
-use crate::engine::{Ipam, Liveness, Use};
+use crate::engine::{Ipam, Liveness, Use, QUARANTINE_MS};
 use crate::view::{
     AckRec, BlockRec, BorrowedRec, CfgRec, Genesis, Lend, LentRec, ReqRec, TookRec, UseRec, PREFIX,
 };
@@ -55,7 +55,10 @@ impl Ipam {
             if self.confirmed {
                 self.adopt_genesis_role();
                 self.reclaim(store, live, now);
-                self.accept_blocks();
+                self.relay_gives();
+                self.accept_blocks(now);
+                self.end_quarantine(store, live, now);
+                self.absorb_borrowed();
                 self.serve_requests(store);
                 self.settle_lends(store);
                 self.settle_borrowed(store);
@@ -157,7 +160,8 @@ impl Ipam {
     /// Removed while away: drop the old share and start empty.
     fn wipe(&mut self) {
         let st = &mut self.st;
-        st.blocks.clear();
+        // Gives stay published: a receiver may not have read them yet.
+        st.blocks.retain(|_, b| b.to.is_some());
         st.allocs.clear();
         st.borrowed.clear();
         st.returned.clear();
@@ -254,7 +258,7 @@ impl Ipam {
             })
             .unwrap_or_default();
         for (b, l) in lends {
-            if self.holds_addr(l.addr) && !self.st.view.taken_at(&b, 0) {
+            if b != self.id && self.holds_addr(l.addr) && !self.st.view.taken_at(&b, 0) {
                 let to_inc = self.st.view.hello.get(&b).copied().unwrap_or(0);
                 self.st.allocs.insert(
                     l.addr,
@@ -268,6 +272,87 @@ impl Ipam {
         }
         self.st.member = true;
         self.dirty = true;
+    }
+
+    /// Gives written by a node this one took, not yet confirmed by their
+    /// receiver, are written again here: the giver's record vanishes with it
+    /// (the mesh drops a gone node's records, a removed node that returns
+    /// starts empty), and a receiver that had not read it would never learn
+    /// the block is its own.
+    fn relay_gives(&mut self) {
+        let v = &self.st.view;
+        let relays: Vec<(u64, BlockRec)> = v
+            .claims
+            .iter()
+            .filter(|(_, c)| !c.own && c.holder != self.id)
+            .filter(|(_, c)| {
+                c.from.is_some_and(|f| {
+                    f != self.id && v.taken_at(&f, 0) && v.follow(f, 0).0 == self.id
+                })
+            })
+            .map(|(k, c)| {
+                let rec = BlockRec {
+                    gen: c.gen - 1,
+                    inc: c.inc,
+                    active: false,
+                    to: Some((c.holder, c.inc)),
+                    took: false,
+                };
+                (*k, rec)
+            })
+            .collect();
+        for (k, rec) in relays {
+            if self.st.blocks.get(&k) != Some(&rec) {
+                self.set_block_pub(k, rec);
+            }
+        }
+    }
+
+    /// Taken blocks leave quarantine once [`QUARANTINE_MS`] passed and every
+    /// node not removed is up (its records, a give the taker missed among them,
+    /// have had the time to arrive); a block whose take lost to a give chain
+    /// leaves it at once.
+    fn end_quarantine(&mut self, store: &Store, live: &dyn Liveness, now: u64) {
+        let v = &self.st.view;
+        let all_up = v.nodes().iter().chain(store.owners()).all(|n| {
+            *n == self.id || live.is_up(n) || v.taken_at(n, v.hello.get(n).copied().unwrap_or(0))
+        });
+        let id = self.id;
+        let before = self.st.quarantine.len();
+        self.st.quarantine.retain(|k, at| {
+            v.holder(*k) == Some(id) && !(all_up && now.saturating_sub(*at) >= QUARANTINE_MS)
+        });
+        if self.st.quarantine.len() != before {
+            self.dirty = true;
+        }
+    }
+
+    /// A borrowed address in a block this node now holds (given or taken
+    /// from its lender) becomes an address of its own block.
+    fn absorb_borrowed(&mut self) {
+        let mine: Vec<std::net::IpAddr> = self
+            .st
+            .borrowed
+            .keys()
+            .copied()
+            .filter(|a| self.holds_addr(*a))
+            .collect();
+        for a in mine {
+            let owner = self.st.borrowed.remove(&a).flatten();
+            self.st.lent_by.remove(&a);
+            match owner {
+                Some(o) => {
+                    self.st.allocs.insert(a, Use::Mine(o));
+                }
+                None => {
+                    if matches!(self.st.allocs.get(&a), Some(Use::Lent { to, .. }) if *to == self.id)
+                    {
+                        self.st.allocs.remove(&a);
+                    }
+                }
+            }
+            self.dirty = true;
+        }
     }
 
     fn block_empty(&self, k: u64) -> bool {
@@ -286,7 +371,7 @@ impl Ipam {
     }
 
     /// Blocks given to (or taken by) this node get an own record.
-    fn accept_blocks(&mut self) {
+    fn accept_blocks(&mut self, now: u64) {
         let incoming: Vec<u64> = self
             .st
             .view
@@ -303,7 +388,11 @@ impl Ipam {
                 inc: self.st.inc,
                 active: (given_to_me && !self.waiting.is_empty()) || !self.block_empty(k),
                 to: None,
+                took: !given_to_me,
             };
+            if !given_to_me {
+                self.st.quarantine.insert(k, now);
+            }
             self.set_block_pub(k, rec);
         }
     }
@@ -321,16 +410,16 @@ impl Ipam {
                 continue;
             }
             if req.block {
-                let reserve = self
-                    .held_blocks()
-                    .into_iter()
-                    .find(|(k, a)| !a && self.block_empty(*k));
+                let reserve = self.held_blocks().into_iter().find(|(k, a)| {
+                    !a && self.block_empty(*k) && !self.st.quarantine.contains_key(k)
+                });
                 if let Some((k, _)) = reserve {
                     let rec = BlockRec {
                         gen: self.gen_for_pub(k),
                         inc: self.st.inc,
                         active: false,
                         to: Some((b, req.inc)),
+                        took: false,
                     };
                     self.set_block_pub(k, rec);
                 }
@@ -450,7 +539,15 @@ impl Ipam {
                     .returned
                     .get(&l.addr)
                     .is_some_and(|(_, s)| *s >= l.seq);
-                if !taken && !again && !self.st.borrowed.contains_key(&l.addr) {
+                // Only from the node that holds the address's block now (not
+                // a stale record of a removed node, never a block held here).
+                let holder = self
+                    .cfg
+                    .space
+                    .block_of(l.addr)
+                    .and_then(|k| self.st.view.holder(k));
+                if !taken && !again && holder == Some(w) && !self.st.borrowed.contains_key(&l.addr)
+                {
                     self.st.borrowed.insert(l.addr, None);
                     self.st.lent_by.insert(l.addr, (w, l.seq));
                     self.dirty = true;

@@ -61,6 +61,11 @@ pub struct BlockRec {
     pub active: bool,
     /// Given to (node, its incarnation).
     pub to: Option<(NodeId, u64)>,
+    /// Held by a take (reclaim), not received through a give: such a claim loses to a
+    /// give chain at the same generation (the removed node may have given the block
+    /// away in a record the taker never read).
+    #[serde(default)]
+    pub took: bool,
 }
 
 /// `ipam/took/X`: the writer took X's share at X's incarnation `inc`.
@@ -160,11 +165,17 @@ pub struct Claim {
     pub own: bool,
     /// Record version, orders writes of one writer.
     pub version: u64,
+    /// For a give: the node that wrote it (the giver, or a taker relaying it).
+    #[serde(default)]
+    pub from: Option<NodeId>,
+    /// Held by a take (see [`BlockRec::took`]).
+    #[serde(default)]
+    pub take: bool,
 }
 
 impl Claim {
-    fn rank(&self) -> (u64, bool, NodeId, u64) {
-        (self.gen, self.own, self.holder, self.version)
+    fn rank(&self) -> (u64, bool, bool, NodeId, u64) {
+        (self.gen, !self.take, self.own, self.holder, self.version)
     }
 }
 
@@ -321,6 +332,8 @@ impl View {
                 active: rec.active,
                 own: true,
                 version,
+                from: None,
+                take: rec.took,
             },
             Some((to, to_inc)) => Claim {
                 gen: rec.gen + 1,
@@ -329,9 +342,14 @@ impl View {
                 active: false,
                 own: false,
                 version,
+                from: Some(*owner),
+                take: false,
             },
         };
-        let better = self.claims.get(&k).is_none_or(|c| claim.rank() > c.rank());
+        let better = self
+            .claims
+            .get(&k)
+            .map_or(true, |c| claim.rank() > c.rank());
         if better {
             self.claims.insert(k, claim);
         }
@@ -351,6 +369,8 @@ impl View {
             active: false,
             own: true,
             version: 0,
+            from: None,
+            take: false,
         })
     }
 

@@ -44,13 +44,15 @@ impl World {
             scfg.partition_chance = 0.0;
         }
         scfg.write_chance = 0.0;
-        // Dense, so hosts killed for good never cut the rest in two (a live
+        // Complete, so hosts killed for good never cut the rest in two (a live
         // node cut off for longer than reclaim-after is the documented unsafe case).
-        scfg.extra_edges = nodes * nodes;
         scfg.fault_ticks = 400;
         // A partition or restart must stay shorter than automatic reclaim.
         scfg.max_partition_ticks = 50;
-        let sim = Sim::new(scfg, seed);
+        let edges: Vec<(usize, usize)> = (0..nodes)
+            .flat_map(|a| (a + 1..nodes).map(move |b| (a, b)))
+            .collect();
+        let sim = Sim::with_edges(scfg, seed, &edges);
         let cfg = ipam_cfg(space, nodes, reclaim_after_ms);
         let ipams = (0..nodes)
             .map(|i| Some(Ipam::new(sim.id(i), cfg.clone(), None)))
@@ -145,7 +147,24 @@ impl World {
             };
             let node = self.sim.node(i).expect("up");
             let live = |id: &NodeId| node.status(id) == Status::Up;
+            let watch: Option<u64> = std::env::var("WEFT_IPAM_BLOCK")
+                .ok()
+                .and_then(|b| b.parse().ok());
+            let before = watch.and_then(|k| ip.persist().blocks.get(&k).copied());
             let writes = ip.step(node.store(), &live, now);
+            if let Some(k) = watch {
+                let after = ip.persist().blocks.get(&k).copied();
+                if after != before {
+                    let who = |n: &NodeId| self.sim.index_of(n).unwrap_or(99);
+                    trace(&format!(
+                        "tick {} node {i}: block {k} {:?} (to {:?}); view holder {:?}",
+                        self.sim.tick_count(),
+                        after,
+                        after.and_then(|b| b.to).map(|(t, _)| who(&t)),
+                        ip.view().holder(k).map(|h| who(&h))
+                    ));
+                }
+            }
             for (k, v) in writes {
                 self.sim.write(i, &k, v);
             }
@@ -211,7 +230,10 @@ impl World {
             }
             let list: Vec<IpAddr> = if let Some(ip) = &self.ipams[i] {
                 if ip.is_confirmed() {
-                    for (k, _) in ip.held_blocks() {
+                    // A block in quarantine after a take may still be claimed by
+                    // the receiver of a give the taker missed; it is not used.
+                    let q = ip.quarantined();
+                    for (k, _) in ip.held_blocks().into_iter().filter(|(k, _)| !q.contains(k)) {
                         if let Some(j) = holder_of.insert(k, i) {
                             return Err(self.err(format!(
                                 "block {k} held by nodes {j} and {i}{}",
@@ -286,8 +308,9 @@ impl World {
             for k in 0..total {
                 if ip.view().holder(k) != reference.view().holder(k) {
                     return Err(self.err(format!(
-                        "nodes {} and {i} disagree on the holder of block {k}",
-                        running[0]
+                        "nodes {} and {i} disagree on the holder of block {k}{}",
+                        running[0],
+                        self.dump(k)
                     )));
                 }
             }
@@ -409,33 +432,51 @@ fn run(seed: u64) -> Result<(), String> {
     w.sim.heal();
     w.settle(320)?;
     // Hosts killed for good come back (they rejoin with an empty share if removed).
-    w.sim.run_ticks(1);
+    for (i, _) in killed {
+        w.sim.revive(i);
+    }
     w.settle(150)?;
     w.check_final()
 }
 
-#[test]
-fn ipam_holds_its_invariants_over_many_seeds() {
+/// Runs `run` over seeds `from..to` (or the one of `WEFT_SIM_SEED`), all of
+/// them, and reports every failure with its replay command.
+fn seeds(run: fn(u64) -> Result<(), String>, from: u64, to: u64) {
     if let Some(seed) = seed_from_env() {
-        run(seed).unwrap();
+        if (from..to).contains(&seed) {
+            run(seed).unwrap();
+        }
         return;
     }
-    let seeds: u64 = std::env::var("WEFT_IPAM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let mut failures = Vec::new();
-    for seed in 0..seeds {
-        if let Err(e) = run(seed) {
-            failures.push(e);
-        }
-    }
+    let failures: Vec<String> = (from..to).filter_map(|s| run(s).err()).collect();
     assert!(
         failures.is_empty(),
-        "{} of {seeds} seeds failed; first: {}",
+        "{} of {} seeds failed; first: {}",
         failures.len(),
+        to - from,
         failures[0]
     );
+}
+
+// 2,000 seeds of the full fault scenario, in four tests so they share the cores.
+#[test]
+fn ipam_holds_its_invariants_seeds_0_to_500() {
+    seeds(run, 0, 500);
+}
+
+#[test]
+fn ipam_holds_its_invariants_seeds_500_to_1000() {
+    seeds(run, 500, 1000);
+}
+
+#[test]
+fn ipam_holds_its_invariants_seeds_1000_to_1500() {
+    seeds(run, 1000, 1500);
+}
+
+#[test]
+fn ipam_holds_its_invariants_seeds_1500_to_2000() {
+    seeds(run, 1500, 2000);
 }
 
 /// Hosts die and nobody runs rmpeer: their heirs reclaim after
@@ -464,7 +505,7 @@ fn run_auto(seed: u64) -> Result<(), String> {
     }
     w.sim.set_faults(false);
     w.settle(150)?;
-    w.sim.run_ticks(1);
+    w.sim.revive(victim);
     w.settle(150)?;
     let vid = w.sim.id(victim);
     let r = w
@@ -474,27 +515,15 @@ fn run_auto(seed: u64) -> Result<(), String> {
         .expect("someone");
     let view = w.ipams[r].as_ref().expect("running").view();
     if !view.taken_at(&vid, 1) {
-        return Err(w.err(format!("node {victim} was not reclaimed automatically")));
+        return Err(w.err(format!(
+            "node {victim} was not reclaimed automatically{}",
+            w.dump(0)
+        )));
     }
     w.check_final()
 }
 
 #[test]
 fn automatic_reclaim_hands_a_dead_node_space_to_one_heir() {
-    if let Some(seed) = seed_from_env() {
-        run_auto(seed).unwrap();
-        return;
-    }
-    let mut failures = Vec::new();
-    for seed in 0..200 {
-        if let Err(e) = run_auto(seed) {
-            failures.push(e);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} seeds failed; first: {}",
-        failures.len(),
-        failures[0]
-    );
+    seeds(run_auto, 0, 500);
 }

@@ -466,7 +466,7 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             if let Some((_, at)) = &self.crashed[i] {
-                if *at <= self.tick || !self.faults {
+                if *at <= self.tick || (!self.faults && *at != u64::MAX) {
                     self.revive(i);
                 }
             }
@@ -546,6 +546,7 @@ impl Sim {
 
     /// Crashes node `i` (its peers see the connections drop); it comes back
     /// with its persisted state at tick `revive_at`, or when faults stop.
+    /// `u64::MAX` keeps it down until [`Sim::revive`].
     pub fn crash(&mut self, i: usize, revive_at: u64) {
         let Some(node) = self.nodes[i].as_ref() else {
             return;
@@ -562,7 +563,8 @@ impl Sim {
         self.crashed[i] = Some((persisted, revive_at));
     }
 
-    fn revive(&mut self, i: usize) {
+    /// Brings crashed node `i` back now with its persisted state.
+    pub fn revive(&mut self, i: usize) {
         let Some((persisted, _)) = self.crashed[i].take() else {
             return;
         };
