@@ -186,6 +186,12 @@ fn two_agents_share_a_pool_and_keep_it_across_a_restart() {
     wait_for("n1 took n2's space", &[&n1], || {
         report(&n1).is_some_and(|r| node(&r, "n2").is_some_and(|n| n["removed"] == true))
     });
+    let r = report(&n1).unwrap();
+    assert_eq!(
+        node(&r, "n1").unwrap()["heir_name"],
+        Value::Null,
+        "n1's heir chain came back to n1: {r}"
+    );
     let n2 = start_agent(&lab, "h2", "n2", Some("172.30.0.1:7000"), 2);
     wait_for("removed n2 back and ready", &[&n1, &n2], || ready(&n2));
     assert_eq!(lookup(&n2, "n2-c0"), None, "a removed node keeps nothing");
@@ -196,6 +202,11 @@ fn two_agents_share_a_pool_and_keep_it_across_a_restart() {
         })
     });
     assert!(!mine.contains(&back), "{back} is n1's");
+    // n1's heir was n2, removed: the chain came back to n1, which names a new heir, the
+    // node back and allocating.
+    wait_for("n1 names a new heir", &[&n1, &n2], || {
+        report(&n1).is_some_and(|r| node(&r, "n1").is_some_and(|n| n["heir_name"] == "n2"))
+    });
     drop(n2);
     drop(n1);
 }

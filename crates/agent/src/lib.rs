@@ -146,6 +146,14 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     let id = NodeId(ident.node_id());
     let persisted = store::load_persisted(&cfg.data_dir)?;
     let ipam_persisted = store::load_ipam(&cfg.data_dir)?;
+    if let Some(other) = ipam_persisted.as_ref().and_then(|p| p.node) {
+        if other != id {
+            return Err(AgentError(format!(
+                "{} holds the address allocations of node {other}, but this agent's identity                  is node {id}: restore that node's identity, or move the file away and remove                  node {other} from the cluster (`weft rmpeer {other}` on another node)",
+                cfg.data_dir.join("ipam.json").display()
+            )));
+        }
+    }
     let ipam_base = ipam_persisted
         .as_ref()
         .map(cluster_ipam::clock_base)

@@ -66,6 +66,9 @@ pub enum Use {
 /// answers an allocation).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persist {
+    /// The node this state belongs to (absent in files of older versions).
+    #[serde(default)]
+    pub node: Option<NodeId>,
     /// Incarnation: bumped at every start with state.
     pub inc: u64,
     /// Holds or held space (must be confirmed by its heir after a restart).
@@ -148,11 +151,13 @@ impl Ipam {
         let (st, confirmed) = match persisted {
             Some(mut st) => {
                 st.inc += 1;
+                st.node = Some(id);
                 let confirmed = !st.member;
                 (st, confirmed)
             }
             None => (
                 Persist {
+                    node: Some(id),
                     inc: 1,
                     ..Persist::default()
                 },

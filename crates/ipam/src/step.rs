@@ -54,6 +54,7 @@ impl Ipam {
             self.answer_hellos(store);
             if self.confirmed {
                 self.adopt_genesis_role();
+                self.renew_heir();
                 self.reclaim(store, live, now);
                 self.relay_gives();
                 self.accept_blocks(now);
@@ -132,6 +133,32 @@ impl Ipam {
             self.st.member = true;
             self.dirty = true;
         }
+    }
+
+    /// A member whose heir chain ends nowhere (alone at the start, or its heir
+    /// was removed and the chain came back to it) names the lowest live node
+    /// that allocates as its new heir, so its space can be reclaimed again.
+    /// Views that still hold the old designation resolve no heir, so at most
+    /// the new one acts.
+    fn renew_heir(&mut self) {
+        if !self.st.member {
+            return;
+        }
+        // From the own designation (the view learns it only from the store).
+        if let Some((h, inc)) = self.st.heir {
+            if self.st.view.follow(h, inc).0 != self.id {
+                return;
+            }
+        }
+        let Some(h) = self.last_use.keys().next().copied() else {
+            return;
+        };
+        let inc = self.st.view.hello.get(&h).copied().unwrap_or(0);
+        self.st.heir = Some((h, inc));
+        let val = enc(&(h, inc));
+        let id = self.id;
+        self.st.view.merge(&id, "heir", &val, u64::MAX);
+        self.dirty = true;
     }
 
     fn try_confirm(&mut self, store: &Store) {

@@ -133,6 +133,9 @@ pub fn agent_command(plan: &LabPlan, host: &str, weft_bin: &Path) -> Option<Vec<
         "--advertise".into(),
         addr,
     ];
+    // Every host of a lab starts together: they agree on the cluster IPAM's start as one.
+    cmd.push("--ipam-init".into());
+    cmd.push(plan.hosts.len().to_string());
     if let Some(p) = initial_peer(i + 1, plan.hosts.len()) {
         cmd.push("--peer".into());
         cmd.push(format!("{}:{AGENT_PORT}", plan.hosts[p - 1].underlay));
@@ -493,6 +496,7 @@ mod tests {
         assert!(s.contains("--data-dir /run/weft-lab/t/h4/agent"));
         assert!(s.contains("--secret-file /run/weft-lab/t/secret"));
         assert!(s.contains("--socket /run/weft-lab/t/h4/weft.sock"));
+        assert!(s.contains("--ipam-init 4"), "{s}");
         assert!(agent_command(&p, "h5", bin).is_none());
     }
 
