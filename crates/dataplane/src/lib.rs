@@ -1,0 +1,397 @@
+//! The plan of a host's kernel data plane (docs/dataplane.md): which route, VXLAN
+//! neighbour and forwarding entry it should have towards every other node's blocks, and
+//! the MTU its containers get. Pure: the agent gathers the inputs from the mesh and the
+//! cluster IPAM, and applies the difference between this plan and what the kernel has.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_mesh::NodeId;
+
+/// VXLAN over an IPv4 underlay costs 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner
+/// Ethernet 14); over IPv6, 70.
+pub fn vxlan_overhead(underlay: IpAddr) -> u32 {
+    match underlay {
+        IpAddr::V4(_) => 50,
+        IpAddr::V6(_) => 70,
+    }
+}
+
+/// How packets reach peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Direct routes to peers on the same segment, VXLAN to the others.
+    #[default]
+    Auto,
+    /// Direct routes only (peers off the segment are reported, and reached by VXLAN).
+    Route,
+    /// VXLAN to every peer.
+    Vxlan,
+}
+
+/// This host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its underlay address and segment (the CIDR of its underlay interface).
+    pub underlay: IpNet,
+    /// The underlay interface.
+    pub underlay_if: String,
+    /// The underlay interface's MTU.
+    pub underlay_mtu: u32,
+    /// The configured mode.
+    pub mode: Mode,
+}
+
+/// What is known of another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its underlay address, if published.
+    pub underlay: Option<IpAddr>,
+    /// The mesh's next hop towards it (itself when directly connected); `None` when
+    /// unreachable.
+    pub next_hop: Option<NodeId>,
+    /// Prefixes routed to it: its active blocks and the addresses it borrows.
+    pub prefixes: Vec<IpNet>,
+}
+
+/// Where a route sends packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Via {
+    /// Straight to a host on the segment, through the underlay interface.
+    Direct(IpAddr),
+    /// Into the VXLAN device, towards the VTEP of a host.
+    Vxlan(Ipv6Addr),
+}
+
+/// One route of the plan (protocol weft, main table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// Destination.
+    pub dst: IpNet,
+    /// Gateway.
+    pub via: Via,
+    /// Path MTU.
+    pub mtu: u32,
+}
+
+/// A VXLAN peer: permanent neighbour (VTEP → MAC) and static FDB entry (MAC → underlay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VxlanPeer {
+    /// The peer's VTEP address (link-local, from its node id).
+    pub vtep: Ipv6Addr,
+    /// The peer's VXLAN MAC (from its node id).
+    pub mac: [u8; 6],
+    /// The peer's underlay address (outer destination).
+    pub underlay: IpAddr,
+}
+
+/// Why a node gets no route.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Skip {
+    /// The mesh has no path to it.
+    Unreachable,
+    /// The next hop's underlay address is not known.
+    NoAddress,
+}
+
+/// The desired state of one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Routes to other nodes' prefixes.
+    pub routes: BTreeSet<Route>,
+    /// VXLAN peers (only the next hops that are reached by VXLAN).
+    pub vxlan: BTreeSet<VxlanPeer>,
+    /// The VXLAN device is needed.
+    pub vxlan_device: bool,
+    /// MTU for containers: the smallest of the paths this host uses.
+    pub pod_mtu: u32,
+    /// Nodes left without routes, and why.
+    pub skipped: BTreeMap<NodeId, Skip>,
+    /// Next hops that `mode = route` could not reach directly (off the segment): they
+    /// are reached by VXLAN and reported.
+    pub forced_vxlan: BTreeSet<NodeId>,
+}
+
+/// The VTEP address of a node: `fe80::` and the first 8 bytes of its id.
+pub fn vtep_of(id: &NodeId) -> Ipv6Addr {
+    let mut b = [0u8; 16];
+    b[0] = 0xfe;
+    b[1] = 0x80;
+    b[8..].copy_from_slice(&id.0[..8]);
+    Ipv6Addr::from(b)
+}
+
+/// The VXLAN MAC of a node: locally administered, unicast, from its id.
+pub fn mac_of(id: &NodeId) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&id.0[..6]);
+    m[0] = (m[0] & 0xfc) | 0x02;
+    m
+}
+
+/// The plan of `local` towards `peers`.
+pub fn plan(local: &Local, peers: &[Peer]) -> Plan {
+    let by_id: BTreeMap<NodeId, &Peer> = peers.iter().map(|p| (p.id, p)).collect();
+    let overhead = vxlan_overhead(local.underlay.addr());
+    let vx_mtu = local.underlay_mtu.saturating_sub(overhead);
+    let mut out = Plan {
+        pod_mtu: local.underlay_mtu,
+        ..Plan::default()
+    };
+    for p in peers {
+        if p.id == local.id || p.prefixes.is_empty() {
+            continue;
+        }
+        let Some(hop) = p.next_hop else {
+            out.skipped.insert(p.id, Skip::Unreachable);
+            continue;
+        };
+        let Some(hop_addr) = by_id.get(&hop).and_then(|h| h.underlay) else {
+            out.skipped.insert(p.id, Skip::NoAddress);
+            continue;
+        };
+        let on_segment = local.underlay.contains(&hop_addr);
+        let direct = match local.mode {
+            Mode::Auto => on_segment,
+            Mode::Route => {
+                if !on_segment {
+                    out.forced_vxlan.insert(hop);
+                }
+                on_segment
+            }
+            Mode::Vxlan => false,
+        };
+        let (via, mtu) = if direct {
+            (Via::Direct(hop_addr), local.underlay_mtu)
+        } else {
+            out.vxlan.insert(VxlanPeer {
+                vtep: vtep_of(&hop),
+                mac: mac_of(&hop),
+                underlay: hop_addr,
+            });
+            (Via::Vxlan(vtep_of(&hop)), vx_mtu)
+        };
+        out.pod_mtu = out.pod_mtu.min(mtu);
+        for dst in &p.prefixes {
+            out.routes.insert(Route {
+                dst: dst.trunc(),
+                via,
+                mtu,
+            });
+        }
+    }
+    out.vxlan_device = !out.vxlan.is_empty() || local.mode == Mode::Vxlan;
+    if local.mode == Mode::Vxlan {
+        out.pod_mtu = out.pod_mtu.min(vx_mtu);
+    }
+    out
+}
+
+/// What to change to go from `have` to `want`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diff<T> {
+    /// Missing: add.
+    pub add: Vec<T>,
+    /// Not wanted: delete.
+    pub del: Vec<T>,
+}
+
+impl<T> Diff<T> {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.del.is_empty()
+    }
+}
+
+/// The difference between two sets of owned objects.
+pub fn diff<T: Ord + Clone>(have: &BTreeSet<T>, want: &BTreeSet<T>) -> Diff<T> {
+    Diff {
+        add: want.difference(have).cloned().collect(),
+        del: have.difference(want).cloned().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId([n; 16])
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn local(mode: Mode, underlay: &str) -> Local {
+        Local {
+            id: id(1),
+            underlay: net(underlay),
+            underlay_if: "eth0".into(),
+            underlay_mtu: 1500,
+            mode,
+        }
+    }
+
+    fn peer(n: u8, addr: &str, hop: Option<u8>, blocks: &[&str]) -> Peer {
+        Peer {
+            id: id(n),
+            underlay: Some(addr.parse().unwrap()),
+            next_hop: hop.map(id),
+            prefixes: blocks.iter().map(|b| net(b)).collect(),
+        }
+    }
+
+    #[test]
+    fn auto_routes_the_segment_directly_and_the_rest_through_vxlan() {
+        let l = local(Mode::Auto, "172.30.0.1/24");
+        let peers = [
+            peer(2, "172.30.0.2", Some(2), &["10.32.1.0/26", "10.32.1.64/26"]),
+            peer(3, "172.30.1.3", Some(3), &["10.32.2.0/26", "10.32.9.7/32"]),
+        ];
+        let p = plan(&l, &peers);
+        assert_eq!(p.routes.len(), 4);
+        for r in &p.routes {
+            if r.dst.to_string().starts_with("10.32.1.") {
+                assert_eq!(r.via, Via::Direct("172.30.0.2".parse().unwrap()));
+                assert_eq!(r.mtu, 1500);
+            } else {
+                assert_eq!(r.via, Via::Vxlan(vtep_of(&id(3))));
+                assert_eq!(r.mtu, 1450);
+            }
+        }
+        assert_eq!(p.vxlan.len(), 1);
+        let v = p.vxlan.iter().next().unwrap();
+        assert_eq!(v.underlay, "172.30.1.3".parse::<IpAddr>().unwrap());
+        assert_eq!(v.mac, mac_of(&id(3)));
+        assert!(p.vxlan_device);
+        assert_eq!(p.pod_mtu, 1450, "the smallest path decides");
+    }
+
+    #[test]
+    fn one_segment_in_auto_needs_no_vxlan_and_keeps_the_full_mtu() {
+        let l = local(Mode::Auto, "172.30.0.1/24");
+        let p = plan(&l, &[peer(2, "172.30.0.2", Some(2), &["10.32.1.0/26"])]);
+        assert!(!p.vxlan_device);
+        assert!(p.vxlan.is_empty());
+        assert_eq!(p.pod_mtu, 1500);
+    }
+
+    #[test]
+    fn forced_modes() {
+        let peers = [
+            peer(2, "172.30.0.2", Some(2), &["10.32.1.0/26"]),
+            peer(3, "172.30.1.3", Some(3), &["10.32.2.0/26"]),
+        ];
+        let v = plan(&local(Mode::Vxlan, "172.30.0.1/24"), &peers);
+        assert!(v.routes.iter().all(|r| matches!(r.via, Via::Vxlan(_))));
+        assert_eq!(v.vxlan.len(), 2);
+        let r = plan(&local(Mode::Route, "172.30.0.1/24"), &peers);
+        assert_eq!(r.forced_vxlan, [id(3)].into_iter().collect());
+        assert_eq!(
+            r.routes
+                .iter()
+                .filter(|r| matches!(r.via, Via::Direct(_)))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_relayed_peer_is_routed_through_its_next_hop_and_follows_it() {
+        // Partial: h1 reaches h3 only through h2.
+        let l = local(Mode::Auto, "172.30.0.1/24");
+        let mut peers = vec![
+            peer(2, "172.30.0.2", Some(2), &["10.32.1.0/26"]),
+            peer(3, "172.30.0.3", Some(2), &["10.32.2.0/26"]),
+        ];
+        let p = plan(&l, &peers);
+        let to3 = p
+            .routes
+            .iter()
+            .find(|r| r.dst == net("10.32.2.0/26"))
+            .unwrap();
+        assert_eq!(to3.via, Via::Direct("172.30.0.2".parse().unwrap()));
+        // The cut heals: h3 directly.
+        peers[1].next_hop = Some(id(3));
+        let q = plan(&l, &peers);
+        let to3 = q
+            .routes
+            .iter()
+            .find(|r| r.dst == net("10.32.2.0/26"))
+            .unwrap();
+        assert_eq!(to3.via, Via::Direct("172.30.0.3".parse().unwrap()));
+        let d = diff(&p.routes, &q.routes);
+        assert_eq!(
+            (d.add.len(), d.del.len()),
+            (1, 1),
+            "only that route changes"
+        );
+    }
+
+    #[test]
+    fn unreachable_or_unaddressed_nodes_get_no_route() {
+        let l = local(Mode::Auto, "172.30.0.1/24");
+        let mut nameless = peer(4, "172.30.0.4", Some(4), &["10.32.4.0/26"]);
+        nameless.underlay = None;
+        let p = plan(
+            &l,
+            &[
+                peer(3, "172.30.0.3", None, &["10.32.2.0/26"]),
+                nameless,
+                peer(5, "172.30.0.5", Some(5), &[]),
+            ],
+        );
+        assert!(p.routes.is_empty());
+        assert_eq!(p.skipped.get(&id(3)), Some(&Skip::Unreachable));
+        assert_eq!(p.skipped.get(&id(4)), Some(&Skip::NoAddress));
+        assert!(
+            !p.skipped.contains_key(&id(5)),
+            "no blocks, nothing to route"
+        );
+    }
+
+    #[test]
+    fn own_blocks_are_never_routed_away() {
+        let l = local(Mode::Auto, "172.30.0.1/24");
+        let p = plan(&l, &[peer(1, "172.30.0.1", Some(1), &["10.32.0.0/26"])]);
+        assert!(p.routes.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_underlay_costs_more() {
+        let mut l = local(Mode::Vxlan, "fd30::1/64");
+        l.underlay_mtu = 9000;
+        let p = plan(&l, &[peer(2, "fd30::2", Some(2), &["10.32.1.0/26"])]);
+        assert_eq!(p.pod_mtu, 8930);
+    }
+
+    #[test]
+    fn vtep_and_mac_are_stable_link_local_and_unicast() {
+        let v = vtep_of(&id(0xab));
+        assert_eq!(v.segments()[0], 0xfe80);
+        assert_eq!(vtep_of(&id(0xab)), v);
+        let m = mac_of(&id(0xff));
+        assert_eq!(m[0] & 0x01, 0, "unicast");
+        assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+    }
+
+    #[test]
+    fn applying_a_plan_twice_changes_nothing() {
+        let l = local(Mode::Auto, "172.30.0.1/24");
+        let p = plan(&l, &[peer(2, "172.30.1.2", Some(2), &["10.32.1.0/26"])]);
+        let d = diff(&BTreeSet::new(), &p.routes);
+        assert_eq!(d.add.len(), 1);
+        assert!(diff(&p.routes, &p.routes).is_empty());
+    }
+}
