@@ -218,17 +218,6 @@ fn octet(ip: &IpAddr) -> u8 {
     }
 }
 
-fn cni_conf(socket: &str, data: &str) -> String {
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "weft",
-        "type": "weft",
-        "agentSocket": socket,
-        "dataDir": data,
-    })
-    .to_string()
-}
-
 #[test]
 fn the_plugin_takes_cluster_addresses_from_the_agent() {
     if !root_or_skip("ipam_plugin_agent") {

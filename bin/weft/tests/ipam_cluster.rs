@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const PEERS: [&str; 3] = ["172.30.0.1:7000", "172.30.0.2:7000", "172.30.0.3:7000"];
 
@@ -96,17 +96,6 @@ fn status_of(a: &Agent, name: &str) -> Option<String> {
 fn try_allocate(a: &Agent, c: &str) -> (u16, Option<IpAddr>) {
     let (code, v) = api(a, "POST", "/ipam/allocate", Some(owner(c)));
     (code, v["address"].as_str().map(|s| s.parse().unwrap()))
-}
-
-fn cni_conf(socket: &str, data: &str) -> String {
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "weft",
-        "type": "weft",
-        "agentSocket": socket,
-        "dataDir": data,
-    })
-    .to_string()
 }
 
 #[test]

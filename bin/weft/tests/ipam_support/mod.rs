@@ -196,3 +196,15 @@ pub fn cidrs(n: &Value) -> Vec<Cidr> {
         .map(|b| Cidr::parse(b.as_str().unwrap()))
         .collect()
 }
+
+/// A weft network config without `range`: addresses come from the agent at `socket`.
+pub fn cni_conf(socket: &str, data: &str) -> String {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "weft",
+        "type": "weft",
+        "agentSocket": socket,
+        "dataDir": data,
+    })
+    .to_string()
+}
