@@ -64,6 +64,22 @@ fn demo(weft: &Path) -> Result<(), String> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     show(&[&w, "status", "--socket", &sock])?;
+    step("the cluster IPAM: the three agents agreed on one start and share the pool in blocks");
+    for _ in 0..100 {
+        let out = Command::new(&w)
+            .args(["ipam", "--socket", &sock, "--json"])
+            .output()
+            .map_err(|e| format!("run weft ipam: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let heirs_known = v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3 && n.iter().all(|x| x["heir"].is_string()));
+        if v["ready"] == true && heirs_known {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    show(&[&w, "ipam", "--socket", &sock])?;
     step("two containers on h1, attached by the weft CNI plugin");
     let a = weft_lab::run(LAB, "h1", "a", None, &[]).map_err(e)?;
     let b = weft_lab::run(
