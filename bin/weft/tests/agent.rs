@@ -5,51 +5,10 @@
 mod common;
 use common::*;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Agent {
-    child: Child,
-    socket: String,
-    log: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_agent(lab: &Lab, host: &str, name: &str, port: u16, peer: &str, secret: &str) -> Agent {
-    let dir = format!("/run/weft-lab/{}/t-{host}-{name}", lab.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ip = format!("172.30.0.{}", host.trim_start_matches('h'));
-    let socket = format!("{dir}/weft.sock");
-    let log = format!("{dir}/agent.log");
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.host_ns(host),
-            WEFT,
-            "agent",
-            "--name",
-            name,
-        ])
-        .args(["--listen", &format!("{ip}:{port}"), "--peer", peer])
-        .args([
-            "--data-dir",
-            &format!("{dir}/data"),
-            "--secret-file",
-            secret,
-        ])
-        .args(["--socket", &socket, "--tick-ms", "200"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Agent { child, socket, log }
+    spawn_agent(lab, host, name, port, secret, &["--peer", peer])
 }
 
 fn status(a: &Agent) -> Option<serde_json::Value> {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -213,4 +213,66 @@ pub fn weft_links(host_ns: &str) -> Vec<String> {
         .filter(|l| l.contains("alias weft:"))
         .map(String::from)
         .collect()
+}
+
+/// A `weft agent` started by a test in a lab host; ended (SIGKILL, by its pid) when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub socket: String,
+    pub log: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `weft agent --name NAME` in lab host `host` (underlay 172.30.0.N) listening on
+/// `port`, with its files under `/run/weft-lab/LAB/t-HOST-NAME`, a 200 ms tick and the
+/// given extra arguments. Its log is appended across restarts, so a failure shows the
+/// whole story.
+pub fn spawn_agent(
+    lab: &Lab,
+    host: &str,
+    name: &str,
+    port: u16,
+    secret: &str,
+    args: &[&str],
+) -> Agent {
+    let dir = format!("/run/weft-lab/{}/t-{host}-{name}", lab.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ip = format!("172.30.0.{}", host.trim_start_matches('h'));
+    let socket = format!("{dir}/weft.sock");
+    let log = format!("{dir}/agent.log");
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.host_ns(host),
+            WEFT,
+            "agent",
+            "--name",
+            name,
+        ])
+        .args(["--listen", &format!("{ip}:{port}")])
+        .args([
+            "--data-dir",
+            &format!("{dir}/data"),
+            "--secret-file",
+            secret,
+        ])
+        .args(["--socket", &socket, "--tick-ms", "200"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    Agent { child, socket, log }
 }

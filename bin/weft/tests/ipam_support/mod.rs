@@ -4,25 +4,11 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::common::*;
-
-pub struct Agent {
-    pub child: Child,
-    pub socket: String,
-    pub log: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts `weft agent` on lab host `host` (underlay 172.30.0.N, port 7000) with cluster
 /// IPAM on `pool`, `init` starting nodes, the given peers and any
@@ -36,46 +22,17 @@ pub fn start_agent_full(
     pool: &str,
     extra: &[&str],
 ) -> Agent {
-    let dir = format!("/run/weft-lab/{}/t-{host}-{name}", lab.name);
-    std::fs::create_dir_all(&dir).unwrap();
     let secret = format!("/run/weft-lab/{}/t.secret", lab.name);
     if !Path::new(&secret).exists() {
         std::fs::write(&secret, "the ipam test secret\n").unwrap();
     }
-    let ip = format!("172.30.0.{}", host.trim_start_matches('h'));
-    let socket = format!("{dir}/weft.sock");
-    let log = format!("{dir}/agent.log");
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &lab.host_ns(host),
-        WEFT,
-        "agent",
-        "--name",
-        name,
-    ])
-    .args(["--listen", &format!("{ip}:7000")])
-    .args([
-        "--data-dir",
-        &format!("{dir}/data"),
-        "--secret-file",
-        &secret,
-    ])
-    .args(["--socket", &socket, "--tick-ms", "200"])
-    .args(["--ipam-pools", pool])
-    .args(["--ipam-init", &init.to_string()]);
+    let init = init.to_string();
+    let mut args = vec!["--ipam-pools", pool, "--ipam-init", &init];
     for p in peers {
-        cmd.args(["--peer", p]);
+        args.extend(["--peer", p]);
     }
-    cmd.args(extra);
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let child = cmd.stdout(Stdio::null()).stderr(logf).spawn().unwrap();
-    Agent { child, socket, log }
+    args.extend(extra);
+    spawn_agent(lab, host, name, 7000, &secret, &args)
 }
 
 /// One API request; (status, JSON body).
