@@ -268,24 +268,12 @@ impl Ipam {
         self.st.quarantine.keys().copied().collect()
     }
 
-    pub(crate) fn gen_for_pub(&self, k: u64) -> u64 {
-        self.gen_for(k)
-    }
-
-    pub(crate) fn set_block_pub(&mut self, k: u64, rec: BlockRec) {
-        self.set_block(k, rec)
-    }
-
-    pub(crate) fn active_blocks_pub(&self) -> Vec<u64> {
-        self.active_blocks()
-    }
-
     fn holds(&self, k: u64) -> bool {
         self.st.view.holder(k) == Some(self.id)
     }
 
     /// Generation this node writes for block `k` it holds.
-    fn gen_for(&self, k: u64) -> u64 {
+    pub(crate) fn gen_for(&self, k: u64) -> u64 {
         let c = self.st.view.claim(k).expect("genesis");
         if c.holder == self.id {
             c.gen
@@ -304,7 +292,7 @@ impl Ipam {
             .is_some_and(|c| c.holder == self.id && c.own && c.take)
     }
 
-    fn set_block(&mut self, k: u64, rec: BlockRec) {
+    pub(crate) fn set_block(&mut self, k: u64, rec: BlockRec) {
         self.st.blocks.insert(k, rec);
         // Own records enter the view at once: never act on a block given away.
         let version = self.st.view.claims.get(&k).map_or(0, |c| c.version) + 1;
@@ -313,7 +301,7 @@ impl Ipam {
         self.dirty = true;
     }
 
-    fn active_blocks(&self) -> Vec<u64> {
+    pub(crate) fn active_blocks(&self) -> Vec<u64> {
         self.st
             .blocks
             .iter()
@@ -439,14 +427,7 @@ impl Ipam {
     }
 
     fn candidates_exhausted(&self) -> bool {
-        !self
-            .others_use()
-            .values()
-            .any(|u| u.reserve > 0 || u.free > 0)
-    }
-
-    fn others_use(&self) -> BTreeMap<NodeId, UseRec> {
-        self.last_use.clone()
+        !self.last_use.values().any(|u| u.reserve > 0 || u.free > 0)
     }
 
     /// Frees the address of `owner`; returns it.

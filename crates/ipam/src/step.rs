@@ -330,7 +330,7 @@ impl Ipam {
             .collect();
         for (k, rec) in relays {
             if self.st.blocks.get(&k) != Some(&rec) {
-                self.set_block_pub(k, rec);
+                self.set_block(k, rec);
             }
         }
     }
@@ -411,7 +411,7 @@ impl Ipam {
         for k in incoming {
             let given_to_me = self.st.view.claims[&k].holder == self.id;
             let rec = BlockRec {
-                gen: self.gen_for_pub(k),
+                gen: self.gen_for(k),
                 inc: self.st.inc,
                 active: (given_to_me && !self.waiting.is_empty()) || !self.block_empty(k),
                 to: None,
@@ -420,7 +420,7 @@ impl Ipam {
             if !given_to_me {
                 self.st.quarantine.insert(k, now);
             }
-            self.set_block_pub(k, rec);
+            self.set_block(k, rec);
         }
     }
 
@@ -442,18 +442,18 @@ impl Ipam {
                 });
                 if let Some((k, _)) = reserve {
                     let rec = BlockRec {
-                        gen: self.gen_for_pub(k),
+                        gen: self.gen_for(k),
                         inc: self.st.inc,
                         active: false,
                         to: Some((b, req.inc)),
                         took: false,
                     };
-                    self.set_block_pub(k, rec);
+                    self.set_block(k, rec);
                 }
             } else {
                 let mut left = req.addrs;
                 let free: Vec<std::net::IpAddr> = self
-                    .active_blocks_pub()
+                    .active_blocks()
                     .into_iter()
                     .flat_map(|k| self.cfg.space.addrs(k))
                     .filter(|a| !self.st.allocs.contains_key(a))
@@ -599,14 +599,8 @@ impl Ipam {
     }
 
     fn give_back(&mut self, now: u64) {
-        for k in self.active_blocks_pub() {
-            let empty = self
-                .cfg
-                .space
-                .addrs(k)
-                .iter()
-                .all(|a| !self.st.allocs.contains_key(a));
-            if !empty {
+        for k in self.active_blocks() {
+            if !self.block_empty(k) {
                 self.st.empty_since.remove(&k);
                 continue;
             }
@@ -614,11 +608,11 @@ impl Ipam {
             if now.saturating_sub(since) >= self.cfg.grace_ms {
                 let mut rec = self.st.blocks[&k];
                 rec.active = false;
-                self.set_block_pub(k, rec);
+                self.set_block(k, rec);
                 self.st.empty_since.remove(&k);
             }
         }
-        let active: BTreeSet<u64> = self.active_blocks_pub().into_iter().collect();
+        let active: BTreeSet<u64> = self.active_blocks().into_iter().collect();
         self.st.empty_since.retain(|k, _| active.contains(k));
     }
 
@@ -685,7 +679,7 @@ impl Ipam {
         let held = self.held_blocks();
         let active = held.iter().filter(|(_, a)| *a).count() as u64;
         let mut free = 0u64;
-        for k in self.active_blocks_pub() {
+        for k in self.active_blocks() {
             free += self
                 .cfg
                 .space
