@@ -5,6 +5,12 @@
 //! Debian's reference `bridge` + `host-local` plugins, over N containers each, on one lab
 //! host. The two plugins alternate container by container so drift on a shared machine
 //! hits both alike.
+//!
+//! `weft-bench dataplane`: pod-to-pod throughput and latency across two lab hosts, weft's
+//! route and VXLAN modes beside host to host and the same paths made by hand (see
+//! `dataplane.rs`).
+
+mod dataplane;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,6 +60,49 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seeds: u64,
     },
+    /// Pod-to-pod data plane across two lab hosts: weft route and VXLAN modes beside host
+    /// to host, hand-made routes and a hand-made VXLAN (iperf3, ping, TCP request/response).
+    Dataplane {
+        /// The weft binary (a release build).
+        #[arg(long, default_value = "target/release/weft")]
+        weft: PathBuf,
+        /// Lab name of the anchors (1 to 11 of a-z0-9); the weft labs are NAMEr and NAMEv.
+        #[arg(long, default_value = "bdp")]
+        lab: String,
+        /// Rounds; every path is measured once per round and the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// iperf3 seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Pings per measurement (10 ms apart).
+        #[arg(long, default_value_t = 300)]
+        pings: usize,
+        /// TCP request/response seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        rr_secs: f64,
+        /// Seconds a weft lab's containers may take to reach each other.
+        #[arg(long, default_value_t = 30)]
+        ready_secs: u64,
+    },
+    /// TCP request/response server: echoes one connection's bytes (used by `dataplane`).
+    #[command(hide = true)]
+    RrServer {
+        /// Address and port to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// TCP request/response client: 1-byte ping-pong for SECS, prints JSON (used by
+    /// `dataplane`).
+    #[command(hide = true)]
+    RrClient {
+        /// The server's address and port.
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// How long to run.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+    },
 }
 
 fn main() {
@@ -69,6 +118,27 @@ fn main() {
             mesh_bytes(&nodes, seeds);
             Ok(())
         }
+        Cmd::Dataplane {
+            weft,
+            lab,
+            rounds,
+            secs,
+            pings,
+            rr_secs,
+            ready_secs,
+        } => weft_binary(&weft).and_then(|weft| {
+            dataplane::dataplane(&dataplane::Opts {
+                weft,
+                lab,
+                rounds,
+                secs,
+                pings,
+                rr_secs,
+                ready_secs,
+            })
+        }),
+        Cmd::RrServer { listen } => dataplane::rr_server(listen),
+        Cmd::RrClient { connect, secs } => dataplane::rr_client(connect, secs),
     };
     if let Err(e) = res {
         eprintln!("weft-bench: {e}");

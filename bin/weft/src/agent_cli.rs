@@ -12,7 +12,8 @@ use weft_agent::{api, RawConfig};
 pub struct AgentArgs {
     /// A JSON config file (keys: name, listen, advertise, peers, dataDir, secretFile, socket,
     /// maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit,
-    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs); flags override it.
+    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, vxlanPort, vxlanId);
+    /// flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's name.
@@ -71,6 +72,28 @@ pub struct AgentArgs {
     /// [default: 2000].
     #[arg(long, value_name = "MS")]
     ipam_request_timeout_ms: Option<u64>,
+    /// How containers on other hosts are reached: `auto` (direct routes to hosts on this
+    /// host's segment, VXLAN to the others), `route`, `vxlan`, or `off` (program nothing)
+    /// [default: auto].
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// Masquerade container traffic to addresses outside the pools: on or off [default: on].
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    nat: Option<bool>,
+    /// UDP port of weft's VXLAN; the same on every node [default: 6784].
+    #[arg(long, value_name = "PORT")]
+    vxlan_port: Option<u64>,
+    /// VXLAN network identifier; the same on every node [default: 6783].
+    #[arg(long, value_name = "VNI")]
+    vxlan_id: Option<u64>,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, found {other:?}")),
+    }
 }
 
 /// Where the agent's API is.
@@ -120,6 +143,10 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         ipam_grace_ms: a.ipam_grace_ms,
         ipam_reclaim_after_ms: a.ipam_reclaim_after_ms,
         ipam_request_timeout_ms: a.ipam_request_timeout_ms,
+        mode: a.mode,
+        nat: a.nat,
+        vxlan_port: a.vxlan_port,
+        vxlan_id: a.vxlan_id,
     };
     let cfg = file.overlay(flags).validate().map_err(|e| e.to_string())?;
     weft_agent::run(cfg).map_err(|e| e.0)?;
@@ -179,7 +206,50 @@ pub fn status(s: SocketArg) -> Result<ExitCode, String> {
             c.ids.join(", ")
         );
     }
+    if let Some(d) = &r.dataplane {
+        print_dataplane(d);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_dataplane(d: &weft_agent::DataplaneReport) {
+    println!();
+    if d.mode == "off" {
+        println!("data plane: off (--mode off): the agent programs no routes");
+        return;
+    }
+    println!(
+        "data plane: mode {}, underlay {}, container MTU {}, NAT {}",
+        d.mode,
+        d.underlay.as_deref().unwrap_or("not found yet"),
+        d.pod_mtu
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "-".into()),
+        if d.nat { "on" } else { "off" }
+    );
+    if let Some(e) = &d.error {
+        println!("ERROR: {e}");
+    }
+    println!(
+        "{:<20} {:<6} {:<16} {:<12} mtu",
+        "destination", "mode", "via", "host"
+    );
+    for r in &d.routes {
+        println!(
+            "{:<20} {:<6} {:<16} {:<12} {}",
+            r.dst,
+            r.mode,
+            r.via,
+            r.via_name.as_deref().unwrap_or("?"),
+            r.mtu
+        );
+    }
+    for s in &d.skipped {
+        println!("no route: {s}");
+    }
+    for c in &d.conflicts {
+        println!("left alone (another owner routes it): {c}");
+    }
 }
 
 pub fn peers(s: SocketArg) -> Result<ExitCode, String> {

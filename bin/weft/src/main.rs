@@ -132,6 +132,10 @@ enum LabCmd {
         /// start`).
         #[arg(long)]
         no_agents: bool,
+        /// The agents' data plane mode: auto (direct routes on a segment, VXLAN across),
+        /// route, vxlan or off [default: auto].
+        #[arg(long, value_name = "MODE")]
+        mode: Option<String>,
         /// Print the lab as JSON.
         #[arg(long)]
         json: bool,
@@ -151,7 +155,8 @@ enum LabCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command on a lab host (HOST) or in a container (HOST/CONTAINER).
+    /// Run a command on a lab host (HOST), in a container (HOST/CONTAINER), or in `out`, the
+    /// namespace standing in for the world outside the cluster (reached through NAT).
     Exec {
         /// Lab name; may be left out when one lab exists.
         #[arg(long)]
@@ -304,9 +309,13 @@ fn lab(cmd: LabCmd) -> Res {
             hosts,
             topology,
             no_agents,
+            mode,
             json,
         } => {
-            let opts = weft_lab::UpOptions { agents: !no_agents };
+            let opts = weft_lab::UpOptions {
+                agents: !no_agents,
+                agent_args: mode.map(|m| vec!["--mode".into(), m]).unwrap_or_default(),
+            };
             let state = weft_lab::up_with(&name, hosts, topology, &self_exe()?, opts).map_err(e)?;
             if json {
                 let v = weft_lab::status_json(&state);

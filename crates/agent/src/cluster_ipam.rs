@@ -263,7 +263,11 @@ impl Agent {
                         error_json(&format!("cannot save the allocation: {e}")),
                     );
                 }
-                Attempt::Answer(200, address_json(Some(a)))
+                let mtu = self.dp.pod_mtu();
+                Attempt::Answer(
+                    200,
+                    serde_json::json!({ "address": a.to_string(), "mtu": mtu }).to_string(),
+                )
             }
             Err(AllocError::Exhausted) => Attempt::Answer(
                 507,

@@ -53,6 +53,26 @@ pub struct AgentConfig {
     pub down_after_secs: u64,
     /// The cluster IPAM: pools, block sizes, bootstrap and timings.
     pub ipam: IpamConfig,
+    /// The kernel data plane: routes, VXLAN and NAT (docs/dataplane.md).
+    pub dataplane: DataplaneConfig,
+}
+
+/// Default UDP port of weft's VXLAN (next to the peer port).
+pub const DEFAULT_VXLAN_PORT: u16 = 6784;
+/// Default VXLAN network identifier.
+pub const DEFAULT_VXLAN_ID: u32 = 6783;
+
+/// How the agent programs the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// `auto`, `route` or `vxlan`; `None` = off (the agent programs nothing).
+    pub mode: Option<weft_dataplane::Mode>,
+    /// Outbound NAT of pod traffic to addresses outside the pools.
+    pub nat: bool,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// VXLAN network identifier.
+    pub vxlan_id: u32,
 }
 
 /// The raw form, as in the config file (every field optional; flags fill in).
@@ -94,6 +114,14 @@ pub struct RawConfig {
     pub ipam_reclaim_after_ms: Option<u64>,
     /// Timeout of a request for space, ms.
     pub ipam_request_timeout_ms: Option<u64>,
+    /// Data plane mode: auto, route, vxlan or off.
+    pub mode: Option<String>,
+    /// Outbound NAT: on or off.
+    pub nat: Option<bool>,
+    /// VXLAN UDP port.
+    pub vxlan_port: Option<u64>,
+    /// VXLAN network identifier.
+    pub vxlan_id: Option<u64>,
 }
 
 /// A configuration error: which field, what was expected, what was found.
@@ -156,7 +184,11 @@ impl RawConfig {
             ipam_init,
             ipam_grace_ms,
             ipam_reclaim_after_ms,
-            ipam_request_timeout_ms
+            ipam_request_timeout_ms,
+            mode,
+            nat,
+            vxlan_port,
+            vxlan_id
         );
         self.peers.extend(other.peers);
         self
@@ -166,6 +198,7 @@ impl RawConfig {
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
         // Checked now, reported after the fields before it.
         let ipam = ipam_config(&self);
+        let dataplane = dataplane_config(&self);
         let name = self
             .name
             .ok_or_else(|| err("name", "a node name", "nothing"))?;
@@ -243,6 +276,7 @@ impl RawConfig {
             return Err(err("down-after-secs", "at least 1", 0));
         }
         let ipam = ipam?;
+        let dataplane = dataplane?;
         Ok(AgentConfig {
             name,
             listen,
@@ -255,8 +289,40 @@ impl RawConfig {
             tick_ms,
             down_after_secs,
             ipam,
+            dataplane,
         })
     }
+}
+
+fn dataplane_config(r: &RawConfig) -> Result<DataplaneConfig, ConfigError> {
+    use weft_dataplane::Mode;
+    let mode = match r.mode.as_deref().unwrap_or("auto") {
+        "auto" => Some(Mode::Auto),
+        "route" => Some(Mode::Route),
+        "vxlan" => Some(Mode::Vxlan),
+        "off" => None,
+        other => {
+            return Err(err(
+                "mode",
+                "auto, route, vxlan or off",
+                format!("{other:?}"),
+            ))
+        }
+    };
+    let vxlan_port = r.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT.into());
+    if !(1..=65535).contains(&vxlan_port) {
+        return Err(err("vxlan-port", "a UDP port, 1 to 65535", vxlan_port));
+    }
+    let vxlan_id = r.vxlan_id.unwrap_or(DEFAULT_VXLAN_ID.into());
+    if !(1..(1 << 24)).contains(&vxlan_id) {
+        return Err(err("vxlan-id", "1 to 16777215", vxlan_id));
+    }
+    Ok(DataplaneConfig {
+        mode,
+        nat: r.nat.unwrap_or(true),
+        vxlan_port: vxlan_port as u16,
+        vxlan_id: vxlan_id as u32,
+    })
 }
 
 /// Validates the `ipam-*` fields; the pools and block sizes through [`Space::new`], whose

@@ -11,6 +11,7 @@ pub mod api;
 mod cluster_ipam;
 pub mod config;
 mod conn;
+mod dataplane;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,6 +26,7 @@ use weft_mesh::{MeshConfig, Message, Node, NodeId, Output, Status};
 use weft_wire::{ClusterKey, Identity};
 
 pub use config::{AgentConfig, ConfigError, RawConfig};
+pub use dataplane::{DataplaneReport, RouteReport};
 
 /// Keys of the records every node publishes.
 pub const NAME_KEY: &str = "name";
@@ -119,6 +121,8 @@ struct Agent {
     names: BTreeMap<NodeId, String>,
     /// The last IPAM state logged.
     ipam_state_logged: Option<String>,
+    /// The kernel data plane.
+    dp: dataplane::Dataplane,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -192,6 +196,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         pending: Vec::new(),
         names: BTreeMap::new(),
         ipam_state_logged: None,
+        dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
         cfg,
     };
     log(format!(
@@ -324,6 +329,7 @@ impl Agent {
         self.dial_due();
         self.remember_names();
         self.ipam_tick();
+        self.dp_tick();
     }
 
     /// Adds the advertised addresses of known, not gone, unconnected nodes to the dial table.
@@ -657,6 +663,7 @@ impl Agent {
                     ids: ids.iter().map(|i| i.to_string()).collect(),
                 })
                 .collect(),
+            dataplane: Some(self.dp_report()),
         }
     }
 
@@ -714,6 +721,9 @@ pub struct StatusReport {
     pub peers: Vec<PeerReport>,
     /// Names claimed by several live nodes.
     pub conflicts: Vec<ConflictReport>,
+    /// The kernel data plane.
+    #[serde(default)]
+    pub dataplane: Option<DataplaneReport>,
 }
 
 /// This node in a status report.

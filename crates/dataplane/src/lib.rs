@@ -148,16 +148,22 @@ pub fn plan(local: &Local, peers: &[Peer]) -> Plan {
         pod_mtu: local.underlay_mtu,
         ..Plan::default()
     };
+    // Every reachable peer counts for the MTU and the VXLAN entries, also before it holds
+    // a block: containers started now get an MTU that stays right when it does.
     for p in peers {
-        if p.id == local.id || p.prefixes.is_empty() {
+        if p.id == local.id {
             continue;
         }
         let Some(hop) = p.next_hop else {
-            out.skipped.insert(p.id, Skip::Unreachable);
+            if !p.prefixes.is_empty() {
+                out.skipped.insert(p.id, Skip::Unreachable);
+            }
             continue;
         };
         let Some(hop_addr) = by_id.get(&hop).and_then(|h| h.underlay) else {
-            out.skipped.insert(p.id, Skip::NoAddress);
+            if !p.prefixes.is_empty() {
+                out.skipped.insert(p.id, Skip::NoAddress);
+            }
             continue;
         };
         let on_segment = local.underlay.contains(&hop_addr);
@@ -284,6 +290,22 @@ mod tests {
         let p = plan(&l, &[peer(2, "172.30.0.2", Some(2), &["10.32.1.0/26"])]);
         assert!(!p.vxlan_device);
         assert!(p.vxlan.is_empty());
+        assert_eq!(p.pod_mtu, 1500);
+    }
+
+    #[test]
+    fn a_peer_without_blocks_already_sets_the_mtu_and_vxlan_entry() {
+        let l = local(Mode::Auto, "172.30.1.1/24");
+        let p = plan(&l, &[peer(3, "172.30.2.3", Some(3), &[])]);
+        assert!(p.routes.is_empty());
+        assert!(p.skipped.is_empty());
+        assert_eq!(p.vxlan.len(), 1);
+        assert_eq!(p.pod_mtu, 1450);
+        let p = plan(&l, &[peer(3, "172.30.2.3", None, &[])]);
+        assert!(
+            p.skipped.is_empty(),
+            "an unreachable node without blocks is no news"
+        );
         assert_eq!(p.pod_mtu, 1500);
     }
 

@@ -152,13 +152,17 @@ pub fn agent_command(plan: &LabPlan, host: &str, weft_bin: &Path) -> Option<Vec<
 }
 
 /// The agent entries of a new lab (none started yet).
-pub(crate) fn plan_agents(plan: &LabPlan, weft_bin: &Path) -> Vec<AgentState> {
+pub(crate) fn plan_agents(plan: &LabPlan, weft_bin: &Path, extra: &[String]) -> Vec<AgentState> {
     plan.hosts
         .iter()
         .map(|h| AgentState {
             host: h.name.clone(),
             netns: h.netns.clone(),
-            cmd: agent_command(plan, &h.name, weft_bin).expect("host of the plan"),
+            cmd: {
+                let mut c = agent_command(plan, &h.name, weft_bin).expect("host of the plan");
+                c.extend(extra.iter().cloned());
+                c
+            },
             socket: agent_socket(&plan.name, &h.name),
             log: agent_log(&plan.name, &h.name),
             pid: None,

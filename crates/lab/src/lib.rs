@@ -85,18 +85,29 @@ pub struct LabState {
     /// topology's own blocked pairs.
     #[serde(default)]
     pub cuts: Vec<(String, String)>,
+    /// Containers get addresses from the agents' cluster IPAM (the lab was made with
+    /// agents); otherwise from each host's own range.
+    #[serde(default)]
+    pub cluster_ipam: bool,
 }
 
 /// How `up_with` makes a lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpOptions {
     /// Start the mesh agent on every host (and wait until each answers on its socket).
+    /// Containers then get cluster addresses from the agents; without agents, from each
+    /// host's own range.
     pub agents: bool,
+    /// More arguments for every agent (e.g. `--mode vxlan`).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for UpOptions {
     fn default() -> Self {
-        UpOptions { agents: true }
+        UpOptions {
+            agents: true,
+            agent_args: Vec::new(),
+        }
     }
 }
 
@@ -248,8 +259,9 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
         plan: plan.clone(),
         complete: false,
         containers: vec![],
-        agents: agents::plan_agents(plan, weft_bin),
+        agents: agents::plan_agents(plan, weft_bin, &opts.agent_args),
         cuts: vec![],
+        cluster_ipam: opts.agents,
     };
     save(&state)?;
 
@@ -302,8 +314,24 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
         }
         sys::ip_batch(&h.netns, &lines)?;
         sys::netns_sysctl(&h.netns, "net.ipv4.ip_forward", "1")?;
-        write_host_files(name, h)?;
+        write_host_files(name, h, opts.agents)?;
     }
+    let out = &plan.outside;
+    sys::ip_batch(
+        &out.switch,
+        &[
+            format!("link add out type veth peer name eth0 netns {}", out.netns),
+            "link set out master br0 up".into(),
+        ],
+    )?;
+    let mut lines = vec![
+        format!("addr add {}/24 dev eth0", out.addr),
+        "link set eth0 up".into(),
+    ];
+    if let Some(gw) = out.gateway {
+        lines.push(format!("route add default via {gw}"));
+    }
+    sys::ip_batch(&out.netns, &lines)?;
     apply_filters(plan, &[])?;
 
     let bin = cni_bin_dir(name);
@@ -325,28 +353,35 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
     save(&state)
 }
 
-/// The conflist every lab host uses by default: weft alone.
-pub fn host_conflist(lab: &str, host: &plan::HostPlan) -> String {
+/// The conflist every lab host uses by default: weft alone, with cluster addresses from the
+/// host's agent (`cluster`), else from the host's own range.
+pub fn host_conflist(lab: &str, host: &plan::HostPlan, cluster: bool) -> String {
+    let data = host_dir(lab, &host.name).join("data");
+    let plugin = if cluster {
+        serde_json::json!({
+            "type": "weft",
+            "agentSocket": agents::agent_socket(lab, &host.name),
+            "dataDir": data,
+        })
+    } else {
+        serde_json::json!({ "type": "weft", "range": host.pod_range, "dataDir": data })
+    };
     serde_json::to_string_pretty(&serde_json::json!({
         "cniVersion": "1.1.0",
         "name": "weft",
-        "plugins": [{
-            "type": "weft",
-            "range": host.pod_range,
-            "dataDir": host_dir(lab, &host.name).join("data"),
-        }]
+        "plugins": [plugin]
     }))
     .expect("json")
 }
 
-fn write_host_files(lab: &str, h: &plan::HostPlan) -> Result<(), LabError> {
+fn write_host_files(lab: &str, h: &plan::HostPlan, cluster: bool) -> Result<(), LabError> {
     let dir = host_dir(lab, &h.name);
     let netd = dir.join("net.d");
     fs::create_dir_all(&netd)
         .map_err(|e| LabError::new(format!("create {}: {e}", netd.display())))?;
     sys::write_atomic(
         &netd.join("weft.conflist"),
-        host_conflist(lab, h).as_bytes(),
+        host_conflist(lab, h, cluster).as_bytes(),
     )
 }
 
@@ -406,10 +441,11 @@ pub fn down(name: &str) -> Result<(), LabError> {
     }
 }
 
-/// Where a `weft lab exec` target runs: `HOST` or `HOST/CONTAINER`.
+/// Where a `weft lab exec` target runs: `HOST`, `HOST/CONTAINER` or `out`.
 pub fn target_netns(state: &LabState, target: &str) -> Result<String, LabError> {
     let name = &state.plan.name;
     match target.split_once('/') {
+        None if target == plan::OUTSIDE => Ok(state.plan.outside.netns.clone()),
         None => state
             .plan
             .host(target)
@@ -632,7 +668,8 @@ pub fn podman_command(name: &str, hp: &plan::HostPlan) -> Result<std::process::C
             dir.join("run").display()
         );
         sys::write_atomic(&dir.join("storage.conf"), storage.as_bytes())?;
-        let conflist = weft_chain_conflist(name, hp);
+        let cluster = load(name).map(|s| s.cluster_ipam).unwrap_or(false);
+        let conflist = weft_chain_conflist(name, hp, cluster);
         sys::write_atomic(&netd.join("weft.conflist"), conflist.as_bytes())?;
     }
     let mut cmd = std::process::Command::new("nsenter");
@@ -654,13 +691,18 @@ pub fn podman_command(name: &str, hp: &plan::HostPlan) -> Result<std::process::C
 
 /// The conflist podman uses on a lab host: weft chained with the reference portmap,
 /// bandwidth and tuning plugins, the same as `weft install-cni` writes (spec 1.0.0, what
-/// podman 4's libcni speaks).
-pub fn weft_chain_conflist(lab: &str, hp: &plan::HostPlan) -> String {
-    weft_config::example_conflist(
-        "weft",
-        &hp.pod_range,
-        &host_dir(lab, &hp.name).join("data").to_string_lossy(),
-    )
+/// podman 4's libcni speaks); cluster addresses from the host's agent when `cluster`.
+pub fn weft_chain_conflist(lab: &str, hp: &plan::HostPlan, cluster: bool) -> String {
+    let data = host_dir(lab, &hp.name).join("data");
+    if cluster {
+        weft_config::example_agent_conflist(
+            "weft",
+            &agents::agent_socket(lab, &hp.name).to_string_lossy(),
+            &data.to_string_lossy(),
+        )
+    } else {
+        weft_config::example_conflist("weft", &hp.pod_range, &data.to_string_lossy())
+    }
 }
 
 /// The image every lab host's podman has: a busybox-static root filesystem.

@@ -79,7 +79,26 @@ pub struct LabPlan {
     pub hosts: Vec<HostPlan>,
     /// Host pairs that cannot reach each other (by host name), for `partial`.
     pub blocked: Vec<(String, String)>,
+    /// A namespace standing in for the world outside the cluster (for outbound NAT): on
+    /// the first switch, with no route to the container pools.
+    pub outside: OutsidePlan,
 }
+
+/// The lab's stand-in for the outside world.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsidePlan {
+    /// Its namespace (`weft-NAME-out`); `weft lab exec out -- ...` runs there.
+    pub netns: String,
+    /// The switch its `eth0` is plugged into.
+    pub switch: String,
+    /// Its address (/24).
+    pub addr: Ipv4Addr,
+    /// Its default route (the router, for `subnets`): towards the underlay only.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The name `weft lab exec` knows the outside namespace by.
+pub const OUTSIDE: &str = "out";
 
 /// Checks a lab name: 1 to 12 characters of `a-z0-9`, so namespace names built from it
 /// (`weft-NAME-...`) can never be mistaken for another lab's.
@@ -169,6 +188,13 @@ pub fn plan(name: &str, hosts: usize, topology: Topology) -> Result<LabPlan, Str
             }
         })
         .collect();
+    let seg = if topology == Topology::Subnets { 1 } else { 0 };
+    let outside = OutsidePlan {
+        netns: format!("{p}{OUTSIDE}"),
+        switch: switches[0].clone(),
+        addr: Ipv4Addr::new(172, 30, seg, 250),
+        gateway: (topology == Topology::Subnets).then(|| Ipv4Addr::new(172, 30, 1, 254)),
+    };
     let mut blocked = Vec::new();
     if topology == Topology::Partial && hosts >= 3 {
         for i in 1..hosts - 1 {
@@ -182,6 +208,7 @@ pub fn plan(name: &str, hosts: usize, topology: Topology) -> Result<LabPlan, Str
         router,
         hosts: host_plans,
         blocked,
+        outside,
     })
 }
 
@@ -191,6 +218,7 @@ impl LabPlan {
         let mut v = self.switches.clone();
         v.extend(self.router.iter().cloned());
         v.extend(self.hosts.iter().map(|h| h.netns.clone()));
+        v.push(self.outside.netns.clone());
         v
     }
 
@@ -264,7 +292,13 @@ mod tests {
         assert!(p.blocked.is_empty());
         assert_eq!(
             p.namespaces(),
-            vec!["weft-t-sw1", "weft-t-h1", "weft-t-h2", "weft-t-h3"]
+            vec![
+                "weft-t-sw1",
+                "weft-t-h1",
+                "weft-t-h2",
+                "weft-t-h3",
+                "weft-t-out"
+            ]
         );
     }
 

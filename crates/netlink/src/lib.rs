@@ -17,18 +17,19 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType, RouteVia,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -117,6 +118,33 @@ pub struct Route {
     pub protocol: u8,
     /// Routing table.
     pub table: u32,
+    /// Path MTU (`mtu` metric), if set.
+    pub mtu: Option<u32>,
+    /// The gateway is on the link whatever the link's addresses say (`onlink`).
+    pub onlink: bool,
+}
+
+impl Route {
+    /// A route with no MTU and without `onlink`.
+    pub fn new(
+        dst: IpNet,
+        gateway: Option<IpAddr>,
+        oif: Option<u32>,
+        scope: Scope,
+        protocol: u8,
+        table: u32,
+    ) -> Route {
+        Route {
+            dst,
+            gateway,
+            oif,
+            scope,
+            protocol,
+            table,
+            mtu: None,
+            onlink: false,
+        }
+    }
 }
 
 /// Route scope, the subset weft uses.
@@ -437,12 +465,26 @@ impl Netlink {
                 route.dst.network(),
             )));
         msg.attributes.push(RouteAttribute::Table(route.table));
-        if let Some(gw) = route.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        match route.gateway {
+            // A gateway of the other family (an IPv4 route through an IPv6 neighbour)
+            // goes in RTA_VIA, which names its family.
+            Some(IpAddr::V6(gw)) if route.dst.addr().is_ipv4() => msg
+                .attributes
+                .push(RouteAttribute::Via(RouteVia::Inet6(gw))),
+            Some(gw) => msg
+                .attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw))),
+            None => {}
         }
         if let Some(oif) = route.oif {
             msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(mtu) = route.mtu {
+            msg.attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        }
+        if route.onlink {
+            msg.header.flags |= RouteFlags::Onlink;
         }
         msg
     }
@@ -495,6 +537,7 @@ impl Netlink {
             let mut dst = None;
             let mut gateway = None;
             let mut oif = None;
+            let mut mtu = None;
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Table(v) => t = *v,
@@ -510,7 +553,16 @@ impl Netlink {
                     RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => {
                         gateway = Some(IpAddr::V6(*ip))
                     }
+                    RouteAttribute::Via(RouteVia::Inet6(ip)) => gateway = Some(IpAddr::V6(*ip)),
+                    RouteAttribute::Via(RouteVia::Inet(ip)) => gateway = Some(IpAddr::V4(*ip)),
                     RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Metrics(ms) => {
+                        for m in ms {
+                            if let RouteMetric::Mtu(v) = m {
+                                mtu = Some(*v);
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -532,6 +584,8 @@ impl Netlink {
                 scope: r.header.scope.into(),
                 protocol: u8::from(r.header.protocol),
                 table: t,
+                mtu,
+                onlink: r.header.flags.contains(RouteFlags::Onlink),
             });
         }
         Ok(out)
@@ -545,10 +599,7 @@ impl Netlink {
         msg.header.state = NeighbourState::Permanent;
         msg.header.kind = RouteType::Unicast;
         msg.attributes
-            .push(NeighbourAttribute::Destination(match ip {
-                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-            }));
+            .push(NeighbourAttribute::Destination(neigh_addr(ip)));
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         self.ack(
@@ -570,31 +621,256 @@ impl Netlink {
             let RouteNetlinkMessage::NewNeighbour(n) = m else {
                 continue;
             };
-            if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
+            if n.header.ifindex != index
+                || n.header.state != NeighbourState::Permanent
+                || n.header.family == AddressFamily::Bridge
+            {
                 continue;
             }
-            let mut ip = None;
-            let mut mac = None;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
-                        ip = Some(IpAddr::V4(*v))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
-                        ip = Some(IpAddr::V6(*v))
-                    }
-                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                        mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]])
-                    }
-                    _ => {}
-                }
-            }
+            let (ip, mac) = neigh_fields(&n);
             if let Some(ip) = ip {
                 out.push((ip, mac));
             }
         }
         Ok(out)
     }
+
+    /// Deletes a neighbour entry (`ip neigh del IP dev #index`).
+    pub fn delete_neighbour(&mut self, index: u32, ip: IpAddr) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(&ip);
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(neigh_addr(ip)));
+        self.ack(
+            &|| format!("delete neighbour {ip} on link #{index}"),
+            RouteNetlinkMessage::DelNeighbour(msg),
+            0,
+        )
+    }
+
+    /// Creates a VXLAN device without learning: `vni`, UDP `port`, outer source `local`,
+    /// its own `mac`, `mtu`, and the alias `alias` (the ownership mark). Forwarding entries
+    /// are added with [`Netlink::add_fdb`]. Fails with `EEXIST` if `name` exists.
+    pub fn create_vxlan(
+        &mut self,
+        name: &str,
+        p: &Vxlan,
+        mac: [u8; 6],
+        alias: &str,
+    ) -> Result<u32> {
+        let mut info = vec![
+            InfoVxlan::Id(p.vni),
+            InfoVxlan::Port(p.port),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Ttl(64),
+        ];
+        info.push(match p.local {
+            IpAddr::V4(a) => InfoVxlan::Local(a),
+            IpAddr::V6(a) => InfoVxlan::Local6(a),
+        });
+        if let Some(l) = p.link {
+            info.push(InfoVxlan::Link(l));
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::Mtu(p.mtu),
+            LinkAttribute::Address(mac.to_vec()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(info)),
+            ]),
+        ];
+        self.ack(
+            &|| format!("create vxlan device {name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        let link = self.link_by_name(name)?.ok_or_else(|| {
+            Error::new(
+                format!("find {name} after creating it"),
+                std::io::Error::from_raw_os_error(libc::ENODEV),
+            )
+        })?;
+        self.set_alias(link.index, alias)?;
+        Ok(link.index)
+    }
+
+    /// The VXLAN parameters of link `index`, or `None` if it is not a VXLAN device.
+    pub fn vxlan_params(&mut self, index: u32) -> Result<Option<Vxlan>> {
+        let mut req = LinkMessage::default();
+        req.header.index = index;
+        let msgs = self.request(
+            &|| format!("get link #{index}"),
+            RouteNetlinkMessage::GetLink(req),
+            0,
+        )?;
+        let mut out = None;
+        for m in msgs {
+            let RouteNetlinkMessage::NewLink(l) = m else {
+                continue;
+            };
+            let mut p = Vxlan {
+                vni: 0,
+                port: 0,
+                local: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                link: None,
+                mtu: 0,
+                learning: true,
+            };
+            let mut is_vxlan = false;
+            for a in l.attributes {
+                match a {
+                    LinkAttribute::Mtu(m) => p.mtu = m,
+                    LinkAttribute::LinkInfo(infos) => {
+                        for i in infos {
+                            if let LinkInfo::Data(InfoData::Vxlan(v)) = i {
+                                is_vxlan = true;
+                                for x in v {
+                                    match x {
+                                        InfoVxlan::Id(id) => p.vni = id,
+                                        InfoVxlan::Port(port) => p.port = port,
+                                        InfoVxlan::Local(a) => p.local = IpAddr::V4(a),
+                                        InfoVxlan::Local6(a) => p.local = IpAddr::V6(a),
+                                        InfoVxlan::Link(l) => p.link = Some(l),
+                                        InfoVxlan::Learning(b) => p.learning = b,
+                                        _ => {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if is_vxlan {
+                out = Some(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets a link's MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.ack(
+            &|| format!("set the MTU of link #{index}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
+    fn fdb_message(index: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(neigh_addr(dst)));
+        msg
+    }
+
+    /// Adds a static forwarding entry to a VXLAN device: frames for `mac` go to `dst`
+    /// (`bridge fdb append MAC dev DEV dst DST self permanent`).
+    pub fn add_fdb(&mut self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        self.ack(
+            &|| {
+                format!(
+                    "add fdb entry {} dst {dst} on link #{index}",
+                    format_mac(&mac)
+                )
+            },
+            RouteNetlinkMessage::NewNeighbour(Self::fdb_message(index, mac, dst)),
+            NLM_F_CREATE | NLM_F_APPEND,
+        )
+    }
+
+    /// Deletes one forwarding entry of a VXLAN device.
+    pub fn delete_fdb(&mut self, index: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        self.ack(
+            &|| {
+                format!(
+                    "delete fdb entry {} dst {dst} on link #{index}",
+                    format_mac(&mac)
+                )
+            },
+            RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, mac, dst)),
+            0,
+        )
+    }
+
+    /// The forwarding entries (MAC, destination) of a VXLAN device.
+    pub fn fdb(&mut self, index: u32) -> Result<Vec<([u8; 6], IpAddr)>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Bridge;
+        let msgs = self.request(
+            &|| "list fdb entries".into(),
+            RouteNetlinkMessage::GetNeighbour(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index || n.header.family != AddressFamily::Bridge {
+                continue;
+            }
+            let (ip, mac) = neigh_fields(&n);
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((mac, ip));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parameters of a VXLAN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Outer source address.
+    pub local: IpAddr,
+    /// The underlay link it is bound to, if any.
+    pub link: Option<u32>,
+    /// The device MTU.
+    pub mtu: u32,
+    /// Learning of remote MACs from received frames (weft turns it off).
+    pub learning: bool,
+}
+
+fn neigh_addr(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn neigh_fields(n: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                ip = Some(IpAddr::V6(*v))
+            }
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]])
+            }
+            _ => {}
+        }
+    }
+    (ip, mac)
 }
 
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {

@@ -178,7 +178,7 @@ impl Ctx {
         let mut source = self.source();
         let held_before = source.lookup(&owner)?;
         let ip = source.allocate(&owner)?;
-        match self.wire(&a, &netns, netns_path, ip) {
+        match self.wire(&a, &netns, netns_path, ip, source.mtu()) {
             Ok(mut result) => {
                 if let Some(mut prev) = prev {
                     prev.cni_version = result.cni_version.clone();
@@ -205,11 +205,14 @@ impl Ctx {
         netns: &File,
         netns_path: &str,
         ip: IpAddr,
+        source_mtu: Option<u32>,
     ) -> Result<CniResult, CniError> {
         let host_if = self.host_ifname(a);
         let gw = self.gateway(&ip);
         let mut nlh = Netlink::open().map_err(nl_err)?;
-        let mtu = match self.net.mtu {
+        // The configured MTU, else the one the agent's data plane allows, else the
+        // interface of the default route's.
+        let mtu = match self.net.mtu.or(source_mtu) {
             Some(m) => m,
             None => detect_mtu(&mut nlh),
         };
@@ -262,6 +265,8 @@ impl Ctx {
                     scope: Scope::Link,
                     protocol: WEFT_ROUTE_PROTOCOL,
                     table: MAIN_TABLE,
+                    mtu: None,
+                    onlink: false,
                 },
                 true,
             )?;
@@ -273,6 +278,8 @@ impl Ctx {
                     scope: Scope::Universe,
                     protocol: WEFT_ROUTE_PROTOCOL,
                     table: MAIN_TABLE,
+                    mtu: None,
+                    onlink: false,
                 },
                 true,
             )?;
@@ -297,6 +304,8 @@ impl Ctx {
                 scope: Scope::Link,
                 protocol: WEFT_ROUTE_PROTOCOL,
                 table: MAIN_TABLE,
+                mtu: None,
+                onlink: false,
             },
             true,
         )

@@ -34,6 +34,11 @@ pub trait AddressSource {
     fn list(&mut self) -> Result<Vec<(IpAddr, Owner)>, CniError>;
     /// How many addresses are still free.
     fn free(&mut self) -> Result<u128, CniError>;
+    /// The container MTU the source's data plane asks for, learnt with the last
+    /// allocation; `None` when it has no say (the plugin then detects one).
+    fn mtu(&self) -> Option<u32> {
+        None
+    }
     /// Releases every allocation whose owner is not in `valid`; returns the addresses.
     fn gc(&mut self, valid: &BTreeSet<Owner>) -> Result<Vec<IpAddr>, CniError> {
         let mut freed = Vec::new();
@@ -155,6 +160,7 @@ impl AddressSource for LocalFileSource {
 /// Cluster addresses from the weft agent on this host, over its API socket.
 pub struct AgentSource {
     socket: PathBuf,
+    mtu: Option<u32>,
 }
 
 /// Longest answer wait of the calls that do not allocate.
@@ -163,6 +169,9 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Deserialize)]
 struct AddressAnswer {
     address: Option<IpAddr>,
+    /// The container MTU the agent's data plane allows (allocate answers only).
+    #[serde(default)]
+    mtu: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +203,7 @@ impl AgentSource {
     pub fn new(socket: &Path) -> Self {
         AgentSource {
             socket: socket.to_path_buf(),
+            mtu: None,
         }
     }
 
@@ -261,6 +271,10 @@ impl AgentSource {
 }
 
 impl AddressSource for AgentSource {
+    fn mtu(&self) -> Option<u32> {
+        self.mtu
+    }
+
     fn allocate(&mut self, owner: &Owner) -> Result<IpAddr, CniError> {
         let a: AddressAnswer = self.call(
             "POST",
@@ -268,6 +282,7 @@ impl AddressSource for AgentSource {
             Some(Self::owner_json(owner)),
             api::ALLOCATE_CLIENT_TIMEOUT,
         )?;
+        self.mtu = a.mtu.filter(|m| (576..=65535).contains(m));
         a.address
             .ok_or_else(|| CniError::new(code::INTERNAL, "the weft agent allocated no address"))
     }

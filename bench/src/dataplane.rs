@@ -1,0 +1,1084 @@
+//! `weft-bench dataplane`: pod-to-pod paths between two lab hosts, weft's data plane beside
+//! the same paths made by hand, in one run.
+//!
+//! Paths (client on the h1 side, server on the h2 side):
+//!
+//! - host to host: the two lab hosts' own namespaces, over the underlay;
+//! - hand routes: a pod namespace per host (veth, /32 address, default route through a
+//!   link-local gateway with permanent neighbour entries) and on each host a plain route to
+//!   the other host's pod via its underlay address;
+//! - hand VXLAN: the same kind of pods (MTU 1450), the host-to-host hop through a VXLAN
+//!   device made by hand on each host with a static flood entry towards the other;
+//! - weft route mode and weft VXLAN mode: a lab whose agents run with `--mode route`
+//!   (resp. `vxlan`), one container per host attached by weft's CNI plugin.
+//!
+//! The anchors live in one lab made without agents (`weft lab up --no-agents`); each weft
+//! mode gets a lab of its own. All labs are up together and the measurements of all paths
+//! are interleaved in rounds, so drift on a shared machine hits every path alike; the
+//! median of the rounds is reported. Every lab is torn down by a guard (`weft lab down`),
+//! also on error or Ctrl-C. A weft mode that cannot be set up is reported as such; the
+//! other rows are still measured.
+//!
+//! Measurements: `iperf3` TCP throughput, `ping -i 0.01` average round trip, and a TCP
+//! request/response test of this binary (`rr-server` / `rr-client`: 1-byte ping-pong on one
+//! connection with TCP_NODELAY).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Options of `weft-bench dataplane`.
+pub struct Opts {
+    /// The weft binary (absolute).
+    pub weft: PathBuf,
+    /// Base lab name: the anchors' lab; the weft labs append `r` and `v`.
+    pub lab: String,
+    /// Rounds (the median is reported).
+    pub rounds: usize,
+    /// iperf3 seconds per measurement.
+    pub secs: u64,
+    /// Pings per measurement.
+    pub pings: usize,
+    /// TCP request/response seconds per measurement.
+    pub rr_secs: f64,
+    /// How long a weft lab may take until its containers reach each other.
+    pub ready_secs: u64,
+}
+
+const IPERF_PORT: u16 = 5201;
+const RR_PORT: u16 = 5202;
+
+// ---------------------------------------------------------------------------------------
+// Interruption: Ctrl-C or SIGTERM sets a flag; running commands are ended and the guards
+// take the labs down.
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn catch_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &act) };
+    }
+}
+
+fn check_interrupted() -> Result<(), String> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands, always bounded in time.
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `prog args` with `input` on stdin, killing it (by its pid) after `limit` or when
+/// interrupted (unless `always` says to finish even then, as teardown does).
+fn exec(
+    prog: &Path,
+    args: &[&str],
+    input: Option<&str>,
+    limit: Duration,
+    always: bool,
+) -> Result<Output, String> {
+    let shown = || format!("{} {}", prog.display(), args.join(" "));
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", shown()))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("write to {}: {e}", shown()))?;
+    }
+    let out = reader(child.stdout.take());
+    let err = reader(child.stderr.take());
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("wait for {}: {e}", shown())),
+        }
+        let late = start.elapsed() > limit;
+        if late || (!always && INTERRUPTED.load(Ordering::SeqCst)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(if late {
+                format!("`{}` took longer than {} s", shown(), limit.as_secs())
+            } else {
+                "interrupted".into()
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ok(Output {
+        ok: status.success(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+fn reader(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let mut buf = Vec::new();
+            let _ = p.read_to_end(&mut buf);
+            s = String::from_utf8_lossy(&buf).into_owned();
+        }
+        s
+    })
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn run(prog: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+    run_input(prog, args, None, limit)
+}
+
+fn run_input(
+    prog: &str,
+    args: &[&str],
+    input: Option<&str>,
+    limit: Duration,
+) -> Result<String, String> {
+    let o = exec(Path::new(prog), args, input, limit, false)?;
+    if o.ok {
+        Ok(o.stdout)
+    } else {
+        Err(format!(
+            "`{prog} {}` failed: {}",
+            args.join(" "),
+            first_words(&o.stderr, &o.stdout)
+        ))
+    }
+}
+
+/// The gist of a failed command's output, on one line.
+fn first_words(stderr: &str, stdout: &str) -> String {
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
+    let one: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut s = one.join("; ");
+    if s.len() > 300 {
+        let mut cut = 300;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    if s.is_empty() {
+        "(no output)".into()
+    } else {
+        s
+    }
+}
+
+/// `ip -n NS -batch -`: every line runs inside `ns`, never in the root namespace.
+fn ip_batch(ns: &str, lines: &[String]) -> Result<(), String> {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    run_input(
+        "ip",
+        &["-n", ns, "-batch", "-"],
+        Some(&text),
+        Duration::from_secs(20),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("in {ns}: {e}"))
+}
+
+fn in_ns(ns: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    run("ip", &all, limit)
+}
+
+// ---------------------------------------------------------------------------------------
+// Labs, each held by a guard that takes it down.
+
+struct Lab {
+    weft: PathBuf,
+    name: String,
+}
+
+impl Lab {
+    /// Clears whatever an earlier run left under `name`, then brings the lab up with the
+    /// given extra `weft lab up` arguments. The guard exists before `up` runs, so a
+    /// half-made lab is taken down too.
+    fn up(weft: &Path, name: &str, extra: &[&str]) -> (Lab, Result<(), String>) {
+        let lab = Lab {
+            weft: weft.to_path_buf(),
+            name: name.to_string(),
+        };
+        let res = lab.down().and_then(|()| {
+            let mut args = vec![
+                "lab",
+                "up",
+                "--name",
+                name,
+                "--hosts",
+                "2",
+                "--topology",
+                "mesh",
+            ];
+            args.extend_from_slice(extra);
+            lab.weft(&args, Duration::from_secs(120)).map(|_| ())
+        });
+        (lab, res)
+    }
+
+    fn weft(&self, args: &[&str], limit: Duration) -> Result<String, String> {
+        let o = exec(&self.weft, args, None, limit, false)?;
+        if o.ok {
+            Ok(o.stdout)
+        } else {
+            Err(format!(
+                "`weft {}` failed: {}",
+                args.join(" "),
+                first_words(&o.stderr, &o.stdout)
+            ))
+        }
+    }
+
+    fn down(&self) -> Result<(), String> {
+        let o = exec(
+            &self.weft,
+            &["lab", "down", "--name", &self.name],
+            None,
+            Duration::from_secs(120),
+            true,
+        )?;
+        if o.ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "`weft lab down --name {}` failed: {}",
+                self.name,
+                first_words(&o.stderr, &o.stdout)
+            ))
+        }
+    }
+
+    fn ns(&self, suffix: &str) -> String {
+        format!("weft-{}-{suffix}", self.name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        eprintln!("dataplane: taking lab {} down", self.name);
+        if let Err(e) = self.down() {
+            eprintln!("dataplane: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths.
+
+struct PathRun {
+    label: &'static str,
+    client_ns: String,
+    server_ns: String,
+    server: Ipv4Addr,
+    /// Why it is not (or no longer) measured.
+    failed: Option<String>,
+    /// A weft row may fail without failing the run; an anchor may not.
+    weft: bool,
+    mtu: Option<u64>,
+    gbits: Vec<f64>,
+    ping_us: Vec<f64>,
+    rr_us: Vec<f64>,
+}
+
+impl PathRun {
+    fn new(
+        label: &'static str,
+        client_ns: String,
+        server_ns: String,
+        server: Ipv4Addr,
+        weft: bool,
+    ) -> Self {
+        PathRun {
+            label,
+            mtu: iface_mtu(&client_ns),
+            client_ns,
+            server_ns,
+            server,
+            failed: None,
+            weft,
+            gbits: vec![],
+            ping_us: vec![],
+            rr_us: vec![],
+        }
+    }
+
+    fn failed(label: &'static str, err: String) -> Self {
+        PathRun {
+            label,
+            client_ns: String::new(),
+            server_ns: String::new(),
+            server: Ipv4Addr::UNSPECIFIED,
+            failed: Some(err),
+            weft: true,
+            mtu: None,
+            gbits: vec![],
+            ping_us: vec![],
+            rr_us: vec![],
+        }
+    }
+}
+
+/// The MTU of `eth0` in `ns`.
+fn iface_mtu(ns: &str) -> Option<u64> {
+    let out = run(
+        "ip",
+        &["-n", ns, "-j", "link", "show", "dev", "eth0"],
+        Duration::from_secs(10),
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v[0]["mtu"].as_u64()
+}
+
+/// Pings `to` from `ns` once a second until it answers or `limit` passes.
+fn wait_reachable(ns: &str, to: Ipv4Addr, limit: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    let to = to.to_string();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        check_interrupted()?;
+        match in_ns(
+            ns,
+            &["ping", "-c", "1", "-W", "1", &to],
+            Duration::from_secs(5),
+        ) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "no ping from {ns} to {to} within {} s (last: {last})",
+        limit.as_secs()
+    ))
+}
+
+/// The anchors' lab: host to host, hand routes, hand VXLAN.
+fn hand_paths(lab: &Lab) -> Result<Vec<PathRun>, String> {
+    let underlay = |i: u8| Ipv4Addr::new(172, 30, 0, i);
+    for (i, j) in [(1u8, 2u8), (2, 1)] {
+        let host = lab.ns(&format!("h{i}"));
+        let pod = lab.ns(&format!("h{i}-hand"));
+        let podvx = lab.ns(&format!("h{i}-handvx"));
+        for ns in [&pod, &podvx] {
+            run("ip", &["netns", "add", ns], Duration::from_secs(10))?;
+        }
+        let (ui, uj) = (underlay(i), underlay(j));
+        ip_batch(
+            &host,
+            &[
+                // Hand routes: pod 10.99.i.2 behind veth hand0.
+                format!(
+                    "link add hand0 address ee:ee:ee:ee:ee:ee type veth peer name eth0 \
+                     address 02:99:00:00:0{i}:02 netns {pod}"
+                ),
+                "link set hand0 up".into(),
+                format!("route add 10.99.{i}.2/32 dev hand0 scope link"),
+                format!("neigh add 10.99.{i}.2 lladdr 02:99:00:00:0{i}:02 dev hand0 nud permanent"),
+                format!("route add 10.99.{j}.2/32 via {uj}"),
+                // Hand VXLAN: pod 10.99.i.3 behind veth handvx0, the other pod via hvx.
+                format!("link add hvx type vxlan id 99 dstport 4799 local {ui} nolearning"),
+                "link set hvx mtu 1450 up".into(),
+                format!("addr add 10.98.0.{i}/24 dev hvx"),
+                format!(
+                    "link add handvx0 address ee:ee:ee:ee:ee:ee mtu 1450 type veth peer name eth0 \
+                     address 02:99:00:00:0{i}:03 mtu 1450 netns {podvx}"
+                ),
+                "link set handvx0 up".into(),
+                format!("route add 10.99.{i}.3/32 dev handvx0 scope link"),
+                format!(
+                    "neigh add 10.99.{i}.3 lladdr 02:99:00:00:0{i}:03 dev handvx0 nud permanent"
+                ),
+                format!("route add 10.99.{j}.3/32 via 10.98.0.{j} dev hvx"),
+            ],
+        )?;
+        in_ns(
+            &host,
+            &[
+                "bridge",
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dst",
+                &uj.to_string(),
+                "dev",
+                "hvx",
+            ],
+            Duration::from_secs(10),
+        )?;
+        for (ns, k) in [(&pod, 2), (&podvx, 3)] {
+            ip_batch(
+                ns,
+                &[
+                    "link set lo up".into(),
+                    format!("addr add 10.99.{i}.{k}/32 dev eth0"),
+                    "link set eth0 up".into(),
+                    "route add 169.254.1.1/32 dev eth0 scope link".into(),
+                    "neigh add 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 nud permanent".into(),
+                    "route add default via 169.254.1.1 dev eth0".into(),
+                ],
+            )?;
+        }
+    }
+    let paths = vec![
+        PathRun::new(
+            "host to host",
+            lab.ns("h1"),
+            lab.ns("h2"),
+            underlay(2),
+            false,
+        ),
+        PathRun::new(
+            "hand routes",
+            lab.ns("h1-hand"),
+            lab.ns("h2-hand"),
+            Ipv4Addr::new(10, 99, 2, 2),
+            false,
+        ),
+        PathRun::new(
+            "hand VXLAN",
+            lab.ns("h1-handvx"),
+            lab.ns("h2-handvx"),
+            Ipv4Addr::new(10, 99, 2, 3),
+            false,
+        ),
+    ];
+    for p in &paths {
+        wait_reachable(&p.client_ns, p.server, Duration::from_secs(10))
+            .map_err(|e| format!("{}: {e}", p.label))?;
+    }
+    Ok(paths)
+}
+
+/// A weft lab in `mode` with container c1 on h1 and h2, once h1/c1 reaches h2/c1.
+fn weft_path(lab: &Lab, mode: &str, ready: Duration) -> Result<(String, String, Ipv4Addr), String> {
+    for host in ["h1", "h2"] {
+        lab.weft(
+            &["lab", "run", "--name", &lab.name, host, "c1"],
+            Duration::from_secs(60),
+        )?;
+    }
+    let client = lab.ns("h1-c1");
+    let server = lab.ns("h2-c1");
+    let ip = container_ip(lab, "h2", "c1")
+        .or_else(|| ns_ip(&server))
+        .ok_or_else(|| format!("no address found for h2/c1 ({server})"))?;
+    wait_reachable(&client, ip, ready).map_err(|e| format!("{mode} mode: {e}"))?;
+    Ok((client, server, ip))
+}
+
+/// A container's address from `weft lab status --json`.
+fn container_ip(lab: &Lab, host: &str, name: &str) -> Option<Ipv4Addr> {
+    let out = lab
+        .weft(
+            &["lab", "status", "--name", &lab.name, "--json"],
+            Duration::from_secs(20),
+        )
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let labs = v.as_array()?;
+    labs.iter()
+        .flat_map(|l| l["containers"].as_array().cloned().unwrap_or_default())
+        .find(|c| c["host"] == host && c["name"] == name)
+        .and_then(|c| c["ip"].as_str().map(str::to_string))
+        .and_then(|s| s.split('/').next().and_then(|a| a.parse().ok()))
+}
+
+/// The first global IPv4 address in `ns`.
+fn ns_ip(ns: &str) -> Option<Ipv4Addr> {
+    let out = run(
+        "ip",
+        &["-n", ns, "-j", "-4", "addr", "show", "scope", "global"],
+        Duration::from_secs(10),
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v.as_array()?
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .find_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers: started by pid in a namespace, known to listen before the client starts, and
+// killed by that pid if still there when dropped.
+
+struct Server {
+    child: Child,
+    what: String,
+}
+
+impl Server {
+    /// Runs `cmd` in `ns` (`ip netns exec` execs it, so the child's pid is the server's)
+    /// and waits until it listens on `addr:port`.
+    fn start(ns: &str, cmd: &[&str], addr: Ipv4Addr, port: u16) -> Result<Server, String> {
+        let what = format!("{} in {ns}", cmd.join(" "));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {what}: {e}"))?;
+        let mut s = Server { child, what };
+        let start = Instant::now();
+        loop {
+            check_interrupted()?;
+            if listens(s.child.id(), addr, port) {
+                return Ok(s);
+            }
+            if let Ok(Some(_)) = s.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = s.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!(
+                    "{} ended before listening: {}",
+                    s.what,
+                    first_words(&err, "")
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(format!("{} did not listen within 10 s", s.what));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits briefly for the server to end by itself (both are one-shot), else kills it.
+    fn finish(mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether process `pid` sees a TCP socket listening on `addr:port` in its namespace
+/// (`/proc/PID/net/tcp` is the table of the process's network namespace).
+fn listens(pid: u32, addr: Ipv4Addr, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    let local = format!("{:08X}:{port:04X}", u32::from_ne_bytes(addr.octets()));
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1] == local && f[3] == "0A"
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurements.
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Throughput,
+    Ping,
+    Rr,
+}
+
+fn measure(p: &mut PathRun, kind: Kind, o: &Opts, me: &Path) -> Result<(), String> {
+    match kind {
+        Kind::Throughput => {
+            let v = iperf(p, o.secs)?;
+            p.gbits.push(v);
+        }
+        Kind::Ping => {
+            let v = ping(p, o.pings)?;
+            p.ping_us.push(v);
+        }
+        Kind::Rr => {
+            let v = rr(p, o.rr_secs, me)?;
+            p.rr_us.push(v);
+        }
+    }
+    Ok(())
+}
+
+/// TCP throughput from client to server, Gbit/s (the receiver's count).
+fn iperf(p: &PathRun, secs: u64) -> Result<f64, String> {
+    let addr = p.server.to_string();
+    let port = IPERF_PORT.to_string();
+    let server = Server::start(
+        &p.server_ns,
+        &["iperf3", "-s", "-1", "-B", &addr, "-p", &port],
+        p.server,
+        IPERF_PORT,
+    )?;
+    let t = secs.to_string();
+    let out = exec(
+        Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &p.client_ns,
+            "iperf3",
+            "-c",
+            &addr,
+            "-p",
+            &port,
+            "-t",
+            &t,
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ],
+        None,
+        Duration::from_secs(secs + 20),
+        false,
+    )?;
+    server.finish();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .map_err(|_| format!("iperf3: {}", first_words(&out.stderr, &out.stdout)))?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(format!("iperf3: {e}"));
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .ok_or_else(|| "iperf3: no end.sum_received.bits_per_second in its report".into())
+}
+
+/// Average ping round trip, µs.
+fn ping(p: &PathRun, n: usize) -> Result<f64, String> {
+    let count = n.to_string();
+    // A deadline well past the pings' own time bounds a path that drops them.
+    let deadline = (n / 100 + 10).to_string();
+    let addr = p.server.to_string();
+    let out = exec(
+        Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &p.client_ns,
+            "ping",
+            "-c",
+            &count,
+            "-i",
+            "0.01",
+            "-q",
+            "-w",
+            &deadline,
+            &addr,
+        ],
+        None,
+        Duration::from_secs(n as u64 / 50 + 30),
+        false,
+    )?;
+    parse_ping_avg(&out.stdout)
+        .map(|ms| ms * 1000.0)
+        .ok_or_else(|| format!("ping: {}", first_words(&out.stderr, &out.stdout)))
+}
+
+/// The average of `rtt min/avg/max/mdev = a/b/c/d ms`, in ms.
+fn parse_ping_avg(out: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.contains("min/avg/max"))?;
+    let nums = line.split('=').nth(1)?.split_whitespace().next()?;
+    nums.split('/').nth(1)?.parse().ok()
+}
+
+/// TCP request/response: mean µs per 1-byte transaction.
+fn rr(p: &PathRun, secs: f64, me: &Path) -> Result<f64, String> {
+    let listen = format!("{}:{RR_PORT}", p.server);
+    let me_s = me.to_string_lossy().to_string();
+    let server = Server::start(
+        &p.server_ns,
+        &[&me_s, "rr-server", "--listen", &listen],
+        p.server,
+        RR_PORT,
+    )?;
+    let s = format!("{secs}");
+    let out = exec(
+        Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &p.client_ns,
+            &me_s,
+            "rr-client",
+            "--connect",
+            &listen,
+            "--secs",
+            &s,
+        ],
+        None,
+        Duration::from_secs_f64(secs + 20.0),
+        false,
+    )?;
+    server.finish();
+    if !out.ok {
+        return Err(format!(
+            "rr-client: {}",
+            first_words(&out.stderr, &out.stdout)
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|_| format!("rr-client: {}", first_words(&out.stderr, &out.stdout)))?;
+    v["mean_us"]
+        .as_f64()
+        .ok_or_else(|| "rr-client: no mean_us in its report".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// The run.
+
+pub fn dataplane(o: &Opts) -> Result<(), String> {
+    if o.lab.is_empty()
+        || o.lab.len() > 11
+        || !o
+            .lab
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(format!(
+            "--lab {:?}: use 1 to 11 characters of a-z and 0-9 (the weft labs append r and v)",
+            o.lab
+        ));
+    }
+    if o.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    for tool in ["iperf3", "ping", "ip", "bridge"] {
+        if run(
+            "sh",
+            &["-c", &format!("command -v {tool}")],
+            Duration::from_secs(5),
+        )
+        .is_err()
+        {
+            return Err(format!(
+                "{tool} is missing (apt-get install iperf3 iputils-ping iproute2)"
+            ));
+        }
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot find weft-bench itself: {e}"))?;
+    catch_signals();
+
+    // Guards live until the end of this function: the labs are taken down in reverse
+    // order whatever happens below (panics abort in release builds, so nothing here
+    // unwraps).
+    let mut labs: Vec<Lab> = Vec::new();
+    let t0 = Instant::now();
+
+    eprintln!("dataplane: anchors lab {}", o.lab);
+    let (hand, up) = Lab::up(&o.weft, &o.lab, &["--no-agents"]);
+    labs.push(hand);
+    up?;
+    let mut paths = hand_paths(&labs[0])?;
+
+    for (mode, suffix, label) in [
+        ("route", "r", "weft route mode"),
+        ("vxlan", "v", "weft VXLAN mode"),
+    ] {
+        check_interrupted()?;
+        let name = format!("{}{suffix}", o.lab);
+        eprintln!("dataplane: weft lab {name} (--mode {mode})");
+        let (lab, up) = Lab::up(&o.weft, &name, &["--mode", mode]);
+        let res = up.and_then(|()| weft_path(&lab, mode, Duration::from_secs(o.ready_secs)));
+        labs.push(lab);
+        let row = match res {
+            Ok((c, s, ip)) => PathRun::new(label, c, s, ip, true),
+            Err(e) => {
+                eprintln!("dataplane: {label} not measured: {e}");
+                PathRun::failed(label, e)
+            }
+        };
+        paths.push(row);
+    }
+    // Table order: each weft row next to its anchor.
+    let order = [
+        "host to host",
+        "hand routes",
+        "weft route mode",
+        "hand VXLAN",
+        "weft VXLAN mode",
+    ];
+    paths.sort_by_key(|p| order.iter().position(|l| *l == p.label));
+    eprintln!("dataplane: set up in {:.0} s", t0.elapsed().as_secs_f64());
+
+    for round in 0..o.rounds {
+        for kind in [Kind::Throughput, Kind::Ping, Kind::Rr] {
+            // Rotate who goes first, so no path always follows the same one.
+            let n = paths.len();
+            for k in 0..n {
+                check_interrupted()?;
+                let p = &mut paths[(k + round) % n];
+                if p.failed.is_some() {
+                    continue;
+                }
+                if let Err(e) = measure(p, kind, o, &me) {
+                    check_interrupted()?;
+                    eprintln!("dataplane: {}: {e}", p.label);
+                    p.failed = Some(e);
+                }
+            }
+        }
+        eprintln!(
+            "dataplane: round {} of {} done ({:.0} s)",
+            round + 1,
+            o.rounds,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+
+    report(o, &mut paths);
+    let broken: Vec<String> = paths
+        .iter()
+        .filter(|p| !p.weft)
+        .filter_map(|p| p.failed.as_ref().map(|e| format!("{}: {e}", p.label)))
+        .collect();
+    // `labs` is dropped here: every lab goes down.
+    drop(labs);
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("anchor paths failed: {}", broken.join("; ")))
+    }
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+struct Row {
+    gbits: Option<f64>,
+    ping: Option<f64>,
+    rr: Option<f64>,
+}
+
+fn report(o: &Opts, paths: &mut [PathRun]) {
+    println!(
+        "Pod-to-pod paths between two lab hosts (2-host mesh lab, one L2 underlay), client on \
+         h1, server on h2; median of {} rounds; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte \
+         ping-pong on one connection for {} s\n",
+        o.rounds, o.secs, o.pings, o.rr_secs
+    );
+    println!("| path | throughput Gbit/s | ping avg µs | TCP RR µs/txn |");
+    println!("|---|---|---|---|");
+    let mut rows = Vec::new();
+    for p in paths.iter_mut() {
+        let r = Row {
+            gbits: median(&mut p.gbits),
+            ping: median(&mut p.ping_us),
+            rr: median(&mut p.rr_us),
+        };
+        let cell = |v: Option<f64>, digits: usize| {
+            v.map(|x| format!("{x:.digits$}"))
+                .unwrap_or_else(|| "—".into())
+        };
+        let label = if p.failed.is_some() {
+            format!("{} (not measured, see below)", p.label)
+        } else {
+            p.label.to_string()
+        };
+        println!(
+            "| {label} | {} | {} | {} |",
+            cell(r.gbits, 2),
+            cell(r.ping, 0),
+            cell(r.rr, 1)
+        );
+        rows.push((p.label, r));
+    }
+    println!();
+    let mtus: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.mtu.map(|m| format!("{} {m}", p.label)))
+        .collect();
+    if !mtus.is_empty() {
+        println!("Client interface MTU: {}.\n", mtus.join(", "));
+    }
+    for p in paths.iter() {
+        if let Some(e) = &p.failed {
+            println!("{} not measured: {}\n", p.label, e.replace('|', "/"));
+        }
+    }
+    let get = |l: &str| rows.iter().find(|(x, _)| *x == l).map(|(_, r)| r);
+    for (weft, hand, short) in [
+        ("weft route mode", "hand routes", "weft route"),
+        ("weft VXLAN mode", "hand VXLAN", "weft VXLAN"),
+    ] {
+        let (Some(w), Some(h)) = (get(weft), get(hand)) else {
+            continue;
+        };
+        match (w.gbits, h.gbits) {
+            (Some(a), Some(b)) if b > 0.0 => println!(
+                "- {short} / {hand}, throughput: {:.2} (target ≥ 0.95)",
+                a / b
+            ),
+            _ => println!("- {short} / {hand}, throughput: not measured (target ≥ 0.95)"),
+        }
+        let diff = |a: Option<f64>, b: Option<f64>, digits: usize| match (a, b) {
+            (Some(a), Some(b)) => format!("{:+.digits$} µs", a - b),
+            _ => "not measured".into(),
+        };
+        println!(
+            "- {short} − {hand}, latency: ping {}, TCP RR {} per transaction (target ≤ 15 µs)",
+            diff(w.ping, h.ping, 0),
+            diff(w.rr, h.rr, 1)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The request/response test's two ends (hidden subcommands, run inside namespaces).
+
+/// Accepts one connection and echoes every byte until the peer closes it.
+pub fn rr_server(listen: SocketAddr) -> Result<(), String> {
+    let l = TcpListener::bind(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
+    rr_serve(&l)
+}
+
+fn rr_serve(l: &TcpListener) -> Result<(), String> {
+    let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+    s.set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let mut buf = [0u8; 1];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => s.write_all(&buf).map_err(|e| format!("write: {e}"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// One-byte ping-pong on one connection for `secs`; prints transactions/s and mean µs per
+/// transaction as JSON.
+pub fn rr_client(connect: SocketAddr, secs: f64) -> Result<(), String> {
+    let (n, elapsed) = rr_run(connect, Duration::from_secs_f64(secs))?;
+    let v = serde_json::json!({
+        "transactions": n,
+        "seconds": elapsed,
+        "per_second": n as f64 / elapsed,
+        "mean_us": elapsed * 1e6 / n.max(1) as f64,
+    });
+    println!("{v}");
+    Ok(())
+}
+
+/// Transactions done and seconds taken.
+fn rr_run(connect: SocketAddr, limit: Duration) -> Result<(u64, f64), String> {
+    let mut s = TcpStream::connect_timeout(&connect, Duration::from_secs(3))
+        .map_err(|e| format!("connect to {connect}: {e}"))?;
+    s.set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let mut buf = [0u8; 1];
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed() < limit {
+        s.write_all(&[1]).map_err(|e| format!("write: {e}"))?;
+        s.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+        n += 1;
+    }
+    Ok((n, start.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_average() {
+        let out = "--- 10.99.2.2 ping statistics ---\n300 packets transmitted, 300 received, \
+                   0% packet loss, time 3120ms\nrtt min/avg/max/mdev = 0.031/0.058/0.210/0.014 ms\n";
+        assert_eq!(parse_ping_avg(out), Some(0.058));
+        assert_eq!(parse_ping_avg("100% packet loss"), None);
+    }
+
+    #[test]
+    fn median_of_rounds() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn request_response_on_loopback() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let server = std::thread::spawn(move || rr_serve(&l));
+        let (n, secs) = rr_run(addr, Duration::from_millis(200)).expect("client");
+        assert!(n > 10, "only {n} transactions");
+        assert!(secs >= 0.2);
+        // The client closed its connection: the one-shot server ends cleanly.
+        assert!(server.join().expect("join").is_ok());
+    }
+
+    #[test]
+    fn listening_socket_in_proc() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert!(listens(std::process::id(), Ipv4Addr::LOCALHOST, port));
+        drop(l);
+        assert!(!listens(std::process::id(), Ipv4Addr::LOCALHOST, port));
+    }
+}

@@ -1,0 +1,579 @@
+//! The data plane in the agent: gathers the plan's inputs from the mesh and the cluster
+//! IPAM, computes the plan (`weft_dataplane`, pure) and applies the difference to the
+//! kernel of this host through netlink, plus the NAT table through `nft`. Only objects
+//! weft marks as its own are read into the difference: routes of protocol 119 that have a
+//! gateway (the plugin's own per-container routes have none), the `weft.vx` device (alias
+//! `weft:vxlan`) with its neighbour and forwarding entries, and the `weft` nftables tables.
+//! Design: docs/dataplane.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_dataplane::{mac_of, plan, vxlan_overhead, Local, Mode, Peer, Plan, Skip, Via};
+use weft_ipam::view::{BorrowedRec, PREFIX};
+use weft_mesh::NodeId;
+use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
+
+use crate::config::DataplaneConfig;
+use crate::{log, Agent, ADDR_KEY};
+
+/// The VXLAN device's name.
+pub const VXLAN_DEV: &str = "weft.vx";
+/// The VXLAN device's alias: weft's mark of ownership.
+pub const VXLAN_ALIAS: &str = "weft:vxlan";
+/// The nftables table (in the `ip` and `ip6` families).
+pub const NFT_TABLE: &str = "weft";
+/// Even with no change seen, the kernel is compared with the plan this often (an
+/// administrator may have removed a weft route by hand).
+const RESYNC: Duration = Duration::from_secs(30);
+/// After start, nothing is deleted until the agent has been connected this long (or, with
+/// no peer configured, has run this long): a restarted agent first relearns the cluster,
+/// so the routes of the running containers stay as they are meanwhile.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The data plane's state in the owner task.
+pub(crate) struct Dataplane {
+    cfg: DataplaneConfig,
+    started: Instant,
+    /// The local side, once the underlay interface was found.
+    local: Option<Local>,
+    /// The plan last applied completely.
+    applied: Option<Plan>,
+    last_sync: Option<Instant>,
+    /// The NAT ruleset last applied (`None`: not yet).
+    nat_applied: Option<String>,
+    /// The last error, for `weft status`.
+    error: Option<String>,
+    /// Routes not installed because a route of another owner has the destination.
+    conflicts: BTreeSet<IpNet>,
+    settled: bool,
+}
+
+impl Dataplane {
+    pub(crate) fn new(cfg: DataplaneConfig) -> Dataplane {
+        Dataplane {
+            cfg,
+            started: Instant::now(),
+            local: None,
+            applied: None,
+            last_sync: None,
+            nat_applied: None,
+            error: None,
+            conflicts: BTreeSet::new(),
+            settled: false,
+        }
+    }
+
+    /// The MTU containers get now, once known.
+    pub(crate) fn pod_mtu(&self) -> Option<u32> {
+        self.applied.as_ref().map(|p| p.pod_mtu)
+    }
+
+    fn set_error(&mut self, e: Option<String>) {
+        if e != self.error {
+            if let Some(e) = &e {
+                log(format!("data plane: {e}"));
+            } else if self.error.is_some() {
+                log("data plane: in sync again");
+            }
+            self.error = e;
+        }
+    }
+}
+
+/// `GET /status` part: what the data plane does.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DataplaneReport {
+    /// auto, route, vxlan or off.
+    pub mode: String,
+    /// Outbound NAT on.
+    pub nat: bool,
+    /// The underlay interface, address and MTU, once found.
+    pub underlay: Option<String>,
+    /// The MTU containers get.
+    pub pod_mtu: Option<u32>,
+    /// One line per route: destination, how and through whom.
+    pub routes: Vec<RouteReport>,
+    /// Nodes with blocks but no route, and why.
+    pub skipped: Vec<String>,
+    /// Destinations left alone because another owner's route has them.
+    pub conflicts: Vec<String>,
+    /// The last error, if the kernel does not match the plan.
+    pub error: Option<String>,
+}
+
+/// One route of the data plane.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteReport {
+    /// Destination prefix.
+    pub dst: String,
+    /// `route` or `vxlan`.
+    pub mode: String,
+    /// The next hop's underlay address.
+    pub via: String,
+    /// The next hop's name, when known.
+    pub via_name: Option<String>,
+    /// Path MTU.
+    pub mtu: u32,
+}
+
+fn mode_str(m: Option<Mode>) -> &'static str {
+    match m {
+        Some(Mode::Auto) => "auto",
+        Some(Mode::Route) => "route",
+        Some(Mode::Vxlan) => "vxlan",
+        None => "off",
+    }
+}
+
+/// The kernel form of a plan route.
+fn kernel_route(r: &weft_dataplane::Route, underlay_if: u32, vx_if: u32) -> nl::Route {
+    let (gateway, oif, onlink) = match r.via {
+        Via::Direct(ip) => (ip, underlay_if, false),
+        Via::Vxlan(v6) => (IpAddr::V6(v6), vx_if, true),
+    };
+    nl::Route {
+        dst: r.dst,
+        gateway: Some(gateway),
+        oif: Some(oif),
+        scope: Scope::Universe,
+        protocol: WEFT_ROUTE_PROTOCOL,
+        table: MAIN_TABLE,
+        mtu: Some(r.mtu),
+        onlink,
+    }
+}
+
+/// What identifies a weft route and what must match for it to be left alone.
+type RouteKey = (IpNet, Option<IpAddr>, Option<u32>, Option<u32>);
+
+fn key(r: &nl::Route) -> RouteKey {
+    (r.dst, r.gateway, r.oif, r.mtu)
+}
+
+/// The NAT ruleset for `pools` (one table per family that has pools), or deletes only.
+fn nat_script(pools: &[IpNet], on: bool) -> String {
+    let mut s = String::new();
+    for (fam, v6) in [("ip", false), ("ip6", true)] {
+        // Declaring then deleting makes the replace atomic and works when it is absent.
+        s.push_str(&format!(
+            "table {fam} {NFT_TABLE}\ndelete table {fam} {NFT_TABLE}\n"
+        ));
+        let nets: Vec<String> = pools
+            .iter()
+            .filter(|p| p.addr().is_ipv6() == v6)
+            .map(|p| p.to_string())
+            .collect();
+        if !on || nets.is_empty() {
+            continue;
+        }
+        let set = nets.join(", ");
+        s.push_str(&format!(
+            "table {fam} {NFT_TABLE} {{\n  comment \"weft: outbound NAT of container traffic\"\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {fam} saddr {{ {set} }} {fam} daddr != {{ {set} }} masquerade\n  }}\n}}\n"
+        ));
+    }
+    s
+}
+
+fn run_nft(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run nft: {e} (is nftables installed?)"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("write to nft: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("wait for nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the interface that holds `ip`: its index, name, MTU and prefix.
+fn find_underlay(nlh: &mut Netlink, ip: IpAddr) -> Result<(u32, String, u32, IpNet), String> {
+    let addrs = nlh.addresses(0).map_err(|e| e.to_string())?;
+    let (index, net) = addrs
+        .into_iter()
+        .find(|(_, n)| n.addr() == ip)
+        .ok_or_else(|| {
+            format!("no interface has the advertised address {ip}: the underlay is unknown")
+        })?;
+    let link = nlh
+        .link_by_index(index)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("link #{index} vanished"))?;
+    Ok((index, link.name, link.mtu, net))
+}
+
+impl Agent {
+    /// The plan's peers: every other node the mesh knows, with its underlay address, the
+    /// next hop towards it, its active blocks and the addresses it borrows.
+    fn dp_peers(&self) -> Vec<Peer> {
+        let store = self.node.store();
+        let view = self.ipam.view();
+        let space = &self.cfg.ipam.space;
+        let hops = self.node.next_hops();
+        let mut prefixes: BTreeMap<NodeId, Vec<IpNet>> = BTreeMap::new();
+        if view.genesis.is_some() {
+            for (k, c) in &view.claims {
+                if c.active && view.holder(*k) == Some(c.holder) {
+                    if let Some(net) = space.block_net(*k) {
+                        prefixes.entry(c.holder).or_default().push(net);
+                    }
+                }
+            }
+        }
+        let borrowed_key = format!("{PREFIX}borrowed");
+        let mut peers = Vec::new();
+        for owner in store.owners() {
+            if *owner == self.id {
+                continue;
+            }
+            let mut p = prefixes.remove(owner).unwrap_or_default();
+            if let Some(Some(v)) = store.get(owner, &borrowed_key) {
+                if let Ok(b) = serde_json::from_slice::<BorrowedRec>(v) {
+                    p.extend(b.in_use.into_iter().map(IpNet::from));
+                }
+            }
+            let underlay = store
+                .get(owner, ADDR_KEY)
+                .flatten()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .map(|a| a.ip());
+            peers.push(Peer {
+                id: *owner,
+                underlay,
+                next_hop: hops.get(owner).copied(),
+                prefixes: p,
+            });
+        }
+        peers
+    }
+
+    /// Called on every tick: computes the plan and applies it when it changed, when the
+    /// last apply failed, and every [`RESYNC`].
+    pub(crate) fn dp_tick(&mut self) {
+        if self.dp.cfg.mode.is_none() {
+            return;
+        }
+        if !self.dp.settled {
+            let since = match self.first_link_at {
+                Some(at) => self.now().saturating_sub(at),
+                None if self.cfg.peers.is_empty() => self.dp.started.elapsed().as_millis() as u64,
+                None => 0,
+            };
+            if since >= SETTLE.as_millis() as u64 {
+                self.dp.settled = true;
+                self.dp.last_sync = None;
+            }
+        }
+        let mut nlh = match Netlink::open() {
+            Ok(n) => n,
+            Err(e) => return self.dp.set_error(Some(e.to_string())),
+        };
+        if self.dp.local.is_none() {
+            match find_underlay(&mut nlh, self.cfg.advertise.ip()) {
+                Ok((_, name, mtu, net)) => {
+                    log(format!(
+                        "data plane: mode {}, underlay {name} {net} mtu {mtu}, NAT {}",
+                        mode_str(self.dp.cfg.mode),
+                        if self.dp.cfg.nat { "on" } else { "off" }
+                    ));
+                    self.dp.local = Some(Local {
+                        id: self.id,
+                        underlay: net,
+                        underlay_if: name,
+                        underlay_mtu: mtu,
+                        mode: self.dp.cfg.mode.unwrap_or_default(),
+                    });
+                }
+                Err(e) => return self.dp.set_error(Some(e)),
+            }
+        }
+        let local = self.dp.local.clone().expect("set above");
+        let want = plan(&local, &self.dp_peers());
+        let due = self.dp.last_sync.is_none_or_elapsed(RESYNC);
+        if !due && self.dp.applied.as_ref() == Some(&want) && self.dp.error.is_none() {
+            return;
+        }
+        let res = self.dp_apply(&mut nlh, &local, &want);
+        self.dp.last_sync = Some(Instant::now());
+        match res {
+            Ok(()) => {
+                self.dp.applied = Some(want);
+                self.dp.set_error(None);
+            }
+            Err(e) => self.dp.set_error(Some(e)),
+        }
+    }
+
+    /// Makes the kernel match `want` (only weft's objects). Before the agent has settled,
+    /// only adds and changes, never deletes.
+    fn dp_apply(&mut self, nlh: &mut Netlink, local: &Local, want: &Plan) -> Result<(), String> {
+        let e = |e: nl::Error| e.to_string();
+        let settled = self.dp.settled;
+        let underlay = nlh
+            .link_by_name(&local.underlay_if)
+            .map_err(e)?
+            .ok_or_else(|| format!("the underlay interface {} vanished", local.underlay_if))?;
+        if underlay.mtu != local.underlay_mtu {
+            // Recomputed on the next tick with the new MTU.
+            self.dp.local = None;
+            return Err(format!(
+                "the MTU of {} changed to {}",
+                local.underlay_if, underlay.mtu
+            ));
+        }
+        let vx = self.dp_vxlan_device(nlh, local)?;
+
+        // VXLAN neighbours and forwarding entries first, so new routes resolve at once.
+        let want_neigh: BTreeSet<(IpAddr, [u8; 6])> = want
+            .vxlan
+            .iter()
+            .map(|p| (IpAddr::V6(p.vtep), p.mac))
+            .collect();
+        let want_fdb: BTreeSet<([u8; 6], IpAddr)> =
+            want.vxlan.iter().map(|p| (p.mac, p.underlay)).collect();
+        let have_neigh: BTreeSet<(IpAddr, [u8; 6])> = nlh
+            .permanent_neighbours(vx)
+            .map_err(e)?
+            .into_iter()
+            .filter_map(|(ip, mac)| mac.map(|m| (ip, m)))
+            .collect();
+        let have_fdb: BTreeSet<([u8; 6], IpAddr)> = nlh.fdb(vx).map_err(e)?.into_iter().collect();
+        for (ip, mac) in want_neigh.difference(&have_neigh) {
+            nlh.set_permanent_neighbour(vx, *ip, *mac).map_err(e)?;
+        }
+        for (mac, dst) in want_fdb.difference(&have_fdb) {
+            nlh.add_fdb(vx, *mac, *dst).map_err(e)?;
+        }
+
+        // Routes: weft's are protocol 119 with a gateway.
+        let mut have: BTreeMap<IpNet, nl::Route> = BTreeMap::new();
+        let mut foreign: BTreeSet<IpNet> = BTreeSet::new();
+        for v6 in [false, true] {
+            for r in nlh.routes(v6, MAIN_TABLE).map_err(e)? {
+                if r.protocol == WEFT_ROUTE_PROTOCOL && r.gateway.is_some() {
+                    have.insert(r.dst, r);
+                } else {
+                    foreign.insert(r.dst);
+                }
+            }
+        }
+        let wanted: BTreeMap<IpNet, nl::Route> = want
+            .routes
+            .iter()
+            .map(|r| (r.dst, kernel_route(r, underlay.index, vx)))
+            .collect();
+        let mut conflicts = BTreeSet::new();
+        if settled {
+            for (dst, r) in &have {
+                if !wanted.contains_key(dst) {
+                    match nlh.delete_route(r) {
+                        Ok(()) => {}
+                        Err(err) if err.is_not_found() => {}
+                        Err(err) => return Err(err.to_string()),
+                    }
+                }
+            }
+        }
+        for (dst, r) in &wanted {
+            if have.get(dst).map(key) == Some(key(r)) {
+                continue;
+            }
+            if !have.contains_key(dst) && foreign.contains(dst) {
+                // Someone else's route to the same prefix: never fought.
+                conflicts.insert(*dst);
+                continue;
+            }
+            nlh.add_route(r, true).map_err(e)?;
+        }
+        if conflicts != self.dp.conflicts {
+            for c in conflicts.difference(&self.dp.conflicts) {
+                log(format!(
+                    "data plane: {c} is routed by another owner; weft leaves it alone"
+                ));
+            }
+            self.dp.conflicts = conflicts;
+        }
+        if settled {
+            for (ip, mac) in have_neigh.difference(&want_neigh) {
+                let _ = mac;
+                match nlh.delete_neighbour(vx, *ip) {
+                    Ok(()) => {}
+                    Err(err) if err.is_not_found() => {}
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+            for (mac, dst) in have_fdb.difference(&want_fdb) {
+                match nlh.delete_fdb(vx, *mac, *dst) {
+                    Ok(()) => {}
+                    Err(err) if err.is_not_found() => {}
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+        }
+
+        // NAT.
+        let script = nat_script(&self.cfg.ipam.space.pools, self.dp.cfg.nat);
+        if self.dp.nat_applied.as_deref() != Some(script.as_str()) {
+            run_nft(&script)?;
+            self.dp.nat_applied = Some(script);
+        }
+        Ok(())
+    }
+
+    /// Makes sure `weft.vx` exists with the right parameters and is up; returns its index.
+    /// A `weft.vx` without weft's alias is someone else's: weft stops rather than touch it.
+    fn dp_vxlan_device(&mut self, nlh: &mut Netlink, local: &Local) -> Result<u32, String> {
+        let e = |e: nl::Error| e.to_string();
+        let want = nl::Vxlan {
+            vni: self.dp.cfg.vxlan_id,
+            port: self.dp.cfg.vxlan_port,
+            local: local.underlay.addr(),
+            link: None,
+            mtu: local
+                .underlay_mtu
+                .saturating_sub(vxlan_overhead(local.underlay.addr())),
+            learning: false,
+        };
+        let mac = mac_of(&self.id);
+        if let Some(link) = nlh.link_by_name(VXLAN_DEV).map_err(e)? {
+            if link.alias.as_deref() != Some(VXLAN_ALIAS) {
+                return Err(format!(
+                    "{VXLAN_DEV} exists but is not weft's (no alias {VXLAN_ALIAS:?}); remove it or \
+                     rename it"
+                ));
+            }
+            let have = nlh.vxlan_params(link.index).map_err(e)?;
+            let same = have.as_ref().is_some_and(|h| {
+                h.vni == want.vni
+                    && h.port == want.port
+                    && h.local == want.local
+                    && !h.learning
+                    && h.mtu == want.mtu
+            }) && link.mac == Some(mac);
+            if same {
+                if !link.up {
+                    nlh.set_up(link.index).map_err(e)?;
+                }
+                return Ok(link.index);
+            }
+            log(format!(
+                "data plane: {VXLAN_DEV} has other parameters ({have:?}); making it again"
+            ));
+            nlh.delete_link(link.index).map_err(e)?;
+        }
+        let index = nlh
+            .create_vxlan(VXLAN_DEV, &want, mac, VXLAN_ALIAS)
+            .map_err(e)?;
+        nlh.set_up(index).map_err(e)?;
+        Ok(index)
+    }
+
+    /// `weft status`'s data plane part.
+    pub(crate) fn dp_report(&self) -> DataplaneReport {
+        let mut routes = Vec::new();
+        let mut skipped = Vec::new();
+        if let Some(p) = &self.dp.applied {
+            let vtep_owner: BTreeMap<Ipv6Addr, NodeId> = self
+                .node
+                .store()
+                .owners()
+                .map(|o| (weft_dataplane::vtep_of(o), *o))
+                .collect();
+            let addr_owner: BTreeMap<IpAddr, NodeId> = self
+                .dp_peers()
+                .into_iter()
+                .filter_map(|p| p.underlay.map(|u| (u, p.id)))
+                .collect();
+            for r in &p.routes {
+                let (mode, via, owner) = match r.via {
+                    Via::Direct(ip) => ("route", ip, addr_owner.get(&ip).copied()),
+                    Via::Vxlan(v6) => {
+                        let o = vtep_owner.get(&v6).copied();
+                        let u = p
+                            .vxlan
+                            .iter()
+                            .find(|x| x.vtep == v6)
+                            .map(|x| x.underlay)
+                            .unwrap_or(IpAddr::V6(v6));
+                        ("vxlan", u, o)
+                    }
+                };
+                routes.push(RouteReport {
+                    dst: r.dst.to_string(),
+                    mode: mode.into(),
+                    via: via.to_string(),
+                    via_name: owner.and_then(|o| self.name_of(&o)),
+                    mtu: r.mtu,
+                });
+            }
+            for (id, why) in &p.skipped {
+                let name = self.name_of(id).unwrap_or_else(|| id.to_string());
+                skipped.push(match why {
+                    Skip::Unreachable => format!("{name}: unreachable"),
+                    Skip::NoAddress => format!("{name}: next hop has no known address"),
+                });
+            }
+        }
+        DataplaneReport {
+            mode: mode_str(self.dp.cfg.mode).into(),
+            nat: self.dp.cfg.nat,
+            underlay: self
+                .dp
+                .local
+                .as_ref()
+                .map(|l| format!("{} {} mtu {}", l.underlay_if, l.underlay, l.underlay_mtu)),
+            pod_mtu: self.dp.pod_mtu(),
+            routes,
+            skipped,
+            conflicts: self.dp.conflicts.iter().map(|c| c.to_string()).collect(),
+            error: self.dp.error.clone(),
+        }
+    }
+}
+
+trait ElapsedExt {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool;
+}
+
+impl ElapsedExt for Option<Instant> {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool {
+        self.map_or(true, |t| t.elapsed() >= d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_covers_each_family_with_pools_and_deletes_the_rest() {
+        let pools: Vec<IpNet> = vec!["10.32.0.0/12".parse().unwrap()];
+        let s = nat_script(&pools, true);
+        assert!(s.contains("ip saddr { 10.32.0.0/12 } ip daddr != { 10.32.0.0/12 } masquerade"));
+        assert!(s.contains("delete table ip6 weft"));
+        assert!(!s.contains("ip6 saddr"));
+        let off = nat_script(&pools, false);
+        assert!(!off.contains("masquerade"));
+        assert!(off.contains("delete table ip weft"));
+    }
+}
