@@ -12,6 +12,7 @@ containers=${CONTAINERS:-200}
 cni=$(./target/release/weft-bench cni --containers "$containers" --weft target/release/weft)
 mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
 join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target/release/weft)
+dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft)
 
 {
   echo "# Benchmarks"
@@ -50,5 +51,24 @@ join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target
   echo "Polling granularity 20 ms. Routes are recomputed on the 1 s tick, which bounds the join time."
   echo
   echo "$join"
+  echo
+  echo "## Pod-to-pod data plane"
+  echo
+  echo "Command: \`weft-bench dataplane --weft target/release/weft\` (part of \`bash scripts/bench.sh\`):"
+  echo "two lab hosts on one L2 underlay (2-host \`mesh\` labs), client on h1's side, server on h2's;"
+  echo "iperf3 TCP throughput (receiver's count), \`ping -i 0.01\` average round trip, and TCP"
+  echo "request/response (weft-bench's own 1-byte ping-pong on one connection, TCP_NODELAY). All paths"
+  echo "are measured interleaved, round by round, on labs that are up together; the median is reported."
+  echo "Anchors: host to host (the hosts' own namespaces over the underlay); hand routes, on a lab"
+  echo "without agents: a pod namespace per host with a veth, a /32 address and a default route"
+  echo "through 169.254.1.1 (permanent neighbours), and on each host a plain route to the other pod"
+  echo "via the other host's underlay address; hand VXLAN: the same kind of pods at MTU 1450, the"
+  echo "host-to-host hop through a hand-made VXLAN device (id 99, \`nolearning\`, a static flood entry"
+  echo "towards the other host). weft: a lab whose agents run with \`--mode route\` (resp."
+  echo "\`--mode vxlan\`), one container per host attached by weft's CNI plugin."
+  echo "Targets: weft route / hand routes throughput ≥ 0.95 and latency at most 15 µs above it; the"
+  echo "same for weft VXLAN / hand VXLAN."
+  echo
+  echo "$dataplane"
 } > docs/benchmarks.md
 cat docs/benchmarks.md

@@ -496,20 +496,35 @@ fn hand_paths(lab: &Lab) -> Result<Vec<PathRun>, String> {
     Ok(paths)
 }
 
-/// A weft lab in `mode` with container c1 on h1 and h2, once h1/c1 reaches h2/c1.
+/// A weft lab in `mode` with container c1 on h1 and h2, once h1/c1 reaches h2/c1. A
+/// container whose ADD fails (say the agents' IPAM is not ready yet) is tried again until
+/// `ready` has passed; so is the ping.
 fn weft_path(lab: &Lab, mode: &str, ready: Duration) -> Result<(String, String, Ipv4Addr), String> {
+    let start = Instant::now();
     for host in ["h1", "h2"] {
-        lab.weft(
-            &["lab", "run", "--name", &lab.name, host, "c1"],
-            Duration::from_secs(60),
-        )?;
+        loop {
+            match lab.weft(
+                &["lab", "run", "--name", &lab.name, host, "c1"],
+                Duration::from_secs(60),
+            ) {
+                Ok(_) => break,
+                Err(e) if start.elapsed() > ready => return Err(format!("{mode} mode: {e}")),
+                Err(_) => {
+                    check_interrupted()?;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
     }
     let client = lab.ns("h1-c1");
     let server = lab.ns("h2-c1");
     let ip = container_ip(lab, "h2", "c1")
         .or_else(|| ns_ip(&server))
         .ok_or_else(|| format!("no address found for h2/c1 ({server})"))?;
-    wait_reachable(&client, ip, ready).map_err(|e| format!("{mode} mode: {e}"))?;
+    let left = ready
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_secs(5));
+    wait_reachable(&client, ip, left).map_err(|e| format!("{mode} mode: {e}"))?;
     Ok((client, server, ip))
 }
 
@@ -878,6 +893,20 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             o.rounds,
             t0.elapsed().as_secs_f64()
         );
+        for p in paths.iter().filter(|p| p.failed.is_none()) {
+            let last = |v: &[f64], d: usize| {
+                v.last()
+                    .map(|x| format!("{x:.d$}"))
+                    .unwrap_or_else(|| "—".into())
+            };
+            eprintln!(
+                "dataplane:   {}: {} Gbit/s, ping {} µs, RR {} µs",
+                p.label,
+                last(&p.gbits, 2),
+                last(&p.ping_us, 0),
+                last(&p.rr_us, 1)
+            );
+        }
     }
 
     report(o, &mut paths);
@@ -917,9 +946,13 @@ struct Row {
 fn report(o: &Opts, paths: &mut [PathRun]) {
     println!(
         "Pod-to-pod paths between two lab hosts (2-host mesh lab, one L2 underlay), client on \
-         h1, server on h2; median of {} rounds; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte \
+         h1, server on h2; median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte \
          ping-pong on one connection for {} s\n",
-        o.rounds, o.secs, o.pings, o.rr_secs
+        o.rounds,
+        if o.rounds == 1 { "" } else { "s" },
+        o.secs,
+        o.pings,
+        o.rr_secs
     );
     println!("| path | throughput Gbit/s | ping avg µs | TCP RR µs/txn |");
     println!("|---|---|---|---|");
@@ -975,15 +1008,15 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
             ),
             _ => println!("- {short} / {hand}, throughput: not measured (target ≥ 0.95)"),
         }
-        let diff = |a: Option<f64>, b: Option<f64>, digits: usize| match (a, b) {
-            (Some(a), Some(b)) => format!("{:+.digits$} µs", a - b),
-            _ => "not measured".into(),
-        };
-        println!(
-            "- {short} − {hand}, latency: ping {}, TCP RR {} per transaction (target ≤ 15 µs)",
-            diff(w.ping, h.ping, 0),
-            diff(w.rr, h.rr, 1)
-        );
+        match (w.ping, h.ping, w.rr, h.rr) {
+            (Some(wp), Some(hp), Some(wr), Some(hr)) => println!(
+                "- {short} − {hand}, latency: ping {:+.0} µs, TCP RR {:+.1} µs per transaction \
+                 (target ≤ 15 µs)",
+                wp - hp,
+                wr - hr
+            ),
+            _ => println!("- {short} − {hand}, latency: not measured (target ≤ 15 µs)"),
+        }
     }
 }
 

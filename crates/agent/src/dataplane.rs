@@ -30,9 +30,15 @@ pub const NFT_TABLE: &str = "weft";
 /// administrator may have removed a weft route by hand).
 const RESYNC: Duration = Duration::from_secs(30);
 /// After start, nothing is deleted until the agent has been connected this long (or, with
-/// no peer configured, has run this long): a restarted agent first relearns the cluster,
-/// so the routes of the running containers stay as they are meanwhile.
+/// no peer configured, has run this long) and its IPAM is ready: a restarted agent first
+/// relearns the cluster, so the routes of the running containers stay as they are meanwhile.
 const SETTLE: Duration = Duration::from_secs(3);
+/// The longest wait for [`SETTLE`]'s conditions.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
+/// A node that becomes unreachable keeps its routes this long: an agent that restarts
+/// (its connections drop, then come back within a second or two) disturbs no traffic,
+/// while a host that is gone is withdrawn within seconds.
+const HOLD: Duration = Duration::from_secs(5);
 
 /// The data plane's state in the owner task.
 pub(crate) struct Dataplane {
@@ -50,6 +56,10 @@ pub(crate) struct Dataplane {
     /// Routes not installed because a route of another owner has the destination.
     conflicts: BTreeSet<IpNet>,
     settled: bool,
+    /// When the first peer connection was seen.
+    linked_at: Option<Instant>,
+    /// The last next hop of every node and when it was last seen (for [`HOLD`]).
+    last_hop: BTreeMap<NodeId, (NodeId, Instant)>,
 }
 
 impl Dataplane {
@@ -64,6 +74,8 @@ impl Dataplane {
             error: None,
             conflicts: BTreeSet::new(),
             settled: false,
+            linked_at: None,
+            last_hop: BTreeMap::new(),
         }
     }
 
@@ -224,7 +236,31 @@ fn find_underlay(nlh: &mut Netlink, ip: IpAddr) -> Result<(u32, String, u32, IpN
 impl Agent {
     /// The plan's peers: every other node the mesh knows, with its underlay address, the
     /// next hop towards it, its active blocks and the addresses it borrows.
-    fn dp_peers(&self) -> Vec<Peer> {
+    fn dp_peers(&mut self) -> Vec<Peer> {
+        let now = Instant::now();
+        let mut peers = self.dp_peers_now();
+        for p in &mut peers {
+            match p.next_hop {
+                Some(h) => {
+                    self.dp.last_hop.insert(p.id, (h, now));
+                }
+                None => {
+                    if let Some((h, at)) = self.dp.last_hop.get(&p.id) {
+                        if now.duration_since(*at) < HOLD {
+                            p.next_hop = Some(*h);
+                        }
+                    }
+                }
+            }
+        }
+        self.dp
+            .last_hop
+            .retain(|_, (_, at)| now.duration_since(*at) < HOLD);
+        peers
+    }
+
+    /// The plan's peers as the mesh and the IPAM see them now.
+    fn dp_peers_now(&self) -> Vec<Peer> {
         let store = self.node.store();
         let view = self.ipam.view();
         let space = &self.cfg.ipam.space;
@@ -274,12 +310,19 @@ impl Agent {
             return;
         }
         if !self.dp.settled {
-            let since = match self.first_link_at {
-                Some(at) => self.now().saturating_sub(at),
-                None if self.cfg.peers.is_empty() => self.dp.started.elapsed().as_millis() as u64,
-                None => 0,
+            if !self.conns.is_empty() && self.dp.linked_at.is_none() {
+                self.dp.linked_at = Some(Instant::now());
+            }
+            let since = match self.dp.linked_at {
+                Some(at) => at.elapsed(),
+                None if self.cfg.peers.is_empty() => self.dp.started.elapsed(),
+                None => Duration::ZERO,
             };
-            if since >= SETTLE.as_millis() as u64 {
+            // The IPAM being ready means it has the cluster's view again. A node that
+            // never reaches a peer settles after SETTLE_MAX all the same.
+            if (since >= SETTLE && self.ipam_not_ready().is_none())
+                || self.dp.started.elapsed() >= SETTLE_MAX
+            {
                 self.dp.settled = true;
                 self.dp.last_sync = None;
             }
@@ -500,7 +543,7 @@ impl Agent {
                 .map(|o| (weft_dataplane::vtep_of(o), *o))
                 .collect();
             let addr_owner: BTreeMap<IpAddr, NodeId> = self
-                .dp_peers()
+                .dp_peers_now()
                 .into_iter()
                 .filter_map(|p| p.underlay.map(|u| (u, p.id)))
                 .collect();

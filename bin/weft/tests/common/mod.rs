@@ -66,18 +66,26 @@ pub struct Lab {
 
 impl Lab {
     pub fn up(name: &str, hosts: usize, topology: &str) -> Lab {
+        Lab::up_args(name, hosts, topology, &[])
+    }
+
+    /// As [`Lab::up`], with more `weft lab up` arguments (e.g. `--mode vxlan`).
+    pub fn up_args(name: &str, hosts: usize, topology: &str, extra: &[&str]) -> Lab {
         // A crashed earlier run of the same test may have left it: `up` clears that.
         let _ = weft(&["lab", "down", "--name", name]);
-        weft_ok(&[
+        let hosts = hosts.to_string();
+        let mut args = vec![
             "lab",
             "up",
             "--name",
             name,
             "--hosts",
-            &hosts.to_string(),
+            &hosts,
             "--topology",
             topology,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        weft_ok(&args);
         Lab { name: name.into() }
     }
 
