@@ -218,7 +218,8 @@ pub fn root_snapshot() -> String {
 pub fn weft_links(host_ns: &str) -> Vec<String> {
     stdout_of("ip", &["-n", host_ns, "-o", "link", "show"])
         .lines()
-        .filter(|l| l.contains("alias weft:"))
+        // Container links; the agent's data plane device (alias weft:vxlan) stays.
+        .filter(|l| l.contains("alias weft:") && !l.contains("alias weft:vxlan"))
         .map(String::from)
         .collect()
 }
