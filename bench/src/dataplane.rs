@@ -44,6 +44,8 @@ pub struct Opts {
     pub pings: usize,
     /// TCP request/response seconds per measurement.
     pub rr_secs: f64,
+    /// The CPU both request/response ends are pinned to (None: the scheduler decides).
+    pub rr_cpu: Option<usize>,
     /// How long a weft lab may take until its containers reach each other.
     pub ready_secs: u64,
 }
@@ -662,7 +664,7 @@ fn measure(p: &mut PathRun, kind: Kind, o: &Opts, me: &Path) -> Result<(), Strin
             p.ping_us.push(v);
         }
         Kind::Rr => {
-            let v = rr(p, o.rr_secs, me)?;
+            let v = rr(p, o.rr_secs, o.rr_cpu, me)?;
             p.rr_us.push(v);
         }
     }
@@ -752,29 +754,33 @@ fn parse_ping_avg(out: &str) -> Option<f64> {
 }
 
 /// TCP request/response: mean µs per 1-byte transaction.
-fn rr(p: &PathRun, secs: f64, me: &Path) -> Result<f64, String> {
+fn rr(p: &PathRun, secs: f64, cpu: Option<usize>, me: &Path) -> Result<f64, String> {
     let listen = format!("{}:{RR_PORT}", p.server);
     let me_s = me.to_string_lossy().to_string();
-    let server = Server::start(
-        &p.server_ns,
-        &[&me_s, "rr-server", "--listen", &listen],
-        p.server,
-        RR_PORT,
-    )?;
+    let cpu_s = cpu.map(|c| c.to_string());
+    let pin: Vec<&str> = match &cpu_s {
+        Some(c) => vec!["--cpu", c],
+        None => vec![],
+    };
+    let mut server_cmd = vec![me_s.as_str(), "rr-server", "--listen", &listen];
+    server_cmd.extend_from_slice(&pin);
+    let server = Server::start(&p.server_ns, &server_cmd, p.server, RR_PORT)?;
     let s = format!("{secs}");
+    let mut client_cmd = vec![
+        "netns",
+        "exec",
+        &p.client_ns,
+        &me_s,
+        "rr-client",
+        "--connect",
+        &listen,
+        "--secs",
+        &s,
+    ];
+    client_cmd.extend_from_slice(&pin);
     let out = exec(
         Path::new("ip"),
-        &[
-            "netns",
-            "exec",
-            &p.client_ns,
-            &me_s,
-            "rr-client",
-            "--connect",
-            &listen,
-            "--secs",
-            &s,
-        ],
+        &client_cmd,
         None,
         Duration::from_secs_f64(secs + 20.0),
         false,
@@ -947,12 +953,19 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
     println!(
         "Pod-to-pod paths between two lab hosts (2-host mesh lab, one L2 underlay), client on \
          h1, server on h2; median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte \
-         ping-pong on one connection for {} s\n",
+         ping-pong on one connection for {} s{}\n",
         o.rounds,
         if o.rounds == 1 { "" } else { "s" },
         o.secs,
         o.pings,
-        o.rr_secs
+        o.rr_secs,
+        match o.rr_cpu {
+            Some(c) => format!(
+                " (both ends pinned to CPU {c}: cross-CPU wake-ups, slow and erratic in a VM, \
+                 would drown the paths' own cost)"
+            ),
+            None => String::new(),
+        }
     );
     println!("| path | throughput Gbit/s | ping avg µs | TCP RR µs/txn |");
     println!("|---|---|---|---|");
@@ -1023,8 +1036,24 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
 // ---------------------------------------------------------------------------------------
 // The request/response test's two ends (hidden subcommands, run inside namespaces).
 
+/// Pins this process to `cpu`.
+fn pin(cpu: Option<usize>) -> Result<(), String> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| format!("CPU {cpu}: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("pin to CPU {cpu}: {e}"))
+}
+
+/// The first CPU this process may run on.
+pub fn first_cpu() -> Option<usize> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    (0..nix::sched::CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false))
+}
+
 /// Accepts one connection and echoes every byte until the peer closes it.
-pub fn rr_server(listen: SocketAddr) -> Result<(), String> {
+pub fn rr_server(listen: SocketAddr, cpu: Option<usize>) -> Result<(), String> {
+    pin(cpu)?;
     let l = TcpListener::bind(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
     rr_serve(&l)
 }
@@ -1046,7 +1075,8 @@ fn rr_serve(l: &TcpListener) -> Result<(), String> {
 
 /// One-byte ping-pong on one connection for `secs`; prints transactions/s and mean µs per
 /// transaction as JSON.
-pub fn rr_client(connect: SocketAddr, secs: f64) -> Result<(), String> {
+pub fn rr_client(connect: SocketAddr, secs: f64, cpu: Option<usize>) -> Result<(), String> {
+    pin(cpu)?;
     let (n, elapsed) = rr_run(connect, Duration::from_secs_f64(secs))?;
     let v = serde_json::json!({
         "transactions": n,

@@ -81,6 +81,10 @@ enum Cmd {
         /// TCP request/response seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         rr_secs: f64,
+        /// Leave the request/response ends where the scheduler puts them (by default both
+        /// are pinned to one CPU).
+        #[arg(long)]
+        rr_unpinned: bool,
         /// Seconds a weft lab's containers may take to reach each other.
         #[arg(long, default_value_t = 30)]
         ready_secs: u64,
@@ -91,6 +95,9 @@ enum Cmd {
         /// Address and port to listen on.
         #[arg(long)]
         listen: std::net::SocketAddr,
+        /// Pin to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// TCP request/response client: 1-byte ping-pong for SECS, prints JSON (used by
     /// `dataplane`).
@@ -102,6 +109,9 @@ enum Cmd {
         /// How long to run.
         #[arg(long, default_value_t = 3.0)]
         secs: f64,
+        /// Pin to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
 }
 
@@ -125,6 +135,7 @@ fn main() {
             secs,
             pings,
             rr_secs,
+            rr_unpinned,
             ready_secs,
         } => weft_binary(&weft).and_then(|weft| {
             dataplane::dataplane(&dataplane::Opts {
@@ -134,11 +145,16 @@ fn main() {
                 secs,
                 pings,
                 rr_secs,
+                rr_cpu: if rr_unpinned {
+                    None
+                } else {
+                    dataplane::first_cpu()
+                },
                 ready_secs,
             })
         }),
-        Cmd::RrServer { listen } => dataplane::rr_server(listen),
-        Cmd::RrClient { connect, secs } => dataplane::rr_client(connect, secs),
+        Cmd::RrServer { listen, cpu } => dataplane::rr_server(listen, cpu),
+        Cmd::RrClient { connect, secs, cpu } => dataplane::rr_client(connect, secs, cpu),
     };
     if let Err(e) = res {
         eprintln!("weft-bench: {e}");

@@ -80,53 +80,107 @@ fn demo(weft: &Path) -> Result<(), String> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     show(&[&w, "ipam", "--socket", &sock])?;
-    step("two containers on h1, attached by the weft CNI plugin");
-    let a = weft_lab::run(LAB, "h1", "a", None, &[]).map_err(e)?;
-    let b = weft_lab::run(
-        LAB,
-        "h1",
-        "b",
-        None,
-        &[
-            "busybox", "nc", "-ll", "-p", "8080", "-e", "echo", "hello", "from", "b",
-        ]
-        .map(String::from),
-    )
-    .map_err(e)?;
-    let a_ip = a.ip.clone().unwrap_or_default();
-    let b_ip = b.ip.clone().unwrap_or_default();
-    println!("a = {a_ip}, b = {b_ip}");
-    step("inside a: one veth, a /32 address, a default route through a link-local gateway");
-    show(&[
-        &w, "lab", "exec", "--name", LAB, "h1/a", "--", "ip", "-br", "addr",
-    ])?;
-    show(&[
-        &w, "lab", "exec", "--name", LAB, "h1/a", "--", "ip", "route",
-    ])?;
-    step("on h1: a /32 route per container, no bridge");
-    show(&[&w, "lab", "exec", "--name", LAB, "h1", "--", "ip", "route"])?;
-    step("a pings b");
-    show(&[
-        &w, "lab", "exec", "--name", LAB, "h1/a", "--", "ping", "-c", "3", "-i", "0.2", &b_ip,
-    ])?;
-    step("a talks TCP to b");
-    let mut reply = String::new();
-    for _ in 0..20 {
-        reply = show(&[
-            &w, "lab", "exec", "--name", LAB, "h1/a", "--", "busybox", "nc", "-w", "2", &b_ip,
-            "8080",
-        ])
-        .unwrap_or_default();
-        if reply.contains("hello from b") {
-            break;
+    step("a web container on each host, started by podman through the weft CNI plugin");
+    let mut pods = Vec::new();
+    for h in ["h1", "h2", "h3"] {
+        let name = format!("web-{h}");
+        let ip = start_pod(h, &name)?;
+        println!("{h}: {name} = {ip}");
+        pods.push((h, name, ip));
+    }
+    step("every container fetches every other's page, across hosts");
+    for (h, name, _) in &pods {
+        for (h2, _, ip) in &pods {
+            if h == h2 {
+                continue;
+            }
+            let url = format!("http://{ip}/");
+            let want = format!("hello from {h2}");
+            let mut got = String::new();
+            for _ in 0..50 {
+                got = pod_exec(h, name, &["wget", "-qO-", &url]).unwrap_or_default();
+                if got.contains(&want) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            if !got.contains(&want) {
+                return Err(format!("{name} on {h} did not reach {url}: {got:?}"));
+            }
+            println!("{name} -> {ip}: {}", got.trim());
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    if !reply.contains("hello from b") {
-        return Err("TCP from a to b did not get b's answer".into());
-    }
+    step("on h1: a /32 route per local container; a route per block of the other hosts, h3's through h2 (h1 cannot reach h3 directly)");
+    show(&[&w, "lab", "exec", "--name", LAB, "h1", "--", "ip", "route"])?;
+    step("ping from h1's container to h3's, and the path it takes: through h2");
+    let h3_ip = pods[2].2.clone();
+    println!("$ weft lab podman h1 -- exec web-h1 ping -c 3 {h3_ip}");
+    print!("{}", pod_exec("h1", "web-h1", &["ping", "-c", "3", &h3_ip])?);
+    println!("$ weft lab podman h1 -- exec web-h1 traceroute -n {h3_ip}");
+    print!(
+        "{}",
+        pod_exec("h1", "web-h1", &["traceroute", "-n", "-w", "1", "-q", "1", &h3_ip])?
+    );
+    step("weft status on h1: the mesh, and the data plane it programmed");
+    let sock1 = weft_lab::agent_socket(LAB, "h1")
+        .to_string_lossy()
+        .to_string();
+    show(&[&w, "status", "--socket", &sock1])?;
     step("the lab");
     show(&[&w, "lab", "status", "--name", LAB])?;
-    println!("\ndemo passed: two containers on one lab host reach each other over weft");
+    println!("\ndemo passed: containers on three lab hosts reach each other over weft, h3's through the relay h2");
     Ok(())
+}
+
+/// Starts a busybox web container on `host` with podman; returns its address.
+fn start_pod(host: &str, name: &str) -> Result<String, String> {
+    let page = format!("echo hello from {host} > /tmp/index.html; exec httpd -f -p 80 -h /tmp");
+    let code = weft_lab::podman(
+        LAB,
+        host,
+        &["run", "-d", "--name", name, weft_lab::BUSYBOX_IMAGE, "sh", "-c", &page].map(String::from),
+    )
+    .map_err(|e| e.0)?;
+    if code != 0 {
+        return Err(format!("podman run on {host} failed (exit {code})"));
+    }
+    let ip = podman_out(
+        host,
+        &[
+            "inspect",
+            name,
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        ],
+    )?;
+    Ok(ip.trim().to_string())
+}
+
+/// `podman exec NAME ARGS` on `host`: its output.
+fn pod_exec(host: &str, name: &str, args: &[&str]) -> Result<String, String> {
+    let mut v = vec!["exec", name];
+    v.extend_from_slice(args);
+    podman_out(host, &v)
+}
+
+fn podman_out(host: &str, args: &[&str]) -> Result<String, String> {
+    let state = weft_lab::load(LAB).map_err(|e| e.0)?;
+    let hp = state
+        .plan
+        .host(host)
+        .ok_or_else(|| format!("no host {host}"))?
+        .clone();
+    let out = weft_lab::podman_command(LAB, &hp)
+        .map_err(|e| e.0)?
+        .args(args)
+        .output()
+        .map_err(|e| format!("run podman: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "podman {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -446,9 +446,14 @@ fn lab(cmd: LabCmd) -> Res {
 
 fn print_hosts(state: &weft_lab::LabState) {
     for h in &state.plan.hosts {
+        let pods = if state.cluster_ipam {
+            "cluster IPAM"
+        } else {
+            h.pod_range.as_str()
+        };
         println!(
             "  {:<4} underlay {:<15} pods {:<16} netns {}",
-            h.name, h.underlay, h.pod_range, h.netns
+            h.name, h.underlay, pods, h.netns
         );
         if let Some(a) = state.agents.iter().find(|a| a.host == h.name) {
             let run = match (a.pid, weft_lab::agent_running(a)) {
@@ -467,6 +472,10 @@ fn print_hosts(state: &weft_lab::LabState) {
             );
         }
     }
+    println!(
+        "  out  {:<24} netns {} (the outside world: no route to the pools)",
+        state.plan.outside.addr, state.plan.outside.netns
+    );
     let cuts: Vec<String> = state.cuts.iter().map(|(a, b)| format!("{a}-{b}")).collect();
     if !cuts.is_empty() {
         println!("  cut: {}", cuts.join(", "));
