@@ -834,8 +834,8 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find weft-bench itself: {e}"))?;
     catch_signals();
 
-    // Guards live until the end of this function: the labs are taken down in reverse
-    // order whatever happens below (panics abort in release builds, so nothing here
+    // Guards live until the end of this function: every lab is taken down whatever
+    // happens below (panics abort in release builds, so nothing here
     // unwraps).
     let mut labs: Vec<Lab> = Vec::new();
     let t0 = Instant::now();
@@ -981,7 +981,7 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
                 .unwrap_or_else(|| "—".into())
         };
         let label = if p.failed.is_some() {
-            format!("{} (not measured, see below)", p.label)
+            format!("{} (failed, see below)", p.label)
         } else {
             p.label.to_string()
         };
@@ -1003,7 +1003,16 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
     }
     for p in paths.iter() {
         if let Some(e) = &p.failed {
-            println!("{} not measured: {}\n", p.label, e.replace('|', "/"));
+            let done = p.gbits.len().max(p.ping_us.len()).max(p.rr_us.len());
+            let what = if done == 0 {
+                "not measured".to_string()
+            } else {
+                format!(
+                    "failed after {done} of {} rounds (medians of those)",
+                    o.rounds
+                )
+            };
+            println!("{} {what}: {}\n", p.label, e.replace('|', "/"));
         }
     }
     let get = |l: &str| rows.iter().find(|(x, _)| *x == l).map(|(_, r)| r);

@@ -115,11 +115,18 @@ fn demo(weft: &Path) -> Result<(), String> {
     step("ping from h1's container to h3's, and the path it takes: through h2");
     let h3_ip = pods[2].2.clone();
     println!("$ weft lab podman h1 -- exec web-h1 ping -c 3 {h3_ip}");
-    print!("{}", pod_exec("h1", "web-h1", &["ping", "-c", "3", &h3_ip])?);
+    print!(
+        "{}",
+        pod_exec("h1", "web-h1", &["ping", "-c", "3", &h3_ip])?
+    );
     println!("$ weft lab podman h1 -- exec web-h1 traceroute -n {h3_ip}");
     print!(
         "{}",
-        pod_exec("h1", "web-h1", &["traceroute", "-n", "-w", "1", "-q", "1", &h3_ip])?
+        pod_exec(
+            "h1",
+            "web-h1",
+            &["traceroute", "-n", "-w", "1", "-q", "1", &h3_ip]
+        )?
     );
     step("weft status on h1: the mesh, and the data plane it programmed");
     let sock1 = weft_lab::agent_socket(LAB, "h1")
@@ -138,7 +145,17 @@ fn start_pod(host: &str, name: &str) -> Result<String, String> {
     let code = weft_lab::podman(
         LAB,
         host,
-        &["run", "-d", "--name", name, weft_lab::BUSYBOX_IMAGE, "sh", "-c", &page].map(String::from),
+        &[
+            "run",
+            "-d",
+            "--name",
+            name,
+            weft_lab::BUSYBOX_IMAGE,
+            "sh",
+            "-c",
+            &page,
+        ]
+        .map(String::from),
     )
     .map_err(|e| e.0)?;
     if code != 0 {

@@ -4,6 +4,10 @@
 mod common;
 use common::*;
 
+/// These tests watch the plugin alone and compare host state before and after: the
+/// agents run without a data plane, which would otherwise add its own objects meanwhile.
+const PLUGIN_ONLY: &[&str] = &["--mode", "off"];
+
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -37,7 +41,7 @@ fn add_check_del_wire_a_container_and_undo_it() {
     if !root_or_skip("add_check_del") {
         return;
     }
-    let lab = Lab::up("cadd", 1, "mesh");
+    let lab = Lab::up_args("cadd", 1, "mesh", PLUGIN_ONLY);
     let hns = lab.host_ns("h1");
     let netns = lab.netns("a");
     let conf = weft_conf("1.1.0", "10.32.1.0/24", &lab.data_dir("h1"));
@@ -213,7 +217,7 @@ fn fifty_parallel_adds_get_fifty_distinct_addresses() {
     if !root_or_skip("fifty_parallel_adds") {
         return;
     }
-    let lab = Lab::up("cpar", 1, "mesh");
+    let lab = Lab::up_args("cpar", 1, "mesh", PLUGIN_ONLY);
     let hns = lab.host_ns("h1");
     let conf = weft_conf("1.0.0", "10.32.1.0/24", &lab.data_dir("h1"));
     let before = host_state(&lab, "h1");
@@ -263,7 +267,7 @@ fn bad_input_gets_spec_errors_and_leaves_nothing_behind() {
     if !root_or_skip("bad_input") {
         return;
     }
-    let lab = Lab::up("cbad", 1, "mesh");
+    let lab = Lab::up_args("cbad", 1, "mesh", PLUGIN_ONLY);
     let hns = lab.host_ns("h1");
     let data = lab.data_dir("h1");
     let netns = lab.netns("b");
@@ -455,7 +459,7 @@ fn gc_removes_attachments_not_listed_as_valid() {
     if !root_or_skip("gc") {
         return;
     }
-    let lab = Lab::up("cgc", 1, "mesh");
+    let lab = Lab::up_args("cgc", 1, "mesh", PLUGIN_ONLY);
     let hns = lab.host_ns("h1");
     let conf = weft_conf("1.1.0", "10.32.1.0/24", &lab.data_dir("h1"));
     for i in 0..3 {
@@ -497,7 +501,7 @@ fn chained_with_reference_plugins_through_the_lab_runtime() {
     if !root_or_skip("chained") {
         return;
     }
-    let lab = Lab::up("cchain", 2, "mesh");
+    let lab = Lab::up_args("cchain", 2, "mesh", PLUGIN_ONLY);
     let conflist = format!("/run/weft-lab/{}/chain.conflist", lab.name);
     std::fs::write(
         &conflist,
@@ -589,7 +593,7 @@ fn prev_result_is_kept_and_mtu_is_applied() {
     if !root_or_skip("prev_result_and_mtu") {
         return;
     }
-    let lab = Lab::up("cprev", 1, "mesh");
+    let lab = Lab::up_args("cprev", 1, "mesh", PLUGIN_ONLY);
     let hns = lab.host_ns("h1");
     let netns = lab.netns("m");
     let mut conf: Value =

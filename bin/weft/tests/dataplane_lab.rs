@@ -123,7 +123,11 @@ fn all_reach_all(lab: &Lab, pods: &[Pod]) {
         }
         if Instant::now() > deadline {
             let (_, st) = lab.exec("h1", &["ip", "route"]);
-            panic!("{} failed checks:\n{}\nh1 routes:\n{st}", f.len(), f.join("\n"));
+            panic!(
+                "{} failed checks:\n{}\nh1 routes:\n{st}",
+                f.len(),
+                f.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -135,7 +139,10 @@ fn nat_to_outside(lab: &Lab, pods: &[Pod], www: &str, outside: &str) {
     let (ok, text) = lab.exec("out", &["busybox", "httpd", "-p", "8000", "-h", www]);
     assert!(ok, "httpd in out: {text}");
     let (_, routes) = lab.exec("out", &["ip", "route"]);
-    assert!(!routes.contains("10.32."), "the outside must not route the pools: {routes}");
+    assert!(
+        !routes.contains("10.32."),
+        "the outside must not route the pools: {routes}"
+    );
     for p in pods {
         let underlay = host_underlay(lab, &p.host);
         let target = format!("{}/{}", p.host, p.name);
@@ -215,10 +222,12 @@ fn dp_routes(lab: &Lab, host: &str) -> Vec<(String, String, String)> {
 /// The block of `ip` in `host`'s data plane routes, with its mode and next hop.
 fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
     let ip: std::net::IpAddr = ip.parse().ok()?;
-    dp_routes(lab, host).into_iter().find_map(|(dst, mode, via)| {
-        let net: ipnet::IpNet = dst.parse().ok()?;
-        net.contains(&ip).then_some((mode, via))
-    })
+    dp_routes(lab, host)
+        .into_iter()
+        .find_map(|(dst, mode, via)| {
+            let net: ipnet::IpNet = dst.parse().ok()?;
+            net.contains(&ip).then_some((mode, via))
+        })
 }
 
 fn agent(lab: &Lab, host: &str, action: &str) {
@@ -279,7 +288,11 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
         &lab,
         "h1",
         "cli",
-        &["sh", "-c", &format!("exec busybox nc {srv} 7001 < {feed_path}")],
+        &[
+            "sh",
+            "-c",
+            &format!("exec busybox nc {srv} 7001 < {feed_path}"),
+        ],
     );
     let log = format!("{dir}/h2/srv.log");
     let received = |word: &str| {
@@ -293,13 +306,20 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
     };
     use std::io::Write;
     feed.write_all(b"before-restart\n").unwrap();
-    assert!(received("before-restart"), "the long connection did not start");
+    assert!(
+        received("before-restart"),
+        "the long connection did not start"
+    );
     let before = weft_routes(&lab, "h1");
     for h in ["h1", "h2"] {
         agent(&lab, h, "restart");
     }
     // Right after the restart (the agents relearn the cluster), the kernel kept every route.
-    assert_eq!(weft_routes(&lab, "h1"), before, "a restart changed h1's routes");
+    assert_eq!(
+        weft_routes(&lab, "h1"),
+        before,
+        "a restart changed h1's routes"
+    );
     feed.write_all(b"after-restart\n").unwrap();
     assert!(
         received("after-restart"),
@@ -341,14 +361,19 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
     });
     assert!(gone.is_some(), "{:?}", dp_routes(&lab, "h1"));
     assert!(
-        !weft_routes(&lab, "h1").iter().any(|r| r.contains("172.30.0.3")),
+        !weft_routes(&lab, "h1")
+            .iter()
+            .any(|r| r.contains("172.30.0.3")),
         "{:?}",
         weft_routes(&lab, "h1")
     );
     let t = Instant::now();
     agent(&lab, "h3", "start");
     all_reach_all(&lab, &pods);
-    eprintln!("h3 reachable again {:?} after its agent started", t.elapsed());
+    eprintln!(
+        "h3 reachable again {:?} after its agent started",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -371,12 +396,18 @@ fn subnets_mix_direct_routes_and_vxlan_per_peer() {
         );
     }
     let s = status(&lab, "h1");
-    assert_eq!(s["dataplane"]["pod_mtu"], 1450, "a VXLAN path sets the MTU: {s}");
+    assert_eq!(
+        s["dataplane"]["pod_mtu"], 1450,
+        "a VXLAN path sets the MTU: {s}"
+    );
     let (_, link) = lab.exec("h1/c1", &["cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(link.trim(), "1450");
     // The VXLAN device is weft's, with static entries only.
     let (_, d) = lab.exec("h1", &["ip", "-d", "link", "show", "weft.vx"]);
-    assert!(d.contains("alias weft:vxlan") && d.contains("nolearning"), "{d}");
+    assert!(
+        d.contains("alias weft:vxlan") && d.contains("nolearning"),
+        "{d}"
+    );
     nat_to_outside(&lab, &pods, &www, "172.30.1.250");
 }
 

@@ -75,7 +75,10 @@ fn podman_containers_ping_talk_tcp_and_publish_ports() {
     // Lab hosts hand out cluster addresses through their agent (default pool 10.32.0.0/12).
     let pool: ipnet::IpNet = "10.32.0.0/12".parse().unwrap();
     for ip in [&a, &web] {
-        assert!(pool.contains(&ip.parse::<std::net::IpAddr>().unwrap()), "{ip}");
+        assert!(
+            pool.contains(&ip.parse::<std::net::IpAddr>().unwrap()),
+            "{ip}"
+        );
     }
     assert_ne!(a, web);
 

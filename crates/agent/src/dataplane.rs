@@ -166,8 +166,12 @@ fn key(r: &nl::Route) -> RouteKey {
     (r.dst, r.gateway, r.oif, r.mtu)
 }
 
-/// The NAT ruleset for `pools` (one table per family that has pools), or deletes only.
-fn nat_script(pools: &[IpNet], on: bool) -> String {
+/// The `weft` nftables tables for `pools` (one per family that has pools): outbound NAT
+/// when `nat`, and in every case a `notrack` exemption so that traffic between pods and
+/// weft's own VXLAN packets never pay for connection tracking (which a NAT table turns on
+/// for the whole namespace); only traffic that leaves the pools is tracked and
+/// translated. With no pools of a family, that family's table is deleted.
+fn nat_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
     let mut s = String::new();
     for (fam, v6) in [("ip", false), ("ip6", true)] {
         // Declaring then deleting makes the replace atomic and works when it is absent.
@@ -179,12 +183,22 @@ fn nat_script(pools: &[IpNet], on: bool) -> String {
             .filter(|p| p.addr().is_ipv6() == v6)
             .map(|p| p.to_string())
             .collect();
-        if !on || nets.is_empty() {
+        if nets.is_empty() {
             continue;
         }
         let set = nets.join(", ");
+        let untracked = format!(
+            "    {fam} saddr {{ {set} }} {fam} daddr {{ {set} }} notrack\n    udp dport {vxlan_port} notrack\n"
+        );
+        let masquerade = if nat {
+            format!(
+                "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {fam} saddr {{ {set} }} {fam} daddr != {{ {set} }} masquerade\n  }}\n"
+            )
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "table {fam} {NFT_TABLE} {{\n  comment \"weft: outbound NAT of container traffic\"\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {fam} saddr {{ {set} }} {fam} daddr != {{ {set} }} masquerade\n  }}\n}}\n"
+            "table {fam} {NFT_TABLE} {{\n  comment \"weft: outbound NAT of container traffic, none between containers\"\n  chain raw_prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n{untracked}  }}\n  chain raw_output {{\n    type filter hook output priority raw; policy accept;\n{untracked}  }}\n{masquerade}}}\n"
         ));
     }
     s
@@ -475,7 +489,11 @@ impl Agent {
         }
 
         // NAT.
-        let script = nat_script(&self.cfg.ipam.space.pools, self.dp.cfg.nat);
+        let script = nat_script(
+            &self.cfg.ipam.space.pools,
+            self.dp.cfg.nat,
+            self.dp.cfg.vxlan_port,
+        );
         if self.dp.nat_applied.as_deref() != Some(script.as_str()) {
             run_nft(&script)?;
             self.dp.nat_applied = Some(script);
@@ -611,12 +629,18 @@ mod tests {
     #[test]
     fn nat_covers_each_family_with_pools_and_deletes_the_rest() {
         let pools: Vec<IpNet> = vec!["10.32.0.0/12".parse().unwrap()];
-        let s = nat_script(&pools, true);
+        let s = nat_script(&pools, true, 6784);
         assert!(s.contains("ip saddr { 10.32.0.0/12 } ip daddr != { 10.32.0.0/12 } masquerade"));
+        assert!(s.contains("ip saddr { 10.32.0.0/12 } ip daddr { 10.32.0.0/12 } notrack"));
+        assert!(s.contains("udp dport 6784 notrack"));
         assert!(s.contains("delete table ip6 weft"));
         assert!(!s.contains("ip6 saddr"));
-        let off = nat_script(&pools, false);
+        let off = nat_script(&pools, false, 6784);
         assert!(!off.contains("masquerade"));
+        assert!(
+            off.contains("notrack"),
+            "pod traffic stays untracked without NAT too"
+        );
         assert!(off.contains("delete table ip weft"));
     }
 }
