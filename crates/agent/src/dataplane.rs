@@ -366,7 +366,7 @@ impl Agent {
         }
         let local = self.dp.local.clone().expect("set above");
         let want = plan(&local, &self.dp_peers());
-        let due = self.dp.last_sync.is_none_or_elapsed(RESYNC);
+        let due = self.dp.last_sync.map_or(true, |t| t.elapsed() >= RESYNC);
         if !due && self.dp.applied.as_ref() == Some(&want) && self.dp.error.is_none() {
             return;
         }
@@ -443,11 +443,7 @@ impl Agent {
         if settled {
             for (dst, r) in &have {
                 if !wanted.contains_key(dst) {
-                    match nlh.delete_route(r) {
-                        Ok(()) => {}
-                        Err(err) if err.is_not_found() => {}
-                        Err(err) => return Err(err.to_string()),
-                    }
+                    already_gone(nlh.delete_route(r))?;
                 }
             }
         }
@@ -471,20 +467,11 @@ impl Agent {
             self.dp.conflicts = conflicts;
         }
         if settled {
-            for (ip, mac) in have_neigh.difference(&want_neigh) {
-                let _ = mac;
-                match nlh.delete_neighbour(vx, *ip) {
-                    Ok(()) => {}
-                    Err(err) if err.is_not_found() => {}
-                    Err(err) => return Err(err.to_string()),
-                }
+            for (ip, _) in have_neigh.difference(&want_neigh) {
+                already_gone(nlh.delete_neighbour(vx, *ip))?;
             }
             for (mac, dst) in have_fdb.difference(&want_fdb) {
-                match nlh.delete_fdb(vx, *mac, *dst) {
-                    Ok(()) => {}
-                    Err(err) if err.is_not_found() => {}
-                    Err(err) => return Err(err.to_string()),
-                }
+                already_gone(nlh.delete_fdb(vx, *mac, *dst))?;
             }
         }
 
@@ -612,13 +599,11 @@ impl Agent {
     }
 }
 
-trait ElapsedExt {
-    fn is_none_or_elapsed(&self, d: Duration) -> bool;
-}
-
-impl ElapsedExt for Option<Instant> {
-    fn is_none_or_elapsed(&self, d: Duration) -> bool {
-        self.map_or(true, |t| t.elapsed() >= d)
+/// A delete that found nothing to delete did what it was for.
+fn already_gone(res: nl::Result<()>) -> Result<(), String> {
+    match res {
+        Err(e) if !e.is_not_found() => Err(e.to_string()),
+        _ => Ok(()),
     }
 }
 

@@ -258,29 +258,25 @@ impl Ctx {
             c.set_up(link.index)?;
             c.set_permanent_neighbour(link.index, gw, host_mac)?;
             c.add_route(
-                &nl::Route {
-                    dst: gw_net,
-                    gateway: None,
-                    oif: Some(link.index),
-                    scope: Scope::Link,
-                    protocol: WEFT_ROUTE_PROTOCOL,
-                    table: MAIN_TABLE,
-                    mtu: None,
-                    onlink: false,
-                },
+                &nl::Route::new(
+                    gw_net,
+                    None,
+                    Some(link.index),
+                    Scope::Link,
+                    WEFT_ROUTE_PROTOCOL,
+                    MAIN_TABLE,
+                ),
                 true,
             )?;
             c.add_route(
-                &nl::Route {
-                    dst: default_net(ip),
-                    gateway: Some(gw),
-                    oif: Some(link.index),
-                    scope: Scope::Universe,
-                    protocol: WEFT_ROUTE_PROTOCOL,
-                    table: MAIN_TABLE,
-                    mtu: None,
-                    onlink: false,
-                },
+                &nl::Route::new(
+                    default_net(ip),
+                    Some(gw),
+                    Some(link.index),
+                    Scope::Universe,
+                    WEFT_ROUTE_PROTOCOL,
+                    MAIN_TABLE,
+                ),
                 true,
             )?;
             link.mac.ok_or_else(|| nl::Error {
@@ -297,16 +293,14 @@ impl Ctx {
         nlh.set_permanent_neighbour(host.index, ip, cont_mac)
             .map_err(nl_err)?;
         nlh.add_route(
-            &nl::Route {
-                dst: ip_net,
-                gateway: None,
-                oif: Some(host.index),
-                scope: Scope::Link,
-                protocol: WEFT_ROUTE_PROTOCOL,
-                table: MAIN_TABLE,
-                mtu: None,
-                onlink: false,
-            },
+            &nl::Route::new(
+                ip_net,
+                None,
+                Some(host.index),
+                Scope::Link,
+                WEFT_ROUTE_PROTOCOL,
+                MAIN_TABLE,
+            ),
             true,
         )
         .map_err(nl_err)?;
