@@ -134,8 +134,12 @@ enum LabCmd {
         no_agents: bool,
         /// The agents' data plane mode: auto (direct routes on a segment, VXLAN across),
         /// route, vxlan or off [default: auto].
-        #[arg(long, value_name = "MODE")]
+        #[arg(long, value_name = "MODE", value_parser = ["auto", "route", "vxlan", "off"])]
         mode: Option<String>,
+        /// The agents' outbound NAT of container traffic leaving the pools: on or off
+        /// [default: on]. With off, containers reach only each other.
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        nat: Option<String>,
         /// Print the lab as JSON.
         #[arg(long)]
         json: bool,
@@ -310,11 +314,18 @@ fn lab(cmd: LabCmd) -> Res {
             topology,
             no_agents,
             mode,
+            nat,
             json,
         } => {
+            let mut agent_args = Vec::new();
+            for (flag, value) in [("--mode", mode), ("--nat", nat)] {
+                if let Some(v) = value {
+                    agent_args.extend([flag.to_string(), v]);
+                }
+            }
             let opts = weft_lab::UpOptions {
                 agents: !no_agents,
-                agent_args: mode.map(|m| vec!["--mode".into(), m]).unwrap_or_default(),
+                agent_args,
             };
             let state = weft_lab::up_with(&name, hosts, topology, &self_exe()?, opts).map_err(e)?;
             if json {
