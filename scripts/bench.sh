@@ -9,9 +9,9 @@ bash scripts/setup.sh
 cargo build --release --quiet -p weft -p weft-bench
 
 containers=${CONTAINERS:-200}
-cni=$(./target/release/weft-bench cni --containers "$containers" --weft target/release/weft --rounds 7)
+cni=$(./target/release/weft-bench cni --containers "$containers" --weft target/release/weft)
 mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
-join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target/release/weft --rounds 7)
+join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target/release/weft)
 dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --rounds 7)
 
 {
