@@ -66,15 +66,16 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo "host-to-host hop through a hand-made VXLAN device (id 99, \`nolearning\`, a static flood entry"
   echo "towards the other host). weft: a lab whose agents run with \`--mode route\` (resp."
   echo "\`--mode vxlan\`) and the default \`--nat on\` (the anchors have no NAT), one container per"
-  echo "host attached by weft's CNI plugin."
+  echo "host attached by weft's CNI plugin; the \"NAT off\" rows are the same with \`--nat off\`."
   echo "Targets: weft route / hand routes throughput ≥ 0.95 and latency at most 15 µs above it; the"
   echo "same for weft VXLAN / hand VXLAN."
   echo
   echo "$dataplane"
   echo
   echo "A ping's round trip in these VMs swings by ±30 µs from round to round (idle wake-ups),"
-  echo "hence seven rounds; the pinned request/response figure is the steady one. What weft's"
-  echo "remaining +1 to +3 µs per transaction is made of (its NAT table's hooks) is measured in"
-  echo "docs/dataplane.md, \"Outbound NAT\"."
+  echo "hence seven rounds; the pinned request/response figure is the steady one. The gap between"
+  echo "weft's rows with and without NAT is the price of connection tracking, which a NAT table"
+  echo "turns on for the whole host; weft exempts pod-to-pod and VXLAN packets from tracking, so"
+  echo "what is left is the hooks themselves (docs/dataplane.md, \"Outbound NAT\")."
 } > docs/benchmarks.md
 cat docs/benchmarks.md

@@ -10,10 +10,12 @@
 //! - hand VXLAN: the same kind of pods (MTU 1450), the host-to-host hop through a VXLAN
 //!   device made by hand on each host with a static flood entry towards the other;
 //! - weft route mode and weft VXLAN mode: a lab whose agents run with `--mode route`
-//!   (resp. `vxlan`), one container per host attached by weft's CNI plugin.
+//!   (resp. `vxlan`), one container per host attached by weft's CNI plugin; each once
+//!   with the default outbound NAT (the rows the targets are about) and once with
+//!   `--nat off`, which shows what the NAT table's connection-tracking hooks cost.
 //!
 //! The anchors live in one lab made without agents (`weft lab up --no-agents`); each weft
-//! mode gets a lab of its own. All labs are up together and the measurements of all paths
+//! row gets a lab of its own. All labs are up together and the measurements of all paths
 //! are interleaved in rounds, so drift on a shared machine hits every path alike; the
 //! median of the rounds is reported. Every lab is torn down by a guard (`weft lab down`),
 //! also on error or Ctrl-C. A weft mode that cannot be set up is reported as such; the
@@ -804,14 +806,14 @@ fn rr(p: &PathRun, secs: f64, cpu: Option<usize>, me: &Path) -> Result<f64, Stri
 
 pub fn dataplane(o: &Opts) -> Result<(), String> {
     if o.lab.is_empty()
-        || o.lab.len() > 11
+        || o.lab.len() > 10
         || !o
             .lab
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     {
         return Err(format!(
-            "--lab {:?}: use 1 to 11 characters of a-z and 0-9 (the weft labs append r and v)",
+            "--lab {:?}: use 1 to 10 characters of a-z and 0-9 (the weft labs append r, rn, v, vn)",
             o.lab
         ));
     }
@@ -846,14 +848,18 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
     up?;
     let mut paths = hand_paths(&labs[0])?;
 
-    for (mode, suffix, label) in [
-        ("route", "r", "weft route mode"),
-        ("vxlan", "v", "weft VXLAN mode"),
+    // weft with its default outbound NAT (the targets), and without: the difference is
+    // the price of the NAT table's connection-tracking hooks, not of weft's paths.
+    for (mode, nat, suffix, label) in [
+        ("route", "on", "r", "weft route mode"),
+        ("route", "off", "rn", "weft route mode, NAT off"),
+        ("vxlan", "on", "v", "weft VXLAN mode"),
+        ("vxlan", "off", "vn", "weft VXLAN mode, NAT off"),
     ] {
         check_interrupted()?;
         let name = format!("{}{suffix}", o.lab);
-        eprintln!("dataplane: weft lab {name} (--mode {mode})");
-        let (lab, up) = Lab::up(&o.weft, &name, &["--mode", mode]);
+        eprintln!("dataplane: weft lab {name} (--mode {mode} --nat {nat})");
+        let (lab, up) = Lab::up(&o.weft, &name, &["--mode", mode, "--nat", nat]);
         let res = up.and_then(|()| weft_path(&lab, mode, Duration::from_secs(o.ready_secs)));
         labs.push(lab);
         let row = match res {
@@ -870,8 +876,10 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
         "host to host",
         "hand routes",
         "weft route mode",
+        "weft route mode, NAT off",
         "hand VXLAN",
         "weft VXLAN mode",
+        "weft VXLAN mode, NAT off",
     ];
     paths.sort_by_key(|p| order.iter().position(|l| *l == p.label));
     eprintln!("dataplane: set up in {:.0} s", t0.elapsed().as_secs_f64());
@@ -1019,6 +1027,16 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
     for (weft, hand, short) in [
         ("weft route mode", "hand routes", "weft route"),
         ("weft VXLAN mode", "hand VXLAN", "weft VXLAN"),
+        (
+            "weft route mode, NAT off",
+            "hand routes",
+            "weft route (NAT off)",
+        ),
+        (
+            "weft VXLAN mode, NAT off",
+            "hand VXLAN",
+            "weft VXLAN (NAT off)",
+        ),
     ] {
         let (Some(w), Some(h)) = (get(weft), get(hand)) else {
             continue;
