@@ -957,7 +957,31 @@ struct Row {
     rr: Option<f64>,
 }
 
+/// The median over rounds of `a[i] / b[i]`: two paths measured in the same round share
+/// that round's drift (the rounds are interleaved for this), so the paired ratio is the
+/// steadier estimate. Only rounds both paths measured count (a failed path's values are
+/// the rounds before its failure).
+fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, y)| **y > 0.0)
+        .map(|(x, y)| x / y)
+        .collect();
+    median(&mut r)
+}
+
 fn report(o: &Opts, paths: &mut [PathRun]) {
+    // Per-round throughputs in round order (the medians below sort them in place).
+    let per_round: Vec<(&'static str, Vec<f64>)> =
+        paths.iter().map(|p| (p.label, p.gbits.clone())).collect();
+    let rounds_of = |l: &str| {
+        per_round
+            .iter()
+            .find(|(x, _)| *x == l)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    };
     println!(
         "Pod-to-pod paths between two lab hosts (2-host mesh lab, one L2 underlay), client on \
          h1, server on h2; median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte \
@@ -1041,9 +1065,14 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
         let (Some(w), Some(h)) = (get(weft), get(hand)) else {
             continue;
         };
-        match (w.gbits, h.gbits) {
-            (Some(a), Some(b)) if b > 0.0 => println!(
-                "- {short} / {hand}, throughput: {:.2} (target ≥ 0.95)",
+        match (
+            paired_ratio(rounds_of(weft), rounds_of(hand)),
+            w.gbits,
+            h.gbits,
+        ) {
+            (Some(r), Some(a), Some(b)) if b > 0.0 => println!(
+                "- {short} / {hand}, throughput: {r:.2} (median of the rounds' ratios; ratio of \
+                 the medians {:.2}) (target ≥ 0.95)",
                 a / b
             ),
             _ => println!("- {short} / {hand}, throughput: not measured (target ≥ 0.95)"),
@@ -1142,6 +1171,17 @@ mod tests {
                    0% packet loss, time 3120ms\nrtt min/avg/max/mdev = 0.031/0.058/0.210/0.014 ms\n";
         assert_eq!(parse_ping_avg(out), Some(0.058));
         assert_eq!(parse_ping_avg("100% packet loss"), None);
+    }
+
+    #[test]
+    fn paired_ratio_pairs_rounds_and_skips_unmeasured_ones() {
+        // Round 2 was slow for both paths: the pairs say 0.9 every round.
+        let r = paired_ratio(&[9.0, 4.5, 9.0], &[10.0, 5.0, 10.0]).unwrap();
+        assert!((r - 0.9).abs() < 1e-9, "{r}");
+        // A path that failed after one round pairs only that round.
+        assert_eq!(paired_ratio(&[8.0], &[10.0, 1.0]), Some(0.8));
+        assert_eq!(paired_ratio(&[], &[10.0]), None);
+        assert_eq!(paired_ratio(&[1.0], &[0.0]), None);
     }
 
     #[test]
