@@ -339,12 +339,9 @@ impl Agent {
                 self.dp.last_sync = None;
             }
         }
-        let mut nlh = match Netlink::open() {
-            Ok(n) => n,
-            Err(e) => return self.dp.set_error(Some(e.to_string())),
-        };
+        let open = || Netlink::open().map_err(|e| e.to_string());
         if self.dp.local.is_none() {
-            match find_underlay(&mut nlh, self.cfg.advertise.ip()) {
+            match open().and_then(|mut nlh| find_underlay(&mut nlh, self.cfg.advertise.ip())) {
                 Ok((_, name, mtu, net)) => {
                     log(format!(
                         "data plane: mode {}, underlay {name} {net} mtu {mtu}, NAT {}",
@@ -368,7 +365,8 @@ impl Agent {
         if !due && self.dp.applied.as_ref() == Some(&want) && self.dp.error.is_none() {
             return;
         }
-        let res = self.dp_apply(&mut nlh, &local, &want);
+        // A socket only for the ticks that have work (most have none).
+        let res = open().and_then(|mut nlh| self.dp_apply(&mut nlh, &local, &want));
         self.dp.last_sync = Some(Instant::now());
         match res {
             Ok(()) => {

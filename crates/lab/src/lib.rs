@@ -295,43 +295,12 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
         sys::netns_sysctl(rt, "net.ipv4.ip_forward", "1")?;
     }
     for h in &plan.hosts {
-        sys::ip_batch(
-            &h.switch,
-            &[
-                format!(
-                    "link add {} type veth peer name eth0 netns {}",
-                    h.name, h.netns
-                ),
-                format!("link set {} master br0 up", h.name),
-            ],
-        )?;
-        let mut lines = vec![
-            format!("addr add {}/24 dev eth0", h.underlay),
-            "link set eth0 up".into(),
-        ];
-        if let Some(gw) = h.gateway {
-            lines.push(format!("route add default via {gw}"));
-        }
-        sys::ip_batch(&h.netns, &lines)?;
+        attach(&h.switch, &h.name, &h.netns, h.underlay, h.gateway)?;
         sys::netns_sysctl(&h.netns, "net.ipv4.ip_forward", "1")?;
         write_host_files(name, h, opts.agents)?;
     }
     let out = &plan.outside;
-    sys::ip_batch(
-        &out.switch,
-        &[
-            format!("link add out type veth peer name eth0 netns {}", out.netns),
-            "link set out master br0 up".into(),
-        ],
-    )?;
-    let mut lines = vec![
-        format!("addr add {}/24 dev eth0", out.addr),
-        "link set eth0 up".into(),
-    ];
-    if let Some(gw) = out.gateway {
-        lines.push(format!("route add default via {gw}"));
-    }
-    sys::ip_batch(&out.netns, &lines)?;
+    attach(&out.switch, "out", &out.netns, out.addr, out.gateway)?;
     apply_filters(plan, &[])?;
 
     let bin = cni_bin_dir(name);
@@ -372,6 +341,32 @@ pub fn host_conflist(lab: &str, host: &plan::HostPlan, cluster: bool) -> String 
         "plugins": [plugin]
     }))
     .expect("json")
+}
+
+/// Plugs `netns` into the switch namespace `switch` (a veth `port` on its `br0`, `eth0`
+/// inside) with `addr`/24 and, when given, a default route via `gateway`.
+fn attach(
+    switch: &str,
+    port: &str,
+    netns: &str,
+    addr: std::net::Ipv4Addr,
+    gateway: Option<std::net::Ipv4Addr>,
+) -> Result<(), LabError> {
+    sys::ip_batch(
+        switch,
+        &[
+            format!("link add {port} type veth peer name eth0 netns {netns}"),
+            format!("link set {port} master br0 up"),
+        ],
+    )?;
+    let mut lines = vec![
+        format!("addr add {addr}/24 dev eth0"),
+        "link set eth0 up".into(),
+    ];
+    if let Some(gw) = gateway {
+        lines.push(format!("route add default via {gw}"));
+    }
+    sys::ip_batch(netns, &lines)
 }
 
 fn write_host_files(lab: &str, h: &plan::HostPlan, cluster: bool) -> Result<(), LabError> {
