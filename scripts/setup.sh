@@ -10,7 +10,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-linux procps tar
-      podman runc conmon containernetworking-plugins iperf3 jq curl ca-certificates)
+      podman runc conmon containernetworking-plugins iperf3 jq curl ca-certificates
+      # The BPF fast path (crates/fastpath) is compiled with clang against the kernel's UAPI headers.
+      clang linux-libc-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,7 +12,7 @@ use weft_agent::{api, RawConfig};
 pub struct AgentArgs {
     /// A JSON config file (keys: name, listen, advertise, peers, dataDir, secretFile, socket,
     /// maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit,
-    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, vxlanPort, vxlanId);
+    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId);
     /// flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -80,6 +80,12 @@ pub struct AgentArgs {
     /// Masquerade container traffic to addresses outside the pools: on or off [default: on].
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     nat: Option<bool>,
+    /// Forward container-to-container IPv4 traffic with weft's BPF program on the
+    /// containers' veths and weft.vx, past the host's IP stack and netfilter: on or off
+    /// [default: on]. Where the kernel refuses the program, `weft status` says why and
+    /// the kernel's stack carries the traffic.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    fast_path: Option<bool>,
     /// UDP port of weft's VXLAN; the same on every node [default: 6784].
     #[arg(long, value_name = "PORT")]
     vxlan_port: Option<u64>,
@@ -145,6 +151,7 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         ipam_request_timeout_ms: a.ipam_request_timeout_ms,
         mode: a.mode,
         nat: a.nat,
+        fast_path: a.fast_path,
         vxlan_port: a.vxlan_port,
         vxlan_id: a.vxlan_id,
     };
@@ -229,6 +236,21 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     );
     if let Some(e) = &d.error {
         println!("ERROR: {e}");
+    }
+    let f = &d.fast_path;
+    match f.state.as_str() {
+        "on" => println!(
+            "fast path: on, {} devices; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}",
+            f.devices.len(),
+            f.counters.egress,
+            f.counters.peer,
+            f.counters.neigh,
+            f.counters.pass
+        ),
+        state => println!("fast path: {state}"),
+    }
+    if let Some(e) = &f.error {
+        println!("fast path ERROR: {e}");
     }
     println!(
         "{:<20} {:<6} {:<16} {:<12} mtu",

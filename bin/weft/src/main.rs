@@ -140,6 +140,10 @@ enum LabCmd {
         /// [default: on]. With off, containers reach only each other.
         #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
         nat: Option<String>,
+        /// The agents' BPF fast path for container-to-container traffic: on or off
+        /// [default: on].
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        fast_path: Option<String>,
         /// Print the lab as JSON.
         #[arg(long)]
         json: bool,
@@ -315,10 +319,11 @@ fn lab(cmd: LabCmd) -> Res {
             no_agents,
             mode,
             nat,
+            fast_path,
             json,
         } => {
             let mut agent_args = Vec::new();
-            for (flag, value) in [("--mode", mode), ("--nat", nat)] {
+            for (flag, value) in [("--mode", mode), ("--nat", nat), ("--fast-path", fast_path)] {
                 if let Some(v) = value {
                     agent_args.extend([flag.to_string(), v]);
                 }

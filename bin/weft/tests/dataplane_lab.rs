@@ -3,7 +3,9 @@
 //! full-size packets and bulk transfers on every path; nothing between containers is
 //! translated, traffic to the outside is; the relay shows in traceroute; paths follow the
 //! mesh when a link is cut and healed; routes of a host that leaves go, and come back when
-//! it returns; a long TCP connection survives agent restarts.
+//! it returns; a long TCP connection survives agent restarts. Containers' packets take the
+//! BPF fast path (its counters, and a netfilter FORWARD probe that sees none of them),
+//! and without it the stack carries the same traffic.
 //!
 //! Every container runs busybox httpd over a directory with a small page, a 2 MiB file and
 //! a CGI script that answers the address the request came from (`REMOTE_ADDR`).
@@ -255,6 +257,56 @@ fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
         })
 }
 
+/// How many of 3 pings from `src` to `dst` the netfilter FORWARD hook of `src`'s host saw:
+/// a counting chain of the test's own, in the lab host's namespace, made and removed here.
+/// The fast path forwards a container's packets itself (0); the kernel's stack passes
+/// every one through FORWARD (3).
+fn forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
+    let host = src.host.as_str();
+    let rule = format!(
+        "nft add table ip weftprobe && \
+         nft add chain ip weftprobe probe '{{ type filter hook forward priority 0; }}' && \
+         nft add rule ip weftprobe probe ip saddr {} ip daddr {} icmp type echo-request counter",
+        src.ip, dst.ip
+    );
+    let (ok, t) = lab.exec(host, &["sh", "-c", &rule]);
+    assert!(ok, "{host}: the probe table: {t}");
+    let target = format!("{}/{}", src.host, src.name);
+    let (ok, t) = lab.exec(
+        &target,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", &dst.ip],
+    );
+    let (_, list) = lab.exec(host, &["nft", "list", "chain", "ip", "weftprobe", "probe"]);
+    let (gone, g) = lab.exec(host, &["nft", "delete", "table", "ip", "weftprobe"]);
+    assert!(gone, "{host}: removing the probe table: {g}");
+    assert!(ok, "{target} -> {}: {t}", dst.ip);
+    list.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {list}"))
+}
+
+/// The fast path runs on every host, is attached to weft.vx and each container's veth,
+/// and carried this test's traffic: packets of `kinds` (`egress`: forwarded out of a
+/// host; `peer`: delivered into a container) were counted on every host.
+fn fast_path_carried(lab: &Lab, hosts: usize, kinds: &[&str]) {
+    for h in 1..=hosts {
+        let host = format!("h{h}");
+        let s = status(lab, &host);
+        let f = &s["dataplane"]["fast_path"];
+        assert_eq!(f["state"], "on", "{host}: {f}");
+        let devices = f["devices"].as_array().map(|d| d.len()).unwrap_or(0);
+        assert!(devices >= 3, "{host}: weft.vx and two container veths: {f}");
+        for k in kinds {
+            assert!(
+                f["counters"][k].as_u64().unwrap_or(0) > 0,
+                "{host}: no {k} packets: {f}"
+            );
+        }
+    }
+}
+
 fn agent(lab: &Lab, host: &str, action: &str) {
     weft_ok(&["lab", "agent", "--name", &lab.name, host, action]);
 }
@@ -275,6 +327,19 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
     assert!(!routes.is_empty());
     assert!(routes.iter().all(|(_, m, _)| m == "route"), "{routes:?}");
     nat_to_outside(&lab, &pods, &www, "172.30.0.250");
+    // Route mode: containers' packets leave by the fast path; packets between the two
+    // containers of a host go straight into the other one.
+    fast_path_carried(&lab, 3, &["egress", "peer"]);
+    assert_eq!(
+        forward_hook_sees(&lab, &pods[0], &pods[2]),
+        0,
+        "h1/c1 -> h2/c1 went through FORWARD"
+    );
+    assert_eq!(
+        forward_hook_sees(&lab, &pods[0], &pods[1]),
+        0,
+        "h1/c1 -> h1/c2 went through FORWARD"
+    );
 
     // A long-lived TCP connection h1/cli -> h2/srv: the client's nc reads from a FIFO this
     // test writes to, the server's nc writes what it receives to its log. A line sent
@@ -434,6 +499,15 @@ fn subnets_mix_direct_routes_and_vxlan_per_peer() {
         "{d}"
     );
     nat_to_outside(&lab, &pods, &www, "172.30.1.250");
+    // Towards h3 and h4 through weft.vx, and decapsulated packets go straight into the
+    // containers there.
+    fast_path_carried(&lab, 4, &["egress", "peer"]);
+    let h3 = pods.iter().find(|p| p.host == "h3").unwrap();
+    assert_eq!(
+        forward_hook_sees(&lab, &pods[0], h3),
+        0,
+        "h1/c1 -> h3/c1 went through FORWARD"
+    );
 }
 
 #[test]
@@ -469,9 +543,18 @@ fn partial_relays_through_the_middle_host_in_vxlan_mode_too() {
             hops.contains(&"172.30.0.3") && hops.last() == Some(&h4.ip.as_str()),
             "{mode}: traceroute from h1/c1 to h4/c1 must pass the relay h3: {trace}"
         );
+        fast_path_carried(&lab, 4, &["egress", "peer"]);
         if mode == "vxlan" {
             let s = status(&lab, "h1");
             assert_eq!(s["dataplane"]["pod_mtu"], 1450, "{s}");
+            // The relay's packets come in and go out on weft.vx: the program leaves
+            // them to the stack, which forwards them (and counts down their TTL).
+            let s = status(&lab, "h3");
+            let pass = s["dataplane"]["fast_path"]["counters"]["pass"].as_u64();
+            assert!(
+                pass.unwrap_or(0) > 0,
+                "h3 relayed no packet by the stack: {s}"
+            );
         }
         if nat == "on" {
             nat_to_outside(&lab, &pods, &www, "172.30.0.250");
@@ -479,4 +562,29 @@ fn partial_relays_through_the_middle_host_in_vxlan_mode_too() {
             no_nat(&lab, &pods, &www, "172.30.0.250");
         }
     }
+}
+
+#[test]
+fn without_the_fast_path_the_stack_forwards_the_same_traffic() {
+    if !root_or_skip("dataplane fast path off") {
+        return;
+    }
+    let lab = Lab::up_args("dpo", 2, "mesh", &["--fast-path", "off"]);
+    let www = www(&lab);
+    let pods = pods(&lab, 2, &www);
+    all_reach_all(&lab, &pods);
+    for h in ["h1", "h2"] {
+        let s = status(&lab, h);
+        let f = &s["dataplane"]["fast_path"];
+        assert_eq!(f["state"], "off", "{h}: {f}");
+        assert_eq!(
+            f["devices"].as_array().map(|d| d.len()),
+            Some(0),
+            "{h}: {f}"
+        );
+    }
+    // The same probe that sees nothing with the fast path sees every packet without it.
+    assert_eq!(forward_hook_sees(&lab, &pods[0], &pods[2]), 3);
+    assert_eq!(forward_hook_sees(&lab, &pods[0], &pods[1]), 3);
+    nat_to_outside(&lab, &pods, &www, "172.30.0.250");
 }

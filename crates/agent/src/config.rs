@@ -69,6 +69,9 @@ pub struct DataplaneConfig {
     pub mode: Option<weft_dataplane::Mode>,
     /// Outbound NAT of pod traffic to addresses outside the pools.
     pub nat: bool,
+    /// Forward pod-to-pod IPv4 packets with the BPF fast path (weft-fastpath) when the
+    /// kernel allows it; the kernel's stack carries them otherwise.
+    pub fast_path: bool,
     /// VXLAN UDP port.
     pub vxlan_port: u16,
     /// VXLAN network identifier.
@@ -118,6 +121,8 @@ pub struct RawConfig {
     pub mode: Option<String>,
     /// Outbound NAT: on or off.
     pub nat: Option<bool>,
+    /// The BPF fast path for pod-to-pod traffic: on or off.
+    pub fast_path: Option<bool>,
     /// VXLAN UDP port.
     pub vxlan_port: Option<u64>,
     /// VXLAN network identifier.
@@ -157,7 +162,7 @@ impl RawConfig {
                 .to_string();
             err(
                 &field,
-                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs",
+                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId",
                 msg,
             )
         })
@@ -187,6 +192,7 @@ impl RawConfig {
             ipam_request_timeout_ms,
             mode,
             nat,
+            fast_path,
             vxlan_port,
             vxlan_id
         );
@@ -320,6 +326,7 @@ fn dataplane_config(r: &RawConfig) -> Result<DataplaneConfig, ConfigError> {
     Ok(DataplaneConfig {
         mode,
         nat: r.nat.unwrap_or(true),
+        fast_path: r.fast_path.unwrap_or(true),
         vxlan_port: vxlan_port as u16,
         vxlan_id: vxlan_id as u32,
     })

@@ -115,6 +115,8 @@ pub struct DataplaneReport {
     pub conflicts: Vec<String>,
     /// The last error, if the kernel does not match the plan.
     pub error: Option<String>,
+    /// The BPF fast path for pod-to-pod traffic.
+    pub fast_path: crate::FastReport,
 }
 
 /// One route of the data plane.
@@ -591,6 +593,7 @@ impl Agent {
             skipped,
             conflicts: self.dp.conflicts.iter().map(|c| c.to_string()).collect(),
             error: self.dp.error.clone(),
+            fast_path: self.fast_report(),
         }
     }
 }

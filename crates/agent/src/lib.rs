@@ -12,6 +12,7 @@ mod cluster_ipam;
 pub mod config;
 mod conn;
 mod dataplane;
+mod fast;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -27,6 +28,7 @@ use weft_wire::{ClusterKey, Identity};
 
 pub use config::{AgentConfig, ConfigError, RawConfig};
 pub use dataplane::{DataplaneReport, RouteReport};
+pub use fast::FastReport;
 
 /// Keys of the records every node publishes.
 pub const NAME_KEY: &str = "name";
@@ -123,6 +125,7 @@ struct Agent {
     ipam_state_logged: Option<String>,
     /// The kernel data plane.
     dp: dataplane::Dataplane,
+    fast: fast::Fast,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -197,6 +200,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         names: BTreeMap::new(),
         ipam_state_logged: None,
         dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
+        fast: fast::Fast::default(),
         cfg,
     };
     log(format!(
@@ -330,6 +334,9 @@ impl Agent {
         self.remember_names();
         self.ipam_tick();
         self.dp_tick();
+        if self.cfg.dataplane.mode.is_some() {
+            self.fast_tick();
+        }
     }
 
     /// Adds the advertised addresses of known, not gone, unconnected nodes to the dial table.

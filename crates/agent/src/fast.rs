@@ -1,0 +1,169 @@
+//! The fast path in the agent: loads weft's BPF program once (`weft_fastpath`), tells it
+//! the IPv4 pools, and keeps it attached to exactly weft's own devices: the host-side veth
+//! of every weft container (alias `weft:NET:CONTAINER:IF`, set by the plugin) and
+//! `weft.vx`. Containers come and go between ticks, so the links are compared with the
+//! kernel's on every tick. The links are file descriptors of this process: an agent that
+//! stops leaves nothing attached, and its containers' traffic takes the kernel's stack
+//! until it is back. Design: docs/dataplane.md, "Fast path".
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use weft_fastpath::{Counters, Device, FastPath};
+use weft_netlink::{Link, Netlink};
+
+use crate::dataplane::{VXLAN_ALIAS, VXLAN_DEV};
+use crate::{log, Agent};
+
+/// The fast path's state in the owner task.
+#[derive(Default)]
+pub(crate) struct Fast {
+    path: Option<FastPath>,
+    /// Why the program is not loaded (then it is not tried again), or the last failure
+    /// to attach it somewhere.
+    error: Option<String>,
+}
+
+/// `GET /status` part: the fast path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FastReport {
+    /// `on` (loaded), `off` (by config) or `unavailable` (the kernel refused it; see error).
+    pub state: String,
+    /// The devices the program is attached to.
+    pub devices: Vec<String>,
+    /// Packets it handled since the agent started.
+    pub counters: Counters,
+    pub error: Option<String>,
+}
+
+/// A link weft created: a container's host-side veth, or the VXLAN device.
+fn own_device(l: &Link) -> Option<Device> {
+    let alias = l.alias.as_deref()?;
+    let pod = l.kind.as_deref() == Some("veth")
+        && alias
+            .strip_prefix("weft:")
+            .is_some_and(|rest| rest.split(':').count() == 3);
+    let vx = l.name == VXLAN_DEV && alias == VXLAN_ALIAS;
+    (pod || vx).then(|| Device {
+        ifindex: l.index,
+        name: l.name.clone(),
+        pod,
+    })
+}
+
+impl Agent {
+    /// Called on every tick when the data plane is on.
+    pub(crate) fn fast_tick(&mut self) {
+        if !self.cfg.dataplane.fast_path {
+            return;
+        }
+        if self.fast.path.is_none() {
+            if self.fast.error.is_some() {
+                return;
+            }
+            let pools: Vec<ipnet::Ipv4Net> = self
+                .cfg
+                .ipam
+                .space
+                .pools
+                .iter()
+                .filter_map(|p| match p {
+                    ipnet::IpNet::V4(n) => Some(*n),
+                    ipnet::IpNet::V6(_) => None,
+                })
+                .collect();
+            match FastPath::load().and_then(|mut f| f.set_pools(&pools).map(|()| f)) {
+                Ok(f) => {
+                    log("fast path: loaded");
+                    self.fast.path = Some(f);
+                }
+                Err(e) => {
+                    log(format!("{e}; container traffic takes the kernel's stack"));
+                    self.fast.error = Some(e);
+                    return;
+                }
+            }
+        }
+        let links = match Netlink::open().and_then(|mut n| n.links()) {
+            Ok(l) => l,
+            Err(e) => return self.set_fast_error(Some(format!("fast path: listing links: {e}"))),
+        };
+        let want: BTreeSet<Device> = links.iter().filter_map(own_device).collect();
+        let f = self.fast.path.as_mut().expect("loaded above");
+        f.retain(|d| want.contains(d));
+        let mut failed = None;
+        for d in want {
+            if let Err(e) = f.attach(d) {
+                failed = Some(e);
+            }
+        }
+        self.set_fast_error(failed);
+    }
+
+    fn set_fast_error(&mut self, e: Option<String>) {
+        if e != self.fast.error {
+            if let Some(e) = &e {
+                log(e.clone());
+            }
+            self.fast.error = e;
+        }
+    }
+
+    pub(crate) fn fast_report(&self) -> FastReport {
+        let state = match (&self.fast.path, self.cfg.dataplane.fast_path) {
+            (Some(_), _) => "on",
+            (None, false) => "off",
+            (None, true) if self.fast.error.is_some() => "unavailable",
+            (None, true) => "starting",
+        };
+        FastReport {
+            state: state.into(),
+            devices: self
+                .fast
+                .path
+                .iter()
+                .flat_map(|f| f.devices().map(|d| d.name.clone()))
+                .collect(),
+            counters: self
+                .fast
+                .path
+                .as_ref()
+                .map(|f| f.counters())
+                .unwrap_or_default(),
+            error: self.fast.error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, kind: &str, alias: Option<&str>) -> Link {
+        Link {
+            index: 7,
+            name: name.into(),
+            mtu: 1500,
+            mac: None,
+            up: true,
+            kind: Some(kind.into()),
+            link: None,
+            alias: alias.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn only_weft_container_veths_and_weft_vx_are_its_own() {
+        let pod = own_device(&link("weft1a2b", "veth", Some("weft:net:abc:eth0"))).unwrap();
+        assert!(pod.pod);
+        let vx = own_device(&link(VXLAN_DEV, "vxlan", Some(VXLAN_ALIAS))).unwrap();
+        assert!(!vx.pod);
+        // Someone else's veth, a weft name without weft's alias, another alias shape,
+        // a VXLAN device called weft.vx that weft did not mark.
+        assert!(own_device(&link("veth0", "veth", None)).is_none());
+        assert!(own_device(&link("weft1a2b", "veth", Some("cni:abc"))).is_none());
+        assert!(own_device(&link("weft1a2b", "veth", Some("weft:abc"))).is_none());
+        assert!(own_device(&link("weft1a2b", "bridge", Some("weft:n:c:eth0"))).is_none());
+        assert!(own_device(&link(VXLAN_DEV, "vxlan", Some("mine"))).is_none());
+    }
+}
