@@ -67,17 +67,19 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo "via the other host's underlay address; hand VXLAN: the same kind of pods at MTU 1450, the"
   echo "host-to-host hop through a hand-made VXLAN device (id 99, \`nolearning\`, a static flood entry"
   echo "towards the other host). weft: a lab whose agents run with \`--mode route\` (resp."
-  echo "\`--mode vxlan\`) and the default \`--nat on\` (the anchors have no NAT), one container per"
-  echo "host attached by weft's CNI plugin; the \"NAT off\" rows are the same with \`--nat off\`."
+  echo "\`--mode vxlan\`) and the defaults \`--nat on\` (the anchors have no NAT) and \`--fast-path on\`,"
+  echo "one container per host attached by weft's CNI plugin; the \"NAT off\" rows are the same with"
+  echo "\`--nat off\`, the \"no fast path\" rows with \`--fast-path off\` (the kernel's stack forwards)."
   echo "Targets: weft route / hand routes throughput ≥ 0.95 and latency at most 15 µs above it; the"
   echo "same for weft VXLAN / hand VXLAN."
   echo
   echo "$dataplane"
   echo
   echo "A ping's round trip in these VMs swings by ±30 µs from round to round (idle wake-ups),"
-  echo "hence seven rounds; the pinned request/response figure is the steady one. The gap between"
-  echo "weft's rows with and without NAT is the price of connection tracking, which a NAT table"
-  echo "turns on for the whole host; weft exempts pod-to-pod and VXLAN packets from tracking, so"
-  echo "what is left is the hooks themselves (docs/dataplane.md, \"Outbound NAT\")."
+  echo "hence seven rounds; the pinned request/response figure is the steady one. A NAT table turns"
+  echo "on connection-tracking hooks for the whole host; weft exempts pod-to-pod and VXLAN packets"
+  echo "from tracking, and its fast path (a tc BPF program on its own devices) forwards pod-to-pod"
+  echo "packets past the host's stack and those hooks. In route mode the receiving host's underlay"
+  echo "interface is not weft's, so there packets still take the stack (docs/dataplane.md, \"Fast path\")."
 } > docs/benchmarks.md
 cat docs/benchmarks.md

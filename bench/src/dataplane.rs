@@ -11,8 +11,9 @@
 //!   device made by hand on each host with a static flood entry towards the other;
 //! - weft route mode and weft VXLAN mode: a lab whose agents run with `--mode route`
 //!   (resp. `vxlan`), one container per host attached by weft's CNI plugin; each once
-//!   with the default outbound NAT (the rows the targets are about) and once with
-//!   `--nat off`, which shows what the NAT table's connection-tracking hooks cost.
+//!   with the defaults, outbound NAT and the fast path (the rows the targets are about),
+//!   once with `--nat off`, which shows what the NAT table's connection-tracking hooks
+//!   cost, and once with `--fast-path off`, which shows what the BPF fast path gains.
 //!
 //! The anchors live in one lab made without agents (`weft lab up --no-agents`); each weft
 //! row gets a lab of its own. All labs are up together and the measurements of all paths
@@ -848,18 +849,22 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
     up?;
     let mut paths = hand_paths(&labs[0])?;
 
-    // weft with its default outbound NAT (the targets), and without: the difference is
-    // the price of the NAT table's connection-tracking hooks, not of weft's paths.
-    for (mode, nat, suffix, label) in [
-        ("route", "on", "r", "weft route mode"),
-        ("route", "off", "rn", "weft route mode, NAT off"),
-        ("vxlan", "on", "v", "weft VXLAN mode"),
-        ("vxlan", "off", "vn", "weft VXLAN mode, NAT off"),
+    // weft as it runs by default, with outbound NAT and the fast path (the targets); without
+    // NAT (the price of the NAT table's connection-tracking hooks, not of weft's paths);
+    // and without the fast path (what the BPF program gains over the kernel's stack).
+    for (mode, nat, fast, suffix, label) in [
+        ("route", "on", "on", "r", "weft route mode"),
+        ("route", "off", "on", "rn", "weft route mode, NAT off"),
+        ("route", "on", "off", "rs", "weft route mode, no fast path"),
+        ("vxlan", "on", "on", "v", "weft VXLAN mode"),
+        ("vxlan", "off", "on", "vn", "weft VXLAN mode, NAT off"),
+        ("vxlan", "on", "off", "vs", "weft VXLAN mode, no fast path"),
     ] {
         check_interrupted()?;
         let name = format!("{}{suffix}", o.lab);
-        eprintln!("dataplane: weft lab {name} (--mode {mode} --nat {nat})");
-        let (lab, up) = Lab::up(&o.weft, &name, &["--mode", mode, "--nat", nat]);
+        eprintln!("dataplane: weft lab {name} (--mode {mode} --nat {nat} --fast-path {fast})");
+        let args = ["--mode", mode, "--nat", nat, "--fast-path", fast];
+        let (lab, up) = Lab::up(&o.weft, &name, &args);
         let res = up.and_then(|()| weft_path(&lab, mode, Duration::from_secs(o.ready_secs)));
         labs.push(lab);
         let row = match res {
@@ -877,9 +882,11 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
         "hand routes",
         "weft route mode",
         "weft route mode, NAT off",
+        "weft route mode, no fast path",
         "hand VXLAN",
         "weft VXLAN mode",
         "weft VXLAN mode, NAT off",
+        "weft VXLAN mode, no fast path",
     ];
     paths.sort_by_key(|p| order.iter().position(|l| *l == p.label));
     eprintln!("dataplane: set up in {:.0} s", t0.elapsed().as_secs_f64());
@@ -1060,6 +1067,16 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
             "weft VXLAN mode, NAT off",
             "hand VXLAN",
             "weft VXLAN (NAT off)",
+        ),
+        (
+            "weft route mode, no fast path",
+            "hand routes",
+            "weft route (no fast path)",
+        ),
+        (
+            "weft VXLAN mode, no fast path",
+            "hand VXLAN",
+            "weft VXLAN (no fast path)",
         ),
     ] {
         let (Some(w), Some(h)) = (get(weft), get(hand)) else {

@@ -66,8 +66,8 @@ enum Cmd {
         /// The weft binary (a release build).
         #[arg(long, default_value = "target/release/weft")]
         weft: PathBuf,
-        /// Lab name of the anchors (1 to 10 of a-z0-9); the weft labs are NAMEr, NAMErn, NAMEv
-        /// and NAMEvn (route and VXLAN mode, with and without NAT).
+        /// Lab name of the anchors (1 to 10 of a-z0-9); the weft labs are NAMEr, NAMErn, NAMErs,
+        /// NAMEv, NAMEvn and NAMEvs (route and VXLAN mode: defaults, NAT off, fast path off).
         #[arg(long, default_value = "bdp")]
         lab: String,
         /// Rounds; every path is measured once per round and the median is reported.
