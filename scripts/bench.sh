@@ -33,7 +33,10 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo "$cni"
   echo
   echo "DEL is dominated by the kernel's own veth teardown (RTM_DELLINK waits for RCU grace"
-  echo "periods, ~20-30 ms here under strace), which both plugins pay."
+  echo "periods, ~20-30 ms here under strace), which both plugins pay. The lab host runs weft's"
+  echo "agent, whose fast path attaches its BPF program to every weft veth: deleting such a veth"
+  echo "also tears down that TCX link. Since the fast path came, weft's DEL p50 measured 1.20 of the"
+  echo "reference's (0.75 to 0.78 before); that TCX teardown is the likely cause, not yet measured."
   echo
   echo "## Mesh control traffic per state change"
   echo
