@@ -33,6 +33,7 @@ pub struct FastReport {
     pub devices: Vec<String>,
     /// Packets it handled since the agent started.
     pub counters: Counters,
+    /// Why it is unavailable, or the last device it could not be attached to.
     pub error: Option<String>,
 }
 
@@ -52,9 +53,9 @@ fn own_device(l: &Link) -> Option<Device> {
 }
 
 impl Agent {
-    /// Called on every tick when the data plane is on.
+    /// Called on every tick; works only when the data plane and the fast path are on.
     pub(crate) fn fast_tick(&mut self) {
-        if !self.cfg.dataplane.fast_path {
+        if self.cfg.dataplane.mode.is_none() || !self.cfg.dataplane.fast_path {
             return;
         }
         if self.fast.path.is_none() {

@@ -334,9 +334,7 @@ impl Agent {
         self.remember_names();
         self.ipam_tick();
         self.dp_tick();
-        if self.cfg.dataplane.mode.is_some() {
-            self.fast_tick();
-        }
+        self.fast_tick();
     }
 
     /// Adds the advertised addresses of known, not gone, unconnected nodes to the dial table.
