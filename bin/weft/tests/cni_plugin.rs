@@ -12,9 +12,13 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 /// Everything a failed or undone call could leave on a host: its links, routes,
-/// neighbours and the allocation file.
+/// neighbours and the allocation file, once the kernel has settled (carriers, IPv6
+/// link-local addresses, duplicate address detection): the kernel adds a link-local
+/// address and its `local` route on its own time, which is not the plugin's doing.
 fn host_state(lab: &Lab, host: &str) -> String {
     let ns = lab.host_ns(host);
+    weft_lab::settle::wait_settled(&ns, std::time::Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     let links = stdout_of("ip", &["-n", &ns, "-o", "link", "show"]);
     let routes = stdout_of("ip", &["-n", &ns, "route", "show", "table", "all"]);
     let neigh = stdout_of("ip", &["-n", &ns, "neigh", "show", "nud", "permanent"]);

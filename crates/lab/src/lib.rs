@@ -14,6 +14,7 @@
 pub mod agents;
 pub mod plan;
 mod runtime;
+pub mod settle;
 pub mod sys;
 
 use std::fs;
@@ -267,6 +268,11 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
 
     for ns in plan.namespaces() {
         sys::netns_add(&ns)?;
+        // The lab plans every address, so duplicate address detection only delays them
+        // (a second per address): new links of lab namespaces skip it.
+        for key in ["all", "default"] {
+            sys::netns_sysctl(&ns, &format!("net.ipv6.conf.{key}.accept_dad"), "0")?;
+        }
     }
     for sw in &plan.switches {
         sys::ip_batch(
@@ -318,9 +324,18 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
         save(&state)?;
         started?;
     }
+    // Whoever uses the lab next (a test comparing state, a ping) sees the kernel's final
+    // state: carriers, link-local addresses, no tentative address.
+    for ns in plan.namespaces() {
+        settle::wait_settled(&ns, SETTLE_LIMIT)?;
+    }
     state.complete = true;
     save(&state)
 }
+
+/// How long `up` waits for a namespace's links to settle (the kernel's link watcher
+/// batches carrier changes by up to a second; duplicate address detection is off).
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
 /// The conflist every lab host uses by default: weft alone, with cluster addresses from the
 /// host's agent (`cluster`), else from the host's own range.

@@ -143,6 +143,16 @@ pub fn netns_sysctl(ns: &str, key: &str, value: &str) -> Result<(), LabError> {
         .map_err(|e| LabError::new(format!("set {key} in {ns}: {e}")))
 }
 
+/// Reads a sysctl inside a network namespace.
+pub fn netns_sysctl_read(ns: &str, key: &str) -> Result<String, LabError> {
+    let file = weft_netlink::open_netns(Path::new(&netns_path(ns)))
+        .map_err(|e| LabError::new(e.to_string()))?;
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    weft_netlink::in_netns(&file, || fs::read_to_string(&path))
+        .map_err(|e| LabError::new(e.to_string()))?
+        .map_err(|e| LabError::new(format!("read {key} in {ns}: {e}")))
+}
+
 /// An exclusive advisory lock on a file, released on drop.
 pub struct Lock(#[allow(dead_code)] File);
 
