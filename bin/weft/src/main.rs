@@ -164,7 +164,9 @@ enum LabCmd {
         json: bool,
     },
     /// Run a command on a lab host (HOST), in a container (HOST/CONTAINER), or in `out`, the
-    /// namespace standing in for the world outside the cluster (reached through NAT).
+    /// namespace standing in for the world outside the cluster (reached through NAT). On a
+    /// host, `weft ...` talks to that host's agent (WEFT_SOCKET is set) and is the lab's
+    /// own weft binary.
     Exec {
         /// Lab name; may be left out when one lab exists.
         #[arg(long)]
@@ -386,9 +388,20 @@ fn lab(cmd: LabCmd) -> Res {
             let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
             let state = weft_lab::load(&name).map_err(e)?;
             let ns = weft_lab::target_netns(&state, &target).map_err(e)?;
-            let status = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns])
-                .args(&cmd)
+            let mut command = std::process::Command::new("ip");
+            command.args(["netns", "exec", &ns]).args(&cmd);
+            if state.plan.host(&target).is_some() {
+                // `weft ...` run on a lab host talks to that host's agent, and finds the
+                // lab's own weft binary first.
+                command.env("WEFT_SOCKET", weft_lab::agent_socket(&name, &target));
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let mut dirs = vec![weft_lab::cni_bin_dir(&name)];
+                dirs.extend(std::env::split_paths(&path));
+                if let Ok(joined) = std::env::join_paths(dirs) {
+                    command.env("PATH", joined);
+                }
+            }
+            let status = command
                 .status()
                 .map_err(|err| format!("run ip netns exec: {err}"))?;
             return Ok(ExitCode::from(

@@ -175,6 +175,17 @@ fn five_hosts_in_a_mesh_all_see_each_other_up() {
             "lab status says {h}'s agent is not running"
         );
     }
+    // `weft` run on a lab host finds that host's agent without --socket.
+    for (i, h) in hosts(5).iter().enumerate() {
+        let (ok, out) = lab.exec(h, &["weft", "status", "--json"]);
+        assert!(ok, "weft status on {h}: {out}");
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(
+            id_of(&v),
+            ids[i],
+            "weft status on {h} answered for another node"
+        );
+    }
     // The secret every agent shares is the lab's, readable by root only.
     let meta = std::fs::metadata("/run/weft-lab/mmesh/secret").expect("secret");
     assert_eq!(
