@@ -240,12 +240,13 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     let f = &d.fast_path;
     match f.state.as_str() {
         "on" => println!(
-            "fast path: on, {} devices; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}",
+            "fast path: on, {} devices; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}, left to conntrack (translated connections) {}",
             f.devices.len(),
             f.counters.egress,
             f.counters.peer,
             f.counters.neigh,
-            f.counters.pass
+            f.counters.pass,
+            f.counters.stateful
         ),
         state => println!("fast path: {state}"),
     }

@@ -24,8 +24,6 @@ use crate::{log, Agent, ADDR_KEY};
 pub const VXLAN_DEV: &str = "weft.vx";
 /// The VXLAN device's alias: weft's mark of ownership.
 pub const VXLAN_ALIAS: &str = "weft:vxlan";
-/// The nftables table (in the `ip` and `ip6` families).
-pub const NFT_TABLE: &str = "weft";
 /// Even with no change seen, the kernel is compared with the plan this often (an
 /// administrator may have removed a weft route by hand).
 const RESYNC: Duration = Duration::from_secs(30);
@@ -168,42 +166,6 @@ fn key(r: &nl::Route) -> RouteKey {
     (r.dst, r.gateway, r.oif, r.mtu)
 }
 
-/// The `weft` nftables tables for `pools` (one per family that has pools): outbound NAT,
-/// and with it a `notrack` exemption so that traffic between pods and weft's own VXLAN
-/// packets never pay for the connection tracking that a NAT table turns on for the whole
-/// namespace; only traffic that leaves the pools is tracked and translated. Without `nat`,
-/// or with no pools of a family, that family's table is deleted: weft then turns on no
-/// tracking, so it has nothing to exempt (the raw chains alone measured +1 µs per
-/// request/response on the VXLAN path) and leaves others' tracking as they set it.
-fn nat_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
-    let mut s = String::new();
-    for (fam, v6) in [("ip", false), ("ip6", true)] {
-        // Declaring then deleting makes the replace atomic and works when it is absent.
-        s.push_str(&format!(
-            "table {fam} {NFT_TABLE}\ndelete table {fam} {NFT_TABLE}\n"
-        ));
-        let nets: Vec<String> = pools
-            .iter()
-            .filter(|p| p.addr().is_ipv6() == v6)
-            .map(|p| p.to_string())
-            .collect();
-        if nets.is_empty() || !nat {
-            continue;
-        }
-        let set = nets.join(", ");
-        let untracked = format!(
-            "    {fam} saddr {{ {set} }} {fam} daddr {{ {set} }} notrack\n    udp dport {vxlan_port} notrack\n"
-        );
-        let masquerade = format!(
-            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {fam} saddr {{ {set} }} {fam} daddr != {{ {set} }} masquerade\n  }}\n"
-        );
-        s.push_str(&format!(
-            "table {fam} {NFT_TABLE} {{\n  comment \"weft: outbound NAT of container traffic, none between containers\"\n  chain raw_prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n{untracked}  }}\n  chain raw_output {{\n    type filter hook output priority raw; policy accept;\n{untracked}  }}\n{masquerade}}}\n"
-        ));
-    }
-    s
-}
-
 fn run_nft(script: &str) -> Result<(), String> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")
@@ -245,6 +207,13 @@ fn find_underlay(nlh: &mut Netlink, ip: IpAddr) -> Result<(u32, String, u32, IpN
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("link #{index} vanished"))?;
     Ok((index, link.name, link.mtu, net))
+}
+
+impl Dataplane {
+    /// The underlay interface's name, once found.
+    pub(crate) fn underlay_if(&self) -> Option<&str> {
+        self.local.as_ref().map(|l| l.underlay_if.as_str())
+    }
 }
 
 impl Agent {
@@ -474,7 +443,7 @@ impl Agent {
         }
 
         // NAT.
-        let script = nat_script(
+        let script = weft_dataplane::stateful::nft_script(
             &self.cfg.ipam.space.pools,
             self.dp.cfg.nat,
             self.dp.cfg.vxlan_port,
@@ -603,28 +572,5 @@ fn already_gone(res: nl::Result<()>) -> Result<(), String> {
     match res {
         Err(e) if !e.is_not_found() => Err(e.to_string()),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nat_covers_each_family_with_pools_and_deletes_the_rest() {
-        let pools: Vec<IpNet> = vec!["10.32.0.0/12".parse().unwrap()];
-        let s = nat_script(&pools, true, 6784);
-        assert!(s.contains("ip saddr { 10.32.0.0/12 } ip daddr != { 10.32.0.0/12 } masquerade"));
-        assert!(s.contains("ip saddr { 10.32.0.0/12 } ip daddr { 10.32.0.0/12 } notrack"));
-        assert!(s.contains("udp dport 6784 notrack"));
-        assert!(s.contains("delete table ip6 weft"));
-        assert!(!s.contains("ip6 saddr"));
-        let off = nat_script(&pools, false, 6784);
-        assert!(!off.contains("masquerade"));
-        assert!(
-            !off.contains("notrack") && !off.contains("hook"),
-            "without NAT weft turns on no tracking and installs no chain: {off}"
-        );
-        assert!(off.contains("delete table ip weft") && off.contains("delete table ip6 weft"));
     }
 }

@@ -7,6 +7,7 @@
 //! until it is back. Design: docs/dataplane.md, "Fast path".
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use weft_fastpath::{Counters, Device, FastPath};
@@ -22,6 +23,26 @@ pub(crate) struct Fast {
     /// Why the program is not loaded (then it is not tried again), or the last failure
     /// to attach it somewhere.
     error: Option<String>,
+    /// When the translated connections were last read from conntrack into the program.
+    refreshed: Option<Instant>,
+}
+
+/// How often the translated connections' client sockets are entered again, so that the
+/// program's LRU map keeps those of idle connections.
+const TRANSLATED_REFRESH: Duration = Duration::from_secs(30);
+
+/// Where the host namespace's connection tracking table is (absent while nothing in the
+/// namespace uses conntrack: then nothing is translated).
+const CONNTRACK: &str = "/proc/net/nf_conntrack";
+
+/// Tells the program the client sockets of every translated connection conntrack has.
+fn remember_translated(f: &mut FastPath, pools: &[ipnet::IpNet]) -> Result<(), String> {
+    let text = match std::fs::read_to_string(CONNTRACK) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("fast path: read {CONNTRACK}: {e}")),
+    };
+    f.remember(&weft_dataplane::stateful::translated_clients(&text, pools))
 }
 
 /// `GET /status` part: the fast path.
@@ -90,11 +111,40 @@ impl Agent {
             Err(e) => return self.set_fast_error(Some(format!("fast path: listing links: {e}"))),
         };
         let want: BTreeSet<Device> = links.iter().filter_map(own_device).collect();
+        let uplinks: Vec<u32> = self
+            .dp
+            .underlay_if()
+            .and_then(|name| links.iter().find(|l| l.name == name))
+            .map(|l| vec![l.index])
+            .unwrap_or_default();
+        let refresh_due = self
+            .fast
+            .refreshed
+            .map_or(true, |t| t.elapsed() >= TRANSLATED_REFRESH);
+        let pools = self.cfg.ipam.space.pools.clone();
         let f = self.fast.path.as_mut().expect("loaded above");
         f.retain(|d| want.contains(d));
-        let mut failed = None;
-        for d in want {
-            if let Err(e) = f.attach(d) {
+        let mut failed = f.set_uplinks(&uplinks).err();
+        let have: BTreeSet<Device> = f.devices().cloned().collect();
+        let mut new = Vec::new();
+        for d in want.difference(&have) {
+            // Attached first: from now on the program learns the container's outbound
+            // sockets itself, but forwards nothing from or to it yet.
+            match f.attach(d.clone()) {
+                Ok(()) => new.push(d.clone()),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if refresh_due || new.iter().any(|d| d.pod) {
+            // Then the translated connections it opened before (conntrack knows them),
+            // then it is enabled (docs/dataplane.md, "Connections that others translate").
+            if let Err(e) = remember_translated(f, &pools) {
+                failed = Some(e);
+            }
+            self.fast.refreshed = Some(Instant::now());
+        }
+        for d in &new {
+            if let Err(e) = f.enable(d) {
                 failed = Some(e);
             }
         }

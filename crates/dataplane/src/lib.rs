@@ -13,6 +13,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use weft_mesh::NodeId;
 
+pub mod stateful;
+
 /// VXLAN over an IPv4 underlay costs 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner
 /// Ethernet 14); over IPv6, 70.
 pub fn vxlan_overhead(underlay: IpAddr) -> u32 {

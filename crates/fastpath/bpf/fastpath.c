@@ -5,7 +5,10 @@
 // namespace), so it skips the host namespace's IP stack and netfilter hooks. Anything
 // else, and anything the program is not sure about, goes on to the stack unchanged
 // (TC_ACT_OK): the fast path is an acceleration, never needed for correctness.
-// Design: docs/dataplane.md, "Fast path".
+// A second entry point runs at egress of container veths (`weft_egress`). Both keep the
+// replies of connections that someone else translated (Services, hostPorts) on the stack,
+// where conntrack translates them back: docs/dataplane.md, "Connections that others
+// translate". Design: docs/dataplane.md, "Fast path".
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -24,9 +27,20 @@ static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *)BPF_FUNC_redir
 static long (*bpf_redirect_peer)(__u32 ifindex, __u64 flags) = (void *)BPF_FUNC_redirect_peer;
 static long (*bpf_redirect_neigh)(__u32 ifindex, void *params, int plen,
                                   __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
+                                   __u64 flags) = (void *)BPF_FUNC_map_update_elem;
 
 #define AF_INET 2
 #define htons(x) __builtin_bswap16(x)
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_SCTP 132
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+// The packet mark bit weft's netfilter `forward` rule sets on a translated packet that
+// goes to a pod (`TRANSLATED_MARK` in crates/dataplane).
+#define TRANSLATED_MARK 0x01000000
 
 struct lpm_v4 {
     __u32 prefixlen;
@@ -43,16 +57,42 @@ struct {
     __uint(map_flags, BPF_F_NO_PREALLOC);
 } pools SEC(".maps");
 
-// The ifindex of every host-side container veth the agent attached the program to.
+// What each device the program may forward between is (by ifindex): a host-side container
+// veth the agent attached the program to and enabled (DEV_POD), or a device packets may be
+// sent out of (DEV_UPLINK: weft.vx, the underlay). A device not listed is left to the
+// stack: a new container's veth is listed only after the agent has told the program its
+// translated connections.
+#define DEV_POD 1
+#define DEV_UPLINK 2
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 65536);
     __type(key, __u32);
     __type(value, __u8);
-} pods SEC(".maps");
+} devs SEC(".maps");
+
+// A socket: an address (IPv4 in the first four bytes, network order), a port (network
+// order) and an IP protocol. `SockKey` in src/lib.rs has the same layout.
+struct sock_key {
+    __u32 addr[4];
+    __u16 port;
+    __u8 proto;
+    __u8 family;
+};
+
+// Client sockets of connections that may be translated by someone else: every socket from
+// which a pod sent to an address outside the pools (at ingress), and the source socket of
+// every packet the stack delivered into a container with weft's translated mark (at
+// egress). A packet to one of them takes the stack.
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct sock_key);
+    __type(value, __u8);
+} translated SEC(".maps");
 
 // Packet counters, per CPU (the indexes are those of `Counter` in src/lib.rs).
-enum { C_EGRESS, C_PEER, C_NEIGH, C_PASS, C_MAX };
+enum { C_EGRESS, C_PEER, C_NEIGH, C_PASS, C_STATEFUL, C_MAX };
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, C_MAX);
@@ -73,9 +113,56 @@ static __attribute__((always_inline)) int in_pools(__u32 addr)
     return bpf_map_lookup_elem(&pools, &k) != 0;
 }
 
-static __attribute__((always_inline)) int is_pod(__u32 ifindex)
+static __attribute__((always_inline)) __u8 dev_kind(__u32 ifindex)
 {
-    return bpf_map_lookup_elem(&pods, &ifindex) != 0;
+    __u8 *v = bpf_map_lookup_elem(&devs, &ifindex);
+    return v ? *v : 0;
+}
+
+static __attribute__((always_inline)) int has_ports(__u8 proto)
+{
+    return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+// The socket at one end of an IPv4 packet without options (TCP, UDP and SCTP all start
+// with the source and destination ports); 0 when the packet has none.
+static __attribute__((always_inline)) int socket_of(struct iphdr *ip, void *end, int dst,
+                                                     struct sock_key *k)
+{
+    __u16 *ports = (void *)(ip + 1);
+    if (!has_ports(ip->protocol) || (ip->frag_off & htons(IP_OFFSET)) ||
+        (void *)(ports + 2) > end)
+        return 0;
+    k->addr[0] = dst ? ip->daddr : ip->saddr;
+    k->port = dst ? ports[1] : ports[0];
+    k->proto = ip->protocol;
+    k->family = 4;
+    return 1;
+}
+
+static __attribute__((always_inline)) void remember_source(struct iphdr *ip, void *end)
+{
+    struct sock_key k = {};
+    __u8 one = 1;
+    if (socket_of(ip, end, 0, &k))
+        bpf_map_update_elem(&translated, &k, &one, BPF_ANY);
+}
+
+// A packet between pool addresses that must take the stack because conntrack has to see
+// it: a reply to a client socket of a translated connection, an ICMP error (its quoted
+// header may need translating), a fragment (no ports to look at).
+static __attribute__((always_inline)) int stateful(struct iphdr *ip, void *end)
+{
+    if (ip->frag_off & htons(IP_MF | IP_OFFSET))
+        return 1;
+    if (ip->protocol == IPPROTO_ICMP) {
+        __u8 *type = (void *)(ip + 1);
+        if ((void *)(type + 1) > end)
+            return 1;
+        return *type == 3 || *type == 11 || *type == 12;
+    }
+    struct sock_key k = {};
+    return socket_of(ip, end, 1, &k) && bpf_map_lookup_elem(&translated, &k) != 0;
 }
 
 SEC("classifier")
@@ -88,11 +175,24 @@ int weft_fast(struct __sk_buff *skb)
 
     if ((void *)(ip + 1) > end || eth->h_proto != htons(ETH_P_IP))
         return TC_ACT_OK;
-    // Options, and the last hop before a TTL runs out, are the stack's: it answers them.
-    if (ip->ihl != 5 || ip->ttl <= 1)
+    // Options are the stack's.
+    if (ip->ihl != 5)
         return TC_ACT_OK;
-    if (!in_pools(ip->saddr) || !in_pools(ip->daddr))
+    if (!in_pools(ip->saddr))
         return TC_ACT_OK;
+    if (!in_pools(ip->daddr)) {
+        // Leaving the pools, perhaps to a Service address or a hostPort someone will
+        // translate: its replies will come back to this socket.
+        remember_source(ip, end);
+        return TC_ACT_OK;
+    }
+    // The last hop before a TTL runs out is the stack's: it answers it.
+    if (ip->ttl <= 1)
+        return TC_ACT_OK;
+    if (stateful(ip, end)) {
+        count(C_STATEFUL);
+        return TC_ACT_OK;
+    }
 
     __u32 in = skb->ingress_ifindex;
     struct bpf_fib_lookup fib = {};
@@ -109,10 +209,12 @@ int weft_fast(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     __u32 out = fib.ifindex;
-    int to_pod = is_pod(out);
-    // Only a container's own traffic, or traffic for a container of this host: a relay
-    // (weft.vx in, weft.vx out) and anything else is left to the stack.
-    if (out == in || (!to_pod && !is_pod(in))) {
+    __u8 out_kind = dev_kind(out);
+    int to_pod = out_kind == DEV_POD;
+    // Only a container's own traffic out of an uplink, or traffic for a container of this
+    // host: a relay (weft.vx in, weft.vx out), a device not (yet) enabled, and anything
+    // else is left to the stack.
+    if (out == in || !out_kind || (!to_pod && dev_kind(in) != DEV_POD)) {
         count(C_PASS);
         return TC_ACT_OK;
     }
@@ -137,6 +239,26 @@ int weft_fast(struct __sk_buff *skb)
     }
     count(C_EGRESS);
     return bpf_redirect(out, 0);
+}
+
+// At egress of a container veth: a packet the stack delivers into the container. One that
+// weft's netfilter rule marked as translated (a hostPort's DNAT on this host, say) makes
+// its source socket one whose packets take the stack, so the container's replies are
+// translated back.
+SEC("classifier")
+int weft_egress(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *ip = data + sizeof(*eth);
+
+    if (!(skb->mark & TRANSLATED_MARK))
+        return TC_ACT_OK;
+    if ((void *)(ip + 1) > end || eth->h_proto != htons(ETH_P_IP) || ip->ihl != 5)
+        return TC_ACT_OK;
+    remember_source(ip, end);
+    return TC_ACT_OK;
 }
 
 // The helpers used are GPL-only; this file is offered under GPL-2.0 as well (see above).

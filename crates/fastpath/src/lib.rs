@@ -4,13 +4,18 @@
 //! container, and `weft.vx`. A packet from a pool address to a pool address is forwarded
 //! by a FIB lookup straight to its egress device, or into the destination container's
 //! namespace, so it skips the host namespace's IP stack and its netfilter hooks; anything
-//! else goes on to the stack unchanged. The agent owns one [`FastPath`]: the program is
+//! else goes on to the stack unchanged. Replies to connections that someone else
+//! translated (Services, hostPorts) take the stack too: the program remembers their client
+//! sockets in its `translated` map (at ingress, every socket that sent outside the pools;
+//! at egress of container veths, a second program, the sources of packets weft's
+//! netfilter rule marked as translated). The agent owns one [`FastPath`]: the programs are
 //! loaded once, attached with TCX links that are file descriptors of this process (so an
 //! agent that exits leaves nothing attached and traffic falls back to the stack), and
-//! told the pools and the container veths through two maps. Design: docs/dataplane.md,
-//! "Fast path".
+//! told the pools and the devices through maps. Design: docs/dataplane.md, "Fast path"
+//! and "Connections that others translate".
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuArray};
@@ -22,7 +27,12 @@ use serde::{Deserialize, Serialize};
 
 /// The compiled program (an ELF object for the kernel's BPF target).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.o"));
-const PROGRAM: &str = "weft_fast";
+const INGRESS: &str = "weft_fast";
+const EGRESS: &str = "weft_egress";
+
+/// Values of the `devs` map: what a device is to the program.
+const DEV_POD: u8 = 1;
+const DEV_UPLINK: u8 = 2;
 
 /// Packets the program handled, summed over CPUs since it was loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +45,10 @@ pub struct Counters {
     pub neigh: u64,
     /// Between pool addresses but left to the stack (no route, a relay, ...).
     pub pass: u64,
+    /// Between pool addresses but left to the stack because conntrack must see them:
+    /// replies to a translated connection's client socket, ICMP errors, fragments.
+    #[serde(default)]
+    pub stateful: u64,
 }
 
 /// A device the program is attached to.
@@ -46,13 +60,53 @@ pub struct Device {
     pub pod: bool,
 }
 
-/// The loaded program, its maps and its links.
+/// A socket as the program keys it (`struct sock_key` in fastpath.c): the address in
+/// network order (IPv4 in the first four bytes), the port in network order, the protocol.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SockKey {
+    addr: [u8; 16],
+    port: [u8; 2],
+    proto: u8,
+    family: u8,
+}
+
+// SAFETY: SockKey is `repr(C)`, made of byte arrays and bytes only (20 bytes, alignment 1,
+// no padding), so every bit pattern is a valid value and it can be copied to the kernel
+// as raw bytes.
+unsafe impl aya::Pod for SockKey {}
+
+impl SockKey {
+    fn new(addr: IpAddr, proto: u8, port: u16) -> SockKey {
+        let mut a = [0u8; 16];
+        let family = match addr {
+            IpAddr::V4(v4) => {
+                a[..4].copy_from_slice(&v4.octets());
+                4
+            }
+            IpAddr::V6(v6) => {
+                a.copy_from_slice(&v6.octets());
+                6
+            }
+        };
+        SockKey {
+            addr: a,
+            port: port.to_be_bytes(),
+            proto,
+            family,
+        }
+    }
+}
+
+/// The loaded programs, their maps and their links.
 pub struct FastPath {
     bpf: Ebpf,
     pools: LpmTrie<MapData, u32, u8>,
-    pods: HashMap<MapData, u32, u8>,
+    devs: HashMap<MapData, u32, u8>,
+    translated: HashMap<MapData, SockKey, u8>,
     counters: PerCpuArray<MapData, u64>,
-    links: BTreeMap<Device, SchedClassifierLinkId>,
+    links: BTreeMap<Device, Vec<SchedClassifierLinkId>>,
+    uplinks: BTreeSet<u32>,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
@@ -60,7 +114,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 }
 
 impl FastPath {
-    /// Loads the program into the kernel (needs CAP_BPF and CAP_NET_ADMIN; kernel 6.6 or
+    /// Loads the programs into the kernel (needs CAP_BPF and CAP_NET_ADMIN; kernel 6.6 or
     /// newer for TCX links).
     pub fn load() -> Result<FastPath, String> {
         let mut bpf = Ebpf::load(OBJECT).map_err(|e| err("loading the program", e))?;
@@ -69,26 +123,33 @@ impl FastPath {
                 .ok_or_else(|| err("the object lacks a map", name))
         };
         let pools = LpmTrie::try_from(take("pools")?).map_err(|e| err("pools", e))?;
-        let pods = HashMap::try_from(take("pods")?).map_err(|e| err("pods", e))?;
+        let devs = HashMap::try_from(take("devs")?).map_err(|e| err("devs", e))?;
+        let translated =
+            HashMap::try_from(take("translated")?).map_err(|e| err("translated", e))?;
         let counters = PerCpuArray::try_from(take("counters")?).map_err(|e| err("counters", e))?;
-        let prog: &mut SchedClassifier = bpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| err("the object lacks its program", PROGRAM))?
-            .try_into()
-            .map_err(|e| err("program type", e))?;
-        prog.load().map_err(|e| err("the verifier refused it", e))?;
+        for name in [INGRESS, EGRESS] {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| err("the object lacks its program", name))?
+                .try_into()
+                .map_err(|e| err("program type", e))?;
+            prog.load()
+                .map_err(|e| err(&format!("the verifier refused {name}"), e))?;
+        }
         Ok(FastPath {
             bpf,
             pools,
-            pods,
+            devs,
+            translated,
             counters,
             links: BTreeMap::new(),
+            uplinks: BTreeSet::new(),
         })
     }
 
-    fn prog(&mut self) -> &mut SchedClassifier {
+    fn prog(&mut self, name: &str) -> &mut SchedClassifier {
         self.bpf
-            .program_mut(PROGRAM)
+            .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .expect("checked at load")
     }
@@ -125,30 +186,69 @@ impl FastPath {
         Ok(())
     }
 
+    /// Makes `ifindexes` the devices (besides `weft.vx`) the program may send packets out
+    /// of: the underlay interface. It is only named in a map, never attached to.
+    pub fn set_uplinks(&mut self, ifindexes: &[u32]) -> Result<(), String> {
+        let want: BTreeSet<u32> = ifindexes.iter().copied().collect();
+        for gone in self.uplinks.difference(&want) {
+            let _ = self.devs.remove(gone);
+        }
+        for i in &want {
+            self.devs
+                .insert(i, DEV_UPLINK, 0)
+                .map_err(|e| err("adding the underlay", e))?;
+        }
+        self.uplinks = want;
+        Ok(())
+    }
+
     /// Attaches the program at ingress of `dev` (by name, resolved in this process's
-    /// namespace), unless it is attached already.
+    /// namespace), and at egress of a container veth, unless it is attached already.
+    /// Until [`FastPath::enable`], the program only learns from the device's packets:
+    /// it forwards none from or to it.
     pub fn attach(&mut self, dev: Device) -> Result<(), String> {
         if self.links.contains_key(&dev) {
             return Ok(());
         }
-        if dev.pod {
-            self.pods
-                .insert(dev.ifindex, 1, 0)
-                .map_err(|e| err("adding a container veth", e))?;
-        }
         let name = dev.name.clone();
-        match self.prog().attach(&name, TcAttachType::Ingress) {
-            Ok(id) => {
-                self.links.insert(dev, id);
-                Ok(())
-            }
-            Err(e) => {
-                if dev.pod {
-                    let _ = self.pods.remove(&dev.ifindex);
+        let mut ids = Vec::new();
+        let mut hooks = vec![(INGRESS, TcAttachType::Ingress)];
+        if dev.pod {
+            hooks.push((EGRESS, TcAttachType::Egress));
+        }
+        for (prog, hook) in hooks {
+            match self.prog(prog).attach(&name, hook) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for id in ids {
+                        let _ = self.prog(INGRESS).detach(id);
+                    }
+                    return Err(err(&format!("attaching to {name}"), e));
                 }
-                Err(err(&format!("attaching to {name}"), e))
             }
         }
+        self.links.insert(dev, ids);
+        Ok(())
+    }
+
+    /// Lets the program forward packets from and to an attached device: a container veth
+    /// (into which it delivers) or `weft.vx` (out of which it sends).
+    pub fn enable(&mut self, dev: &Device) -> Result<(), String> {
+        let v = if dev.pod { DEV_POD } else { DEV_UPLINK };
+        self.devs
+            .insert(dev.ifindex, v, 0)
+            .map_err(|e| err(&format!("enabling {}", dev.name), e))
+    }
+
+    /// Adds client sockets of translated connections (address, IP protocol, port), whose
+    /// replies take the stack.
+    pub fn remember(&mut self, sockets: &[(IpAddr, u8, u16)]) -> Result<(), String> {
+        for &(a, proto, port) in sockets {
+            self.translated
+                .insert(SockKey::new(a, proto, port), 1, 0)
+                .map_err(|e| err("remembering a translated socket", e))?;
+        }
+        Ok(())
     }
 
     /// Detaches from every device for which `keep` is false (devices that are gone: the
@@ -156,11 +256,19 @@ impl FastPath {
     pub fn retain(&mut self, keep: impl Fn(&Device) -> bool) {
         let gone: Vec<Device> = self.links.keys().filter(|d| !keep(d)).cloned().collect();
         for d in gone {
-            if let Some(id) = self.links.remove(&d) {
-                let _ = self.prog().detach(id);
+            if let Some(ids) = self.links.remove(&d) {
+                let mut ids = ids.into_iter();
+                if let Some(i) = ids.next() {
+                    let _ = self.prog(INGRESS).detach(i);
+                }
+                for e in ids {
+                    let _ = self.prog(EGRESS).detach(e);
+                }
             }
-            if d.pod && !self.links.keys().any(|o| o.pod && o.ifindex == d.ifindex) {
-                let _ = self.pods.remove(&d.ifindex);
+            let reused = self.links.keys().any(|o| o.ifindex == d.ifindex)
+                || self.uplinks.contains(&d.ifindex);
+            if !reused {
+                let _ = self.devs.remove(&d.ifindex);
             }
         }
     }
@@ -183,6 +291,26 @@ impl FastPath {
             peer: sum(1),
             neigh: sum(2),
             pass: sum(3),
+            stateful: sum(4),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_keys_have_the_programs_layout() {
+        assert_eq!(std::mem::size_of::<SockKey>(), 20);
+        let k = SockKey::new("10.32.0.2".parse().unwrap(), 6, 80);
+        assert_eq!(&k.addr[..4], &[10, 32, 0, 2]);
+        assert!(k.addr[4..].iter().all(|b| *b == 0));
+        assert_eq!(k.port, [0, 80]);
+        assert_eq!((k.proto, k.family), (6, 4));
+        let k6 = SockKey::new("fd32::1".parse().unwrap(), 17, 0x1234);
+        assert_eq!(k6.addr[0], 0xfd);
+        assert_eq!(k6.port, [0x12, 0x34]);
+        assert_eq!(k6.family, 6);
     }
 }

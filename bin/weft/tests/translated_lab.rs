@@ -1,0 +1,349 @@
+//! Connections that others translate, on weft's paths with the defaults (NAT and the fast
+//! path on) and without them, in route and VXLAN mode: a Service address DNAT'd on the
+//! client's host by rules written as kube-proxy's nftables mode and its iptables mode
+//! (iptables-nft) write them, to a backend on another host and on the client's own host;
+//! a hostPort (the reference `portmap` plugin) on another host and on the client's own
+//! host; a long-lived connection through a Service that keeps its replies across an agent
+//! restart; and plain pod-to-pod traffic that still takes the fast path.
+//! Design: docs/dataplane.md, "Connections that others translate".
+
+mod common;
+use common::*;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// `weft lab run HOST NAME [--conflist F] -- CMD`: the container's address.
+fn run(lab: &Lab, host: &str, name: &str, conflist: Option<&str>, cmd: &[&str]) -> String {
+    let mut args = vec!["lab", "run", "--name", &lab.name];
+    if let Some(c) = conflist {
+        args.extend(["--conflist", c]);
+    }
+    args.extend([host, name, "--"]);
+    args.extend_from_slice(cmd);
+    let out = weft_ok(&args);
+    out.split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A TCP server in a container that answers every connection with `word`.
+fn server(lab: &Lab, host: &str, name: &str, conflist: Option<&str>, word: &str) -> String {
+    run(
+        lab,
+        host,
+        name,
+        conflist,
+        &["busybox", "nc", "-ll", "-p", "80", "-e", "echo", word],
+    )
+}
+
+/// What `nc ADDR PORT` from container `from` reads, trying for a while (the agents may
+/// still be settling their routes).
+fn fetch(lab: &Lab, from: &str, addr: &str, port: &str, want: &str) -> String {
+    let mut got = String::new();
+    for _ in 0..30 {
+        got = lab.exec(from, &["busybox", "nc", "-w", "2", addr, port]).1;
+        if got.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    got
+}
+
+/// kube-proxy's nftables mode, reduced to what matters here: its own `ip kube-proxy`
+/// table, a verdict map from (address, protocol, port) to a service chain, a service
+/// chain picking an endpoint chain, endpoint chains that mark hairpin traffic for
+/// masquerade and DNAT, and masquerading of marked packets.
+fn kube_proxy_nftables(services: &[(&str, &str)]) -> String {
+    let mut elements = Vec::new();
+    let mut chains = String::new();
+    for (i, (vip, backend)) in services.iter().enumerate() {
+        elements.push(format!("{vip} . tcp . 80 : goto service-{i}"));
+        chains.push_str(&format!(
+            "  chain service-{i} {{\n    ip daddr {vip} tcp dport 80 ip saddr != 10.32.0.0/12 jump mark-for-masquerade\n    numgen random mod 1 vmap {{ 0 : goto endpoint-{i} }}\n  }}\n  chain endpoint-{i} {{\n    ip saddr {backend} jump mark-for-masquerade\n    meta l4proto tcp dnat to {backend}:80\n  }}\n"
+        ));
+    }
+    format!(
+        "table ip kube-proxy {{\n  map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}\n  chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }}\n  chain nat-output {{\n    type nat hook output priority -100; policy accept;\n    jump services\n  }}\n  chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    jump masquerading\n  }}\n  chain services {{\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }}\n  chain mark-for-masquerade {{\n    meta mark set meta mark | 0x4000\n  }}\n  chain masquerading {{\n    meta mark & 0x4000 == 0 return\n    meta mark set meta mark ^ 0x4000\n    masquerade fully-random\n  }}\n{chains}}}\n",
+        elements.join(", ")
+    )
+}
+
+/// kube-proxy's iptables mode (through iptables-nft), as `iptables-save` shows it.
+fn kube_proxy_iptables(services: &[(&str, &str)]) -> String {
+    let mut decl = String::new();
+    let mut rules = String::new();
+    for (i, (vip, backend)) in services.iter().enumerate() {
+        decl.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n:KUBE-SEP-{i} - [0:0]\n"));
+        rules.push_str(&format!(
+            "-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"default/s{i} cluster IP\" -m tcp --dport 80 -j KUBE-SVC-{i}\n\
+             -A KUBE-SVC-{i} ! -s 10.32.0.0/12 -d {vip}/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ\n\
+             -A KUBE-SVC-{i} -m statistic --mode random --probability 1.00000000000 -j KUBE-SEP-{i}\n\
+             -A KUBE-SEP-{i} -s {backend}/32 -j KUBE-MARK-MASQ\n\
+             -A KUBE-SEP-{i} -p tcp -m tcp -j DNAT --to-destination {backend}:80\n"
+        ));
+    }
+    format!(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n{decl}\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+         -A KUBE-POSTROUTING -j MASQUERADE --random-fully\n{rules}COMMIT\n"
+    )
+}
+
+fn host_sh(lab: &Lab, host: &str, script: &str) {
+    let (ok, out) = lab.exec(host, &["sh", "-c", script]);
+    assert!(ok, "{host}: {script}: {out}");
+}
+
+fn fast_counters(lab: &Lab, host: &str) -> Value {
+    let out = weft_ok(&[
+        "status",
+        "--socket",
+        &format!("/run/weft-lab/{}/{host}/weft.sock", lab.name),
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["dataplane"]["fast_path"].clone()
+}
+
+/// A conflist with weft (cluster IPAM from the host's agent) and portmap publishing
+/// host port 8080 to the container's port 80.
+fn hostport_conflist(lab: &Lab, host: &str) -> String {
+    let path = format!("/run/weft-lab/{}/{host}-hostport.conflist", lab.name);
+    let conf = json!({
+        // Debian's reference plugins speak up to 1.0.0.
+        "cniVersion": "1.0.0",
+        "name": "weft",
+        "plugins": [
+            {"type": "weft",
+             "agentSocket": format!("/run/weft-lab/{}/{host}/weft.sock", lab.name),
+             "dataDir": lab.data_dir(host)},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true,
+             "runtimeConfig": {"portMappings": [
+                 {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+        ]
+    });
+    std::fs::write(&path, conf.to_string()).unwrap();
+    path
+}
+
+fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
+    let lab = Lab::up_args(name, 2, "mesh", extra);
+    let what = extra.join(" ");
+    let b = server(&lab, "h2", "b", None, "from-b");
+    let c = server(&lab, "h1", "c", None, "from-c");
+    let p = server(
+        &lab,
+        "h2",
+        "p",
+        Some(&hostport_conflist(&lab, "h2")),
+        "from-p",
+    );
+    let pool: ipnet::Ipv4Net = "10.32.0.0/12".parse().unwrap();
+    assert!(
+        pool.contains(&p.parse::<std::net::Ipv4Addr>().unwrap()),
+        "{p}"
+    );
+    let a = run(&lab, "h1", "a", None, &[]);
+    run(&lab, "h2", "d", None, &[]);
+
+    // Plain pod-to-pod traffic first: it works, and (with the fast path) takes it.
+    assert!(
+        fetch(&lab, "h1/a", &b, "80", "from-b").contains("from-b"),
+        "{what}: a -> b directly"
+    );
+
+    // Services on h1, as kube-proxy writes them: to a backend on h2 and one on h1.
+    let nft = kube_proxy_nftables(&[("10.96.0.10", &b), ("10.96.0.12", &c)]);
+    let file = format!("/run/weft-lab/{name}/kube-proxy.nft");
+    std::fs::write(&file, nft).unwrap();
+    host_sh(&lab, "h1", &format!("nft -f {file}"));
+    let ipt = kube_proxy_iptables(&[("10.96.0.11", &b), ("10.96.0.13", &c)]);
+    let file = format!("/run/weft-lab/{name}/kube-proxy.iptables");
+    std::fs::write(&file, ipt).unwrap();
+    host_sh(
+        &lab,
+        "h1",
+        &format!("iptables-nft-restore --noflush < {file}"),
+    );
+    for (vip, word, style) in [
+        ("10.96.0.10", "from-b", "nftables, backend on another host"),
+        (
+            "10.96.0.12",
+            "from-c",
+            "nftables, backend on the client's host",
+        ),
+        ("10.96.0.11", "from-b", "iptables, backend on another host"),
+        (
+            "10.96.0.13",
+            "from-c",
+            "iptables, backend on the client's host",
+        ),
+    ] {
+        let got = fetch(&lab, "h1/a", vip, "80", word);
+        assert!(
+            got.contains(word),
+            "{what}: Service {vip} ({style}): {got:?}"
+        );
+    }
+
+    // A hostPort on h2, from a pod on h1 and from a pod on h2 itself.
+    let h2 = "172.30.0.2";
+    for from in ["h1/a", "h2/d"] {
+        let got = fetch(&lab, from, h2, "8080", "from-p");
+        assert!(
+            got.contains("from-p"),
+            "{what}: hostPort from {from}: {got:?}"
+        );
+    }
+
+    // The same hostPort from a pod whose host does not masquerade it (a NAT binding of
+    // the test's own, to the pod's own address, before weft's masquerade), so h2 sees the
+    // pod's address: the reply is translated back on h2 (weft's forward rule, the fast
+    // path's egress program) or it would reach a with p's address.
+    if extra.iter().all(|x| *x != "off") {
+        host_sh(
+            &lab,
+            "h1",
+            &format!(
+                "nft add table ip nomasq && \
+                 nft add chain ip nomasq post '{{ type nat hook postrouting priority 50; }}' && \
+                 nft add rule ip nomasq post ip saddr {a} ip daddr {h2} snat to {a}"
+            ),
+        );
+        let got = fetch(&lab, "h1/a", h2, "8080", "from-p");
+        assert!(
+            got.contains("from-p"),
+            "{what}: hostPort from an unmasqueraded pod of h1: {got:?}"
+        );
+        let (_, seen) = lab.exec("h2", &["nft", "list", "set", "ip", "weft", "translated"]);
+        assert!(
+            seen.contains(&a),
+            "{what}: h2 did not learn a's socket: {seen}"
+        );
+    }
+
+    if fast_path {
+        let f = fast_counters(&lab, "h1");
+        assert_eq!(f["state"], "on", "{what}: {f}");
+        // The replies of the translated connections were left to conntrack by the map.
+        assert!(
+            f["counters"]["stateful"].as_u64().unwrap_or(0) > 0,
+            "{what}: no reply was left to conntrack: {f}"
+        );
+        // And plain pod-to-pod traffic still takes the fast path.
+        let sent = f["counters"]["egress"].as_u64().unwrap_or(0)
+            + f["counters"]["peer"].as_u64().unwrap_or(0);
+        assert!(sent > 0, "{what}: the fast path forwarded nothing: {f}");
+    }
+
+    if restart {
+        long_connection_survives_an_agent_restart(&lab, &what);
+    }
+}
+
+/// A connection from h1/a through a Service to h2, with data from the backend (the
+/// translated direction) before and after h1's agent restarts.
+fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
+    let dir = format!("/run/weft-lab/{}", lab.name);
+    let fifo = format!("{dir}/long.fifo");
+    let (ok, t) = sh("mkfifo", &[&fifo]);
+    assert!(ok, "mkfifo: {t}");
+    // The backend sends what the test writes into the fifo; the client logs it.
+    let srv = run(
+        lab,
+        "h2",
+        "srv",
+        None,
+        &["sh", "-c", &format!("exec busybox nc -l -p 7001 < {fifo}")],
+    );
+    let nft = kube_proxy_nftables(&[("10.96.0.20", &srv)])
+        .replace("tcp . 80", "tcp . 7001")
+        .replace("tcp dport 80", "tcp dport 7001")
+        .replace(&format!("{srv}:80"), &format!("{srv}:7001"))
+        .replace("table ip kube-proxy", "table ip kube-proxy-long");
+    let file = format!("{dir}/long.nft");
+    std::fs::write(&file, nft).unwrap();
+    host_sh(lab, "h1", &format!("nft -f {file}"));
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let listening = (0..100).any(|_| {
+        let (_, t) = lab.exec("h2/srv", &["ss", "-ltn"]);
+        std::thread::sleep(Duration::from_millis(100));
+        t.contains(":7001")
+    });
+    assert!(listening, "nc did not listen in h2/srv");
+    run(
+        lab,
+        "h1",
+        "cli",
+        None,
+        &["sh", "-c", "sleep 1000 | exec busybox nc 10.96.0.20 7001"],
+    );
+    let log = format!("{dir}/h1/cli.log");
+    let received = |word: &str| {
+        (0..150).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains(word))
+        })
+    };
+    use std::io::Write;
+    feed.write_all(b"before-restart\n").unwrap();
+    feed.flush().unwrap();
+    assert!(
+        received("before-restart"),
+        "{what}: the Service connection did not start: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "restart"]);
+    // The new agent's fast path is attached again before the next message is sent.
+    let back = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let f = fast_counters(lab, "h1");
+        f["state"] == "on" && f["devices"].as_array().is_some_and(|d| d.len() >= 4)
+    });
+    assert!(back, "{what}: h1's fast path did not come back");
+    feed.write_all(b"after-restart\n").unwrap();
+    feed.flush().unwrap();
+    assert!(
+        received("after-restart"),
+        "{what}: the Service connection lost its replies across the agent restart: {:?}",
+        std::fs::read_to_string(&log)
+    );
+}
+
+#[test]
+fn services_and_host_ports_work_with_the_defaults_in_route_mode() {
+    if !root_or_skip("services_and_host_ports_route") {
+        return;
+    }
+    round("tsroute", &["--mode", "route"], true, false);
+}
+
+#[test]
+fn services_and_host_ports_work_with_the_defaults_in_vxlan_mode_and_across_a_restart() {
+    if !root_or_skip("services_and_host_ports_vxlan") {
+        return;
+    }
+    round("tsvxlan", &["--mode", "vxlan"], true, true);
+}
+
+#[test]
+fn services_and_host_ports_work_without_nat_and_fast_path() {
+    if !root_or_skip("services_and_host_ports_plain") {
+        return;
+    }
+    round(
+        "tsplain",
+        &["--mode", "vxlan", "--nat", "off", "--fast-path", "off"],
+        false,
+        false,
+    );
+}

@@ -1,0 +1,251 @@
+//! What keeps connections that others translate correct (docs/dataplane.md, "Connections
+//! that others translate"): the `weft` nftables tables (outbound NAT, the `notrack`
+//! exemption of pod-to-pod traffic, and the set of client sockets whose replies must be
+//! tracked), and the client sockets of translated connections read from the kernel's
+//! connection tracking table, to seed the fast path's map after an agent start.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// The nftables table weft owns, in the `ip` and `ip6` families.
+pub const NFT_TABLE: &str = "weft";
+
+/// The packet mark bit weft's `forward` rule sets on a translated packet between pool
+/// addresses (the fast path's egress program reads it; `TRANSLATED_MARK` in fastpath.c).
+pub const TRANSLATED_MARK: u32 = 0x0100_0000;
+
+/// How long a translated client socket stays in the set without a packet of its
+/// connection's original direction.
+pub const TRANSLATED_TIMEOUT: &str = "1h";
+
+/// At most this many translated client sockets per family in the set.
+pub const TRANSLATED_SIZE: u32 = 262_144;
+
+/// The `nft -f` script that makes the `weft` tables what `pools`, `nat` and the VXLAN port
+/// say, in one transaction. With `nat`, a family that has pools gets its table: the pools
+/// as a set, masquerade of traffic leaving the pools, `notrack` of traffic between pools
+/// and of weft's VXLAN packets, except replies to client sockets of translated connections
+/// (the `translated` set, filled at `forward` from `ct status dnat`) and ICMP errors. The
+/// table is changed in place (chains flushed and refilled), never deleted and re-made, so
+/// the `translated` set survives an agent restart or a change of the pools. Without `nat`,
+/// or without pools of a family, that family's table is deleted.
+pub fn nft_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
+    let mut s = String::new();
+    for v6 in [false, true] {
+        let (fam, addr_type, icmp_errors) = if v6 {
+            (
+                "ip6",
+                "ipv6_addr",
+                "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }",
+            )
+        } else {
+            (
+                "ip",
+                "ipv4_addr",
+                "icmp type { destination-unreachable, time-exceeded, parameter-problem }",
+            )
+        };
+        let nets: Vec<String> = pools
+            .iter()
+            .filter(|p| p.addr().is_ipv6() == v6)
+            .map(|p| p.to_string())
+            .collect();
+        if nets.is_empty() || !nat {
+            // Declaring then deleting works whether or not it exists.
+            s.push_str(&format!(
+                "table {fam} {NFT_TABLE}\ndelete table {fam} {NFT_TABLE}\n"
+            ));
+            continue;
+        }
+        let t = format!("{fam} {NFT_TABLE}");
+        let chains = [
+            ("raw_prerouting", "type filter hook prerouting priority raw"),
+            ("raw_output", "type filter hook output priority raw"),
+            ("forward", "type filter hook forward priority filter"),
+            ("postrouting", "type nat hook postrouting priority srcnat"),
+        ];
+        s.push_str(&format!(
+            "table {t} {{\n  comment \"weft: outbound NAT of container traffic, none between containers\"\n  set pools {{ type {addr_type}; flags interval; }}\n  set translated {{ type {addr_type} . inet_proto . inet_service; flags dynamic, timeout; timeout {TRANSLATED_TIMEOUT}; size {TRANSLATED_SIZE}; }}\n"
+        ));
+        for (c, hook) in chains {
+            s.push_str(&format!("  chain {c} {{ {hook}; policy accept; }}\n"));
+        }
+        s.push_str("}\n");
+        s.push_str(&format!("flush set {t} pools\n"));
+        s.push_str(&format!(
+            "add element {t} pools {{ {} }}\n",
+            nets.join(", ")
+        ));
+        for (c, _) in chains {
+            s.push_str(&format!("flush chain {t} {c}\n"));
+        }
+        let between = format!("{fam} saddr @pools {fam} daddr @pools");
+        let ports = "meta l4proto { tcp, udp, sctp }";
+        for c in ["raw_prerouting", "raw_output"] {
+            for rule in [
+                // Replies to a translated connection's client socket: tracked, so
+                // conntrack translates them back.
+                format!(
+                    "{between} {ports} {fam} daddr . meta l4proto . th dport @translated return"
+                ),
+                format!("{between} {icmp_errors} return"),
+                format!("{between} notrack"),
+                format!("udp dport {vxlan_port} notrack"),
+            ] {
+                s.push_str(&format!("add rule {t} {c} {rule}\n"));
+            }
+        }
+        s.push_str(&format!(
+            "add rule {t} forward ct status dnat {between} {ports} update @translated {{ {fam} saddr . meta l4proto . th sport }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
+        ));
+        s.push_str(&format!(
+            "add rule {t} postrouting {fam} saddr @pools {fam} daddr != @pools masquerade\n"
+        ));
+    }
+    s
+}
+
+/// A client socket: address, IP protocol number, port.
+pub type Socket = (IpAddr, u8, u16);
+
+/// The client sockets of translated connections in the text of `/proc/net/nf_conntrack`:
+/// connections whose original source is in `pools` and whose reply does not come from the
+/// original destination (someone DNAT'd them), TCP, UDP or SCTP. Lines it cannot read are
+/// skipped.
+pub fn translated_clients(conntrack: &str, pools: &[IpNet]) -> Vec<Socket> {
+    let mut out = Vec::new();
+    for line in conntrack.lines() {
+        let mut words = line.split_whitespace();
+        // "ipv4 2 tcp 6 431999 ESTABLISHED src=..."
+        let proto: Option<u8> = words.nth(3).and_then(|w| w.parse().ok());
+        let Some(proto) = proto.filter(|p| [6, 17, 132].contains(p)) else {
+            continue;
+        };
+        let mut fields: Vec<(&str, &str)> = Vec::new();
+        for w in line.split_whitespace() {
+            if let Some((k, v)) = w.split_once('=') {
+                if ["src", "dst", "sport", "dport"].contains(&k) {
+                    fields.push((k, v));
+                }
+            }
+        }
+        // The original tuple's four fields, then the reply's.
+        if fields.len() < 8 {
+            continue;
+        }
+        let get = |i: usize, k: &str| (fields[i].0 == k).then_some(fields[i].1);
+        let parsed = (|| {
+            let src: IpAddr = get(0, "src")?.parse().ok()?;
+            let dst = get(1, "dst")?;
+            let sport: u16 = get(2, "sport")?.parse().ok()?;
+            let dport = get(3, "dport")?;
+            let rsrc = get(4, "src")?;
+            let rsport = get(6, "sport")?;
+            let dnat = rsrc != dst || rsport != dport;
+            Some((src, sport, dnat))
+        })();
+        if let Some((src, sport, true)) = parsed {
+            if pools.iter().any(|p| p.contains(&src)) {
+                out.push((src, proto, sport));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Vec<IpNet> {
+        vec![
+            "10.32.0.0/12".parse().unwrap(),
+            "fd32::/48".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn with_nat_each_family_gets_its_table_changed_in_place() {
+        let s = nft_script(&pools(), true, 6784);
+        for fam in ["ip", "ip6"] {
+            let t = format!("{fam} weft");
+            // Declared (merged into what exists), never deleted: the set survives.
+            assert!(s.contains(&format!("table {t} {{")), "{s}");
+            assert!(!s.contains(&format!("delete table {t}")), "{s}");
+            assert!(s.contains(&format!("flush chain {t} raw_prerouting")));
+            assert!(s.contains(&format!("flush set {t} pools")));
+        }
+        assert!(s.contains("add element ip weft pools { 10.32.0.0/12 }"));
+        assert!(s.contains("add element ip6 weft pools { fd32::/48 }"));
+        assert!(s.contains("ip saddr @pools ip daddr != @pools masquerade"));
+        assert!(s.contains("ip6 saddr @pools ip6 daddr != @pools masquerade"));
+        assert!(s.contains("udp dport 6784 notrack"));
+    }
+
+    #[test]
+    fn replies_to_translated_sockets_and_icmp_errors_are_exempt_before_notrack() {
+        let s = nft_script(&pools(), true, 6784);
+        let chain: Vec<&str> = s
+            .lines()
+            .filter(|l| l.starts_with("add rule ip weft raw_prerouting"))
+            .collect();
+        assert_eq!(chain.len(), 4, "{s}");
+        assert!(chain[0].contains("ip daddr . meta l4proto . th dport @translated return"));
+        assert!(chain[1].contains("icmp type {") && chain[1].ends_with("return"));
+        assert!(chain[2].ends_with("ip saddr @pools ip daddr @pools notrack"));
+        // The forward rule learns the client socket of every DNAT'd pod-to-pod packet
+        // and marks it for the fast path's egress program.
+        assert!(s.contains(
+            "add rule ip weft forward ct status dnat ip saddr @pools ip daddr @pools meta l4proto { tcp, udp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000"
+        ));
+        assert!(s.contains("icmpv6 type { destination-unreachable, packet-too-big"));
+    }
+
+    #[test]
+    fn without_nat_or_pools_of_a_family_its_table_is_deleted() {
+        let off = nft_script(&pools(), false, 6784);
+        assert!(off.contains("delete table ip weft") && off.contains("delete table ip6 weft"));
+        assert!(!off.contains("hook"), "{off}");
+        let v4only = nft_script(&pools()[..1], true, 6784);
+        assert!(v4only.contains("delete table ip6 weft"));
+        assert!(!v4only.contains("delete table ip weft"));
+    }
+
+    const CT: &str = "\
+ipv4     2 tcp      6 431999 ESTABLISHED src=10.32.0.2 dst=10.96.0.10 sport=40000 dport=80 src=10.32.1.5 dst=10.32.0.2 sport=80 dport=40000 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 udp      17 29 src=10.32.0.3 dst=10.96.0.53 sport=5353 dport=53 [UNREPLIED] src=10.32.1.9 dst=10.32.0.3 sport=53 dport=5353 mark=0 zone=0 use=2
+ipv4     2 tcp      6 117 TIME_WAIT src=10.32.0.2 dst=1.1.1.1 sport=41000 dport=443 src=1.1.1.1 dst=172.30.1.1 sport=443 dport=41000 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 300 ESTABLISHED src=172.30.1.2 dst=172.30.1.1 sport=50000 dport=8080 src=10.32.0.7 dst=172.30.1.2 sport=80 dport=50000 mark=0 zone=0 use=2
+ipv4     2 icmp     1 29 src=10.32.0.2 dst=10.96.0.10 type=8 code=0 id=7 src=10.32.1.5 dst=10.32.0.2 type=0 code=0 id=7 mark=0 use=1
+ipv6     10 tcp      6 431999 ESTABLISHED src=fd32::2 dst=fd96::10 sport=40001 dport=80 src=fd32:0:0:1::5 dst=fd32::2 sport=80 dport=40001 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 300 ESTABLISHED src=10.32.0.4 dst=10.32.1.4 sport=45000 dport=80 src=10.32.1.4 dst=10.32.0.4 sport=80 dport=45000 mark=0 use=1
+garbage line
+";
+
+    #[test]
+    fn translated_clients_are_dnatd_connections_from_pool_addresses() {
+        let got = translated_clients(CT, &pools());
+        assert_eq!(
+            got,
+            vec![
+                ("10.32.0.2".parse().unwrap(), 6, 40000),
+                ("10.32.0.3".parse().unwrap(), 17, 5353),
+                ("fd32::2".parse().unwrap(), 6, 40001),
+            ]
+        );
+        // Masqueraded only (to 1.1.1.1), from outside the pools (a hostPort reached by a
+        // host), ICMP, and a plain pod-to-pod connection are not translated clients.
+    }
+
+    #[test]
+    fn a_port_only_dnat_is_translated_too() {
+        let ct = "ipv4 2 tcp 6 300 ESTABLISHED src=10.32.0.2 dst=10.32.1.4 sport=1 dport=8080 src=10.32.1.4 dst=10.32.0.2 sport=80 dport=1 mark=0 use=1\n";
+        assert_eq!(
+            translated_clients(ct, &pools()),
+            vec![("10.32.0.2".parse().unwrap(), 6, 1)]
+        );
+    }
+}
