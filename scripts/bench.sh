@@ -33,10 +33,11 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo "$cni"
   echo
   echo "DEL is dominated by the kernel's own veth teardown (RTM_DELLINK waits for RCU grace"
-  echo "periods, ~20-30 ms here under strace), which both plugins pay. The lab host runs weft's"
-  echo "agent, whose fast path attaches its BPF program to every weft veth: deleting such a veth"
-  echo "also tears down that TCX link. Since the fast path came, weft's DEL p50 measured 1.20 of the"
-  echo "reference's (0.75 to 0.78 before); that TCX teardown is the likely cause, not yet measured."
+  echo "periods), which both plugins pay. The lab host runs weft's agent, whose fast path has its"
+  echo "BPF programs on every weft veth. Attached by TCX links, deleting such a veth waited one more"
+  echo "RCU grace period per direction (\`tcx_uninstall\`; RTM_DELLINK took 45-56 ms instead of 15-22 ms"
+  echo "under strace, DEL at 1.72 of the reference at p50): container veths now carry classic tc"
+  echo "filters on a \`clsact\` qdisc, which the kernel frees asynchronously."
   echo
   echo "## Mesh control traffic per state change"
   echo

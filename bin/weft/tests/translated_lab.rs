@@ -310,6 +310,23 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         f["state"] == "on" && f["devices"].as_array().is_some_and(|d| d.len() >= 4)
     });
     assert!(back, "{what}: h1's fast path did not come back");
+    // The new agent replaced the old one's tc filters on every container veth: one at
+    // each hook, its own (the old program is gone with the old agent's maps).
+    for l in weft_links(&lab.host_ns("h1")) {
+        let dev = l
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .split('@')
+            .next()
+            .unwrap();
+        for (hook, prog) in [("ingress", "weft_fast"), ("egress", "weft_egress")] {
+            let (_, f) = lab.exec("h1", &["tc", "filter", "show", "dev", dev, hook]);
+            let n = f.lines().filter(|l| l.contains(prog)).count();
+            assert_eq!(n, 1, "{what}: {dev} {hook} has {n} weft filters: {f}");
+        }
+    }
     feed.write_all(b"after-restart\n").unwrap();
     feed.flush().unwrap();
     assert!(

@@ -25,6 +25,8 @@ pub(crate) struct Fast {
     error: Option<String>,
     /// When the translated connections were last read from conntrack into the program.
     refreshed: Option<Instant>,
+    /// With the fast path off: earlier agents' filters were removed.
+    cleaned: bool,
 }
 
 /// How often the translated connections' client sockets are entered again, so that the
@@ -34,6 +36,16 @@ const TRANSLATED_REFRESH: Duration = Duration::from_secs(30);
 /// Where the host namespace's connection tracking table is (absent while nothing in the
 /// namespace uses conntrack: then nothing is translated).
 const CONNTRACK: &str = "/proc/net/nf_conntrack";
+
+/// Removes the filters an earlier agent left on container veths (it crashed, or ran with
+/// the fast path on when this one cannot or must not).
+fn remove_all_leftovers() {
+    if let Ok(links) = Netlink::open().and_then(|mut n| n.links()) {
+        for d in links.iter().filter_map(own_device).filter(|d| d.pod) {
+            weft_fastpath::remove_leftovers(&d.name);
+        }
+    }
+}
 
 /// Tells the program the client sockets of every translated connection conntrack has.
 fn remember_translated(f: &mut FastPath, pools: &[ipnet::IpNet]) -> Result<(), String> {
@@ -77,6 +89,10 @@ impl Agent {
     /// Called on every tick; works only when the data plane and the fast path are on.
     pub(crate) fn fast_tick(&mut self) {
         if self.cfg.dataplane.mode.is_none() || !self.cfg.dataplane.fast_path {
+            if !self.fast.cleaned {
+                remove_all_leftovers();
+                self.fast.cleaned = true;
+            }
             return;
         }
         if self.fast.path.is_none() {
@@ -100,6 +116,7 @@ impl Agent {
                     self.fast.path = Some(f);
                 }
                 Err(e) => {
+                    remove_all_leftovers();
                     log(format!("{e}; container traffic takes the kernel's stack"));
                     self.fast.error = Some(e);
                     return;

@@ -9,17 +9,20 @@
 //! sockets in its `translated` map (at ingress, every socket that sent outside the pools;
 //! at egress of container veths, a second program, the sources of packets weft's
 //! netfilter rule marked as translated). The agent owns one [`FastPath`]: the programs are
-//! loaded once, attached with TCX links that are file descriptors of this process (so an
-//! agent that exits leaves nothing attached and traffic falls back to the stack), and
-//! told the pools and the devices through maps. Design: docs/dataplane.md, "Fast path"
-//! and "Connections that others translate".
+//! loaded once, attached (`weft.vx` with a TCX link, a file descriptor of this process;
+//! container veths with classic tc filters, whose teardown does not slow a CNI DEL, see
+//! [`FastPath::attach`]), and told the pools and the devices through maps. Design:
+//! docs/dataplane.md, "Fast path" and "Connections that others translate".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
+use aya::programs::tc::{
+    qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLinkId, TcAttachOptions,
+    TcAttachType,
+};
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use ipnet::Ipv4Net;
@@ -29,6 +32,11 @@ use serde::{Deserialize, Serialize};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.o"));
 const INGRESS: &str = "weft_fast";
 const EGRESS: &str = "weft_egress";
+
+/// The priority and handle of weft's tc filters on container veths (119 = 0x77, weft's
+/// number, as its route protocol).
+const FILTER_PRIO: u16 = 0x77;
+const FILTER_HANDLE: u32 = 0x77;
 
 /// Values of the `devs` map: what a device is to the program.
 const DEV_POD: u8 = 1;
@@ -206,26 +214,59 @@ impl FastPath {
     /// namespace), and at egress of a container veth, unless it is attached already.
     /// Until [`FastPath::enable`], the program only learns from the device's packets:
     /// it forwards none from or to it.
+    ///
+    /// `weft.vx` gets a TCX link (this process's file descriptor). A container veth gets
+    /// classic tc filters (a `clsact` qdisc, priority and handle 0x77): the kernel tears
+    /// those down asynchronously when the veth is deleted, whereas deleting a device with
+    /// TCX links waits for an RCU grace period per direction (about 15 ms each here),
+    /// which a CNI DEL would pay. They outlive an agent that crashed; the next agent
+    /// replaces them ([`remove_leftovers`]).
     pub fn attach(&mut self, dev: Device) -> Result<(), String> {
         if self.links.contains_key(&dev) {
             return Ok(());
         }
         let name = dev.name.clone();
-        let mut ids = Vec::new();
-        let mut hooks = vec![(INGRESS, TcAttachType::Ingress)];
-        if dev.pod {
-            hooks.push((EGRESS, TcAttachType::Egress));
-        }
-        for (prog, hook) in hooks {
-            match self.prog(prog).attach(&name, hook) {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    for id in ids {
-                        let _ = self.prog(INGRESS).detach(id);
-                    }
-                    return Err(err(&format!("attaching to {name}"), e));
+        let mut ids: Vec<SchedClassifierLinkId> = Vec::new();
+        let res = if dev.pod {
+            remove_leftovers(&name);
+            match qdisc_add_clsact(&name) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    Err(err(&format!("adding the clsact qdisc to {name}"), e))
                 }
+                _ => Ok(()),
             }
+            .and_then(|()| {
+                for (prog, hook) in [
+                    (INGRESS, TcAttachType::Ingress),
+                    (EGRESS, TcAttachType::Egress),
+                ] {
+                    let opts = TcAttachOptions::Netlink(NlOptions {
+                        priority: FILTER_PRIO,
+                        handle: FILTER_HANDLE,
+                    });
+                    let id = self
+                        .prog(prog)
+                        .attach_with_options(&name, hook, opts)
+                        .map_err(|e| err(&format!("attaching to {name}"), e))?;
+                    ids.push(id);
+                }
+                Ok(())
+            })
+        } else {
+            self.prog(INGRESS)
+                .attach(&name, TcAttachType::Ingress)
+                .map(|id| ids.push(id))
+                .map_err(|e| err(&format!("attaching to {name}"), e))
+        };
+        if let Err(e) = res {
+            let mut ids = ids.into_iter();
+            if let Some(i) = ids.next() {
+                let _ = self.prog(INGRESS).detach(i);
+            }
+            for e in ids {
+                let _ = self.prog(EGRESS).detach(e);
+            }
+            return Err(e);
         }
         self.links.insert(dev, ids);
         Ok(())
@@ -293,6 +334,18 @@ impl FastPath {
             pass: sum(3),
             stateful: sum(4),
         }
+    }
+}
+
+/// Removes weft's tc filters from container veth `ifname` that an earlier agent left (one
+/// that crashed, or ran with the fast path on when this one runs with it off). Nothing to
+/// remove is no error.
+pub fn remove_leftovers(ifname: &str) {
+    for (prog, hook) in [
+        (INGRESS, TcAttachType::Ingress),
+        (EGRESS, TcAttachType::Egress),
+    ] {
+        let _ = qdisc_detach_program(ifname, hook, prog);
     }
 }
 
