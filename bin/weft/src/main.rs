@@ -144,6 +144,11 @@ enum LabCmd {
         /// [default: on].
         #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
         fast_path: Option<String>,
+        /// The agents' cluster address pools, comma-separated CIDRs [default:
+        /// 10.32.0.0/12]. With an IPv4 and an IPv6 pool (10.32.0.0/12,fd32::/48) every
+        /// container gets an address of each family.
+        #[arg(long, value_name = "CIDR,...")]
+        ipam_pools: Option<String>,
         /// Print the lab as JSON.
         #[arg(long)]
         json: bool,
@@ -322,10 +327,16 @@ fn lab(cmd: LabCmd) -> Res {
             mode,
             nat,
             fast_path,
+            ipam_pools,
             json,
         } => {
             let mut agent_args = Vec::new();
-            for (flag, value) in [("--mode", mode), ("--nat", nat), ("--fast-path", fast_path)] {
+            for (flag, value) in [
+                ("--mode", mode),
+                ("--nat", nat),
+                ("--fast-path", fast_path),
+                ("--ipam-pools", ipam_pools),
+            ] {
                 if let Some(v) = value {
                     agent_args.extend([flag.to_string(), v]);
                 }
@@ -422,10 +433,12 @@ fn lab(cmd: LabCmd) -> Res {
             if json {
                 println!("{}", serde_json::to_string_pretty(&c).expect("json"));
             } else {
-                println!(
-                    "container {host}/{container} is up at {}",
-                    c.ip.as_deref().unwrap_or("?")
-                );
+                let at = if c.ips.is_empty() {
+                    "?".to_string()
+                } else {
+                    c.ips.join(" and ")
+                };
+                println!("container {host}/{container} is up at {at}");
             }
         }
         LabCmd::Rm {

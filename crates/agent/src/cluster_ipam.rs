@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use weft_alloc::Owner;
-use weft_ipam::view::{UseRec, PREFIX};
+use weft_ipam::view::UseRec;
 use weft_ipam::{AllocError, Persist};
 use weft_mesh::{NodeId, Status};
 
@@ -84,8 +84,13 @@ fn query_owner(query: &[(String, String)]) -> Result<Owner, (u16, String)> {
     })
 }
 
-fn address_json(a: Option<IpAddr>) -> String {
-    serde_json::json!({ "address": a.map(|a| a.to_string()) }).to_string()
+/// `{"address": FIRST or null, "addresses": [ALL]}`.
+fn address_json(a: &[IpAddr]) -> String {
+    serde_json::json!({
+        "address": a.first().map(|a| a.to_string()),
+        "addresses": a.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    })
+    .to_string()
 }
 
 /// The time base of the IPAM clock after a restart: the latest time the saved state
@@ -138,7 +143,7 @@ impl Agent {
     /// must see the cluster's genesis before its first step, or it would start a cluster of
     /// its own.
     fn ipam_gate(&mut self) -> bool {
-        if self.ipam.view().genesis.is_some() || self.cfg.peers.is_empty() {
+        if self.ipam.primary().view().genesis.is_some() || self.cfg.peers.is_empty() {
             return true;
         }
         if self.conns.is_empty() {
@@ -180,16 +185,14 @@ impl Agent {
     /// Saves the IPAM state now.
     fn save_ipam(&mut self) -> Result<(), String> {
         self.ipam.take_dirty();
-        match crate::store::save_ipam(&self.cfg.data_dir, self.ipam.persist()) {
-            Ok(()) => {
-                self.ipam_unsaved = false;
-                Ok(())
-            }
-            Err(e) => {
+        for e in self.ipam.engines() {
+            if let Err(err) = crate::store::save_ipam(&self.cfg.data_dir, e.prefix(), e.persist()) {
                 self.ipam_unsaved = true;
-                Err(e.0)
+                return Err(err.0);
             }
         }
+        self.ipam_unsaved = false;
+        Ok(())
     }
 
     /// One step of the engine: merge, act, persist, publish; then retry waiting
@@ -251,7 +254,7 @@ impl Agent {
                 self.ipam_not_ready().unwrap_or_default()
             ));
         }
-        let had = self.ipam.lookup(owner).is_some();
+        let had = !self.ipam.lookup(owner).is_empty();
         match self.ipam.allocate(owner) {
             Ok(a) => {
                 if let Err(e) = self.save_ipam() {
@@ -266,7 +269,14 @@ impl Agent {
                 let mtu = self.dp.pod_mtu();
                 Attempt::Answer(
                     200,
-                    serde_json::json!({ "address": a.to_string(), "mtu": mtu }).to_string(),
+                    // `address`: the first (IPv4 when there are IPv4 pools), for clients
+                    // that know one address; `addresses`: one of every family.
+                    serde_json::json!({
+                        "address": a[0].to_string(),
+                        "addresses": a.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                        "mtu": mtu,
+                    })
+                    .to_string(),
                 )
             }
             Err(AllocError::Exhausted) => Attempt::Answer(
@@ -318,7 +328,7 @@ impl Agent {
         );
         let _ = p.reply.send((503, error_json(&msg)));
         // The engine stops asking space for it unless another request waits for it too.
-        if !self.pending.iter().any(|o| o.owner == p.owner) && self.ipam.lookup(&p.owner).is_none()
+        if !self.pending.iter().any(|o| o.owner == p.owner) && self.ipam.lookup(&p.owner).is_empty()
         {
             self.ipam.release(&p.owner);
         }
@@ -370,7 +380,7 @@ impl Agent {
                     parse_owner(body)
                 };
                 match owner {
-                    Ok(o) => (200, address_json(self.ipam.lookup(&o))),
+                    Ok(o) => (200, address_json(&self.ipam.lookup(&o))),
                     Err(e) => e,
                 }
             }
@@ -405,7 +415,7 @@ impl Agent {
             return (500, error_json(&format!("cannot save the release: {e}")));
         }
         self.ipam_step();
-        (200, address_json(freed))
+        (200, address_json(&freed))
     }
 
     fn api_gc(&mut self, body: &str) -> (u16, String) {
@@ -505,31 +515,67 @@ impl Agent {
         }
     }
 
-    fn use_of(&self, id: &NodeId) -> Option<UseRec> {
+    fn use_of(&self, e: &weft_ipam::Ipam, id: &NodeId) -> Option<UseRec> {
         if *id == self.id {
-            return self
-                .ipam
-                .view()
-                .genesis
-                .is_some()
-                .then(|| self.ipam.usage());
+            return e.view().genesis.is_some().then(|| e.usage());
         }
         let v = self
             .node
             .store()
-            .get(id, &format!("{PREFIX}use"))
+            .get(id, &format!("{}use", e.prefix()))
             .flatten()?;
         serde_json::from_slice(v).ok()
     }
 
-    /// `GET /ipam`.
+    /// `GET /ipam`: every family's engine, node by node.
     pub(crate) fn ipam_report(&self) -> IpamReport {
-        let view = self.ipam.view();
+        let mut nodes: Vec<IpamNodeReport> = Vec::new();
+        let mut used_total = 0u64;
+        let mut usable = 0u64;
+        let mut conflict = None;
+        for e in self.ipam.engines() {
+            let (ns, used) = self.ipam_nodes(e);
+            used_total += used;
+            usable = usable
+                .saturating_add(u64::try_from(e.config().space.usable_total()).unwrap_or(u64::MAX));
+            conflict = conflict.or_else(|| e.view().conflict.clone());
+            for n in ns {
+                match nodes.iter_mut().find(|m| m.id == n.id) {
+                    Some(m) => merge_node(m, n),
+                    None => nodes.push(n),
+                }
+            }
+        }
+        nodes.sort_by(|a, b| (!a.local, &a.name, &a.id).cmp(&(!b.local, &b.name, &b.id)));
+        let not_ready = self.ipam_not_ready();
         let space = &self.cfg.ipam.space;
+        IpamReport {
+            node: NodeReport {
+                id: self.id.to_string(),
+                name: self.cfg.name.clone(),
+                addr: self.cfg.advertise.to_string(),
+            },
+            pools: space.pools.iter().map(|p| p.to_string()).collect(),
+            block_v4: space.block_v4,
+            block_v6: space.block_v6,
+            init: self.cfg.ipam.init,
+            ready: not_ready.is_none(),
+            not_ready,
+            conflict,
+            nodes,
+            usable,
+            used: used_total,
+        }
+    }
+
+    /// One family's engine's view of every node, and the addresses used in it.
+    fn ipam_nodes(&self, e: &weft_ipam::Ipam) -> (Vec<IpamNodeReport>, u64) {
+        let view = e.view();
+        let space = &e.config().space;
         let store = self.node.store();
         let mut ids = view.nodes();
         ids.insert(self.id);
-        let use_key = format!("{PREFIX}use");
+        let use_key = format!("{}use", e.prefix());
         ids.extend(
             store
                 .owners()
@@ -548,8 +594,7 @@ impl Agent {
         let mut used_total = 0u64;
         for id in ids {
             let blocks: Vec<String> = if id == self.id {
-                self.ipam
-                    .held_blocks()
+                e.held_blocks()
                     .into_iter()
                     .filter(|(_, active)| *active)
                     .filter_map(|(k, _)| cidr(k))
@@ -561,7 +606,7 @@ impl Agent {
                     .filter_map(|(k, _)| cidr(*k))
                     .collect()
             };
-            let u = self.use_of(&id);
+            let u = self.use_of(e, &id);
             used_total += u.as_ref().map_or(0, |u| u.used);
             let hello = view.hello.get(&id).copied().unwrap_or(0);
             let heir = view.effective_heir(&id);
@@ -583,25 +628,7 @@ impl Agent {
                 heir_name: heir.and_then(|h| self.names.get(&h).cloned()),
             });
         }
-        nodes.sort_by(|a, b| (!a.local, &a.name, &a.id).cmp(&(!b.local, &b.name, &b.id)));
-        let not_ready = self.ipam_not_ready();
-        IpamReport {
-            node: NodeReport {
-                id: self.id.to_string(),
-                name: self.cfg.name.clone(),
-                addr: self.cfg.advertise.to_string(),
-            },
-            pools: space.pools.iter().map(|p| p.to_string()).collect(),
-            block_v4: space.block_v4,
-            block_v6: space.block_v6,
-            init: self.cfg.ipam.init,
-            ready: not_ready.is_none(),
-            not_ready,
-            conflict: view.conflict.clone(),
-            nodes,
-            usable: u64::try_from(space.usable_total()).unwrap_or(u64::MAX),
-            used: used_total,
-        }
+        (nodes, used_total)
     }
 
     /// Saves the IPAM state if it changed and was not saved (at shutdown).
@@ -615,4 +642,26 @@ impl Agent {
             }
         }
     }
+}
+
+/// A node's report of another family's engine added to its report of the first.
+fn merge_node(m: &mut IpamNodeReport, n: IpamNodeReport) {
+    let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+    m.blocks.extend(n.blocks);
+    m.held.extend(n.held);
+    m.reserve = add(m.reserve, n.reserve);
+    m.used = add(m.used, n.used);
+    m.free = add(m.free, n.free);
+    m.lent = add(m.lent, n.lent);
+    m.borrowed = add(m.borrowed, n.borrowed);
+    m.ready = match (m.ready, n.ready) {
+        (Some(a), Some(b)) => Some(a && b),
+        (a, b) => a.or(b),
+    };
+    m.removed |= n.removed;
+    m.heir = m.heir.take().or(n.heir);
+    m.heir_name = m.heir_name.take().or(n.heir_name);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use weft_dataplane::{mac_of, plan, vxlan_overhead, Local, Mode, Peer, Plan, Skip, Via};
-use weft_ipam::view::{BorrowedRec, PREFIX};
+use weft_ipam::view::BorrowedRec;
 use weft_mesh::NodeId;
 use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 
@@ -245,29 +245,34 @@ impl Agent {
     /// The plan's peers as the mesh and the IPAM see them now.
     fn dp_peers_now(&self) -> Vec<Peer> {
         let store = self.node.store();
-        let view = self.ipam.view();
-        let space = &self.cfg.ipam.space;
         let hops = self.node.next_hops();
         let mut prefixes: BTreeMap<NodeId, Vec<IpNet>> = BTreeMap::new();
-        if view.genesis.is_some() {
-            for (k, c) in &view.claims {
-                if c.active && view.holder(*k) == Some(c.holder) {
-                    if let Some(net) = space.block_net(*k) {
-                        prefixes.entry(c.holder).or_default().push(net);
+        let mut borrowed_keys = Vec::new();
+        for e in self.ipam.engines() {
+            let view = e.view();
+            let space = &e.config().space;
+            if view.genesis.is_some() {
+                for (k, c) in &view.claims {
+                    if c.active && view.holder(*k) == Some(c.holder) {
+                        if let Some(net) = space.block_net(*k) {
+                            prefixes.entry(c.holder).or_default().push(net);
+                        }
                     }
                 }
             }
+            borrowed_keys.push(format!("{}borrowed", e.prefix()));
         }
-        let borrowed_key = format!("{PREFIX}borrowed");
         let mut peers = Vec::new();
         for owner in store.owners() {
             if *owner == self.id {
                 continue;
             }
             let mut p = prefixes.remove(owner).unwrap_or_default();
-            if let Some(Some(v)) = store.get(owner, &borrowed_key) {
-                if let Ok(b) = serde_json::from_slice::<BorrowedRec>(v) {
-                    p.extend(b.in_use.into_iter().map(IpNet::from));
+            for key in &borrowed_keys {
+                if let Some(Some(v)) = store.get(owner, key) {
+                    if let Ok(b) = serde_json::from_slice::<BorrowedRec>(v) {
+                        p.extend(b.in_use.into_iter().map(IpNet::from));
+                    }
                 }
             }
             let underlay = store
@@ -325,6 +330,7 @@ impl Agent {
                         underlay_if: name,
                         underlay_mtu: mtu,
                         mode: self.dp.cfg.mode.unwrap_or_default(),
+                        ipv6_pools: self.cfg.ipam.space.pools.iter().any(|p| p.addr().is_ipv6()),
                     });
                 }
                 Err(e) => return self.dp.set_error(Some(e)),

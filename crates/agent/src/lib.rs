@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use weft_ipam::Ipam;
+use weft_ipam::Families;
 use weft_mesh::{MeshConfig, Message, Node, NodeId, Output, Status};
 use weft_wire::{ClusterKey, Identity};
 
@@ -107,8 +107,8 @@ struct Agent {
     start: Instant,
     rng: u64,
     warned_conflicts: BTreeSet<String>,
-    /// The cluster IPAM engine.
-    ipam: Ipam,
+    /// The cluster IPAM engines, one per address family of the pools.
+    ipam: Families,
     /// Added to [`Agent::now`] for the IPAM clock (monotonic across restarts).
     ipam_base: u64,
     /// The IPAM steps once it can have heard of the cluster (see `cluster_ipam`).
@@ -152,20 +152,25 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     let ident = store::load_or_create_identity(&cfg.data_dir)?;
     let id = NodeId(ident.node_id());
     let persisted = store::load_persisted(&cfg.data_dir)?;
-    let ipam_persisted = store::load_ipam(&cfg.data_dir)?;
-    if let Some(other) = ipam_persisted.as_ref().and_then(|p| p.node) {
-        if other != id {
+    let mut ipam_persisted = BTreeMap::new();
+    for prefix in [weft_ipam::view::PREFIX, weft_ipam::view::PREFIX6] {
+        let Some(p) = store::load_ipam(&cfg.data_dir, prefix)? else {
+            continue;
+        };
+        if let Some(other) = p.node.filter(|other| *other != id) {
             return Err(AgentError(format!(
                 "{} holds the address allocations of node {other}, but this agent's identity                  is node {id}: restore that node's identity, or move the file away and remove                  node {other} from the cluster (`weft rmpeer {other}` on another node)",
-                cfg.data_dir.join("ipam.json").display()
+                cfg.data_dir.join(store::ipam_file(prefix)).display()
             )));
         }
+        ipam_persisted.insert(prefix, p);
     }
     let ipam_base = ipam_persisted
-        .as_ref()
+        .values()
         .map(cluster_ipam::clock_base)
+        .max()
         .unwrap_or(0);
-    let ipam = Ipam::new(id, cfg.ipam.clone(), ipam_persisted);
+    let ipam = Families::new(id, cfg.ipam.clone(), |prefix| ipam_persisted.remove(prefix));
     let mesh_cfg = MeshConfig {
         down_after_ms: cfg.down_after_secs * 1000,
         ae_period_ms: cfg.tick_ms,

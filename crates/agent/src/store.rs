@@ -73,10 +73,24 @@ pub(crate) fn save_persisted(dir: &Path, p: &Persisted) -> Result<(), AgentError
     )
 }
 
-/// The cluster IPAM's state (`ipam.json`), if saved before. A damaged file stops the agent:
-/// starting empty would forget which addresses are in use.
-pub(crate) fn load_ipam(dir: &Path) -> Result<Option<weft_ipam::Persist>, AgentError> {
-    let path = dir.join("ipam.json");
+/// The file that keeps the state of the IPAM engine whose records start with `prefix`:
+/// `ipam.json` (IPv4, or pools of both families before dual stack), `ipam6.json` (IPv6).
+pub(crate) fn ipam_file(prefix: &str) -> &'static str {
+    if prefix == weft_ipam::view::PREFIX6 {
+        "ipam6.json"
+    } else {
+        "ipam.json"
+    }
+}
+
+/// The state of the cluster IPAM engine with record prefix `prefix` (see [`ipam_file`]), if
+/// saved before. A damaged file stops the agent: starting empty would forget which
+/// addresses are in use.
+pub(crate) fn load_ipam(
+    dir: &Path,
+    prefix: &str,
+) -> Result<Option<weft_ipam::Persist>, AgentError> {
+    let path = dir.join(ipam_file(prefix));
     match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             AgentError(format!(
@@ -91,10 +105,15 @@ pub(crate) fn load_ipam(dir: &Path) -> Result<Option<weft_ipam::Persist>, AgentE
     }
 }
 
-/// Saves the cluster IPAM's state (mode 0600, replaced atomically).
-pub(crate) fn save_ipam(dir: &Path, p: &weft_ipam::Persist) -> Result<(), AgentError> {
+/// Saves the state of the cluster IPAM engine with record prefix `prefix` (mode 0600,
+/// replaced atomically).
+pub(crate) fn save_ipam(
+    dir: &Path,
+    prefix: &str,
+    p: &weft_ipam::Persist,
+) -> Result<(), AgentError> {
     write_private(
-        &dir.join("ipam.json"),
+        &dir.join(ipam_file(prefix)),
         &serde_json::to_vec(p).expect("json"),
     )
 }
@@ -127,20 +146,23 @@ mod tests {
     #[test]
     fn ipam_state_survives_a_save_and_a_load() {
         let dir = tmpdir("ipam-roundtrip");
-        assert!(load_ipam(&dir).unwrap().is_none(), "no file: a fresh node");
+        assert!(
+            load_ipam(&dir, "ipam/").unwrap().is_none(),
+            "no file: a fresh node"
+        );
         let id = NodeId([7; 16]);
         let mut ipam = engine(id, None);
         let live = |_: &NodeId| true;
         ipam.step(&Store::new(), &live, 0);
         let owner = Owner::new("c1", "eth0");
         let a = ipam.allocate(&owner).expect("a lone init-1 node allocates");
-        save_ipam(&dir, ipam.persist()).unwrap();
+        save_ipam(&dir, "ipam/", ipam.persist()).unwrap();
         let mode = fs::metadata(dir.join("ipam.json"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let back = load_ipam(&dir).unwrap().expect("saved");
+        let back = load_ipam(&dir, "ipam/").unwrap().expect("saved");
         assert_eq!(&back, ipam.persist());
         let again = engine(id, Some(back));
         assert_eq!(again.lookup(&owner), Some(a));
@@ -151,7 +173,7 @@ mod tests {
     fn a_damaged_ipam_file_stops_the_start() {
         let dir = tmpdir("ipam-damaged");
         fs::write(dir.join("ipam.json"), b"{\"inc\": 3, \"view\": [").unwrap();
-        let e = load_ipam(&dir).unwrap_err();
+        let e = load_ipam(&dir, "ipam/").unwrap_err();
         assert!(e.0.contains("ipam.json is damaged"), "{}", e.0);
         let _ = fs::remove_dir_all(&dir);
     }

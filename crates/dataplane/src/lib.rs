@@ -48,6 +48,10 @@ pub struct Local {
     pub underlay_if: String,
     /// The underlay interface's MTU.
     pub underlay_mtu: u32,
+    /// The pools have IPv6 addresses: over an IPv4 underlay their routes need VXLAN (an
+    /// IPv6 route cannot have an IPv4 gateway), so every peer is also a VXLAN peer and
+    /// containers get the VXLAN MTU.
+    pub ipv6_pools: bool,
     /// The configured mode.
     pub mode: Mode,
 }
@@ -179,18 +183,29 @@ pub fn plan(local: &Local, peers: &[Peer]) -> Plan {
             }
             Mode::Vxlan => false,
         };
-        let (via, mtu) = if direct {
-            (Via::Direct(hop_addr), local.underlay_mtu)
-        } else {
+        // IPv6 through an IPv4 next hop: only by VXLAN.
+        let v6_over_v4 = local.ipv6_pools && hop_addr.is_ipv4();
+        let vxlan = (Via::Vxlan(vtep_of(&hop)), vx_mtu);
+        if !direct || v6_over_v4 {
             out.vxlan.insert(VxlanPeer {
                 vtep: vtep_of(&hop),
                 mac: mac_of(&hop),
                 underlay: hop_addr,
             });
-            (Via::Vxlan(vtep_of(&hop)), vx_mtu)
+            out.pod_mtu = out.pod_mtu.min(vx_mtu);
+        }
+        let (via, mtu) = if direct {
+            (Via::Direct(hop_addr), local.underlay_mtu)
+        } else {
+            vxlan
         };
         out.pod_mtu = out.pod_mtu.min(mtu);
         for dst in &p.prefixes {
+            let (via, mtu) = if dst.addr().is_ipv6() && hop_addr.is_ipv4() {
+                vxlan
+            } else {
+                (via, mtu)
+            };
             out.routes.insert(Route {
                 dst: dst.trunc(),
                 via,
@@ -248,6 +263,7 @@ mod tests {
             underlay_if: "eth0".into(),
             underlay_mtu: 1500,
             mode,
+            ipv6_pools: false,
         }
     }
 
@@ -258,6 +274,46 @@ mod tests {
             next_hop: hop.map(id),
             prefixes: blocks.iter().map(|b| net(b)).collect(),
         }
+    }
+
+    #[test]
+    fn ipv6_blocks_over_an_ipv4_underlay_go_through_vxlan_and_set_the_mtu() {
+        let mut l = local(Mode::Route, "172.30.0.1/24");
+        l.ipv6_pools = true;
+        let peers = [peer(
+            2,
+            "172.30.0.2",
+            Some(2),
+            &["10.32.1.0/26", "fd32::40/122"],
+        )];
+        let p = plan(&l, &peers);
+        let v4 = p.routes.iter().find(|r| r.dst.addr().is_ipv4()).unwrap();
+        let v6 = p.routes.iter().find(|r| r.dst.addr().is_ipv6()).unwrap();
+        assert_eq!(v4.via, Via::Direct("172.30.0.2".parse().unwrap()));
+        assert_eq!((v4.mtu, v6.mtu), (1500, 1450));
+        assert_eq!(v6.via, Via::Vxlan(vtep_of(&id(2))));
+        assert_eq!(p.vxlan.len(), 1, "the peer is a VXLAN peer for IPv6");
+        assert_eq!(p.pod_mtu, 1450, "one MTU per interface: the smaller");
+        // Before the peer holds any block, its MTU counts already.
+        let early = plan(&l, &[peer(2, "172.30.0.2", Some(2), &[])]);
+        assert_eq!(early.pod_mtu, 1450);
+        // Over an IPv6 underlay both families route directly.
+        let mut l6 = local(Mode::Route, "fd30::1/64");
+        l6.ipv6_pools = true;
+        let p6 = plan(
+            &l6,
+            &[peer(
+                2,
+                "fd30::2",
+                Some(2),
+                &["10.32.1.0/26", "fd32::40/122"],
+            )],
+        );
+        assert!(p6
+            .routes
+            .iter()
+            .all(|r| r.via == Via::Direct("fd30::2".parse().unwrap())));
+        assert_eq!(p6.pod_mtu, 1500);
     }
 
     #[test]

@@ -176,6 +176,12 @@ impl Ipam {
         }
     }
 
+    /// The prefix of this engine's mesh records: `ipam6/` for an IPv6-only space, else
+    /// `ipam/` (see [`crate::view::PREFIX6`]).
+    pub fn prefix(&self) -> &'static str {
+        self.cfg.space.record_prefix()
+    }
+
     /// This node.
     pub fn id(&self) -> NodeId {
         self.id

@@ -7,15 +7,18 @@
 //! - [`view`]: record formats and the materialized view of ownership.
 //! - [`Ipam`]: one node's engine: bootstrap, allocation, giving, lending,
 //!   reclaim, re-admission.
+//! - [`Families`]: dual stack, one engine per address family of the pools.
 
 #![warn(missing_docs)]
 
 mod engine;
+mod families;
 pub mod space;
 mod step;
 pub mod view;
 
 pub use engine::{AllocError, Ipam, IpamConfig, Liveness, Persist, Use};
+pub use families::Families;
 pub use space::Space;
 pub use step::Write;
 pub use view::View;

@@ -37,7 +37,37 @@ fn from_u128(v6: bool, x: u128) -> IpAddr {
     }
 }
 
+/// An IPv6 pool contributes at most 2^16 blocks (65,536; with /122 blocks, 4,194,304
+/// addresses), the first ones of the pool: more could never be used, and blocks are
+/// enumerated.
+pub const V6_MAX_EXP: u32 = 16;
+
 impl Space {
+    /// The prefix of the mesh records of an engine over this space: `ipam6/` when every
+    /// pool is IPv6, else `ipam/`.
+    pub fn record_prefix(&self) -> &'static str {
+        if !self.pools.is_empty() && self.pools.iter().all(|p| p.addr().is_ipv6()) {
+            crate::view::PREFIX6
+        } else {
+            crate::view::PREFIX
+        }
+    }
+
+    /// The pools of one family (IPv6 when `v6`), with the same block sizes; `None` when
+    /// there are none.
+    pub fn family(&self, v6: bool) -> Option<Space> {
+        let pools: Vec<IpNet> = self
+            .pools
+            .iter()
+            .filter(|p| p.addr().is_ipv6() == v6)
+            .copied()
+            .collect();
+        if pools.is_empty() {
+            return None;
+        }
+        Space::new(pools, self.block_v4, self.block_v6).ok()
+    }
+
     /// Validates pools and block sizes.
     pub fn new(pools: Vec<IpNet>, block_v4: u8, block_v6: u8) -> Result<Space, String> {
         if pools.is_empty() {
@@ -70,7 +100,12 @@ impl Space {
                     "/{blen} blocks hold more than {MAX_BLOCK_ADDRS} addresses"
                 ));
             }
-            let exp = u32::from(blen - p.prefix_len());
+            let mut exp = u32::from(blen - p.prefix_len());
+            if p.addr().is_ipv6() {
+                // IPv6 pools are vast (a /48 holds 2^74 /122 blocks): only the first
+                // V6_MAX_EXP bits' worth of blocks are used.
+                exp = exp.min(V6_MAX_EXP);
+            }
             if exp > 20 {
                 return Err(format!(
                     "pool {p} has more than {MAX_BLOCKS} /{blen} blocks"
@@ -101,9 +136,13 @@ impl Space {
         }
     }
 
-    /// Blocks in pool `p`.
+    /// Blocks in pool `p` (of an IPv6 pool, at most 2^[`V6_MAX_EXP`]: its first ones).
     pub fn blocks_in(&self, p: usize) -> u64 {
-        1u64 << (self.blen(p) - self.pools[p].prefix_len())
+        let mut exp = u32::from(self.blen(p) - self.pools[p].prefix_len());
+        if self.pools[p].addr().is_ipv6() {
+            exp = exp.min(V6_MAX_EXP);
+        }
+        1u64 << exp
     }
 
     /// Blocks of all pools.
@@ -139,7 +178,8 @@ impl Space {
             if pool.contains(&ip) {
                 let size_bits = u32::from(pool.max_prefix_len() - self.blen(p));
                 let off = (to_u128(ip) - to_u128(pool.network())) >> size_bits;
-                return Some(first + off as u64);
+                // Past the blocks used of a vast IPv6 pool: in no block.
+                return (off < u128::from(self.blocks_in(p))).then(|| first + off as u64);
             }
             first += self.blocks_in(p);
         }
@@ -172,8 +212,10 @@ impl Space {
     pub fn usable_total(&self) -> u128 {
         self.pools
             .iter()
-            .map(|p| {
-                let n = 1u128 << u32::from(p.max_prefix_len() - p.prefix_len());
+            .enumerate()
+            .map(|(i, p)| {
+                let block = 1u128 << u32::from(p.max_prefix_len() - self.blen(i));
+                let n = u128::from(self.blocks_in(i)) * block;
                 n - if p.addr().is_ipv4() { 2 } else { 1 }
             })
             .sum()
@@ -231,6 +273,22 @@ mod tests {
         assert_eq!(s.block_of("10.32.1.70".parse().unwrap()), Some(5));
         assert_eq!(s.block_of("10.48.0.1".parse().unwrap()), None);
         assert_eq!(s.usable_total(), (1 << 20) - 2);
+    }
+
+    #[test]
+    fn a_vast_ipv6_pool_uses_its_first_blocks() {
+        let s = sp(&["fd32::/48"], 26, 122);
+        assert_eq!(s.total_blocks(), 1 << V6_MAX_EXP);
+        assert_eq!(
+            s.block_net(0).unwrap().to_string(),
+            "fd32::/122",
+            "the first block"
+        );
+        let last = s.block_net((1 << V6_MAX_EXP) - 1).unwrap();
+        assert_eq!(last.to_string(), "fd32::3f:ffc0/122");
+        assert_eq!(s.block_of(last.network()), Some((1 << V6_MAX_EXP) - 1));
+        assert_eq!(s.block_of("fd32::40:0".parse().unwrap()), None);
+        assert_eq!(s.usable_total(), (1u128 << 22) - 1);
     }
 
     #[test]

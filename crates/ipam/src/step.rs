@@ -6,7 +6,7 @@ use weft_mesh::{NodeId, Store};
 
 use crate::engine::{Ipam, Liveness, Use, QUARANTINE_MS};
 use crate::view::{
-    AckRec, BlockRec, BorrowedRec, CfgRec, Genesis, Lend, LentRec, ReqRec, TookRec, UseRec, PREFIX,
+    AckRec, BlockRec, BorrowedRec, CfgRec, Genesis, Lend, LentRec, ReqRec, TookRec, UseRec,
 };
 
 /// A write of one of this node's records: key, and `None` to delete it.
@@ -26,7 +26,7 @@ impl Ipam {
     /// hellos and requests, reclaim, give back, borrow. Returns the writes
     /// of own records the caller must make (through the mesh node).
     pub fn step(&mut self, store: &Store, live: &dyn Liveness, now: u64) -> Vec<Write> {
-        if self.st.view.merge_store(store) {
+        if self.st.view.merge_store(store, self.prefix()) {
             self.dirty = true;
         }
         self.track_liveness(store, live, now);
@@ -39,7 +39,9 @@ impl Ipam {
                     .view
                     .taken_at(o, self.st.view.hello.get(o).copied().unwrap_or(0))
             })
-            .filter_map(|o| dec::<UseRec>(store, o, "ipam/use").map(|u| (*o, u)))
+            .filter_map(|o| {
+                dec::<UseRec>(store, o, &format!("{}use", self.prefix())).map(|u| (*o, u))
+            })
             .filter(|(_, u)| u.ready)
             .collect();
         if self.st.view.genesis.is_none() {
@@ -91,7 +93,11 @@ impl Ipam {
         let mut same: Vec<NodeId> = store
             .owners()
             .filter(|o| **o == self.id || live.is_up(o))
-            .filter(|o| **o == self.id || dec::<CfgRec>(store, o, "ipam/cfg").as_ref() == Some(&me))
+            .filter(|o| {
+                **o == self.id
+                    || dec::<CfgRec>(store, o, &format!("{}cfg", self.prefix())).as_ref()
+                        == Some(&me)
+            })
             .copied()
             .collect();
         if !same.contains(&self.id) {
@@ -109,7 +115,9 @@ impl Ipam {
             return;
         };
         let unanimous = p.iter().all(|m| {
-            *m == self.id || dec::<Vec<NodeId>>(store, m, "ipam/boot").as_ref() == Some(&p)
+            *m == self.id
+                || dec::<Vec<NodeId>>(store, m, &format!("{}boot", self.prefix())).as_ref()
+                    == Some(&p)
         });
         if unanimous {
             self.st.view.adopt(Genesis {
@@ -172,7 +180,7 @@ impl Ipam {
             self.confirmed = true;
             return;
         };
-        let key = format!("{PREFIX}ack/{}", self.id);
+        let key = format!("{}ack/{}", self.prefix(), self.id);
         if let Some(ack) = dec::<AckRec>(store, &heir, &key) {
             if ack.inc == self.st.inc {
                 if ack.removed {
@@ -247,7 +255,7 @@ impl Ipam {
                 continue;
             }
             let asked = store.owners().any(|o| {
-                dec::<u64>(store, o, &format!("{PREFIX}rm/{x}")).is_some_and(|r| r >= inc)
+                dec::<u64>(store, o, &format!("{}rm/{x}", self.prefix())).is_some_and(|r| r >= inc)
             }) || self.st.rms.get(&x).is_some_and(|r| *r >= inc);
             let timed_out = self.cfg.reclaim_after_ms > 0
                 && self
@@ -427,7 +435,7 @@ impl Ipam {
     fn serve_requests(&mut self, store: &Store) {
         let owners: Vec<NodeId> = store.owners().copied().filter(|o| *o != self.id).collect();
         for b in owners {
-            let Some(req) = dec::<ReqRec>(store, &b, "ipam/req") else {
+            let Some(req) = dec::<ReqRec>(store, &b, &format!("{}req", self.prefix())) else {
                 continue;
             };
             if req.to != self.id || self.st.served.get(&b).is_some_and(|s| *s >= req.seq) {
@@ -490,7 +498,8 @@ impl Ipam {
     fn settle_lends(&mut self, store: &Store) {
         let owners: Vec<NodeId> = store.owners().copied().filter(|o| *o != self.id).collect();
         for b in owners {
-            let Some(br) = dec::<BorrowedRec>(store, &b, "ipam/borrowed") else {
+            let Some(br) = dec::<BorrowedRec>(store, &b, &format!("{}borrowed", self.prefix()))
+            else {
                 continue;
             };
             let inc = self.st.view.hello.get(&b).copied().unwrap_or(0);
@@ -525,7 +534,7 @@ impl Ipam {
                 free.push(*a);
                 continue;
             }
-            if let Some(br) = dec::<BorrowedRec>(store, to, "ipam/borrowed") {
+            if let Some(br) = dec::<BorrowedRec>(store, to, &format!("{}borrowed", self.prefix())) {
                 let seen = br.seen.get(&lend.lender).copied().unwrap_or(0);
                 if seen >= lend.seq && !br.in_use.contains(a) {
                     free.push(*a);
@@ -542,7 +551,7 @@ impl Ipam {
     /// the writer that lent it no longer lists it (a record that vanished
     /// with a gone writer proves nothing).
     fn settle_borrowed(&mut self, store: &Store) {
-        let key = format!("{PREFIX}lent/{}", self.id);
+        let key = format!("{}lent/{}", self.prefix(), self.id);
         let mut listed: BTreeMap<std::net::IpAddr, u64> = BTreeMap::new();
         let mut present = BTreeSet::new();
         let owners: Vec<NodeId> = store.owners().copied().collect();
@@ -715,7 +724,7 @@ impl Ipam {
     /// The records this node should hold now, against what it holds: the writes.
     fn writes(&mut self, store: &Store) -> Vec<Write> {
         let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        let p = PREFIX;
+        let p = self.prefix();
         want.insert(
             format!("{p}cfg"),
             enc(&CfgRec {

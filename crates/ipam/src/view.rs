@@ -12,6 +12,10 @@ use crate::space::Space;
 /// Key prefix of every IPAM record.
 pub const PREFIX: &str = "ipam/";
 
+/// The record prefix of the engine of an IPv6-only space (dual stack runs one engine per
+/// family: the IPv4 pools' records under [`PREFIX`], the IPv6 pools' under this one).
+pub const PREFIX6: &str = "ipam6/";
+
 /// `ipam/cfg`: what a node would bootstrap with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CfgRec {
@@ -217,7 +221,7 @@ fn parse<T: serde::de::DeserializeOwned>(v: &[u8]) -> Option<T> {
 
 impl View {
     /// Merges every record newer than what was merged. Returns true if anything changed.
-    pub fn merge_store(&mut self, store: &Store) -> bool {
+    pub fn merge_store(&mut self, store: &Store, prefix: &str) -> bool {
         let mut changed = false;
         let owners: Vec<NodeId> = store.owners().copied().collect();
         for owner in owners {
@@ -228,14 +232,14 @@ impl View {
                 continue;
             }
             for r in store.records_of(&owner) {
-                if !r.key.starts_with(PREFIX) {
+                if !r.key.starts_with(prefix) {
                     continue;
                 }
                 if self.seen.get(&owner).is_some_and(|s| r.version <= *s) {
                     continue;
                 }
                 if let Some(val) = &r.value {
-                    changed |= self.merge(&owner, &r.key[PREFIX.len()..], val, r.version);
+                    changed |= self.merge(&owner, &r.key[prefix.len()..], val, r.version);
                 }
             }
             self.seen.insert(owner, v);

@@ -64,8 +64,11 @@ pub struct ContainerState {
     pub cni_path: String,
     /// The final CNI result of its ADD.
     pub result: serde_json::Value,
-    /// Its address, from the result.
+    /// Its (first) address, from the result.
     pub ip: Option<String>,
+    /// Every address, from the result (IPv4 first).
+    #[serde(default)]
+    pub ips: Vec<String>,
     /// The pid of the command it runs, if one was given.
     pub pid: Option<i32>,
 }
@@ -303,6 +306,8 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
     for h in &plan.hosts {
         attach(&h.switch, &h.name, &h.netns, h.underlay, h.gateway)?;
         sys::netns_sysctl(&h.netns, "net.ipv4.ip_forward", "1")?;
+        // Containers' IPv6 traffic (dual-stack pools) is forwarded by the host too.
+        sys::netns_sysctl(&h.netns, "net.ipv6.conf.all.forwarding", "1")?;
         write_host_files(name, h, opts.agents)?;
     }
     let out = &plan.outside;
@@ -535,9 +540,16 @@ pub fn run(
             return Err(e);
         }
     };
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .map(|s| s.split('/').next().unwrap_or(s).to_string());
+    let ips: Vec<String> = result["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["address"].as_str())
+                .map(|s| s.split('/').next().unwrap_or(s).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ip = ips.first().cloned();
     let mut c = ContainerState {
         host: host.into(),
         name: container.into(),
@@ -548,6 +560,7 @@ pub fn run(
         cni_path: cni_path(name),
         result,
         ip,
+        ips,
         pid: None,
     };
     if !cmd.is_empty() {

@@ -409,10 +409,20 @@ impl Netlink {
         msg.header.index = index;
         msg.attributes.push(AddressAttribute::Local(addr.addr()));
         msg.attributes.push(AddressAttribute::Address(addr.addr()));
-        if noprefixroute {
+        {
             use netlink_packet_route::address::AddressFlags;
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+            let mut flags = AddressFlags::empty();
+            if noprefixroute {
+                flags |= AddressFlags::Noprefixroute;
+            }
+            // weft's IPv6 addresses are planned, never shared on a link: no duplicate
+            // address detection, which would keep them unusable ("tentative") for a second.
+            if addr.addr().is_ipv6() {
+                flags |= AddressFlags::Nodad;
+            }
+            if !flags.is_empty() {
+                msg.attributes.push(AddressAttribute::Flags(flags));
+            }
         }
         self.ack(
             &|| format!("add address {addr} to link #{index}"),

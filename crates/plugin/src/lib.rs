@@ -177,8 +177,8 @@ impl Ctx {
         }
         let mut source = self.source();
         let held_before = source.lookup(&owner)?;
-        let ip = source.allocate(&owner)?;
-        match self.wire(&a, &netns, netns_path, ip, source.mtu()) {
+        let ips = source.allocate(&owner)?;
+        match self.wire(&a, &netns, netns_path, &ips, source.mtu()) {
             Ok(mut result) => {
                 if let Some(mut prev) = prev {
                     prev.cni_version = result.cni_version.clone();
@@ -190,7 +190,7 @@ impl Ctx {
             Err(e) => {
                 // Undo: the veth (routes and neighbours go with it), then the address.
                 let _ = self.remove_host_link(&a);
-                if held_before.is_none() {
+                if held_before.is_empty() {
                     let _ = source.release(&owner);
                 }
                 Err(e)
@@ -198,17 +198,19 @@ impl Ctx {
         }
     }
 
-    /// Makes the veth pair and programs both ends for address `ip`.
+    /// Makes the veth pair and programs both ends for addresses `ips` (one per family):
+    /// each a /32 or /128 with a permanent neighbour for its link-local gateway and a
+    /// default route through it in the container, a permanent neighbour and a host route
+    /// on the host.
     fn wire(
         &self,
         a: &Attach,
         netns: &File,
         netns_path: &str,
-        ip: IpAddr,
+        ips: &[IpAddr],
         source_mtu: Option<u32>,
     ) -> Result<CniResult, CniError> {
         let host_if = self.host_ifname(a);
-        let gw = self.gateway(&ip);
         let mut nlh = Netlink::open().map_err(nl_err)?;
         // The configured MTU, else the one the agent's data plane allows, else the
         // interface of the default route's.
@@ -216,6 +218,12 @@ impl Ctx {
             Some(m) => m,
             None => detect_mtu(&mut nlh),
         };
+        if ips.iter().any(|ip| ip.is_ipv6()) && mtu < 1280 {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("mtu {mtu} is below IPv6's minimum of 1280"),
+            ));
+        }
         nlh.create_veth(&host_if, a.ifname, netns.as_raw(), mtu, &self.alias(a))
             .map_err(|e| {
                 if e.is_exists() {
@@ -237,12 +245,23 @@ impl Ctx {
         let host_mac = host
             .mac
             .ok_or_else(|| CniError::new(code::IO_FAILURE, format!("{host_if} has no MAC")))?;
-        let host_prefix = if ip.is_ipv4() { 32 } else { 128 };
-        let ip_net = IpNet::new(ip, host_prefix).expect("valid prefix");
-        let gw_net = IpNet::new(gw, host_prefix).expect("valid prefix");
+        // (address /32 or /128, its gateway, the gateway as /32 or /128)
+        let plan: Vec<(IpNet, IpAddr, IpNet)> = ips
+            .iter()
+            .map(|ip| {
+                let len = if ip.is_ipv4() { 32 } else { 128 };
+                let gw = self.gateway(ip);
+                (
+                    IpNet::new(*ip, len).expect("valid prefix"),
+                    gw,
+                    IpNet::new(gw, len).expect("valid prefix"),
+                )
+            })
+            .collect();
 
         // Container side, on a thread inside the container's namespace.
         let ifname = a.ifname.to_string();
+        let inside = plan.clone();
         let cont_mac = nl::in_netns(netns, move || -> Result<[u8; 6], nl::Error> {
             let mut c = Netlink::open()?;
             if let Some(lo) = c.link_by_name("lo")? {
@@ -254,31 +273,35 @@ impl Ctx {
                 op: format!("find {ifname} in the container"),
                 source: std::io::Error::from_raw_os_error(libc::ENODEV),
             })?;
-            c.add_address(link.index, ip_net, true)?;
+            for (ip_net, _, _) in &inside {
+                c.add_address(link.index, *ip_net, true)?;
+            }
             c.set_up(link.index)?;
-            c.set_permanent_neighbour(link.index, gw, host_mac)?;
-            c.add_route(
-                &nl::Route::new(
-                    gw_net,
-                    None,
-                    Some(link.index),
-                    Scope::Link,
-                    WEFT_ROUTE_PROTOCOL,
-                    MAIN_TABLE,
-                ),
-                true,
-            )?;
-            c.add_route(
-                &nl::Route::new(
-                    default_net(ip),
-                    Some(gw),
-                    Some(link.index),
-                    Scope::Universe,
-                    WEFT_ROUTE_PROTOCOL,
-                    MAIN_TABLE,
-                ),
-                true,
-            )?;
+            for (ip_net, gw, gw_net) in &inside {
+                c.set_permanent_neighbour(link.index, *gw, host_mac)?;
+                c.add_route(
+                    &nl::Route::new(
+                        *gw_net,
+                        None,
+                        Some(link.index),
+                        Scope::Link,
+                        WEFT_ROUTE_PROTOCOL,
+                        MAIN_TABLE,
+                    ),
+                    true,
+                )?;
+                c.add_route(
+                    &nl::Route::new(
+                        default_net(ip_net.addr()),
+                        Some(*gw),
+                        Some(link.index),
+                        Scope::Universe,
+                        WEFT_ROUTE_PROTOCOL,
+                        MAIN_TABLE,
+                    ),
+                    true,
+                )?;
+            }
             link.mac.ok_or_else(|| nl::Error {
                 op: format!("read the MAC of {ifname}"),
                 source: std::io::Error::from_raw_os_error(libc::ENODEV),
@@ -288,22 +311,28 @@ impl Ctx {
         .map_err(nl_err)?;
 
         // Host side.
-        set_forwarding(&host_if, ip.is_ipv6())?;
+        for v6 in [false, true] {
+            if ips.iter().any(|ip| ip.is_ipv6() == v6) {
+                set_forwarding(&host_if, v6)?;
+            }
+        }
         nlh.set_up(host.index).map_err(nl_err)?;
-        nlh.set_permanent_neighbour(host.index, ip, cont_mac)
+        for (ip_net, _, _) in &plan {
+            nlh.set_permanent_neighbour(host.index, ip_net.addr(), cont_mac)
+                .map_err(nl_err)?;
+            nlh.add_route(
+                &nl::Route::new(
+                    *ip_net,
+                    None,
+                    Some(host.index),
+                    Scope::Link,
+                    WEFT_ROUTE_PROTOCOL,
+                    MAIN_TABLE,
+                ),
+                true,
+            )
             .map_err(nl_err)?;
-        nlh.add_route(
-            &nl::Route::new(
-                ip_net,
-                None,
-                Some(host.index),
-                Scope::Link,
-                WEFT_ROUTE_PROTOCOL,
-                MAIN_TABLE,
-            ),
-            true,
-        )
-        .map_err(nl_err)?;
+        }
 
         let mut result = CniResult::new(self.net.cni_version);
         result.interfaces = vec![
@@ -321,20 +350,26 @@ impl Ctx {
                 ..Default::default()
             },
         ];
-        result.ips = vec![IpConfig {
-            address: IpNet::new(ip, host_prefix).expect("valid prefix"),
-            gateway: Some(gw),
-            interface: Some(1),
-        }];
-        result.routes = vec![Route {
-            dst: default_net(ip),
-            gw: Some(gw),
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }];
+        result.ips = plan
+            .iter()
+            .map(|(ip_net, gw, _)| IpConfig {
+                address: *ip_net,
+                gateway: Some(*gw),
+                interface: Some(1),
+            })
+            .collect();
+        result.routes = plan
+            .iter()
+            .map(|(ip_net, gw, _)| Route {
+                dst: default_net(ip_net.addr()),
+                gw: Some(*gw),
+                mtu: None,
+                advmss: None,
+                priority: None,
+                table: None,
+                scope: None,
+            })
+            .collect();
         Ok(result)
     }
 
@@ -372,17 +407,21 @@ impl Ctx {
             container_id: a.container_id.to_string(),
             ifname: a.ifname.to_string(),
         };
-        let ip = self.source().lookup(&owner)?.ok_or_else(|| {
-            fail(format!(
+        let ips = self.source().lookup(&owner)?;
+        if ips.is_empty() {
+            return Err(fail(format!(
                 "no address is allocated to container {} interface {}",
                 a.container_id, a.ifname
-            ))
-        })?;
+            )));
+        }
         if let Some(prev) = &self.conf.prev_result {
             let prev = CniResult::parse_prev(prev)?;
-            if !prev.ips.iter().any(|c| c.address.addr() == ip) {
+            if let Some(ip) = ips
+                .iter()
+                .find(|ip| !prev.ips.iter().any(|c| c.address.addr() == **ip))
+            {
                 return Err(fail(format!(
-                    "prevResult does not list {ip}, the address allocated to this attachment"
+                    "prevResult does not list {ip}, an address allocated to this attachment"
                 )));
             }
         }
@@ -401,20 +440,31 @@ impl Ctx {
         if !host.up {
             return Err(fail(format!("host interface {host_if} is down")));
         }
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        let ip_net = IpNet::new(ip, prefix).expect("valid prefix");
-        let routes = nlh.routes(ip.is_ipv6(), MAIN_TABLE).map_err(nl_err)?;
-        if !routes
+        let want: Vec<(IpNet, IpAddr)> = ips
             .iter()
-            .any(|r| r.dst == ip_net && r.oif == Some(host.index))
-        {
-            return Err(fail(format!(
-                "host route {ip_net} dev {host_if} is missing"
-            )));
+            .map(|ip| {
+                let prefix = if ip.is_ipv4() { 32 } else { 128 };
+                (
+                    IpNet::new(*ip, prefix).expect("valid prefix"),
+                    self.gateway(ip),
+                )
+            })
+            .collect();
+        for (ip_net, _) in &want {
+            let routes = nlh
+                .routes(ip_net.addr().is_ipv6(), MAIN_TABLE)
+                .map_err(nl_err)?;
+            if !routes
+                .iter()
+                .any(|r| r.dst == *ip_net && r.oif == Some(host.index))
+            {
+                return Err(fail(format!(
+                    "host route {ip_net} dev {host_if} is missing"
+                )));
+            }
         }
         let netns = open_netns_env(env.netns.as_deref().unwrap_or_default())?;
         let ifname = a.ifname.to_string();
-        let gw = self.gateway(&ip);
         let problem = nl::in_netns(&netns, move || -> Result<Option<String>, nl::Error> {
             let mut c = Netlink::open()?;
             let Some(link) = c.link_by_name(&ifname)? else {
@@ -426,18 +476,20 @@ impl Ctx {
                 return Ok(Some(format!("interface {ifname} is down in the container")));
             }
             let addrs = c.addresses(link.index)?;
-            if !addrs.iter().any(|(_, n)| *n == ip_net) {
-                return Ok(Some(format!(
-                    "interface {ifname} lacks address {ip_net} in the container"
-                )));
-            }
-            let routes = c.routes(ip.is_ipv6(), MAIN_TABLE)?;
-            if !routes.iter().any(|r| {
-                r.dst.prefix_len() == 0 && r.gateway == Some(gw) && r.oif == Some(link.index)
-            }) {
-                return Ok(Some(format!(
-                    "the container has no default route via {gw} dev {ifname}"
-                )));
+            for (ip_net, gw) in &want {
+                if !addrs.iter().any(|(_, n)| n == ip_net) {
+                    return Ok(Some(format!(
+                        "interface {ifname} lacks address {ip_net} in the container"
+                    )));
+                }
+                let routes = c.routes(ip_net.addr().is_ipv6(), MAIN_TABLE)?;
+                if !routes.iter().any(|r| {
+                    r.dst.prefix_len() == 0 && r.gateway == Some(*gw) && r.oif == Some(link.index)
+                }) {
+                    return Ok(Some(format!(
+                        "the container has no default route via {gw} dev {ifname}"
+                    )));
+                }
             }
             Ok(None)
         })

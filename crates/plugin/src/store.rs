@@ -24,12 +24,13 @@ use weft_cni::{code, CniError};
 
 /// A source of container addresses.
 pub trait AddressSource {
-    /// Allocates an address for `owner`, or returns the one it already holds.
-    fn allocate(&mut self, owner: &Owner) -> Result<IpAddr, CniError>;
-    /// Releases what `owner` holds; `None` if it held nothing.
-    fn release(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError>;
-    /// The address `owner` holds, if any.
-    fn lookup(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError>;
+    /// Allocates the addresses of `owner` (one of every family the source serves, IPv4
+    /// first), or returns those it already holds.
+    fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError>;
+    /// Releases what `owner` holds; empty if it held nothing.
+    fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError>;
+    /// The addresses `owner` holds (empty: none).
+    fn lookup(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError>;
     /// Every current allocation.
     fn list(&mut self) -> Result<Vec<(IpAddr, Owner)>, CniError>;
     /// How many addresses are still free.
@@ -127,23 +128,25 @@ impl LocalFileSource {
 }
 
 impl AddressSource for LocalFileSource {
-    fn allocate(&mut self, owner: &Owner) -> Result<IpAddr, CniError> {
+    fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
         self.with_table(true, |t| {
-            t.allocate(owner.clone()).map_err(|e| match e {
-                AllocError::Exhausted { .. } => {
-                    CniError::new(code::ADDRESS_EXHAUSTED, format!("cannot allocate: {e}"))
-                }
-                other => CniError::new(code::INTERNAL, other.to_string()),
-            })
+            t.allocate(owner.clone())
+                .map(|a| vec![a])
+                .map_err(|e| match e {
+                    AllocError::Exhausted { .. } => {
+                        CniError::new(code::ADDRESS_EXHAUSTED, format!("cannot allocate: {e}"))
+                    }
+                    other => CniError::new(code::INTERNAL, other.to_string()),
+                })
         })
     }
 
-    fn release(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError> {
-        self.with_table(true, |t| Ok(t.release(owner)))
+    fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+        self.with_table(true, |t| Ok(t.release(owner).into_iter().collect()))
     }
 
-    fn lookup(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError> {
-        self.with_table(false, |t| Ok(t.lookup(owner)))
+    fn lookup(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+        self.with_table(false, |t| Ok(t.lookup(owner).into_iter().collect()))
     }
 
     fn list(&mut self) -> Result<Vec<(IpAddr, Owner)>, CniError> {
@@ -169,6 +172,9 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Deserialize)]
 struct AddressAnswer {
     address: Option<IpAddr>,
+    /// Every address (one per family; agents before dual stack sent `address` only).
+    #[serde(default)]
+    addresses: Option<Vec<IpAddr>>,
     /// The container MTU the agent's data plane allows (allocate answers only).
     #[serde(default)]
     mtu: Option<u32>,
@@ -270,12 +276,23 @@ impl AgentSource {
     }
 }
 
+impl AddressAnswer {
+    /// Every address of the answer, IPv4 first.
+    fn all(self) -> Vec<IpAddr> {
+        let mut v = self
+            .addresses
+            .unwrap_or_else(|| self.address.into_iter().collect());
+        v.sort_by_key(|a| a.is_ipv6());
+        v
+    }
+}
+
 impl AddressSource for AgentSource {
     fn mtu(&self) -> Option<u32> {
         self.mtu
     }
 
-    fn allocate(&mut self, owner: &Owner) -> Result<IpAddr, CniError> {
+    fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
         let a: AddressAnswer = self.call(
             "POST",
             "/ipam/allocate",
@@ -283,28 +300,34 @@ impl AddressSource for AgentSource {
             api::ALLOCATE_CLIENT_TIMEOUT,
         )?;
         self.mtu = a.mtu.filter(|m| (576..=65535).contains(m));
-        a.address
-            .ok_or_else(|| CniError::new(code::INTERNAL, "the weft agent allocated no address"))
+        let all = a.all();
+        if all.is_empty() {
+            return Err(CniError::new(
+                code::INTERNAL,
+                "the weft agent allocated no address",
+            ));
+        }
+        Ok(all)
     }
 
-    fn release(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError> {
+    fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
         let a: AddressAnswer = self.call(
             "POST",
             "/ipam/release",
             Some(Self::owner_json(owner)),
             AGENT_TIMEOUT,
         )?;
-        Ok(a.address)
+        Ok(a.all())
     }
 
-    fn lookup(&mut self, owner: &Owner) -> Result<Option<IpAddr>, CniError> {
+    fn lookup(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
         let a: AddressAnswer = self.call(
             "POST",
             "/ipam/lookup",
             Some(Self::owner_json(owner)),
             AGENT_TIMEOUT,
         )?;
-        Ok(a.address)
+        Ok(a.all())
     }
 
     fn list(&mut self) -> Result<Vec<(IpAddr, Owner)>, CniError> {

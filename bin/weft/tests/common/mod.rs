@@ -2,6 +2,8 @@
 //! and the plugin, and snapshots of the root network namespace.
 #![allow(dead_code)]
 
+pub mod dp;
+
 use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 

@@ -1,0 +1,325 @@
+//! Helpers of the data plane lab tests: containers serving a page, a big file and a CGI
+//! that answers the address it saw, on every host; every container checking every other
+//! over each family it has; routes and status of a host.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+pub const BIG: usize = 2 * 1024 * 1024;
+
+pub struct Pod {
+    pub host: String,
+    pub name: String,
+    /// Its IPv4 address (its first).
+    pub ip: String,
+    /// Its IPv6 address, with dual-stack pools.
+    pub ip6: Option<String>,
+}
+
+/// The directory every httpd serves (inside the lab's directory, so `lab down` removes it).
+pub fn www(lab: &Lab) -> String {
+    let dir = format!("/run/weft-lab/{}/www", lab.name);
+    std::fs::create_dir_all(format!("{dir}/cgi-bin")).unwrap();
+    std::fs::write(format!("{dir}/index.html"), "weft-ok\n").unwrap();
+    std::fs::write(format!("{dir}/big"), vec![b'x'; BIG]).unwrap();
+    let cgi = format!("{dir}/cgi-bin/ip");
+    std::fs::write(
+        &cgi,
+        // httpd listens dual-stack: "[::ffff:10.32.0.1]" becomes "10.32.0.1".
+        "#!/bin/sh\na=${REMOTE_ADDR#[}; a=${a%]}; a=${a#::ffff:}\nprintf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' \"$a\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// `weft lab run HOST NAME -- CMD`: the container's address.
+pub fn run(lab: &Lab, host: &str, name: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["lab", "run", "--name", &lab.name, host, name, "--"];
+    args.extend_from_slice(cmd);
+    let out = weft_ok(&args);
+    out.split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Two containers per host, each serving `www` on port 8000 (both families).
+pub fn pods(lab: &Lab, hosts: usize, www: &str) -> Vec<Pod> {
+    let mut v = Vec::new();
+    for h in 1..=hosts {
+        for c in ["c1", "c2"] {
+            let host = format!("h{h}");
+            let out = weft_ok(&[
+                "lab", "run", "--name", &lab.name, "--json", &host, c, "--", "busybox", "httpd",
+                "-f", "-p", "8000", "-h", www,
+            ]);
+            let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let ips: Vec<String> = st["ips"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ip = ips.first().cloned().unwrap_or_default();
+            assert!(
+                ip.parse::<std::net::Ipv4Addr>().is_ok(),
+                "{host}/{c}: {out}"
+            );
+            let ip6 = ips.iter().find(|a| a.contains(':')).cloned();
+            v.push(Pod {
+                host,
+                name: c.into(),
+                ip,
+                ip6,
+            });
+        }
+    }
+    v
+}
+
+/// The shell script run in one container against all the others: prints one `FAIL` line
+/// per failed check, nothing else.
+pub fn script(src: &Pod, pods: &[Pod]) -> String {
+    let mut s = String::from("MTU=$(cat /sys/class/net/eth0/mtu)\n");
+    for d in pods
+        .iter()
+        .filter(|d| !(d.host == src.host && d.name == src.name))
+    {
+        let to = format!("{}/{}", d.host, d.name);
+        let mut families = vec![("", d.ip.clone(), d.ip.clone(), src.ip.clone(), 28)];
+        if let (Some(d6), Some(s6)) = (&d.ip6, &src.ip6) {
+            families.push(("-6", d6.clone(), format!("[{d6}]"), s6.clone(), 48));
+        }
+        for (flag, ip, host, src_ip, headers) in families {
+            let fam = if flag.is_empty() { "IPv4" } else { "IPv6" };
+            s.push_str(&format!(
+                "ping {flag} -c1 -W2 -q {ip} >/dev/null 2>&1 || echo 'FAIL {fam} ping {to}'\n\
+                 ping {flag} -c1 -W2 -q -M do -s $((MTU-{headers})) {ip} >/dev/null 2>&1 || echo \"FAIL {fam} full-size ($MTU) ping {to}\"\n\
+                 r=$(curl -s -m 3 http://{host}:8000/cgi-bin/ip 2>&1); [ \"$r\" = '{src_ip}' ] || echo \"FAIL {fam} tcp {to}: seen as '$r', not {src_ip}\"\n\
+                 n=$(curl -s -m 5 http://{host}:8000/big 2>/dev/null | wc -c); [ \"$n\" = {BIG} ] || echo \"FAIL {fam} transfer {to}: $n bytes\"\n",
+            ));
+        }
+    }
+    s
+}
+
+/// Runs every container's checks; the failures, empty when all passed.
+pub fn failures(lab: &Lab, pods: &[Pod]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in pods {
+        let target = format!("{}/{}", p.host, p.name);
+        let (ok, text) = lab.exec(&target, &["sh", "-c", &script(p, pods)]);
+        if !ok {
+            out.push(format!("{target}: the checks did not run: {text}"));
+        }
+        out.extend(
+            text.lines()
+                .filter(|l| l.starts_with("FAIL"))
+                .map(|l| format!("{target}: {l}")),
+        );
+    }
+    out
+}
+
+/// Every container reaches every other: retried until the data plane has converged
+/// (bounded), then asserted.
+pub fn all_reach_all(lab: &Lab, pods: &[Pod]) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let f = failures(lab, pods);
+        if f.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let (_, st) = lab.exec("h1", &["ip", "route"]);
+            panic!(
+                "{} failed checks:\n{}\nh1 routes:\n{st}",
+                f.len(),
+                f.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Each container fetches the outside's CGI: it must see the container's host's underlay
+/// address (masquerade). The outside has no route to the pools, so only NAT can answer.
+pub fn nat_to_outside(lab: &Lab, pods: &[Pod], www: &str, outside: &str) {
+    let (ok, text) = lab.exec("out", &["busybox", "httpd", "-p", "8000", "-h", www]);
+    assert!(ok, "httpd in out: {text}");
+    let (_, routes) = lab.exec("out", &["ip", "route"]);
+    assert!(
+        !routes.contains("10.32."),
+        "the outside must not route the pools: {routes}"
+    );
+    for p in pods {
+        let underlay = host_underlay(lab, &p.host);
+        let target = format!("{}/{}", p.host, p.name);
+        let url = format!("http://{outside}:8000/cgi-bin/ip");
+        let seen = wait_for(Duration::from_secs(10), || {
+            let (ok, t) = lab.exec(&target, &["curl", "-s", "-m", "3", &url]);
+            (ok && t.trim() == underlay).then_some(t)
+        });
+        assert!(
+            seen.is_some(),
+            "{target} ({}) did not reach the outside as {underlay}",
+            p.ip
+        );
+    }
+}
+
+/// With `--nat off` no host has a weft nftables table (weft turns on no connection
+/// tracking) and a container's request never comes back from the outside, which has no
+/// route to the pools.
+pub fn no_nat(lab: &Lab, pods: &[Pod], www: &str, outside: &str) {
+    let (ok, text) = lab.exec("out", &["busybox", "httpd", "-p", "8000", "-h", www]);
+    assert!(ok, "httpd in out: {text}");
+    let url = format!("http://{outside}:8000/cgi-bin/ip");
+    // The same request from a host succeeds, so a failure below is the missing NAT.
+    let (ok, text) = lab.exec("h1", &["curl", "-s", "-m", "3", &url]);
+    assert!(ok, "h1 must reach the outside itself: {text}");
+    // One container per host (a refused answer takes the whole timeout).
+    let mut seen = std::collections::BTreeSet::new();
+    for p in pods.iter().filter(|p| seen.insert(p.host.clone())) {
+        let (_, tables) = lab.exec(&p.host, &["nft", "list", "tables"]);
+        assert!(
+            !tables.contains("weft"),
+            "{}: no weft table without NAT: {tables}",
+            p.host
+        );
+        let target = format!("{}/{}", p.host, p.name);
+        let (ok, text) = lab.exec(&target, &["curl", "-s", "-m", "2", &url]);
+        assert!(!ok, "{target} reached the outside without NAT: {text}");
+    }
+}
+
+pub fn host_underlay(lab: &Lab, host: &str) -> String {
+    let (_, t) = lab.exec(host, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    t.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The weft routes of a host (`proto 119` with a gateway), one per line, sorted.
+pub fn weft_routes(lab: &Lab, host: &str) -> Vec<String> {
+    let (_, t) = lab.exec(host, &["ip", "route", "show", "proto", "119"]);
+    let mut v: Vec<String> = t
+        .lines()
+        .filter(|l| l.contains(" via "))
+        .map(|l| l.trim().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn status(lab: &Lab, host: &str) -> serde_json::Value {
+    let sock = format!("/run/weft-lab/{}/{host}/weft.sock", lab.name);
+    let (ok, t) = lab.exec(host, &[WEFT, "status", "--json", "--socket", &sock]);
+    assert!(ok, "weft status on {host}: {t}");
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("status json: {e}: {t}"))
+}
+
+/// The data plane routes of `host`'s status: (destination, mode, via host name).
+pub fn dp_routes(lab: &Lab, host: &str) -> Vec<(String, String, String)> {
+    let s = status(lab, host);
+    s["dataplane"]["routes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["dst"].as_str().unwrap_or_default().to_string(),
+                r["mode"].as_str().unwrap_or_default().to_string(),
+                r["via_name"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The block of `ip` in `host`'s data plane routes, with its mode and next hop.
+pub fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    dp_routes(lab, host)
+        .into_iter()
+        .find_map(|(dst, mode, via)| {
+            let net: ipnet::IpNet = dst.parse().ok()?;
+            net.contains(&ip).then_some((mode, via))
+        })
+}
+
+/// How many of 3 pings from `src` to `dst` the netfilter FORWARD hook of `src`'s host saw:
+/// a counting chain of the test's own, in the lab host's namespace, made and removed here.
+/// The fast path forwards a container's packets itself (0); the kernel's stack passes
+/// every one through FORWARD (3).
+pub fn forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
+    let host = src.host.as_str();
+    let rule = format!(
+        "nft add table ip weftprobe && \
+         nft add chain ip weftprobe probe '{{ type filter hook forward priority 0; }}' && \
+         nft add rule ip weftprobe probe ip saddr {} ip daddr {} icmp type echo-request counter",
+        src.ip, dst.ip
+    );
+    let (ok, t) = lab.exec(host, &["sh", "-c", &rule]);
+    assert!(ok, "{host}: the probe table: {t}");
+    let target = format!("{}/{}", src.host, src.name);
+    let (ok, t) = lab.exec(
+        &target,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", &dst.ip],
+    );
+    let (_, list) = lab.exec(host, &["nft", "list", "chain", "ip", "weftprobe", "probe"]);
+    let (gone, g) = lab.exec(host, &["nft", "delete", "table", "ip", "weftprobe"]);
+    assert!(gone, "{host}: removing the probe table: {g}");
+    assert!(ok, "{target} -> {}: {t}", dst.ip);
+    list.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {list}"))
+}
+
+/// The fast path runs on every host, is attached to weft.vx and each container's veth,
+/// and carried this test's traffic: packets of `kinds` (`egress`: forwarded out of a
+/// host; `peer`: delivered into a container) were counted on every host.
+pub fn fast_path_carried(lab: &Lab, hosts: usize, kinds: &[&str]) {
+    for h in 1..=hosts {
+        let host = format!("h{h}");
+        let s = status(lab, &host);
+        let f = &s["dataplane"]["fast_path"];
+        assert_eq!(f["state"], "on", "{host}: {f}");
+        let devices = f["devices"].as_array().map(|d| d.len()).unwrap_or(0);
+        assert!(devices >= 3, "{host}: weft.vx and two container veths: {f}");
+        for k in kinds {
+            assert!(
+                f["counters"][k].as_u64().unwrap_or(0) > 0,
+                "{host}: no {k} packets: {f}"
+            );
+        }
+    }
+}
+
+pub fn agent(lab: &Lab, host: &str, action: &str) {
+    weft_ok(&["lab", "agent", "--name", &lab.name, host, action]);
+}

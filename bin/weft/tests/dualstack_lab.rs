@@ -1,0 +1,168 @@
+//! Dual stack on real namespaces: with an IPv4 and an IPv6 pool every container gets an
+//! address of each family, and every container reaches every other over both (ping,
+//! full-size ping with DF, TCP seen with the container's own address, a 2 MiB transfer)
+//! on `mesh`, `subnets` and `partial` labs; IPv6 blocks are routed through VXLAN where the
+//! underlay is IPv4, and the container MTU leaves room for it; a long-lived TCP connection
+//! over IPv6 survives agent restarts.
+
+mod common;
+use common::dp::*;
+use common::*;
+
+use std::time::Duration;
+
+const POOLS: &[&str] = &["--ipam-pools", "10.32.0.0/12,fd32::/48"];
+
+fn lab(name: &str, hosts: usize, topology: &str, extra: &[&str]) -> Lab {
+    let mut args = POOLS.to_vec();
+    args.extend_from_slice(extra);
+    Lab::up_args(name, hosts, topology, &args)
+}
+
+fn every_pod_has_both_families(pods: &[Pod]) {
+    let pool6: ipnet::Ipv6Net = "fd32::/48".parse().unwrap();
+    for p in pods {
+        let ip6: std::net::Ipv6Addr = p
+            .ip6
+            .as_deref()
+            .unwrap_or_else(|| panic!("{}/{} has no IPv6 address", p.host, p.name))
+            .parse()
+            .unwrap();
+        assert!(pool6.contains(&ip6), "{}/{}: {ip6}", p.host, p.name);
+    }
+}
+
+#[test]
+fn mesh_pods_reach_each_other_over_both_families_and_ipv6_survives_restarts() {
+    if !root_or_skip("dual stack mesh") {
+        return;
+    }
+    let lab = lab("dsm", 3, "mesh", &[]);
+    let www = www(&lab);
+    let pods = pods(&lab, 3, &www);
+    every_pod_has_both_families(&pods);
+    all_reach_all(&lab, &pods);
+    // The IPv4 underlay routes IPv4 blocks directly and IPv6 blocks through VXLAN, so
+    // containers get VXLAN's MTU.
+    let s = status(&lab, "h1");
+    assert_eq!(s["dataplane"]["pod_mtu"], 1450, "{s}");
+    let routes = dp_routes(&lab, "h1");
+    assert!(
+        routes
+            .iter()
+            .any(|(d, m, _)| d.starts_with("fd32:") && m == "vxlan"),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|(d, m, _)| d.starts_with("10.") && m == "route"),
+        "{routes:?}"
+    );
+    // Inside a container: one address of each family, a default route of each family
+    // through its link-local gateway, answered by a permanent neighbour entry.
+    let (_, r6) = lab.exec("h1/c1", &["ip", "-6", "route", "show", "default"]);
+    assert!(r6.contains("via fe80::1 dev eth0"), "{r6}");
+    let (_, n6) = lab.exec("h1/c1", &["ip", "-6", "neigh", "show", "fe80::1"]);
+    assert!(n6.contains("PERMANENT"), "{n6}");
+
+    // A long-lived TCP connection over IPv6 from h1 to h2 carries data after both agents
+    // restarted (nc does not reconnect).
+    let dir = format!("/run/weft-lab/{}", lab.name);
+    let fifo = |name: &str| {
+        let path = format!("{dir}/{name}");
+        let (ok, t) = sh("mkfifo", &[&path]);
+        assert!(ok, "mkfifo: {t}");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        (path, f)
+    };
+    let (hold, _hold) = fifo("hold");
+    let (feed_path, mut feed) = fifo("feed");
+    let out = weft_ok(&[
+        "lab",
+        "run",
+        "--name",
+        &lab.name,
+        "--json",
+        "h2",
+        "srv",
+        "--",
+        "sh",
+        "-c",
+        &format!("exec busybox nc -l -p 7001 < {hold}"),
+    ]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let srv6 = st["ips"][1].as_str().unwrap().to_string();
+    let listening = wait_for(Duration::from_secs(10), || {
+        let (_, t) = lab.exec("h2/srv", &["ss", "-ltn"]);
+        t.contains(":7001").then_some(())
+    });
+    assert!(listening.is_some(), "nc did not listen in h2/srv");
+    run(
+        &lab,
+        "h1",
+        "cli",
+        &[
+            "sh",
+            "-c",
+            &format!("exec busybox nc {srv6} 7001 < {feed_path}"),
+        ],
+    );
+    let log = format!("{dir}/h2/srv.log");
+    let received = |word: &str| {
+        wait_for(Duration::from_secs(15), || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains(word))
+                .map(|_| ())
+        })
+        .is_some()
+    };
+    use std::io::Write;
+    feed.write_all(b"before-restart\n").unwrap();
+    assert!(
+        received("before-restart"),
+        "the IPv6 connection did not start"
+    );
+    let (_, conns) = lab.exec("h2/srv", &["ss", "-6", "-tn", "state", "established"]);
+    assert!(conns.contains(":7001"), "not over IPv6: {conns}");
+    for h in ["h1", "h2"] {
+        agent(&lab, h, "restart");
+    }
+    feed.write_all(b"after-restart\n").unwrap();
+    assert!(
+        received("after-restart"),
+        "the IPv6 connection broke across the agent restarts: {:?}",
+        std::fs::read_to_string(&log)
+    );
+}
+
+#[test]
+fn subnets_and_partial_carry_both_families_across_routers_and_relays() {
+    if !root_or_skip("dual stack subnets and partial") {
+        return;
+    }
+    {
+        let lab = lab("dss", 4, "subnets", &[]);
+        let www = www(&lab);
+        let pods = pods(&lab, 4, &www);
+        every_pod_has_both_families(&pods);
+        all_reach_all(&lab, &pods);
+    }
+    let lab = lab("dsp", 4, "partial", &["--mode", "vxlan"]);
+    let www = www(&lab);
+    let pods = pods(&lab, 4, &www);
+    all_reach_all(&lab, &pods);
+    // h1 reaches h4's IPv6 block through h3.
+    let h4 = pods.iter().find(|p| p.host == "h4").unwrap();
+    assert_eq!(
+        route_to(&lab, "h1", h4.ip6.as_deref().unwrap()),
+        Some(("vxlan".into(), "h3".into())),
+        "{:?}",
+        dp_routes(&lab, "h1")
+    );
+}
