@@ -149,6 +149,10 @@ enum LabCmd {
         /// container gets an address of each family.
         #[arg(long, value_name = "CIDR,...")]
         ipam_pools: Option<String>,
+        /// The underlay's address families: ipv4 (172.30.S.N/24), ipv6 (fd30:S::N/64; the
+        /// agents peer over IPv6) or dual (both; the agents peer over IPv4).
+        #[arg(long, default_value = "ipv4", value_name = "ipv4|ipv6|dual")]
+        underlay: weft_lab::plan::Underlay,
         /// Print the lab as JSON.
         #[arg(long)]
         json: bool,
@@ -328,6 +332,7 @@ fn lab(cmd: LabCmd) -> Res {
             nat,
             fast_path,
             ipam_pools,
+            underlay,
             json,
         } => {
             let mut agent_args = Vec::new();
@@ -344,6 +349,7 @@ fn lab(cmd: LabCmd) -> Res {
             let opts = weft_lab::UpOptions {
                 agents: !no_agents,
                 agent_args,
+                underlay,
             };
             let state = weft_lab::up_with(&name, hosts, topology, &self_exe()?, opts).map_err(e)?;
             if json {
@@ -493,9 +499,17 @@ fn print_hosts(state: &weft_lab::LabState) {
         } else {
             h.pod_range.as_str()
         };
+        let mut underlay: Vec<String> = Vec::new();
+        if !h.v6_only {
+            underlay.push(h.underlay.to_string());
+        }
+        underlay.extend(h.underlay6.map(|a| a.to_string()));
         println!(
             "  {:<4} underlay {:<15} pods {:<16} netns {}",
-            h.name, h.underlay, pods, h.netns
+            h.name,
+            underlay.join(" "),
+            pods,
+            h.netns
         );
         if let Some(a) = state.agents.iter().find(|a| a.host == h.name) {
             let run = match (a.pid, weft_lab::agent_running(a)) {
@@ -509,14 +523,25 @@ fn print_hosts(state: &weft_lab::LabState) {
             println!(
                 "       container {:<12} {:<15} netns {}",
                 c.name,
-                c.ip.as_deref().unwrap_or("-"),
+                if c.ips.is_empty() {
+                    c.ip.clone().unwrap_or_else(|| "-".into())
+                } else {
+                    c.ips.join(" ")
+                },
                 c.netns
             );
         }
     }
+    let out = &state.plan.outside;
+    let mut addrs: Vec<String> = Vec::new();
+    if state.plan.underlay.v4() {
+        addrs.push(out.addr.to_string());
+    }
+    addrs.extend(out.addr6.map(|a| a.to_string()));
     println!(
         "  out  {:<24} netns {} (the outside world: no route to the pools)",
-        state.plan.outside.addr, state.plan.outside.netns
+        addrs.join(" "),
+        out.netns
     );
     let cuts: Vec<String> = state.cuts.iter().map(|(a, b)| format!("{a}-{b}")).collect();
     if !cuts.is_empty() {

@@ -3,7 +3,9 @@
 //! full-size ping with DF, TCP seen with the container's own address, a 2 MiB transfer)
 //! on `mesh`, `subnets` and `partial` labs; IPv6 blocks are routed through VXLAN where the
 //! underlay is IPv4, and the container MTU leaves room for it; a long-lived TCP connection
-//! over IPv6 survives agent restarts.
+//! over IPv6 survives agent restarts. On IPv6 and dual underlays: agents peer over IPv6,
+//! IPv4 blocks are routed through IPv6 next hops, VXLAN runs over IPv6, containers reach
+//! the outside over both families through NAT, and `traceroute -6` shows the relay.
 
 mod common;
 use common::dp::*;
@@ -164,5 +166,80 @@ fn subnets_and_partial_carry_both_families_across_routers_and_relays() {
         Some(("vxlan".into(), "h3".into())),
         "{:?}",
         dp_routes(&lab, "h1")
+    );
+}
+
+#[test]
+fn an_ipv6_underlay_carries_both_families_and_nats_ipv6_to_the_outside() {
+    if !root_or_skip("dual stack on an IPv6 underlay") {
+        return;
+    }
+    let lab = lab("ds6", 4, "subnets", &["--underlay", "ipv6"]);
+    let www = www(&lab);
+    let pods = pods(&lab, 4, &www);
+    every_pod_has_both_families(&pods);
+    all_reach_all(&lab, &pods);
+    // The agents peer over IPv6; on h1's segment both families route directly through
+    // h2's IPv6 address, across the router through VXLAN over IPv6 (70 bytes of headers).
+    let s = status(&lab, "h1");
+    assert_eq!(s["node"]["addr"], "[fd30:1::1]:6783", "{s}");
+    assert_eq!(s["dataplane"]["pod_mtu"], 1430, "{s}");
+    let h2 = pods.iter().find(|p| p.host == "h2").unwrap();
+    for ip in [h2.ip.as_str(), h2.ip6.as_deref().unwrap()] {
+        assert_eq!(
+            route_to(&lab, "h1", ip),
+            Some(("route".into(), "h2".into())),
+            "{ip}: {:?}",
+            dp_routes(&lab, "h1")
+        );
+    }
+    let (_, r) = lab.exec("h1", &["ip", "-4", "route", "show", "proto", "119"]);
+    assert!(
+        r.contains("via inet6 fd30:1::2"),
+        "IPv4 through an IPv6 next hop: {r}"
+    );
+    let h3 = pods.iter().find(|p| p.host == "h3").unwrap();
+    assert_eq!(
+        route_to(&lab, "h1", &h3.ip).map(|r| r.0),
+        Some("vxlan".into())
+    );
+    nat_to_outside(&lab, &pods, &www, "fd30:1::fa");
+}
+
+#[test]
+fn a_dual_underlay_nats_both_families_and_traceroute6_shows_the_relay() {
+    if !root_or_skip("dual stack on a dual underlay") {
+        return;
+    }
+    let lab = lab(
+        "dsd",
+        4,
+        "partial",
+        &["--underlay", "dual", "--mode", "vxlan"],
+    );
+    let www = www(&lab);
+    let pods = pods(&lab, 4, &www);
+    all_reach_all(&lab, &pods);
+    nat_to_outside(&lab, &pods, &www, "172.30.0.250");
+    nat_to_outside(&lab, &pods, &www, "fd30::fa");
+    // h1's container reaches h4's over IPv6 through h3, which answers as itself.
+    let h4 = pods.iter().find(|p| p.host == "h4").unwrap();
+    let (ok, t) = lab.exec(
+        "h1/c1",
+        &[
+            "traceroute",
+            "-6",
+            "-n",
+            "-w",
+            "2",
+            "-q",
+            "1",
+            h4.ip6.as_deref().unwrap(),
+        ],
+    );
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("fd30::3"),
+        "the relay h3 is not in the path: {t}"
     );
 }

@@ -122,7 +122,7 @@ pub fn agent_command(plan: &LabPlan, host: &str, weft_bin: &Path) -> Option<Vec<
     let i = plan.hosts.iter().position(|h| h.name == host)?;
     let h = &plan.hosts[i];
     let lab = &plan.name;
-    let addr = format!("{}:{AGENT_PORT}", h.underlay);
+    let addr = std::net::SocketAddr::new(h.agent_addr(), AGENT_PORT).to_string();
     let mut cmd = vec![
         weft_bin.to_string_lossy().into_owned(),
         "agent".into(),
@@ -138,7 +138,7 @@ pub fn agent_command(plan: &LabPlan, host: &str, weft_bin: &Path) -> Option<Vec<
     cmd.push(plan.hosts.len().to_string());
     if let Some(p) = initial_peer(i + 1, plan.hosts.len()) {
         cmd.push("--peer".into());
-        cmd.push(format!("{}:{AGENT_PORT}", plan.hosts[p - 1].underlay));
+        cmd.push(std::net::SocketAddr::new(plan.hosts[p - 1].agent_addr(), AGENT_PORT).to_string());
     }
     for (flag, path) in [
         ("--data-dir", agent_data_dir(lab, host)),

@@ -104,6 +104,8 @@ pub struct UpOptions {
     pub agents: bool,
     /// More arguments for every agent (e.g. `--mode vxlan`).
     pub agent_args: Vec<String>,
+    /// The underlay's address families.
+    pub underlay: plan::Underlay,
 }
 
 impl Default for UpOptions {
@@ -111,6 +113,7 @@ impl Default for UpOptions {
         UpOptions {
             agents: true,
             agent_args: Vec::new(),
+            underlay: plan::Underlay::Ipv4,
         }
     }
 }
@@ -230,7 +233,7 @@ pub fn up_with(
     opts: UpOptions,
 ) -> Result<LabState, LabError> {
     require_root()?;
-    let plan = plan::plan(name, hosts, topology).map_err(LabError::new)?;
+    let plan = plan::plan_with(name, hosts, topology, opts.underlay).map_err(LabError::new)?;
     if let Ok(state) = load(name) {
         if state.complete
             && state
@@ -293,25 +296,47 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
                     "link set rt master br0 up".into(),
                 ],
             )?;
-            sys::ip_batch(
-                rt,
-                &[
-                    format!("addr add 172.30.{seg}.254/24 dev eth{seg}"),
-                    format!("link set eth{seg} up"),
-                ],
-            )?;
+            let mut lines = Vec::new();
+            if plan.underlay.v4() {
+                lines.push(format!("addr add 172.30.{seg}.254/24 dev eth{seg}"));
+            }
+            if plan.underlay.v6() {
+                let a = plan::underlay6(seg as u8, 0xfe);
+                lines.push(format!("addr add {a}/64 dev eth{seg}"));
+            }
+            lines.push(format!("link set eth{seg} up"));
+            sys::ip_batch(rt, &lines)?;
         }
         sys::netns_sysctl(rt, "net.ipv4.ip_forward", "1")?;
+        sys::netns_sysctl(rt, "net.ipv6.conf.all.forwarding", "1")?;
     }
     for h in &plan.hosts {
-        attach(&h.switch, &h.name, &h.netns, h.underlay, h.gateway)?;
+        let v4 = (!h.v6_only).then_some(h.underlay);
+        attach(
+            &h.switch,
+            &h.name,
+            &h.netns,
+            v4,
+            h.gateway,
+            h.underlay6,
+            h.gateway6,
+        )?;
         sys::netns_sysctl(&h.netns, "net.ipv4.ip_forward", "1")?;
         // Containers' IPv6 traffic (dual-stack pools) is forwarded by the host too.
         sys::netns_sysctl(&h.netns, "net.ipv6.conf.all.forwarding", "1")?;
         write_host_files(name, h, opts.agents)?;
     }
     let out = &plan.outside;
-    attach(&out.switch, "out", &out.netns, out.addr, out.gateway)?;
+    let v4 = plan.underlay.v4().then_some(out.addr);
+    attach(
+        &out.switch,
+        "out",
+        &out.netns,
+        v4,
+        out.gateway,
+        out.addr6,
+        out.gateway6,
+    )?;
     apply_filters(plan, &[])?;
 
     let bin = cni_bin_dir(name);
@@ -364,13 +389,16 @@ pub fn host_conflist(lab: &str, host: &plan::HostPlan, cluster: bool) -> String 
 }
 
 /// Plugs `netns` into the switch namespace `switch` (a veth `port` on its `br0`, `eth0`
-/// inside) with `addr`/24 and, when given, a default route via `gateway`.
+/// inside) with `addr`/24 and `addr6`/64 when given and, when given, default routes via
+/// `gateway` and `gateway6`.
 fn attach(
     switch: &str,
     port: &str,
     netns: &str,
-    addr: std::net::Ipv4Addr,
+    addr: Option<std::net::Ipv4Addr>,
     gateway: Option<std::net::Ipv4Addr>,
+    addr6: Option<std::net::Ipv6Addr>,
+    gateway6: Option<std::net::Ipv6Addr>,
 ) -> Result<(), LabError> {
     sys::ip_batch(
         switch,
@@ -379,11 +407,18 @@ fn attach(
             format!("link set {port} master br0 up"),
         ],
     )?;
-    let mut lines = vec![
-        format!("addr add {addr}/24 dev eth0"),
-        "link set eth0 up".into(),
-    ];
+    let mut lines = Vec::new();
+    if let Some(a) = addr {
+        lines.push(format!("addr add {a}/24 dev eth0"));
+    }
+    if let Some(a) = addr6 {
+        lines.push(format!("addr add {a}/64 dev eth0"));
+    }
+    lines.push("link set eth0 up".into());
     if let Some(gw) = gateway {
+        lines.push(format!("route add default via {gw}"));
+    }
+    if let Some(gw) = gateway6 {
         lines.push(format!("route add default via {gw}"));
     }
     sys::ip_batch(netns, &lines)

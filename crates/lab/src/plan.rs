@@ -2,7 +2,7 @@
 //! Pure: computed from the lab name, host count and topology, and unit-tested.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,59 @@ impl FromStr for Topology {
     }
 }
 
+/// Which address families the lab's underlay (hosts, router, outside) has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Underlay {
+    /// 172.30.S.N/24 only (the agents peer over IPv4).
+    #[default]
+    Ipv4,
+    /// fd30:S::N/64 only (the agents peer over IPv6).
+    Ipv6,
+    /// Both; the agents peer over IPv4.
+    Dual,
+}
+
+impl Underlay {
+    /// The underlay has IPv4 addresses.
+    pub fn v4(self) -> bool {
+        self != Underlay::Ipv6
+    }
+    /// The underlay has IPv6 addresses.
+    pub fn v6(self) -> bool {
+        self != Underlay::Ipv4
+    }
+}
+
+impl fmt::Display for Underlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Underlay::Ipv4 => "ipv4",
+            Underlay::Ipv6 => "ipv6",
+            Underlay::Dual => "dual",
+        })
+    }
+}
+
+impl FromStr for Underlay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ipv4" => Ok(Underlay::Ipv4),
+            "ipv6" => Ok(Underlay::Ipv6),
+            "dual" => Ok(Underlay::Dual),
+            other => Err(format!(
+                "unknown underlay {other:?}: expected ipv4, ipv6 or dual"
+            )),
+        }
+    }
+}
+
+/// The IPv6 underlay address of host (or router, outside) number `n` on segment `seg`.
+pub fn underlay6(seg: u8, n: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd30, u16::from(seg), 0, 0, 0, 0, 0, u16::from(n))
+}
+
 /// One virtual host of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPlan {
@@ -62,6 +115,27 @@ pub struct HostPlan {
     pub gateway: Option<Ipv4Addr>,
     /// The container range this host's CNI config allocates from.
     pub pod_range: String,
+    /// Its IPv6 underlay address (/64), when the underlay has IPv6.
+    #[serde(default)]
+    pub underlay6: Option<Ipv6Addr>,
+    /// The underlay has IPv6 only: `underlay` is not configured.
+    #[serde(default)]
+    pub v6_only: bool,
+    /// The router's IPv6 address on its segment, for `subnets` with an IPv6 underlay.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+impl HostPlan {
+    /// The address its agent listens on and advertises: IPv6 on an IPv6-only underlay,
+    /// else IPv4 (the IPv4 address is planned always, configured only when the underlay
+    /// has IPv4).
+    pub fn agent_addr(&self) -> IpAddr {
+        match self.underlay6 {
+            Some(v6) if self.v6_only => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.underlay),
+        }
+    }
 }
 
 /// Everything one lab is made of.
@@ -82,6 +156,9 @@ pub struct LabPlan {
     /// A namespace standing in for the world outside the cluster (for outbound NAT): on
     /// the first switch, with no route to the container pools.
     pub outside: OutsidePlan,
+    /// The underlay's address families.
+    #[serde(default)]
+    pub underlay: Underlay,
 }
 
 /// The lab's stand-in for the outside world.
@@ -95,6 +172,12 @@ pub struct OutsidePlan {
     pub addr: Ipv4Addr,
     /// Its default route (the router, for `subnets`): towards the underlay only.
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 address (/64), when the underlay has IPv6.
+    #[serde(default)]
+    pub addr6: Option<Ipv6Addr>,
+    /// Its IPv6 default route (the router, for `subnets`).
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// The name `weft lab exec` knows the outside namespace by.
@@ -142,8 +225,18 @@ pub fn container_netns(lab: &str, host: &str, container: &str) -> String {
     format!("weft-{lab}-{host}-{container}")
 }
 
-/// Computes the plan of a lab.
+/// Computes the plan of a lab with an IPv4 underlay.
 pub fn plan(name: &str, hosts: usize, topology: Topology) -> Result<LabPlan, String> {
+    plan_with(name, hosts, topology, Underlay::Ipv4)
+}
+
+/// Computes the plan of a lab whose underlay has the families of `underlay`.
+pub fn plan_with(
+    name: &str,
+    hosts: usize,
+    topology: Topology,
+    underlay: Underlay,
+) -> Result<LabPlan, String> {
     check_name(name)?;
     if hosts == 0 || hosts > MAX_HOSTS {
         return Err(format!("--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts"));
@@ -178,13 +271,17 @@ pub fn plan(name: &str, hosts: usize, topology: Topology) -> Result<LabPlan, Str
             } else {
                 (switches[0].clone(), 0u8, None)
             };
+            let v6 = underlay.v6();
             HostPlan {
                 name: format!("h{i}"),
                 netns: format!("{p}h{i}"),
                 switch,
                 underlay: Ipv4Addr::new(172, 30, segment, i as u8),
-                gateway,
+                gateway: gateway.filter(|_| underlay.v4()),
                 pod_range: format!("10.32.{i}.0/24"),
+                underlay6: v6.then(|| underlay6(segment, i as u8)),
+                v6_only: !underlay.v4(),
+                gateway6: gateway.filter(|_| v6).map(|_| underlay6(segment, 0xfe)),
             }
         })
         .collect();
@@ -193,7 +290,10 @@ pub fn plan(name: &str, hosts: usize, topology: Topology) -> Result<LabPlan, Str
         netns: format!("{p}{OUTSIDE}"),
         switch: switches[0].clone(),
         addr: Ipv4Addr::new(172, 30, seg, 250),
-        gateway: (topology == Topology::Subnets).then(|| Ipv4Addr::new(172, 30, 1, 254)),
+        gateway: (topology == Topology::Subnets && underlay.v4())
+            .then(|| Ipv4Addr::new(172, 30, 1, 254)),
+        addr6: underlay.v6().then(|| underlay6(seg, 0xfa)),
+        gateway6: (topology == Topology::Subnets && underlay.v6()).then(|| underlay6(1, 0xfe)),
     };
     let mut blocked = Vec::new();
     if topology == Topology::Partial && hosts >= 3 {
@@ -209,6 +309,7 @@ pub fn plan(name: &str, hosts: usize, topology: Topology) -> Result<LabPlan, Str
         hosts: host_plans,
         blocked,
         outside,
+        underlay,
     })
 }
 
@@ -254,17 +355,65 @@ impl LabPlan {
     }
 }
 
-/// Rules on `here`'s switch that separate it from `there`, a host behind the router.
+/// Rules on `here`'s switch that separate it from `there`, a host behind the router, by
+/// each of `there`'s underlay addresses.
 fn cross_rules(here: &HostPlan, there: &HostPlan) -> String {
-    let (h, ip) = (&here.name, there.underlay);
-    format!(
-        "    iifname \"{h}\" oifname \"rt\" ip daddr {ip} drop\n    iifname \"rt\" oifname \"{h}\" ip saddr {ip} drop\n"
-    )
+    let h = &here.name;
+    let mut addrs = Vec::new();
+    if !there.v6_only {
+        addrs.push(("ip", there.underlay.to_string()));
+    }
+    if let Some(v6) = there.underlay6 {
+        addrs.push(("ip6", v6.to_string()));
+    }
+    addrs
+        .iter()
+        .map(|(fam, ip)| {
+            format!(
+                "    iifname \"{h}\" oifname \"rt\" {fam} daddr {ip} drop\n    iifname \"rt\" oifname \"{h}\" {fam} saddr {ip} drop\n"
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_or_dual_underlay_gives_hosts_router_and_outside_ipv6_addresses() {
+        let p = plan_with("t", 4, Topology::Subnets, Underlay::Ipv6).unwrap();
+        let h3 = &p.hosts[2];
+        assert_eq!(h3.underlay6, Some("fd30:2::3".parse().unwrap()));
+        assert_eq!(h3.gateway6, Some("fd30:2::fe".parse().unwrap()));
+        assert_eq!(h3.gateway, None, "no IPv4 on an IPv6 underlay");
+        assert_eq!(h3.agent_addr(), "fd30:2::3".parse::<IpAddr>().unwrap());
+        assert_eq!(p.outside.addr6, Some("fd30:1::fa".parse().unwrap()));
+        assert_eq!(p.outside.gateway6, Some("fd30:1::fe".parse().unwrap()));
+        let d = plan_with("t", 3, Topology::Mesh, Underlay::Dual).unwrap();
+        assert_eq!(
+            d.hosts[0].agent_addr(),
+            "172.30.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(d.hosts[0].underlay6, Some("fd30::1".parse().unwrap()));
+        assert_eq!(d.outside.addr6, Some("fd30::fa".parse().unwrap()));
+        let v4 = plan("t", 3, Topology::Mesh).unwrap();
+        assert_eq!(v4.hosts[0].underlay6, None);
+        assert_eq!("dual".parse::<Underlay>(), Ok(Underlay::Dual));
+        assert!("ip6".parse::<Underlay>().is_err());
+    }
+
+    #[test]
+    fn cuts_across_the_router_match_every_family_of_the_underlay() {
+        let p = plan_with("t", 4, Topology::Subnets, Underlay::Dual).unwrap();
+        let f = p.switch_filter("weft-t-sw1", &[("h1".into(), "h4".into())]);
+        assert!(f.contains("ip daddr 172.30.2.4 drop"), "{f}");
+        assert!(f.contains("ip6 daddr fd30:2::4 drop"), "{f}");
+        let p6 = plan_with("t", 4, Topology::Subnets, Underlay::Ipv6).unwrap();
+        let f6 = p6.switch_filter("weft-t-sw1", &[("h1".into(), "h4".into())]);
+        assert!(!f6.contains("ip daddr"), "{f6}");
+        assert!(f6.contains("ip6 saddr fd30:2::4 drop"), "{f6}");
+    }
 
     #[test]
     fn names_are_checked() {

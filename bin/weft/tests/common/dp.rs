@@ -150,18 +150,34 @@ pub fn all_reach_all(lab: &Lab, pods: &[Pod]) {
 
 /// Each container fetches the outside's CGI: it must see the container's host's underlay
 /// address (masquerade). The outside has no route to the pools, so only NAT can answer.
+/// Over IPv6 when `outside` is an IPv6 address: then the container's host's IPv6 underlay
+/// address must be seen.
 pub fn nat_to_outside(lab: &Lab, pods: &[Pod], www: &str, outside: &str) {
-    let (ok, text) = lab.exec("out", &["busybox", "httpd", "-p", "8000", "-h", www]);
-    assert!(ok, "httpd in out: {text}");
-    let (_, routes) = lab.exec("out", &["ip", "route"]);
-    assert!(
-        !routes.contains("10.32."),
-        "the outside must not route the pools: {routes}"
-    );
+    let (_, listening) = lab.exec("out", &["ss", "-ltn"]);
+    if !listening.contains(":8000") {
+        let (ok, text) = lab.exec("out", &["busybox", "httpd", "-p", "8000", "-h", www]);
+        assert!(ok, "httpd in out: {text}");
+    }
+    let v6 = outside.contains(':');
+    for fam in ["-4", "-6"] {
+        let (_, routes) = lab.exec("out", &["ip", fam, "route"]);
+        assert!(
+            !routes.contains("10.32.") && !routes.contains("fd32:"),
+            "the outside must not route the pools: {routes}"
+        );
+    }
     for p in pods {
-        let underlay = host_underlay(lab, &p.host);
+        let underlay = if v6 {
+            host_underlay6(lab, &p.host)
+        } else {
+            host_underlay(lab, &p.host)
+        };
         let target = format!("{}/{}", p.host, p.name);
-        let url = format!("http://{outside}:8000/cgi-bin/ip");
+        let url = if v6 {
+            format!("http://[{outside}]:8000/cgi-bin/ip")
+        } else {
+            format!("http://{outside}:8000/cgi-bin/ip")
+        };
         let seen = wait_for(Duration::from_secs(10), || {
             let (ok, t) = lab.exec(&target, &["curl", "-s", "-m", "3", &url]);
             (ok && t.trim() == underlay).then_some(t)
@@ -197,6 +213,22 @@ pub fn no_nat(lab: &Lab, pods: &[Pod], www: &str, outside: &str) {
         let (ok, text) = lab.exec(&target, &["curl", "-s", "-m", "2", &url]);
         assert!(!ok, "{target} reached the outside without NAT: {text}");
     }
+}
+
+/// The global IPv6 address of `host`'s `eth0`.
+pub fn host_underlay6(lab: &Lab, host: &str) -> String {
+    let (_, t) = lab.exec(
+        host,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+        ],
+    );
+    t.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn host_underlay(lab: &Lab, host: &str) -> String {
