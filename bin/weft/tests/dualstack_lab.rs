@@ -204,6 +204,35 @@ fn an_ipv6_underlay_carries_both_families_and_nats_ipv6_to_the_outside() {
         Some("vxlan".into())
     );
     nat_to_outside(&lab, &pods, &www, "fd30:1::fa");
+    // IPv6 between containers takes the fast path too: none of h1/c1's pings to h2/c1
+    // (out of the host) or to h1/c2 (into a container) passes the FORWARD hook.
+    let h1c1 = pods
+        .iter()
+        .find(|p| p.host == "h1" && p.name == "c1")
+        .unwrap();
+    let h1c2 = pods
+        .iter()
+        .find(|p| p.host == "h1" && p.name == "c2")
+        .unwrap();
+    let h2c1 = pods
+        .iter()
+        .find(|p| p.host == "h2" && p.name == "c1")
+        .unwrap();
+    assert_eq!(
+        forward_hook_sees6(&lab, h1c1, h2c1),
+        0,
+        "h1/c1 -> h2/c1 (IPv6)"
+    );
+    assert_eq!(
+        forward_hook_sees6(&lab, h1c1, h1c2),
+        0,
+        "h1/c1 -> h1/c2 (IPv6)"
+    );
+    assert_eq!(
+        forward_hook_sees(&lab, h1c1, h2c1),
+        0,
+        "h1/c1 -> h2/c1 (IPv4)"
+    );
 }
 
 #[test]

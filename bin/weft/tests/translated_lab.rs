@@ -4,7 +4,9 @@
 //! (iptables-nft) write them, to a backend on another host and on the client's own host;
 //! a hostPort (the reference `portmap` plugin) on another host and on the client's own
 //! host; a long-lived connection through a Service that keeps its replies across an agent
-//! restart; and plain pod-to-pod traffic that still takes the fast path.
+//! restart; and plain pod-to-pod traffic that still takes the fast path. The same for
+//! IPv6 (dual-stack pools on a dual underlay: `ip6` kube-proxy tables, ip6tables-nft,
+//! portmap's IPv6 hostPort).
 //! Design: docs/dataplane.md, "Connections that others translate".
 
 mod common;
@@ -363,4 +365,117 @@ fn services_and_host_ports_work_without_nat_and_fast_path() {
         false,
         false,
     );
+}
+
+/// kube-proxy's rules of [`kube_proxy_nftables`] and [`kube_proxy_iptables`] for IPv6.
+fn to_ipv6_nft(v4: &str) -> String {
+    v4.replace("table ip kube-proxy", "table ip6 kube-proxy")
+        .replace("ipv4_addr", "ipv6_addr")
+        .replace("ip saddr != 10.32.0.0/12", "ip6 saddr != fd32::/48")
+        .replace("ip daddr", "ip6 daddr")
+        .replace("ip saddr", "ip6 saddr")
+}
+
+fn round6(name: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--ipam-pools",
+        "10.32.0.0/12,fd32::/48",
+        "--underlay",
+        "dual",
+    ];
+    args.extend_from_slice(extra);
+    let lab = Lab::up_args(name, 2, "mesh", &args);
+    let what = format!("IPv6 {}", extra.join(" "));
+    let v6 = |host: &str, name: &str, conflist: Option<&str>, cmd: &[&str]| -> String {
+        let mut a = vec!["lab", "run", "--name", &lab.name, "--json"];
+        if let Some(c) = conflist {
+            a.extend(["--conflist", c]);
+        }
+        a.extend([host, name, "--"]);
+        a.extend_from_slice(cmd);
+        let out = weft_ok(&a);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["ips"][1]
+            .as_str()
+            .unwrap_or_else(|| panic!("no IPv6: {out}"))
+            .to_string()
+    };
+    let serve = |word: &'static str| ["busybox", "nc", "-ll", "-p", "80", "-e", "echo", word];
+    let b = v6("h2", "b", None, &serve("from-b"));
+    let c = v6("h1", "c", None, &serve("from-c"));
+    v6(
+        "h2",
+        "p",
+        Some(&hostport_conflist(&lab, "h2")),
+        &serve("from-p"),
+    );
+    v6("h1", "a", None, &[]);
+    v6("h2", "d", None, &[]);
+    assert!(
+        fetch(&lab, "h1/a", &b, "80", "from-b").contains("from-b"),
+        "{what}: a -> b"
+    );
+
+    let nft = to_ipv6_nft(&kube_proxy_nftables(&[("fd96::10", &b), ("fd96::12", &c)]))
+        .replace(&format!("{b}:80"), &format!("[{b}]:80"))
+        .replace(&format!("{c}:80"), &format!("[{c}]:80"));
+    let file = format!("/run/weft-lab/{name}/kube-proxy6.nft");
+    std::fs::write(&file, nft).unwrap();
+    host_sh(&lab, "h1", &format!("nft -f {file}"));
+    let ipt = kube_proxy_iptables(&[("fd96::11", &b), ("fd96::13", &c)])
+        .replace("/32 ", "/128 ")
+        .replace("! -s 10.32.0.0/12", "! -s fd32::/48")
+        .replace(&format!("{b}:80"), &format!("[{b}]:80"))
+        .replace(&format!("{c}:80"), &format!("[{c}]:80"));
+    let file = format!("/run/weft-lab/{name}/kube-proxy6.iptables");
+    std::fs::write(&file, ipt).unwrap();
+    host_sh(
+        &lab,
+        "h1",
+        &format!("ip6tables-nft-restore --noflush < {file}"),
+    );
+    for (vip, word, style) in [
+        ("fd96::10", "from-b", "nftables, backend on another host"),
+        (
+            "fd96::12",
+            "from-c",
+            "nftables, backend on the client's host",
+        ),
+        ("fd96::11", "from-b", "ip6tables, backend on another host"),
+        (
+            "fd96::13",
+            "from-c",
+            "ip6tables, backend on the client's host",
+        ),
+    ] {
+        let got = fetch(&lab, "h1/a", vip, "80", word);
+        assert!(
+            got.contains(word),
+            "{what}: Service {vip} ({style}): {got:?}"
+        );
+    }
+    // portmap publishes the hostPort on h2's IPv6 address too.
+    for from in ["h1/a", "h2/d"] {
+        let got = fetch(&lab, from, "fd30::2", "8080", "from-p");
+        assert!(
+            got.contains("from-p"),
+            "{what}: hostPort from {from}: {got:?}"
+        );
+    }
+    if !extra.contains(&"off") {
+        let f = fast_counters(&lab, "h1");
+        assert!(
+            f["counters"]["stateful"].as_u64().unwrap_or(0) > 0,
+            "{what}: no IPv6 reply was left to conntrack: {f}"
+        );
+    }
+}
+
+#[test]
+fn ipv6_services_and_host_ports_work_with_the_defaults_in_both_modes() {
+    if !root_or_skip("ipv6 services") {
+        return;
+    }
+    round6("ts6route", &["--mode", "route"]);
+    round6("ts6vxlan", &["--mode", "vxlan"]);
 }

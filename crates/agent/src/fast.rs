@@ -99,17 +99,7 @@ impl Agent {
             if self.fast.error.is_some() {
                 return;
             }
-            let pools: Vec<ipnet::Ipv4Net> = self
-                .cfg
-                .ipam
-                .space
-                .pools
-                .iter()
-                .filter_map(|p| match p {
-                    ipnet::IpNet::V4(n) => Some(*n),
-                    ipnet::IpNet::V6(_) => None,
-                })
-                .collect();
+            let pools = self.cfg.ipam.space.pools.clone();
             match FastPath::load().and_then(|mut f| f.set_pools(&pools).map(|()| f)) {
                 Ok(f) => {
                     log("fast path: loaded");

@@ -13,6 +13,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 
 #define SEC(name) __attribute__((section(name), used))
@@ -31,7 +32,10 @@ static long (*bpf_map_update_elem)(void *map, const void *key, const void *value
                                    __u64 flags) = (void *)BPF_FUNC_map_update_elem;
 
 #define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_ICMPV6 58
 #define htons(x) __builtin_bswap16(x)
+#define htonl(x) __builtin_bswap32(x)
 #define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
@@ -47,6 +51,11 @@ struct lpm_v4 {
     __u32 addr;
 };
 
+struct lpm_v6 {
+    __u32 prefixlen;
+    __u32 addr[4];
+};
+
 // The cluster's IPv4 pools: only traffic from a pool address to a pool address is
 // forwarded here (traffic to the outside needs the stack: outbound NAT).
 struct {
@@ -56,6 +65,15 @@ struct {
     __type(value, __u8);
     __uint(map_flags, BPF_F_NO_PREALLOC);
 } pools SEC(".maps");
+
+// The cluster's IPv6 pools.
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, 256);
+    __type(key, struct lpm_v6);
+    __type(value, __u8);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+} pools6 SEC(".maps");
 
 // What each device the program may forward between is (by ifindex): a host-side container
 // veth the agent attached the program to and enabled (DEV_POD), or a device packets may be
@@ -119,6 +137,13 @@ static __attribute__((always_inline)) __u8 dev_kind(__u32 ifindex)
     return v ? *v : 0;
 }
 
+static __attribute__((always_inline)) int in_pools6(__u32 *addr)
+{
+    struct lpm_v6 k = {.prefixlen = 128};
+    __builtin_memcpy(k.addr, addr, 16);
+    return bpf_map_lookup_elem(&pools6, &k) != 0;
+}
+
 static __attribute__((always_inline)) int has_ports(__u8 proto)
 {
     return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
@@ -165,6 +190,82 @@ static __attribute__((always_inline)) int stateful(struct iphdr *ip, void *end)
     return socket_of(ip, end, 1, &k) && bpf_map_lookup_elem(&translated, &k) != 0;
 }
 
+// The socket at one end of an IPv6 packet whose next header is TCP, UDP or SCTP (packets
+// with extension headers are the stack's and never get here); 0 when it has none.
+static __attribute__((always_inline)) int socket_of6(struct ipv6hdr *ip6, void *end, int dst,
+                                                      struct sock_key *k)
+{
+    __u16 *ports = (void *)(ip6 + 1);
+    if (!has_ports(ip6->nexthdr) || (void *)(ports + 2) > end)
+        return 0;
+    __builtin_memcpy(k->addr, dst ? (void *)&ip6->daddr : (void *)&ip6->saddr, 16);
+    k->port = dst ? ports[1] : ports[0];
+    k->proto = ip6->nexthdr;
+    k->family = 6;
+    return 1;
+}
+
+static __attribute__((always_inline)) void remember_source6(struct ipv6hdr *ip6, void *end)
+{
+    struct sock_key k = {};
+    __u8 one = 1;
+    if (socket_of6(ip6, end, 0, &k))
+        bpf_map_update_elem(&translated, &k, &one, BPF_ANY);
+}
+
+// As stateful(), for IPv6: ICMPv6 errors (destination unreachable, packet too big, time
+// exceeded, parameter problem) and replies to translated sockets.
+static __attribute__((always_inline)) int stateful6(struct ipv6hdr *ip6, void *end)
+{
+    if (ip6->nexthdr == IPPROTO_ICMPV6) {
+        __u8 *type = (void *)(ip6 + 1);
+        if ((void *)(type + 1) > end)
+            return 1;
+        return *type >= 1 && *type <= 4;
+    }
+    struct sock_key k = {};
+    return socket_of6(ip6, end, 1, &k) && bpf_map_lookup_elem(&translated, &k) != 0;
+}
+
+static __attribute__((always_inline)) int forward(struct __sk_buff *skb, struct ethhdr *eth,
+                                                  struct bpf_fib_lookup *fib);
+
+// An IPv6 packet: the same decisions as for IPv4. Only TCP, UDP, SCTP and ICMPv6 without
+// extension headers are forwarded here; the last hop before the hop limit runs out is the
+// stack's.
+static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct ethhdr *eth,
+                                                void *end)
+{
+    struct ipv6hdr *ip6 = (void *)(eth + 1);
+    if ((void *)(ip6 + 1) > end)
+        return TC_ACT_OK;
+    if (!in_pools6(ip6->saddr.in6_u.u6_addr32))
+        return TC_ACT_OK;
+    if (!in_pools6(ip6->daddr.in6_u.u6_addr32)) {
+        remember_source6(ip6, end);
+        return TC_ACT_OK;
+    }
+    __u8 nh = ip6->nexthdr;
+    if (ip6->hop_limit <= 1 || !(has_ports(nh) || nh == IPPROTO_ICMPV6))
+        return TC_ACT_OK;
+    if (stateful6(ip6, end)) {
+        count(C_STATEFUL);
+        return TC_ACT_OK;
+    }
+    struct bpf_fib_lookup fib = {};
+    fib.family = AF_INET6;
+    fib.flowinfo = *(__be32 *)ip6 & htonl(0x0FFFFFFF);
+    fib.l4_protocol = nh;
+    fib.tot_len = 0;
+    __builtin_memcpy(fib.ipv6_src, ip6->saddr.in6_u.u6_addr32, 16);
+    __builtin_memcpy(fib.ipv6_dst, ip6->daddr.in6_u.u6_addr32, 16);
+    fib.ifindex = skb->ingress_ifindex;
+    int rc = forward(skb, eth, &fib);
+    if (rc != TC_ACT_OK)
+        ip6->hop_limit -= 1;
+    return rc;
+}
+
 SEC("classifier")
 int weft_fast(struct __sk_buff *skb)
 {
@@ -173,6 +274,10 @@ int weft_fast(struct __sk_buff *skb)
     struct ethhdr *eth = data;
     struct iphdr *ip = data + sizeof(*eth);
 
+    if ((void *)(eth + 1) > end)
+        return TC_ACT_OK;
+    if (eth->h_proto == htons(ETH_P_IPV6))
+        return fast6(skb, eth, end);
     if ((void *)(ip + 1) > end || eth->h_proto != htons(ETH_P_IP))
         return TC_ACT_OK;
     // Options are the stack's.
@@ -194,7 +299,6 @@ int weft_fast(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
 
-    __u32 in = skb->ingress_ifindex;
     struct bpf_fib_lookup fib = {};
     fib.family = AF_INET;
     fib.tos = ip->tos;
@@ -202,13 +306,32 @@ int weft_fast(struct __sk_buff *skb)
     fib.tot_len = 0; // 0: the kernel checks the packet against the egress MTU
     fib.ipv4_src = ip->saddr;
     fib.ipv4_dst = ip->daddr;
-    fib.ifindex = in;
-    long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+    fib.ifindex = skb->ingress_ifindex;
+    int rc = forward(skb, eth, &fib);
+    if (rc != TC_ACT_OK) {
+        // Forwarded: one hop less, and the checksum updated incrementally (RFC 1624).
+        // (The redirect happens when the program returns, so this still goes out.)
+        __u32 check = ip->check;
+        check += htons(0x0100);
+        ip->check = (__u16)(check + (check >= 0xFFFF));
+        ip->ttl -= 1;
+    }
+    return rc;
+}
+
+// The common tail: the FIB lookup and, when the packet is the fast path's, its new MACs
+// and the redirect (the caller then decrements the TTL or hop limit). TC_ACT_OK: the
+// stack's.
+static __attribute__((always_inline)) int forward(struct __sk_buff *skb, struct ethhdr *eth,
+                                                  struct bpf_fib_lookup *fib)
+{
+    __u32 in = skb->ingress_ifindex;
+    long rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
     if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
         count(C_PASS);
         return TC_ACT_OK;
     }
-    __u32 out = fib.ifindex;
+    __u32 out = fib->ifindex;
     __u8 out_kind = dev_kind(out);
     int to_pod = out_kind == DEV_POD;
     // Only a container's own traffic out of an uplink, or traffic for a container of this
@@ -218,20 +341,13 @@ int weft_fast(struct __sk_buff *skb)
         count(C_PASS);
         return TC_ACT_OK;
     }
-
-    // Forwarding: one hop less, and the checksum updated incrementally (RFC 1624).
-    __u32 check = ip->check;
-    check += htons(0x0100);
-    ip->check = (__u16)(check + (check >= 0xFFFF));
-    ip->ttl -= 1;
-
     if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
         // The kernel resolves the neighbour (and queues the packet meanwhile).
         count(C_NEIGH);
         return bpf_redirect_neigh(out, 0, 0, 0);
     }
-    __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
     if (to_pod) {
         // Straight into the container's namespace.
         count(C_PEER);
@@ -253,8 +369,14 @@ int weft_egress(struct __sk_buff *skb)
     struct ethhdr *eth = data;
     struct iphdr *ip = data + sizeof(*eth);
 
-    if (!(skb->mark & TRANSLATED_MARK))
+    if (!(skb->mark & TRANSLATED_MARK) || (void *)(eth + 1) > end)
         return TC_ACT_OK;
+    if (eth->h_proto == htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) <= end)
+            remember_source6(ip6, end);
+        return TC_ACT_OK;
+    }
     if ((void *)(ip + 1) > end || eth->h_proto != htons(ETH_P_IP) || ip->ihl != 5)
         return TC_ACT_OK;
     remember_source(ip, end);

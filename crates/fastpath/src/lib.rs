@@ -25,7 +25,7 @@ use aya::programs::tc::{
 };
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 /// The compiled program (an ELF object for the kernel's BPF target).
@@ -110,6 +110,7 @@ impl SockKey {
 pub struct FastPath {
     bpf: Ebpf,
     pools: LpmTrie<MapData, u32, u8>,
+    pools6: LpmTrie<MapData, [u8; 16], u8>,
     devs: HashMap<MapData, u32, u8>,
     translated: HashMap<MapData, SockKey, u8>,
     counters: PerCpuArray<MapData, u64>,
@@ -131,6 +132,7 @@ impl FastPath {
                 .ok_or_else(|| err("the object lacks a map", name))
         };
         let pools = LpmTrie::try_from(take("pools")?).map_err(|e| err("pools", e))?;
+        let pools6 = LpmTrie::try_from(take("pools6")?).map_err(|e| err("pools6", e))?;
         let devs = HashMap::try_from(take("devs")?).map_err(|e| err("devs", e))?;
         let translated =
             HashMap::try_from(take("translated")?).map_err(|e| err("translated", e))?;
@@ -147,6 +149,7 @@ impl FastPath {
         Ok(FastPath {
             bpf,
             pools,
+            pools6,
             devs,
             translated,
             counters,
@@ -162,8 +165,45 @@ impl FastPath {
             .expect("checked at load")
     }
 
-    /// Makes the pool map hold exactly `pools`.
-    pub fn set_pools(&mut self, pools: &[Ipv4Net]) -> Result<(), String> {
+    /// Makes the pool maps hold exactly `pools` (each family in its own map).
+    pub fn set_pools(&mut self, pools: &[IpNet]) -> Result<(), String> {
+        let v4: Vec<Ipv4Net> = pools
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V4(n) => Some(*n),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<Ipv6Net> = pools
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V6(n) => Some(*n),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        self.set_pools4(&v4)?;
+        let key = |n: &Ipv6Net| Key::new(u32::from(n.prefix_len()), n.network().octets());
+        let want: BTreeSet<(u32, [u8; 16])> = v6
+            .iter()
+            .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+            .collect();
+        let have: Vec<Key<[u8; 16]>> = self.pools6.keys().filter_map(|k| k.ok()).collect();
+        for k in have {
+            if !want.contains(&(k.prefix_len(), k.data())) {
+                self.pools6
+                    .remove(&k)
+                    .map_err(|e| err("removing a pool", e))?;
+            }
+        }
+        for n in &v6 {
+            self.pools6
+                .insert(&key(n), 1, 0)
+                .map_err(|e| err("adding a pool", e))?;
+        }
+        Ok(())
+    }
+
+    fn set_pools4(&mut self, pools: &[Ipv4Net]) -> Result<(), String> {
         // The key's address is in network order, as the program reads it from the packet.
         let key = |n: &Ipv4Net| {
             Key::new(

@@ -307,24 +307,38 @@ pub fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
 /// The fast path forwards a container's packets itself (0); the kernel's stack passes
 /// every one through FORWARD (3).
 pub fn forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
+    forward_probe(lab, src, &src.ip, &dst.ip, false)
+}
+
+/// As [`forward_hook_sees`], over IPv6.
+pub fn forward_hook_sees6(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
+    let (s, d) = (src.ip6.as_deref().unwrap(), dst.ip6.as_deref().unwrap());
+    forward_probe(lab, src, s, d, true)
+}
+
+fn forward_probe(lab: &Lab, src: &Pod, from: &str, to: &str, v6: bool) -> u64 {
     let host = src.host.as_str();
+    let (fam, icmp, flag) = if v6 {
+        ("ip6", "icmpv6", "-6")
+    } else {
+        ("ip", "icmp", "-4")
+    };
     let rule = format!(
-        "nft add table ip weftprobe && \
-         nft add chain ip weftprobe probe '{{ type filter hook forward priority 0; }}' && \
-         nft add rule ip weftprobe probe ip saddr {} ip daddr {} icmp type echo-request counter",
-        src.ip, dst.ip
+        "nft add table {fam} weftprobe && \
+         nft add chain {fam} weftprobe probe '{{ type filter hook forward priority 0; }}' && \
+         nft add rule {fam} weftprobe probe {fam} saddr {from} {fam} daddr {to} {icmp} type echo-request counter"
     );
     let (ok, t) = lab.exec(host, &["sh", "-c", &rule]);
     assert!(ok, "{host}: the probe table: {t}");
     let target = format!("{}/{}", src.host, src.name);
     let (ok, t) = lab.exec(
         &target,
-        &["ping", "-c", "3", "-i", "0.2", "-W", "2", &dst.ip],
+        &["ping", flag, "-c", "3", "-i", "0.2", "-W", "2", to],
     );
-    let (_, list) = lab.exec(host, &["nft", "list", "chain", "ip", "weftprobe", "probe"]);
-    let (gone, g) = lab.exec(host, &["nft", "delete", "table", "ip", "weftprobe"]);
+    let (_, list) = lab.exec(host, &["nft", "list", "chain", fam, "weftprobe", "probe"]);
+    let (gone, g) = lab.exec(host, &["nft", "delete", "table", fam, "weftprobe"]);
     assert!(gone, "{host}: removing the probe table: {g}");
-    assert!(ok, "{target} -> {}: {t}", dst.ip);
+    assert!(ok, "{target} -> {to}: {t}");
     list.split_whitespace()
         .skip_while(|w| *w != "packets")
         .nth(1)
