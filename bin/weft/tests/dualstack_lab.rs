@@ -11,7 +11,6 @@ mod common;
 use common::dp::*;
 use common::*;
 
-use std::time::Duration;
 
 const POOLS: &[&str] = &["--ipam-pools", "10.32.0.0/12,fd32::/48"];
 
@@ -69,78 +68,12 @@ fn mesh_pods_reach_each_other_over_both_families_and_ipv6_survives_restarts() {
     assert!(n6.contains("PERMANENT"), "{n6}");
 
     // A long-lived TCP connection over IPv6 from h1 to h2 carries data after both agents
-    // restarted (nc does not reconnect).
-    let dir = format!("/run/weft-lab/{}", lab.name);
-    let fifo = |name: &str| {
-        let path = format!("{dir}/{name}");
-        let (ok, t) = sh("mkfifo", &[&path]);
-        assert!(ok, "mkfifo: {t}");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        (path, f)
-    };
-    let (hold, _hold) = fifo("hold");
-    let (feed_path, mut feed) = fifo("feed");
-    let out = weft_ok(&[
-        "lab",
-        "run",
-        "--name",
-        &lab.name,
-        "--json",
-        "h2",
-        "srv",
-        "--",
-        "sh",
-        "-c",
-        &format!("exec busybox nc -l -p 7001 < {hold}"),
-    ]);
-    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let srv6 = st["ips"][1].as_str().unwrap().to_string();
-    let listening = wait_for(Duration::from_secs(10), || {
-        let (_, t) = lab.exec("h2/srv", &["ss", "-ltn"]);
-        t.contains(":7001").then_some(())
+    // restarted.
+    long_connection_survives(&lab, true, || {
+        for h in ["h1", "h2"] {
+            agent(&lab, h, "restart");
+        }
     });
-    assert!(listening.is_some(), "nc did not listen in h2/srv");
-    run(
-        &lab,
-        "h1",
-        "cli",
-        &[
-            "sh",
-            "-c",
-            &format!("exec busybox nc {srv6} 7001 < {feed_path}"),
-        ],
-    );
-    let log = format!("{dir}/h2/srv.log");
-    let received = |word: &str| {
-        wait_for(Duration::from_secs(15), || {
-            std::fs::read_to_string(&log)
-                .ok()
-                .filter(|t| t.contains(word))
-                .map(|_| ())
-        })
-        .is_some()
-    };
-    use std::io::Write;
-    feed.write_all(b"before-restart\n").unwrap();
-    assert!(
-        received("before-restart"),
-        "the IPv6 connection did not start"
-    );
-    let (_, conns) = lab.exec("h2/srv", &["ss", "-6", "-tn", "state", "established"]);
-    assert!(conns.contains(":7001"), "not over IPv6: {conns}");
-    for h in ["h1", "h2"] {
-        agent(&lab, h, "restart");
-    }
-    feed.write_all(b"after-restart\n").unwrap();
-    assert!(
-        received("after-restart"),
-        "the IPv6 connection broke across the agent restarts: {:?}",
-        std::fs::read_to_string(&log)
-    );
 }
 
 #[test]

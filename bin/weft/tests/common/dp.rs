@@ -369,3 +369,88 @@ pub fn fast_path_carried(lab: &Lab, hosts: usize, kinds: &[&str]) {
 pub fn agent(lab: &Lab, host: &str, action: &str) {
     weft_ok(&["lab", "agent", "--name", &lab.name, host, action]);
 }
+
+/// A long-lived TCP connection h1/cli -> h2/srv (over IPv6 when `v6`): the client's nc
+/// reads from a FIFO this test writes to, the server's nc writes what it receives to its
+/// log. A line sent after `between` ran (agent restarts, say) arrives only if the same
+/// connection still works (nc does not reconnect); exactly one connection is seen. Both
+/// ends read from FIFOs this test holds open (read and write: opening never blocks, and
+/// no end of file comes early): busybox nc ends the connection when its input ends.
+pub fn long_connection_survives(lab: &Lab, v6: bool, between: impl FnOnce()) {
+    let dir = format!("/run/weft-lab/{}", lab.name);
+    let fifo = |name: &str| {
+        let path = format!("{dir}/{name}");
+        let (ok, t) = sh("mkfifo", &[&path]);
+        assert!(ok, "mkfifo: {t}");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        (path, f)
+    };
+    let (hold, _hold) = fifo("hold");
+    let (feed_path, mut feed) = fifo("feed");
+    let out = weft_ok(&[
+        "lab",
+        "run",
+        "--name",
+        &lab.name,
+        "--json",
+        "h2",
+        "srv",
+        "--",
+        "sh",
+        "-c",
+        &format!("exec busybox nc -l -p 7001 < {hold}"),
+    ]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let srv = st["ips"][usize::from(v6)]
+        .as_str()
+        .unwrap_or_else(|| panic!("srv has no such address: {out}"))
+        .to_string();
+    let listening = wait_for(Duration::from_secs(10), || {
+        let (_, t) = lab.exec("h2/srv", &["ss", "-ltn"]);
+        t.contains(":7001").then_some(())
+    });
+    assert!(listening.is_some(), "nc did not listen in h2/srv");
+    run(
+        lab,
+        "h1",
+        "cli",
+        &[
+            "sh",
+            "-c",
+            &format!("exec busybox nc {srv} 7001 < {feed_path}"),
+        ],
+    );
+    let log = format!("{dir}/h2/srv.log");
+    let received = |word: &str| {
+        wait_for(Duration::from_secs(15), || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains(word))
+                .map(|_| ())
+        })
+        .is_some()
+    };
+    use std::io::Write;
+    feed.write_all(b"before-restart\n").unwrap();
+    assert!(
+        received("before-restart"),
+        "the long connection to {srv} did not start"
+    );
+    between();
+    feed.write_all(b"after-restart\n").unwrap();
+    assert!(
+        received("after-restart"),
+        "the connection to {srv} broke: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    let (_, conns) = lab.exec("h2/srv", &["ss", "-tn", "state", "established"]);
+    assert_eq!(
+        conns.lines().filter(|l| l.contains(":7001")).count(),
+        1,
+        "one connection, the first one: {conns}"
+    );
+}
