@@ -11,7 +11,6 @@ mod common;
 use common::dp::*;
 use common::*;
 
-
 const POOLS: &[&str] = &["--ipam-pools", "10.32.0.0/12,fd32::/48"];
 
 fn lab(name: &str, hosts: usize, topology: &str, extra: &[&str]) -> Lab {

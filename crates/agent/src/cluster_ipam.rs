@@ -143,7 +143,12 @@ impl Agent {
     /// must see the cluster's genesis before its first step, or it would start a cluster of
     /// its own.
     fn ipam_gate(&mut self) -> bool {
-        if self.ipam.primary().view().genesis.is_some() || self.cfg.peers.is_empty() {
+        let known = self
+            .ipam
+            .engines()
+            .iter()
+            .all(|e| e.view().genesis.is_some());
+        if known || self.cfg.peers.is_empty() {
             return true;
         }
         if self.conns.is_empty() {
@@ -254,7 +259,7 @@ impl Agent {
                 self.ipam_not_ready().unwrap_or_default()
             ));
         }
-        let had = !self.ipam.lookup(owner).is_empty();
+        let had = self.ipam.is_complete(owner);
         match self.ipam.allocate(owner) {
             Ok(a) => {
                 if let Err(e) = self.save_ipam() {
@@ -328,8 +333,7 @@ impl Agent {
         );
         let _ = p.reply.send((503, error_json(&msg)));
         // The engine stops asking space for it unless another request waits for it too.
-        if !self.pending.iter().any(|o| o.owner == p.owner) && self.ipam.lookup(&p.owner).is_empty()
-        {
+        if !self.pending.iter().any(|o| o.owner == p.owner) && !self.ipam.is_complete(&p.owner) {
             self.ipam.release(&p.owner);
         }
     }

@@ -27,6 +27,8 @@ pub(crate) struct Fast {
     refreshed: Option<Instant>,
     /// With the fast path off: earlier agents' filters were removed.
     cleaned: bool,
+    /// Attached devices not yet enabled (a container veth waits for the conntrack seed).
+    unenabled: BTreeSet<Device>,
 }
 
 /// How often the translated connections' client sockets are entered again, so that the
@@ -133,26 +135,41 @@ impl Agent {
         f.retain(|d| want.contains(d));
         let mut failed = f.set_uplinks(&uplinks).err();
         let have: BTreeSet<Device> = f.devices().cloned().collect();
-        let mut new = Vec::new();
         for d in want.difference(&have) {
             // Attached first: from now on the program learns the container's outbound
             // sockets itself, but forwards nothing from or to it yet.
             match f.attach(d.clone()) {
-                Ok(()) => new.push(d.clone()),
+                Ok(()) => {
+                    self.fast.unenabled.insert(d.clone());
+                }
                 Err(e) => failed = Some(e),
             }
         }
-        if refresh_due || new.iter().any(|d| d.pod) {
+        self.fast.unenabled.retain(|d| want.contains(d));
+        let new_pod = self.fast.unenabled.iter().any(|d| d.pod);
+        let mut seeded = true;
+        if refresh_due || new_pod {
             // Then the translated connections it opened before (conntrack knows them),
-            // then it is enabled (docs/dataplane.md, "Connections that others translate").
-            if let Err(e) = remember_translated(f, &pools) {
-                failed = Some(e);
+            // then it is enabled (docs/dataplane.md, "Connections that others translate");
+            // a failed read leaves it unlisted until a read succeeds.
+            match remember_translated(f, &pools) {
+                Ok(()) => self.fast.refreshed = Some(Instant::now()),
+                Err(e) => {
+                    seeded = false;
+                    failed = Some(e);
+                }
             }
-            self.fast.refreshed = Some(Instant::now());
         }
-        for d in &new {
-            if let Err(e) = f.enable(d) {
-                failed = Some(e);
+        let waiting: Vec<Device> = self.fast.unenabled.iter().cloned().collect();
+        for d in waiting {
+            if d.pod && !seeded {
+                continue;
+            }
+            match f.enable(&d) {
+                Ok(()) => {
+                    self.fast.unenabled.remove(&d);
+                }
+                Err(e) => failed = Some(e),
             }
         }
         self.set_fast_error(failed);

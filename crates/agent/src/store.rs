@@ -74,7 +74,7 @@ pub(crate) fn save_persisted(dir: &Path, p: &Persisted) -> Result<(), AgentError
 }
 
 /// The file that keeps the state of the IPAM engine whose records start with `prefix`:
-/// `ipam.json` (IPv4, or pools of both families before dual stack), `ipam6.json` (IPv6).
+/// `ipam.json` (the first family's engine), `ipam6.json` (IPv6 beside IPv4).
 pub(crate) fn ipam_file(prefix: &str) -> &'static str {
     if prefix == weft_ipam::view::PREFIX6 {
         "ipam6.json"

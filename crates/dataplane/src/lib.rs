@@ -214,7 +214,7 @@ pub fn plan(local: &Local, peers: &[Peer]) -> Plan {
         }
     }
     out.vxlan_device = !out.vxlan.is_empty() || local.mode == Mode::Vxlan;
-    if local.mode == Mode::Vxlan {
+    if local.mode == Mode::Vxlan || (local.ipv6_pools && local.underlay.addr().is_ipv4()) {
         out.pod_mtu = out.pod_mtu.min(vx_mtu);
     }
     out
@@ -294,9 +294,10 @@ mod tests {
         assert_eq!(v6.via, Via::Vxlan(vtep_of(&id(2))));
         assert_eq!(p.vxlan.len(), 1, "the peer is a VXLAN peer for IPv6");
         assert_eq!(p.pod_mtu, 1450, "one MTU per interface: the smaller");
-        // Before the peer holds any block, its MTU counts already.
+        // Before the peer holds any block, its MTU counts already; so on a lone node.
         let early = plan(&l, &[peer(2, "172.30.0.2", Some(2), &[])]);
         assert_eq!(early.pod_mtu, 1450);
+        assert_eq!(plan(&l, &[]).pod_mtu, 1450);
         // Over an IPv6 underlay both families route directly.
         let mut l6 = local(Mode::Route, "fd30::1/64");
         l6.ipv6_pools = true;

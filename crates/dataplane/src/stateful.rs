@@ -26,7 +26,8 @@ pub const TRANSLATED_SIZE: u32 = 262_144;
 /// say, in one transaction. With `nat`, a family that has pools gets its table: the pools
 /// as a set, masquerade of traffic leaving the pools, `notrack` of traffic between pools
 /// and of weft's VXLAN packets, except replies to client sockets of translated connections
-/// (the `translated` set, filled at `forward` from `ct status dnat`) and ICMP errors. The
+/// (the `translated` set, filled at `forward` from `ct status dnat` by packets of the
+/// original direction only: a reply there still has the backend's source) and ICMP errors. The
 /// table is changed in place (chains flushed and refilled), never deleted and re-made, so
 /// the `translated` set survives an agent restart or a change of the pools. Without `nat`,
 /// or without pools of a family, that family's table is deleted.
@@ -97,7 +98,7 @@ pub fn nft_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
             }
         }
         s.push_str(&format!(
-            "add rule {t} forward ct status dnat {between} {ports} update @translated {{ {fam} saddr . meta l4proto . th sport }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
+            "add rule {t} forward ct status dnat ct direction original {between} {ports} update @translated {{ {fam} saddr . meta l4proto . th sport }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
         ));
         s.push_str(&format!(
             "add rule {t} postrouting {fam} saddr @pools {fam} daddr != @pools masquerade\n"
@@ -199,7 +200,7 @@ mod tests {
         // The forward rule learns the client socket of every DNAT'd pod-to-pod packet
         // and marks it for the fast path's egress program.
         assert!(s.contains(
-            "add rule ip weft forward ct status dnat ip saddr @pools ip daddr @pools meta l4proto { tcp, udp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000"
+            "add rule ip weft forward ct status dnat ct direction original ip saddr @pools ip daddr @pools meta l4proto { tcp, udp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000"
         ));
         assert!(s.contains("icmpv6 type { destination-unreachable, packet-too-big"));
     }

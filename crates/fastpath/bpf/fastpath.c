@@ -169,7 +169,8 @@ static __attribute__((always_inline)) void remember_source(struct iphdr *ip, voi
 {
     struct sock_key k = {};
     __u8 one = 1;
-    if (socket_of(ip, end, 0, &k))
+    // A lookup refreshes a known socket's place in the LRU; only a new one is written.
+    if (socket_of(ip, end, 0, &k) && !bpf_map_lookup_elem(&translated, &k))
         bpf_map_update_elem(&translated, &k, &one, BPF_ANY);
 }
 
@@ -209,7 +210,7 @@ static __attribute__((always_inline)) void remember_source6(struct ipv6hdr *ip6,
 {
     struct sock_key k = {};
     __u8 one = 1;
-    if (socket_of6(ip6, end, 0, &k))
+    if (socket_of6(ip6, end, 0, &k) && !bpf_map_lookup_elem(&translated, &k))
         bpf_map_update_elem(&translated, &k, &one, BPF_ANY);
 }
 

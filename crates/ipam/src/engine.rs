@@ -130,6 +130,7 @@ pub struct Ipam {
     pub(crate) down_since: BTreeMap<NodeId, u64>,
     pub(crate) last_use: BTreeMap<NodeId, UseRec>,
     pub(crate) dirty: bool,
+    pub(crate) prefix: &'static str,
 }
 
 /// Liveness of other nodes as the mesh sees them.
@@ -173,13 +174,20 @@ impl Ipam {
             down_since: BTreeMap::new(),
             last_use: BTreeMap::new(),
             dirty: true,
+            prefix: crate::view::PREFIX,
         }
     }
 
-    /// The prefix of this engine's mesh records: `ipam6/` for an IPv6-only space, else
-    /// `ipam/` (see [`crate::view::PREFIX6`]).
+    /// The prefix of this engine's mesh records: `ipam/`, or `ipam6/` for the IPv6 engine
+    /// beside an IPv4 one (see [`crate::view::PREFIX6`]).
     pub fn prefix(&self) -> &'static str {
-        self.cfg.space.record_prefix()
+        self.prefix
+    }
+
+    /// The same engine writing and reading its records under `prefix`.
+    pub fn with_prefix(mut self, prefix: &'static str) -> Ipam {
+        self.prefix = prefix;
+        self
     }
 
     /// This node.

@@ -1,6 +1,7 @@
 //! Dual stack: one [`Ipam`] engine per address family of the pools, side by side. Each
 //! family's engine is the single-family engine the simulations check, with its own mesh
-//! records (`ipam/` for IPv4, `ipam6/` for IPv6, see [`crate::view::PREFIX6`]), its own
+//! records (`ipam/` for the first family, `ipam6/` for IPv6 beside IPv4, see
+//! [`crate::view::PREFIX6`]), its own
 //! blocks, borrowing and reclaim, and its own persisted state. A container interface gets
 //! one address of every family: [`Families::allocate`] succeeds only when every engine
 //! answered, and a family whose pools are full fails the whole allocation (what it took
@@ -28,16 +29,24 @@ impl Families {
         cfg: IpamConfig,
         mut persisted: impl FnMut(&'static str) -> Option<Persist>,
     ) -> Families {
+        // The first family keeps `ipam/` (and its state file), so a single-family cluster,
+        // IPv4 or IPv6, reads what it wrote before dual stack; a second family's engine
+        // uses `ipam6/`.
         let engines = [false, true]
             .into_iter()
             .filter_map(|v6| cfg.space.family(v6))
-            .map(|space| {
-                let prefix = space.record_prefix();
+            .enumerate()
+            .map(|(i, space)| {
+                let prefix = if i == 0 {
+                    crate::view::PREFIX
+                } else {
+                    crate::view::PREFIX6
+                };
                 let c = IpamConfig {
                     space,
                     ..cfg.clone()
                 };
-                Ipam::new(id, c, persisted(prefix))
+                Ipam::new(id, c, persisted(prefix)).with_prefix(prefix)
             })
             .collect();
         Families { engines }
@@ -61,22 +70,17 @@ impl Families {
 
     /// One address of every family for `owner` (the same ones again if it has them).
     pub fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, AllocError> {
-        let had: Vec<bool> = self
-            .engines
-            .iter()
-            .map(|e| e.lookup(owner).is_some())
-            .collect();
+        let complete = self.is_complete(owner);
         let mut out = Vec::new();
         let mut wait = None;
         for e in self.engines.iter_mut() {
             match e.allocate(owner) {
                 Ok(a) => out.push(a),
                 Err(AllocError::Exhausted) => {
-                    // No interface gets half its addresses: give back what this call took.
-                    for (e, had) in self.engines.iter_mut().zip(&had) {
-                        if !had {
-                            e.release(owner);
-                        }
+                    // No interface keeps half its addresses: give back what it has unless
+                    // it had all of them before (then this cannot happen).
+                    if !complete {
+                        self.release(owner);
                     }
                     return Err(AllocError::Exhausted);
                 }
@@ -88,6 +92,11 @@ impl Families {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// True when `owner` holds an address of every family.
+    pub fn is_complete(&self, owner: &Owner) -> bool {
+        self.engines.iter().all(|e| e.lookup(owner).is_some())
     }
 
     /// Frees every address of `owner`; returns them.
@@ -187,8 +196,9 @@ mod tests {
         );
         let (v4only, _) = started(&["10.32.0.0/28"]);
         assert_eq!(v4only.engines().len(), 1);
+        // IPv6 alone keeps the records (and state file) it had before dual stack.
         let (v6only, _) = started(&["fd32::/124"]);
-        assert_eq!(v6only.engines()[0].prefix(), "ipam6/");
+        assert_eq!(v6only.engines()[0].prefix(), "ipam/");
     }
 
     #[test]
@@ -219,5 +229,11 @@ mod tests {
             f.lookup(&owners[2]).is_empty(),
             "no IPv6 address is left behind for the refused interface"
         );
+        // Also when the other family's address came from an earlier call.
+        let late = Owner::new("late", "eth0");
+        f.engines[1].allocate(&late).unwrap();
+        assert!(!f.is_complete(&late));
+        assert_eq!(f.allocate(&late), Err(AllocError::Exhausted));
+        assert!(f.lookup(&late).is_empty());
     }
 }

@@ -43,16 +43,6 @@ fn from_u128(v6: bool, x: u128) -> IpAddr {
 pub const V6_MAX_EXP: u32 = 16;
 
 impl Space {
-    /// The prefix of the mesh records of an engine over this space: `ipam6/` when every
-    /// pool is IPv6, else `ipam/`.
-    pub fn record_prefix(&self) -> &'static str {
-        if !self.pools.is_empty() && self.pools.iter().all(|p| p.addr().is_ipv6()) {
-            crate::view::PREFIX6
-        } else {
-            crate::view::PREFIX
-        }
-    }
-
     /// The pools of one family (IPv6 when `v6`), with the same block sizes; `None` when
     /// there are none.
     pub fn family(&self, v6: bool) -> Option<Space> {

@@ -276,8 +276,10 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
         sys::netns_add(&ns)?;
         // The lab plans every address, so duplicate address detection only delays them
         // (a second per address): new links of lab namespaces skip it.
-        for key in ["all", "default"] {
-            sys::netns_sysctl(&ns, &format!("net.ipv6.conf.{key}.accept_dad"), "0")?;
+        if ipv6_on() {
+            for key in ["all", "default"] {
+                sys::netns_sysctl(&ns, &format!("net.ipv6.conf.{key}.accept_dad"), "0")?;
+            }
         }
     }
     for sw in &plan.switches {
@@ -308,7 +310,9 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
             sys::ip_batch(rt, &lines)?;
         }
         sys::netns_sysctl(rt, "net.ipv4.ip_forward", "1")?;
-        sys::netns_sysctl(rt, "net.ipv6.conf.all.forwarding", "1")?;
+        if ipv6_on() {
+            sys::netns_sysctl(rt, "net.ipv6.conf.all.forwarding", "1")?;
+        }
     }
     for h in &plan.hosts {
         let v4 = (!h.v6_only).then_some(h.underlay);
@@ -323,7 +327,9 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
         )?;
         sys::netns_sysctl(&h.netns, "net.ipv4.ip_forward", "1")?;
         // Containers' IPv6 traffic (dual-stack pools) is forwarded by the host too.
-        sys::netns_sysctl(&h.netns, "net.ipv6.conf.all.forwarding", "1")?;
+        if ipv6_on() {
+            sys::netns_sysctl(&h.netns, "net.ipv6.conf.all.forwarding", "1")?;
+        }
         write_host_files(name, h, opts.agents)?;
     }
     let out = &plan.outside;
@@ -361,6 +367,11 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
     }
     state.complete = true;
     save(&state)
+}
+
+/// The kernel has IPv6 (not booted with `ipv6.disable=1`).
+fn ipv6_on() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
 }
 
 /// How long `up` waits for a namespace's links to settle (the kernel's link watcher

@@ -190,7 +190,8 @@ impl Ctx {
             Err(e) => {
                 // Undo: the veth (routes and neighbours go with it), then the address.
                 let _ = self.remove_host_link(&a);
-                if held_before.is_empty() {
+                // Unless the attachment held all of them before this call.
+                if held_before.len() < ips.len() {
                     let _ = source.release(&owner);
                 }
                 Err(e)
