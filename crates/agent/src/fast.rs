@@ -39,6 +39,9 @@ const TRANSLATED_REFRESH: Duration = Duration::from_secs(30);
 /// namespace uses conntrack: then nothing is translated).
 const CONNTRACK: &str = "/proc/net/nf_conntrack";
 
+/// How many connections the host namespace tracks.
+const CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
+
 /// Removes the filters an earlier agent left on container veths (it crashed, or ran with
 /// the fast path on when this one cannot or must not).
 fn remove_all_leftovers() {
@@ -53,7 +56,23 @@ fn remove_all_leftovers() {
 fn remember_translated(f: &mut FastPath, pools: &[ipnet::IpNet]) -> Result<(), String> {
     let text = match std::fs::read_to_string(CONNTRACK) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No table to read: fine while nothing here is tracked; with tracked
+            // connections (a kernel without CONFIG_NF_CONNTRACK_PROCFS) weft cannot seed,
+            // and says so rather than forward translated replies untranslated.
+            let tracked = std::fs::read_to_string(CONNTRACK_COUNT)
+                .ok()
+                .and_then(|c| c.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if tracked > 0 {
+                return Err(format!(
+                    "fast path: {tracked} tracked connections but no {CONNTRACK} to read \
+                     them from (kernel without CONFIG_NF_CONNTRACK_PROCFS): container veths \
+                     stay on the stack"
+                ));
+            }
+            return Ok(());
+        }
         Err(e) => return Err(format!("fast path: read {CONNTRACK}: {e}")),
     };
     f.remember(&weft_dataplane::stateful::translated_clients(&text, pools))
