@@ -10,29 +10,15 @@
 //! Design: docs/dataplane.md, "Connections that others translate".
 
 mod common;
+use common::dp::run_with;
 use common::*;
 
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// `weft lab run HOST NAME [--conflist F] -- CMD`: the container's address.
-fn run(lab: &Lab, host: &str, name: &str, conflist: Option<&str>, cmd: &[&str]) -> String {
-    let mut args = vec!["lab", "run", "--name", &lab.name];
-    if let Some(c) = conflist {
-        args.extend(["--conflist", c]);
-    }
-    args.extend([host, name, "--"]);
-    args.extend_from_slice(cmd);
-    let out = weft_ok(&args);
-    out.split_whitespace()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// A TCP server in a container that answers every connection with `word`.
 fn server(lab: &Lab, host: &str, name: &str, conflist: Option<&str>, word: &str) -> String {
-    run(
+    run_with(
         lab,
         host,
         name,
@@ -154,8 +140,8 @@ fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
         pool.contains(&p.parse::<std::net::Ipv4Addr>().unwrap()),
         "{p}"
     );
-    let a = run(&lab, "h1", "a", None, &[]);
-    run(&lab, "h2", "d", None, &[]);
+    let a = run_with(&lab, "h1", "a", None, &[]);
+    run_with(&lab, "h2", "d", None, &[]);
 
     // Plain pod-to-pod traffic first: it works, and (with the fast path) takes it.
     assert!(
@@ -260,7 +246,7 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
     let (ok, t) = sh("mkfifo", &[&fifo]);
     assert!(ok, "mkfifo: {t}");
     // The backend sends what the test writes into the fifo; the client logs it.
-    let srv = run(
+    let srv = run_with(
         lab,
         "h2",
         "srv",
@@ -282,7 +268,7 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         t.contains(":7001")
     });
     assert!(listening, "nc did not listen in h2/srv");
-    run(
+    run_with(
         lab,
         "h1",
         "cli",

@@ -25,7 +25,7 @@ use aya::programs::tc::{
 };
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// The compiled program (an ELF object for the kernel's BPF target).
@@ -165,73 +165,24 @@ impl FastPath {
             .expect("checked at load")
     }
 
-    /// Makes the pool maps hold exactly `pools` (each family in its own map).
+    /// Makes the pool maps hold exactly `pools` (each family in its own map). Keys hold
+    /// the network address in network order, as the program reads it from the packet.
     pub fn set_pools(&mut self, pools: &[IpNet]) -> Result<(), String> {
-        let v4: Vec<Ipv4Net> = pools
-            .iter()
-            .filter_map(|p| match p {
-                IpNet::V4(n) => Some(*n),
-                IpNet::V6(_) => None,
-            })
-            .collect();
-        let v6: Vec<Ipv6Net> = pools
-            .iter()
-            .filter_map(|p| match p {
-                IpNet::V6(n) => Some(*n),
-                IpNet::V4(_) => None,
-            })
-            .collect();
-        self.set_pools4(&v4)?;
-        let key = |n: &Ipv6Net| Key::new(u32::from(n.prefix_len()), n.network().octets());
-        let want: BTreeSet<(u32, [u8; 16])> = v6
-            .iter()
-            .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
-            .collect();
-        let have: Vec<Key<[u8; 16]>> = self.pools6.keys().filter_map(|k| k.ok()).collect();
-        for k in have {
-            if !want.contains(&(k.prefix_len(), k.data())) {
-                self.pools6
-                    .remove(&k)
-                    .map_err(|e| err("removing a pool", e))?;
+        let mut v4 = BTreeSet::new();
+        let mut v6 = BTreeSet::new();
+        for p in pools {
+            let len = u32::from(p.prefix_len());
+            match p {
+                IpNet::V4(n) => {
+                    v4.insert((len, u32::from_ne_bytes(n.network().octets())));
+                }
+                IpNet::V6(n) => {
+                    v6.insert((len, n.network().octets()));
+                }
             }
         }
-        for n in &v6 {
-            self.pools6
-                .insert(&key(n), 1, 0)
-                .map_err(|e| err("adding a pool", e))?;
-        }
-        Ok(())
-    }
-
-    fn set_pools4(&mut self, pools: &[Ipv4Net]) -> Result<(), String> {
-        // The key's address is in network order, as the program reads it from the packet.
-        let key = |n: &Ipv4Net| {
-            Key::new(
-                u32::from(n.prefix_len()),
-                u32::from_ne_bytes(n.network().octets()),
-            )
-        };
-        let want: BTreeSet<(u32, u32)> = pools
-            .iter()
-            .map(|n| {
-                let k = key(n);
-                (k.prefix_len(), k.data())
-            })
-            .collect();
-        let have: Vec<Key<u32>> = self.pools.keys().filter_map(|k| k.ok()).collect();
-        for k in have {
-            if !want.contains(&(k.prefix_len(), k.data())) {
-                self.pools
-                    .remove(&k)
-                    .map_err(|e| err("removing a pool", e))?;
-            }
-        }
-        for n in pools {
-            self.pools
-                .insert(&key(n), 1, 0)
-                .map_err(|e| err("adding a pool", e))?;
-        }
-        Ok(())
+        sync_trie(&mut self.pools, &v4)?;
+        sync_trie(&mut self.pools6, &v6)
     }
 
     /// Makes `ifindexes` the devices (besides `weft.vx`) the program may send packets out
@@ -375,6 +326,24 @@ impl FastPath {
             stateful: sum(4),
         }
     }
+}
+
+/// Makes an LPM trie hold exactly the (prefix length, address) keys of `want`.
+fn sync_trie<K: aya::Pod + Ord>(
+    trie: &mut LpmTrie<MapData, K, u8>,
+    want: &BTreeSet<(u32, K)>,
+) -> Result<(), String> {
+    let have: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).collect();
+    for k in have {
+        if !want.contains(&(k.prefix_len(), k.data())) {
+            trie.remove(&k).map_err(|e| err("removing a pool", e))?;
+        }
+    }
+    for (len, addr) in want {
+        trie.insert(&Key::new(*len, *addr), 1, 0)
+            .map_err(|e| err("adding a pool", e))?;
+    }
+    Ok(())
 }
 
 /// Removes weft's tc filters from container veth `ifname` that an earlier agent left (one

@@ -38,7 +38,16 @@ pub fn www(lab: &Lab) -> String {
 
 /// `weft lab run HOST NAME -- CMD`: the container's address.
 pub fn run(lab: &Lab, host: &str, name: &str, cmd: &[&str]) -> String {
-    let mut args = vec!["lab", "run", "--name", &lab.name, host, name, "--"];
+    run_with(lab, host, name, None, cmd)
+}
+
+/// `weft lab run HOST NAME [--conflist F] -- CMD`: the container's (first) address.
+pub fn run_with(lab: &Lab, host: &str, name: &str, conflist: Option<&str>, cmd: &[&str]) -> String {
+    let mut args = vec!["lab", "run", "--name", &lab.name];
+    if let Some(c) = conflist {
+        args.extend(["--conflist", c]);
+    }
+    args.extend([host, name, "--"]);
     args.extend_from_slice(cmd);
     let out = weft_ok(&args);
     out.split_whitespace()
