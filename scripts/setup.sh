@@ -28,16 +28,16 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 fi
-# Debian 12's own rustc (1.63) is older than weft needs (1.80): without a new enough
+# Debian 12's own rustc (1.63) is older than weft needs (1.89: the YAML reader of `weft apply`): without a new enough
 # cargo, rustup installs the stable toolchain for root.
 cargo_ok() {
   command -v cargo >/dev/null 2>&1 || return 1
   local v
   v=$(cargo --version | awk '{print $2}')
-  [ "$(printf '%s\n1.80.0\n' "$v" | sort -V | head -n1)" = "1.80.0" ]
+  [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -n1)" = "1.89.0" ]
 }
 if ! cargo_ok; then
-  echo "setup: no Rust 1.80 or newer found; installing the stable toolchain with rustup"
+  echo "setup: no Rust 1.89 or newer found; installing the stable toolchain with rustup"
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >/dev/null
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"

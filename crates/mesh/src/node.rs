@@ -18,7 +18,7 @@ pub fn encode_links<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> Vec<u8> {
 
 /// Decodes the value of a `links` record; `None` if its length is not a multiple of 16.
 pub fn decode_links(bytes: &[u8]) -> Option<BTreeSet<NodeId>> {
-    if bytes.len() % 16 != 0 {
+    if !bytes.len().is_multiple_of(16) {
         return None;
     }
     Some(
@@ -511,7 +511,7 @@ impl Node {
         self.store.gc(now, self.config.gc_after_ms);
         if self
             .last_ae
-            .map_or(true, |l| now.saturating_sub(l) >= self.config.ae_period_ms)
+            .is_none_or(|l| now.saturating_sub(l) >= self.config.ae_period_ms)
         {
             self.last_ae = Some(now);
             let d = self.digest();
