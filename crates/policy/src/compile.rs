@@ -1,0 +1,649 @@
+//! The compiler from the world to one host's kernel rules (docs/policy.md, "Compile
+//! scheme"): the nftables table `inet weft_policy` (policy chains with interval sets,
+//! group chains shared by endpoints with the same policies, verdict maps from each
+//! isolated local address to its group), the addresses to exempt from `notrack` and to
+//! keep off the fast path, and the `nft -f` scripts that make the kernel match it: whole,
+//! or as the difference from what was applied before.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::engine::{isolating, peer_matches, selects, Dir};
+use crate::k8s::{NetworkPolicy, PortValue, Protocol, Rule};
+use crate::model::{Endpoint, World};
+use crate::ranges::{addr_num, cidr_span, show_addr_interval, Intervals};
+
+/// The table's family and name.
+pub const TABLE: &str = "inet weft_policy";
+
+/// The set of isolated addresses in weft's `ip weft` / `ip6 weft` tables (exempt from
+/// their `notrack`).
+pub const ISOLATED_SET: &str = "isolated";
+
+/// The NFLOG group of weft's policy log.
+pub const LOG_GROUP: u16 = 7;
+
+/// The conntrack mark bit of a TCP connection picked up mid-stream.
+pub const PICKUP_MARK: u32 = 0x0200_0000;
+
+/// The prefix of every policy log message.
+pub const LOG_PREFIX: &str = "weft";
+
+/// Drop log messages per second per host, at most (the counters count every drop).
+pub const DROP_LOG_RATE: u32 = 1000;
+
+/// The type of a named set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    /// IPv4 intervals.
+    Addr4,
+    /// IPv6 intervals.
+    Addr6,
+    /// `inet_proto . inet_service` intervals.
+    ProtoPort,
+    /// `ipv4_addr . inet_proto . inet_service`.
+    Addr4ProtoPort,
+    /// `ipv6_addr . inet_proto . inet_service`.
+    Addr6ProtoPort,
+}
+
+impl SetKind {
+    fn decl(self) -> &'static str {
+        match self {
+            SetKind::Addr4 => "type ipv4_addr; flags interval;",
+            SetKind::Addr6 => "type ipv6_addr; flags interval;",
+            SetKind::ProtoPort => "type inet_proto . inet_service; flags interval;",
+            SetKind::Addr4ProtoPort => "type ipv4_addr . inet_proto . inet_service;",
+            SetKind::Addr6ProtoPort => "type ipv6_addr . inet_proto . inet_service;",
+        }
+    }
+}
+
+/// A named set and its elements (nftables text, sorted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    /// Its type.
+    pub kind: SetKind,
+    /// Its elements.
+    pub elements: Vec<String>,
+}
+
+/// What a chain stands for, to explain log messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainInfo {
+    /// The rules of one policy in one direction.
+    Policy {
+        /// `namespace/name`.
+        policy: String,
+        /// Its direction.
+        dir: Dir,
+    },
+    /// Endpoints isolated by these policies in this direction.
+    Group {
+        /// Its direction.
+        dir: Dir,
+        /// The policies, in key order.
+        policies: Vec<String>,
+    },
+}
+
+/// One host's compiled policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// Local addresses isolated in some direction.
+    pub isolated: BTreeSet<IpAddr>,
+    /// Per direction and family (`true` = IPv6): local address → its group chain.
+    pub dispatch: BTreeMap<(Dir, bool), BTreeMap<IpAddr, String>>,
+    /// Chains by name, with their rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Named sets.
+    pub sets: BTreeMap<String, Set>,
+    /// What each chain is.
+    pub info: BTreeMap<String, ChainInfo>,
+}
+
+/// 48 bits of FNV-1a 64 as 12 hex digits: stable names for chains and sets.
+fn short_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:012x}", h >> 16)
+}
+
+/// The chain of a policy's rules in one direction.
+pub fn policy_chain(key: &str, dir: Dir) -> String {
+    format!("p_{}_{}", short_hash(key), dir.short())
+}
+
+fn group_chain(dir: Dir, policies: &[String]) -> String {
+    format!("g_{}_{}", short_hash(&policies.join(",")), dir.short())
+}
+
+/// Compiles `world` for the endpoints `local` says are this host's.
+pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
+    let mut c = Compiled::default();
+    let mut used: BTreeSet<(String, Dir)> = BTreeSet::new();
+    let locals: Vec<&Endpoint> = world.endpoints.values().filter(|e| local(e)).collect();
+    for e in &locals {
+        for dir in [Dir::Ingress, Dir::Egress] {
+            let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
+            if pols.is_empty() {
+                continue;
+            }
+            let g = group_chain(dir, &pols);
+            for a in &e.addrs {
+                c.isolated.insert(*a);
+                c.dispatch
+                    .entry((dir, a.is_ipv6()))
+                    .or_default()
+                    .insert(*a, g.clone());
+            }
+            if !c.chains.contains_key(&g) {
+                let mut rules: Vec<String> = pols
+                    .iter()
+                    .map(|k| format!("jump {}", policy_chain(k, dir)))
+                    .collect();
+                rules.push(format!(
+                    "limit rate {DROP_LOG_RATE}/second burst 100 packets log prefix \"{LOG_PREFIX} D {} {g}\" group {LOG_GROUP}",
+                    dir.short()
+                ));
+                rules.push(format!("counter name \"drop_{}\" drop", dir.short()));
+                c.chains.insert(g.clone(), rules);
+                c.info.insert(
+                    g,
+                    ChainInfo::Group {
+                        dir,
+                        policies: pols.clone(),
+                    },
+                );
+            }
+            for k in pols {
+                used.insert((k, dir));
+            }
+        }
+    }
+    for (key, dir) in used {
+        if let Some(p) = world.policies.get(&key) {
+            policy_rules(world, p, dir, &locals, &mut c);
+        }
+    }
+    c
+}
+
+/// The chain and sets of policy `p` in `dir`.
+fn policy_rules(
+    world: &World,
+    p: &NetworkPolicy,
+    dir: Dir,
+    locals: &[&Endpoint],
+    c: &mut Compiled,
+) {
+    let chain = policy_chain(&p.key(), dir);
+    let rules = match dir {
+        Dir::Ingress => &p.ingress,
+        Dir::Egress => &p.egress,
+    };
+    let peer_field = match dir {
+        Dir::Ingress => "saddr",
+        Dir::Egress => "daddr",
+    };
+    let mut out = Vec::new();
+    for (k, r) in rules.iter().enumerate() {
+        let log = format!(
+            "log prefix \"{LOG_PREFIX} A {} {chain} {k}\" group {LOG_GROUP}",
+            dir.short()
+        );
+        let base = format!("{chain}_{k}");
+        // The peer part, per family: None = any address.
+        let peers: [Option<String>; 2] = if r.peers.is_empty() {
+            [None, None]
+        } else {
+            let sets = peer_intervals(world, p, r);
+            let mut parts = [None, None];
+            for (i, v6) in [false, true].into_iter().enumerate() {
+                let (fam, kind, suffix) = if v6 {
+                    ("ip6", SetKind::Addr6, "a6")
+                } else {
+                    ("ip", SetKind::Addr4, "a4")
+                };
+                let iv = &sets[i];
+                let name = format!("{base}_{suffix}");
+                let elements: Vec<String> = iv
+                    .iter()
+                    .map(|(lo, hi)| show_addr_interval(lo, hi, v6))
+                    .collect();
+                // An empty family matches nothing: a rule that can never match is left out.
+                parts[i] = Some(if elements.is_empty() {
+                    String::new()
+                } else {
+                    c.sets.insert(name.clone(), Set { kind, elements });
+                    format!("{fam} {peer_field} @{name}")
+                });
+            }
+            parts
+        };
+        let (numeric, named) = split_ports(r);
+        let fams: &[Option<bool>] = if peers[0].is_none() {
+            &[None]
+        } else {
+            &[Some(false), Some(true)]
+        };
+        if r.ports.is_empty() {
+            for f in fams {
+                match f {
+                    None => out.push(format!("{log} accept")),
+                    Some(v6) => match &peers[usize::from(*v6)] {
+                        Some(m) if !m.is_empty() => out.push(format!("{m} {log} accept")),
+                        _ => {}
+                    },
+                }
+            }
+            continue;
+        }
+        if !numeric.is_empty() {
+            let name = format!("{base}_pp");
+            c.sets.insert(
+                name.clone(),
+                Set {
+                    kind: SetKind::ProtoPort,
+                    elements: numeric,
+                },
+            );
+            let ports = format!("meta l4proto . th dport @{name}");
+            for f in fams {
+                match f {
+                    None => out.push(format!("{ports} {log} accept")),
+                    Some(v6) => match &peers[usize::from(*v6)] {
+                        Some(m) if !m.is_empty() => out.push(format!("{m} {ports} {log} accept")),
+                        _ => {}
+                    },
+                }
+            }
+        }
+        if !named.is_empty() {
+            // Named ports resolve at the destination: the local endpoints the policy
+            // selects (ingress) or the peer pods (egress).
+            let dsts: Vec<&Endpoint> = match dir {
+                Dir::Ingress => locals
+                    .iter()
+                    .copied()
+                    .filter(|e| selects(p, e, Dir::Ingress))
+                    .collect(),
+                Dir::Egress => world.endpoints.values().collect(),
+            };
+            for v6 in [false, true] {
+                let mut elements = Vec::new();
+                for e in &dsts {
+                    for a in e.addrs.iter().filter(|a| a.is_ipv6() == v6) {
+                        if dir == Dir::Egress
+                            && !r.peers.is_empty()
+                            && !r
+                                .peers
+                                .iter()
+                                .any(|x| peer_matches(world, &p.namespace, x, *a, Some(e)))
+                        {
+                            continue;
+                        }
+                        for (name, proto) in &named {
+                            if let Some(n) = e.named_port(name, *proto) {
+                                elements.push(format!("{a} . {} . {n}", proto.nft()));
+                            }
+                        }
+                    }
+                }
+                elements.sort();
+                elements.dedup();
+                if elements.is_empty() {
+                    continue;
+                }
+                let (fam, kind, suffix) = if v6 {
+                    ("ip6", SetKind::Addr6ProtoPort, "n6")
+                } else {
+                    ("ip", SetKind::Addr4ProtoPort, "n4")
+                };
+                let name = format!("{base}_{suffix}");
+                c.sets.insert(name.clone(), Set { kind, elements });
+                let m = format!("{fam} daddr . meta l4proto . th dport @{name}");
+                // Egress: the set holds only peers. Ingress: the peers are sources.
+                let peer = match (dir, &peers[usize::from(v6)]) {
+                    (Dir::Egress, _) | (_, None) => String::new(),
+                    (Dir::Ingress, Some(x)) if x.is_empty() => continue,
+                    (Dir::Ingress, Some(x)) => format!("{x} "),
+                };
+                out.push(format!("{peer}{m} {log} accept"));
+            }
+        }
+    }
+    c.chains.insert(chain.clone(), out);
+    c.info.insert(
+        chain,
+        ChainInfo::Policy {
+            policy: p.key(),
+            dir,
+        },
+    );
+}
+
+/// The addresses a rule's peers match, IPv4 and IPv6: pods as single addresses, ipBlocks
+/// minus their own excepts.
+fn peer_intervals(world: &World, p: &NetworkPolicy, r: &Rule) -> [Intervals; 2] {
+    let mut out = [Intervals::new(), Intervals::new()];
+    for peer in &r.peers {
+        if let Some(b) = &peer.ip_block {
+            let mut iv = Intervals::new();
+            let (lo, hi) = cidr_span(&b.cidr);
+            iv.add(lo, hi);
+            for e in &b.except {
+                let (lo, hi) = cidr_span(e);
+                iv.remove(lo, hi);
+            }
+            out[usize::from(b.cidr.addr().is_ipv6())].extend(&iv);
+            continue;
+        }
+        for e in world.endpoints.values() {
+            for a in &e.addrs {
+                if peer_matches(world, &p.namespace, peer, *a, Some(e)) {
+                    let n = addr_num(*a);
+                    out[usize::from(a.is_ipv6())].add(n, n);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A rule's numeric ports as `proto . first-last` elements (merged per protocol), and its
+/// named ports.
+fn split_ports(r: &Rule) -> (Vec<String>, Vec<(String, Protocol)>) {
+    let mut per: BTreeMap<Protocol, Intervals> = BTreeMap::new();
+    let mut named = Vec::new();
+    for p in &r.ports {
+        match &p.port {
+            None => per.entry(p.protocol).or_default().add(0, 65535),
+            Some(PortValue::Number(n)) => per
+                .entry(p.protocol)
+                .or_default()
+                .add(u128::from(*n), u128::from(p.end_port.unwrap_or(*n))),
+            Some(PortValue::Name(s)) => named.push((s.clone(), p.protocol)),
+        }
+    }
+    let mut out = Vec::new();
+    for (proto, iv) in per {
+        for (lo, hi) in iv.iter() {
+            out.push(if lo == hi {
+                format!("{} . {lo}", proto.nft())
+            } else {
+                format!("{} . {lo}-{hi}", proto.nft())
+            });
+        }
+    }
+    named.sort();
+    named.dedup();
+    (out, named)
+}
+
+fn vmap_name(dir: Dir, v6: bool) -> String {
+    format!("{}{}", dir.short(), if v6 { 6 } else { 4 })
+}
+
+fn weft_family(v6: bool) -> &'static str {
+    if v6 {
+        "ip6 weft"
+    } else {
+        "ip weft"
+    }
+}
+
+/// Declarations of weft's `isolated` sets (created if missing, merged if present).
+fn declare_isolated(s: &mut String) {
+    for v6 in [false, true] {
+        let t = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+        let _ = writeln!(
+            s,
+            "table {} {{\n  set {ISOLATED_SET} {{ type {t}; }}\n}}",
+            weft_family(v6)
+        );
+    }
+}
+
+/// The script that replaces the whole table with `c` (one transaction: the old rules
+/// stay in force until the new ones replace them).
+pub fn full_script(c: &Compiled) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "table {TABLE}\ndelete table {TABLE}");
+    let _ = writeln!(s, "table {TABLE} {{");
+    let _ = writeln!(
+        s,
+        "  comment \"weft: network policy (egress at the source's host, ingress at the destination's)\""
+    );
+    let _ = writeln!(s, "  counter drop_in {{ }}\n  counter drop_out {{ }}");
+    let _ = writeln!(
+        s,
+        "  set iso4 {{ type ipv4_addr; }}\n  set iso6 {{ type ipv6_addr; }}"
+    );
+    for dir in [Dir::Ingress, Dir::Egress] {
+        for v6 in [false, true] {
+            let t = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+            let _ = writeln!(s, "  map {} {{ type {t} : verdict; }}", vmap_name(dir, v6));
+        }
+    }
+    for (name, set) in &c.sets {
+        let _ = writeln!(s, "  set {name} {{ {} }}", set.kind.decl());
+    }
+    for name in c.chains.keys() {
+        let _ = writeln!(s, "  chain {name} {{ }}");
+    }
+    let keep = format!("ct state established,related ct mark & {PICKUP_MARK:#010x} == 0 accept");
+    let pickup = |fam: &str, field: &str, set: &str| {
+        format!(
+            "{fam} {field} @{set} ct state new meta l4proto tcp tcp flags & (syn | ack) != syn ct mark set ct mark | {PICKUP_MARK:#010x}"
+        )
+    };
+    let _ = writeln!(
+        s,
+        "  chain egress {{\n    type filter hook forward priority filter - 1; policy accept;\n    {keep}\n    {}\n    {}\n    {}\n    {}\n    ip saddr vmap @out4\n    ip6 saddr vmap @out6\n  }}",
+        pickup("ip", "saddr", "iso4"),
+        pickup("ip", "daddr", "iso4"),
+        pickup("ip6", "saddr", "iso6"),
+        pickup("ip6", "daddr", "iso6"),
+    );
+    let _ = writeln!(
+        s,
+        "  chain ingress {{\n    type filter hook forward priority filter; policy accept;\n    {keep}\n    ip daddr vmap @in4\n    ip6 daddr vmap @in6\n  }}"
+    );
+    let _ = writeln!(s, "}}");
+    for (name, set) in &c.sets {
+        add_elements(&mut s, name, &set.elements);
+    }
+    for (name, rules) in &c.chains {
+        for r in rules {
+            let _ = writeln!(s, "add rule {TABLE} {name} {r}");
+        }
+    }
+    for v6 in [false, true] {
+        let iso: Vec<String> = c
+            .isolated
+            .iter()
+            .filter(|a| a.is_ipv6() == v6)
+            .map(|a| a.to_string())
+            .collect();
+        add_elements(&mut s, if v6 { "iso6" } else { "iso4" }, &iso);
+    }
+    for ((dir, v6), m) in &c.dispatch {
+        let els: Vec<String> = m.iter().map(|(a, g)| format!("{a} : jump {g}")).collect();
+        add_elements(&mut s, &vmap_name(*dir, *v6), &els);
+    }
+    declare_isolated(&mut s);
+    for v6 in [false, true] {
+        let _ = writeln!(s, "flush set {} {ISOLATED_SET}", weft_family(v6));
+        let els: Vec<String> = c
+            .isolated
+            .iter()
+            .filter(|a| a.is_ipv6() == v6)
+            .map(|a| a.to_string())
+            .collect();
+        if !els.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element {} {ISOLATED_SET} {{ {} }}",
+                weft_family(v6),
+                els.join(", ")
+            );
+        }
+    }
+    s
+}
+
+fn add_elements(s: &mut String, set: &str, elements: &[String]) {
+    if !elements.is_empty() {
+        let _ = writeln!(s, "add element {TABLE} {set} {{ {} }}", elements.join(", "));
+    }
+}
+
+fn delete_elements(s: &mut String, set: &str, elements: &[String]) {
+    if !elements.is_empty() {
+        let _ = writeln!(
+            s,
+            "delete element {TABLE} {set} {{ {} }}",
+            elements.join(", ")
+        );
+    }
+}
+
+/// The script that turns `old` (applied before, as a whole or by earlier diffs) into
+/// `new`, in one transaction; empty when nothing differs.
+pub fn diff_script(old: &Compiled, new: &Compiled) -> String {
+    let mut s = String::new();
+    // 1. Sets: new ones made and filled, changed ones refilled.
+    for (name, set) in &new.sets {
+        match old.sets.get(name) {
+            None => {
+                let _ = writeln!(s, "add set {TABLE} {name} {{ {} }}", set.kind.decl());
+                add_elements(&mut s, name, &set.elements);
+            }
+            Some(o) if o != set => {
+                let _ = writeln!(s, "flush set {TABLE} {name}");
+                add_elements(&mut s, name, &set.elements);
+            }
+            Some(_) => {}
+        }
+    }
+    // 2. Chains: new ones declared first (rules may jump to them), then filled.
+    for name in new.chains.keys() {
+        if !old.chains.contains_key(name) {
+            let _ = writeln!(s, "add chain {TABLE} {name}");
+        }
+    }
+    for (name, rules) in &new.chains {
+        match old.chains.get(name) {
+            Some(o) if o == rules => continue,
+            Some(_) => {
+                let _ = writeln!(s, "flush chain {TABLE} {name}");
+            }
+            None => {}
+        }
+        for r in rules {
+            let _ = writeln!(s, "add rule {TABLE} {name} {r}");
+        }
+    }
+    // 3. Isolation and dispatch: added before they are used, removed after.
+    for v6 in [false, true] {
+        let name = if v6 { "iso6" } else { "iso4" };
+        let (add, del) = set_delta(&old.isolated, &new.isolated, v6);
+        add_elements(&mut s, name, &add);
+        delete_elements(&mut s, name, &del);
+    }
+    let empty = BTreeMap::new();
+    for dir in [Dir::Ingress, Dir::Egress] {
+        for v6 in [false, true] {
+            let o = old.dispatch.get(&(dir, v6)).unwrap_or(&empty);
+            let n = new.dispatch.get(&(dir, v6)).unwrap_or(&empty);
+            let map = vmap_name(dir, v6);
+            // A changed element is deleted, then added with its new group.
+            let gone: Vec<String> = o
+                .iter()
+                .filter(|(a, g)| n.get(*a) != Some(*g))
+                .map(|(a, _)| a.to_string())
+                .collect();
+            delete_elements(&mut s, &map, &gone);
+            let added: Vec<String> = n
+                .iter()
+                .filter(|(a, g)| o.get(*a) != Some(*g))
+                .map(|(a, g)| format!("{a} : jump {g}"))
+                .collect();
+            add_elements(&mut s, &map, &added);
+        }
+    }
+    let mut weft = String::new();
+    for v6 in [false, true] {
+        let (add, del) = set_delta(&old.isolated, &new.isolated, v6);
+        for (verb, els) in [("add", add), ("delete", del)] {
+            if !els.is_empty() {
+                let _ = writeln!(
+                    weft,
+                    "{verb} element {} {ISOLATED_SET} {{ {} }}",
+                    weft_family(v6),
+                    els.join(", ")
+                );
+            }
+        }
+    }
+    if !weft.is_empty() {
+        declare_isolated(&mut s);
+        s.push_str(&weft);
+    }
+    // 4. Chains and sets no longer used: emptied first (no jumps or set references stay),
+    //    then deleted.
+    let dead: Vec<&String> = old
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+        .collect();
+    for name in &dead {
+        let _ = writeln!(s, "flush chain {TABLE} {name}");
+    }
+    for name in &dead {
+        let _ = writeln!(s, "delete chain {TABLE} {name}");
+    }
+    for name in old.sets.keys() {
+        if !new.sets.contains_key(name) {
+            let _ = writeln!(s, "delete set {TABLE} {name}");
+        }
+    }
+    s
+}
+
+fn set_delta(
+    old: &BTreeSet<IpAddr>,
+    new: &BTreeSet<IpAddr>,
+    v6: bool,
+) -> (Vec<String>, Vec<String>) {
+    let add = new
+        .difference(old)
+        .filter(|a| a.is_ipv6() == v6)
+        .map(|a| a.to_string())
+        .collect();
+    let del = old
+        .difference(new)
+        .filter(|a| a.is_ipv6() == v6)
+        .map(|a| a.to_string())
+        .collect();
+    (add, del)
+}
+
+/// The script that removes weft's policy from the kernel (no policy isolates any local
+/// endpoint any more, or the agent is told to clean up).
+pub fn remove_script() -> String {
+    let mut s = format!("table {TABLE}\ndelete table {TABLE}\n");
+    declare_isolated(&mut s);
+    for v6 in [false, true] {
+        let _ = writeln!(s, "flush set {} {ISOLATED_SET}", weft_family(v6));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;
