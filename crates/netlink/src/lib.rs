@@ -82,6 +82,8 @@ impl Error {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+pub mod netfilter;
+
 /// A network interface as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {

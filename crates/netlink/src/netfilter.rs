@@ -1,0 +1,301 @@
+//! Two small pieces of netfilter's netlink (`NETLINK_NETFILTER`), written out by hand:
+//! receiving the packets nftables' `log group N` sends to userspace (nfnetlink_log), and
+//! deleting one connection tracking entry by its original tuple (ctnetlink). Both work in
+//! the namespace the socket was opened in.
+
+use std::net::IpAddr;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use crate::{Error, Result};
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const NFNL_SUBSYS_ULOG: u16 = 4;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NFULNL_MSG_PACKET: u16 = 0;
+const NFULNL_MSG_CONFIG: u16 = 1;
+const NFULA_CFG_CMD: u16 = 1;
+const NFULA_CFG_MODE: u16 = 2;
+const NFULNL_CFG_CMD_BIND: u8 = 1;
+const NFULNL_COPY_PACKET: u8 = 2;
+const NFULA_PAYLOAD: u16 = 9;
+const NFULA_PREFIX: u16 = 10;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Appends one attribute (type, payload), padded.
+fn attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(align4(buf.len()), 0);
+}
+
+/// Appends a nested attribute built by `f`.
+fn nested(buf: &mut Vec<u8>, kind: u16, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut inner = Vec::new();
+    f(&mut inner);
+    attr(buf, kind | NLA_F_NESTED, &inner);
+}
+
+/// A netfilter message: netlink header, `nfgenmsg` (family, version 0, res_id), attributes.
+fn message(
+    subsys: u16,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    attrs: &[u8],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20 + attrs.len());
+    let len = 16 + 4 + attrs.len();
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&((subsys << 8) | kind).to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.push(family);
+    m.push(0);
+    m.extend_from_slice(&res_id.to_be_bytes());
+    m.extend_from_slice(attrs);
+    m
+}
+
+fn open(op: &str) -> Result<Socket> {
+    let mut s = Socket::new(NETLINK_NETFILTER).map_err(|e| Error::new(op, e))?;
+    s.bind_auto().map_err(|e| Error::new(op, e))?;
+    Ok(s)
+}
+
+/// Sends `msg` and waits for the kernel's acknowledgement; Ok(false) when it answers
+/// ENOENT.
+fn request_ack(s: &mut Socket, msg: &[u8], op: &str) -> Result<bool> {
+    s.send_to(msg, &SocketAddr::new(0, 0), 0)
+        .map_err(|e| Error::new(op, e))?;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = s
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|e| Error::new(op, e))?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+            if len < 16 || off + len > n {
+                break;
+            }
+            if kind == NLMSG_ERROR && len >= 20 {
+                let code =
+                    i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
+                return match -code {
+                    0 => Ok(true),
+                    libc::ENOENT => Ok(false),
+                    errno => Err(Error::new(op, std::io::Error::from_raw_os_error(errno))),
+                };
+            }
+            off += align4(len);
+        }
+    }
+}
+
+/// Deletes the connection tracking entry whose original tuple is `src:sport -> dst:dport`
+/// over IP protocol `proto` (ports are ignored for protocols without them). Ok(false)
+/// when there is none.
+pub fn conntrack_delete(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> Result<bool> {
+    let op =
+        format!("delete the tracked connection {src}:{sport} -> {dst}:{dport} (protocol {proto})");
+    let mut attrs = Vec::new();
+    nested(&mut attrs, CTA_TUPLE_ORIG, |t| {
+        nested(t, CTA_TUPLE_IP, |ip| match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                attr(ip, CTA_IP_V4_SRC, &s.octets());
+                attr(ip, CTA_IP_V4_DST, &d.octets());
+            }
+            (s, d) => {
+                let v6 = |a: IpAddr| match a {
+                    IpAddr::V6(x) => x.octets(),
+                    IpAddr::V4(x) => x.to_ipv6_mapped().octets(),
+                };
+                attr(ip, CTA_IP_V6_SRC, &v6(s));
+                attr(ip, CTA_IP_V6_DST, &v6(d));
+            }
+        });
+        nested(t, CTA_TUPLE_PROTO, |p| {
+            attr(p, CTA_PROTO_NUM, &[proto]);
+            if matches!(proto, 6 | 17 | 132) {
+                attr(p, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
+                attr(p, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+            }
+        });
+    });
+    let family = if src.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    } as u8;
+    let msg = message(
+        NFNL_SUBSYS_CTNETLINK,
+        IPCTNL_MSG_CT_DELETE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        family,
+        0,
+        &attrs,
+    );
+    let mut s = open(&op)?;
+    request_ack(&mut s, &msg, &op)
+}
+
+/// A packet that a `log group N` rule sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedPacket {
+    /// The rule's `prefix`.
+    pub prefix: String,
+    /// The packet from its network header on (as much as the copy range allowed).
+    pub payload: Vec<u8>,
+}
+
+/// A subscription to one NFLOG group.
+pub struct NfLog {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl NfLog {
+    /// Binds to `group`, asking for the first `copy` bytes of each packet. Fails with
+    /// EBUSY when another process holds the group.
+    pub fn bind(group: u16, copy: u32) -> Result<NfLog> {
+        let op = format!("listen to NFLOG group {group}");
+        let mut s = open(&op)?;
+        let mut attrs = Vec::new();
+        attr(&mut attrs, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND, 0, 0, 0]);
+        let msg = message(
+            NFNL_SUBSYS_ULOG,
+            NFULNL_MSG_CONFIG,
+            NLM_F_REQUEST | NLM_F_ACK,
+            1,
+            0,
+            group,
+            &attrs,
+        );
+        request_ack(&mut s, &msg, &op)?;
+        let mut attrs = Vec::new();
+        let mut mode = copy.to_be_bytes().to_vec();
+        mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
+        attr(&mut attrs, NFULA_CFG_MODE, &mode);
+        let msg = message(
+            NFNL_SUBSYS_ULOG,
+            NFULNL_MSG_CONFIG,
+            NLM_F_REQUEST | NLM_F_ACK,
+            2,
+            0,
+            group,
+            &attrs,
+        );
+        request_ack(&mut s, &msg, &op)?;
+        // A large receive buffer: a burst of drops must not overflow it at once.
+        let _ = s.set_rx_buf_sz(4 << 20);
+        Ok(NfLog {
+            sock: s,
+            buf: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// Blocks until packets arrive; returns them. An overflowed socket (ENOBUFS: the
+    /// kernel dropped log messages) is reported as an error the caller may go on after.
+    pub fn recv(&mut self) -> Result<Vec<LoggedPacket>> {
+        let n = self
+            .sock
+            .recv(&mut &mut self.buf[..], 0)
+            .map_err(|e| Error::new("read NFLOG", e))?;
+        Ok(parse_packets(&self.buf[..n]))
+    }
+}
+
+/// The packets in one datagram of nfnetlink_log messages.
+pub fn parse_packets(buf: &[u8]) -> Vec<LoggedPacket> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 20 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < 20 || off + len > buf.len() {
+            break;
+        }
+        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
+            let mut p = LoggedPacket {
+                prefix: String::new(),
+                payload: Vec::new(),
+            };
+            let mut a = off + 20;
+            while a + 4 <= off + len {
+                let alen = u16::from_ne_bytes([buf[a], buf[a + 1]]) as usize;
+                let akind = u16::from_ne_bytes([buf[a + 2], buf[a + 3]]) & 0x3fff;
+                if alen < 4 || a + alen > off + len {
+                    break;
+                }
+                let data = &buf[a + 4..a + alen];
+                match akind {
+                    NFULA_PREFIX => {
+                        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                        p.prefix = String::from_utf8_lossy(&data[..end]).into_owned();
+                    }
+                    NFULA_PAYLOAD => p.payload = data.to_vec(),
+                    _ => {}
+                }
+                a += align4(alen);
+            }
+            out.push(p);
+        }
+        off += align4(len);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_packet_message_is_read_back() {
+        let mut attrs = Vec::new();
+        attr(&mut attrs, NFULA_PREFIX, b"weft D in g_1\0");
+        attr(&mut attrs, 3, &[0u8; 16]);
+        attr(&mut attrs, NFULA_PAYLOAD, &[0x45, 0, 0, 20]);
+        let m = message(NFNL_SUBSYS_ULOG, NFULNL_MSG_PACKET, 0, 0, 2, 7, &attrs);
+        let mut two = m.clone();
+        two.extend_from_slice(&m);
+        let p = parse_packets(&two);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].prefix, "weft D in g_1");
+        assert_eq!(p[0].payload, vec![0x45, 0, 0, 20]);
+        // Truncated input yields what is whole, never a panic.
+        for cut in 0..m.len() {
+            let _ = parse_packets(&m[..cut]);
+        }
+    }
+}
