@@ -109,8 +109,25 @@ struct {
     __type(value, __u8);
 } translated SEC(".maps");
 
+// Addresses of this host's pods that a network policy isolates (in either direction):
+// every packet from or to them takes the stack, where the policy's nftables rules and
+// conntrack judge it (docs/policy.md). Filled by the agent before it answers a pod's ADD.
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, __u8);
+} isolated SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct in6_addr);
+    __type(value, __u8);
+} isolated6 SEC(".maps");
+
 // Packet counters, per CPU (the indexes are those of `Counter` in src/lib.rs).
-enum { C_EGRESS, C_PEER, C_NEIGH, C_PASS, C_STATEFUL, C_MAX };
+enum { C_EGRESS, C_PEER, C_NEIGH, C_PASS, C_STATEFUL, C_POLICY, C_MAX };
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, C_MAX);
@@ -253,6 +270,10 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
         count(C_STATEFUL);
         return TC_ACT_OK;
     }
+    if (bpf_map_lookup_elem(&isolated6, &ip6->saddr) || bpf_map_lookup_elem(&isolated6, &ip6->daddr)) {
+        count(C_POLICY);
+        return TC_ACT_OK;
+    }
     struct bpf_fib_lookup fib = {};
     fib.family = AF_INET6;
     fib.flowinfo = *(__be32 *)ip6 & htonl(0x0FFFFFFF);
@@ -297,6 +318,10 @@ int weft_fast(struct __sk_buff *skb)
         return TC_ACT_OK;
     if (stateful(ip, end)) {
         count(C_STATEFUL);
+        return TC_ACT_OK;
+    }
+    if (bpf_map_lookup_elem(&isolated, &ip->saddr) || bpf_map_lookup_elem(&isolated, &ip->daddr)) {
+        count(C_POLICY);
         return TC_ACT_OK;
     }
 

@@ -57,6 +57,10 @@ pub struct Counters {
     /// replies to a translated connection's client socket, ICMP errors, fragments.
     #[serde(default)]
     pub stateful: u64,
+    /// Between pool addresses but left to the stack because a network policy isolates
+    /// its source or destination (the policy's nftables rules judge it there).
+    #[serde(default)]
+    pub policy: u64,
 }
 
 /// A device the program is attached to.
@@ -113,6 +117,10 @@ pub struct FastPath {
     pools6: LpmTrie<MapData, [u8; 16], u8>,
     devs: HashMap<MapData, u32, u8>,
     translated: HashMap<MapData, SockKey, u8>,
+    isolated: HashMap<MapData, u32, u8>,
+    isolated6: HashMap<MapData, [u8; 16], u8>,
+    /// What the two `isolated` maps hold.
+    isolated_now: BTreeSet<IpAddr>,
     counters: PerCpuArray<MapData, u64>,
     links: BTreeMap<Device, Vec<SchedClassifierLinkId>>,
     uplinks: BTreeSet<u32>,
@@ -136,6 +144,8 @@ impl FastPath {
         let devs = HashMap::try_from(take("devs")?).map_err(|e| err("devs", e))?;
         let translated =
             HashMap::try_from(take("translated")?).map_err(|e| err("translated", e))?;
+        let isolated = HashMap::try_from(take("isolated")?).map_err(|e| err("isolated", e))?;
+        let isolated6 = HashMap::try_from(take("isolated6")?).map_err(|e| err("isolated6", e))?;
         let counters = PerCpuArray::try_from(take("counters")?).map_err(|e| err("counters", e))?;
         for name in [INGRESS, EGRESS] {
             let prog: &mut SchedClassifier = bpf
@@ -152,6 +162,9 @@ impl FastPath {
             pools6,
             devs,
             translated,
+            isolated,
+            isolated6,
+            isolated_now: BTreeSet::new(),
             counters,
             links: BTreeMap::new(),
             uplinks: BTreeSet::new(),
@@ -283,6 +296,33 @@ impl FastPath {
         Ok(())
     }
 
+    /// Makes the program leave exactly the packets from or to `addrs` (pods a network
+    /// policy isolates) to the stack.
+    pub fn set_isolated(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<(), String> {
+        for a in addrs.difference(&self.isolated_now.clone()) {
+            match a {
+                // The program reads addresses in network order: the key is their bytes.
+                IpAddr::V4(v4) => self.isolated.insert(u32::from_ne_bytes(v4.octets()), 1, 0),
+                IpAddr::V6(v6) => self.isolated6.insert(v6.octets(), 1, 0),
+            }
+            .map_err(|e| err(&format!("isolating {a}"), e))?;
+            self.isolated_now.insert(*a);
+        }
+        for a in self
+            .isolated_now
+            .difference(addrs)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            let _ = match a {
+                IpAddr::V4(v4) => self.isolated.remove(&u32::from_ne_bytes(v4.octets())),
+                IpAddr::V6(v6) => self.isolated6.remove(&v6.octets()),
+            };
+            self.isolated_now.remove(&a);
+        }
+        Ok(())
+    }
+
     /// Detaches from every device for which `keep` is false (devices that are gone: the
     /// kernel has detached those already, this releases their links).
     pub fn retain(&mut self, keep: impl Fn(&Device) -> bool) {
@@ -324,6 +364,7 @@ impl FastPath {
             neigh: sum(2),
             pass: sum(3),
             stateful: sum(4),
+            policy: sum(5),
         }
     }
 }
