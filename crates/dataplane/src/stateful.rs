@@ -29,9 +29,12 @@ pub const TRANSLATED_SIZE: u32 = 262_144;
 /// (the `translated` set, filled at `forward` from `ct status dnat` by packets of the
 /// original direction only: a reply there still has the backend's source) and ICMP errors. The
 /// table is changed in place (chains flushed and refilled), never deleted and re-made, so
-/// the `translated` set survives an agent restart or a change of the pools. Without `nat`,
-/// or without pools of a family, that family's table is deleted.
-pub fn nft_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
+/// the `translated` set survives an agent restart or a change of the pools. With `policy`
+/// (a network policy is in force here), the table exists without `nat` too, and the
+/// addresses in its set `isolated` (pods a policy isolates, filled by the policy's own
+/// script, docs/policy.md) are not `notrack`ed: their connections are tracked. Without
+/// `nat` or `policy`, or without pools of a family, that family's table is deleted.
+pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> String {
     let mut s = String::new();
     for v6 in [false, true] {
         let (fam, addr_type, icmp_errors) = if v6 {
@@ -52,7 +55,7 @@ pub fn nft_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
             .filter(|p| p.addr().is_ipv6() == v6)
             .map(|p| p.to_string())
             .collect();
-        if nets.is_empty() || !nat {
+        if nets.is_empty() || !(nat || policy) {
             // Declaring then deleting works whether or not it exists.
             s.push_str(&format!(
                 "table {fam} {NFT_TABLE}\ndelete table {fam} {NFT_TABLE}\n"
@@ -67,7 +70,7 @@ pub fn nft_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
             ("postrouting", "type nat hook postrouting priority srcnat"),
         ];
         s.push_str(&format!(
-            "table {t} {{\n  comment \"weft: outbound NAT of container traffic, none between containers\"\n  set pools {{ type {addr_type}; flags interval; }}\n  set translated {{ type {addr_type} . inet_proto . inet_service; flags dynamic, timeout; timeout {TRANSLATED_TIMEOUT}; size {TRANSLATED_SIZE}; }}\n"
+            "table {t} {{\n  comment \"weft: outbound NAT of container traffic, none between containers\"\n  set pools {{ type {addr_type}; flags interval; }}\n  set translated {{ type {addr_type} . inet_proto . inet_service; flags dynamic, timeout; timeout {TRANSLATED_TIMEOUT}; size {TRANSLATED_SIZE}; }}\n  set isolated {{ type {addr_type}; }}\n"
         ));
         for (c, hook) in chains {
             s.push_str(&format!("  chain {c} {{ {hook}; policy accept; }}\n"));
@@ -91,6 +94,9 @@ pub fn nft_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
                     "{between} {ports} {fam} daddr . meta l4proto . th dport @translated return"
                 ),
                 format!("{between} {icmp_errors} return"),
+                // Pods a network policy isolates: their connections are tracked.
+                format!("{fam} saddr @isolated return"),
+                format!("{fam} daddr @isolated return"),
                 format!("{between} notrack"),
                 format!("udp dport {vxlan_port} notrack"),
             ] {
@@ -100,9 +106,11 @@ pub fn nft_script(pools: &[IpNet], nat: bool, vxlan_port: u16) -> String {
         s.push_str(&format!(
             "add rule {t} forward ct status dnat ct direction original {between} {ports} update @translated {{ {fam} saddr . meta l4proto . th sport }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
         ));
-        s.push_str(&format!(
-            "add rule {t} postrouting {fam} saddr @pools {fam} daddr != @pools masquerade\n"
-        ));
+        if nat {
+            s.push_str(&format!(
+                "add rule {t} postrouting {fam} saddr @pools {fam} daddr != @pools masquerade\n"
+            ));
+        }
     }
     s
 }
@@ -157,6 +165,64 @@ pub fn translated_clients(conntrack: &str, pools: &[IpNet]) -> Vec<Socket> {
     out
 }
 
+/// A tracked connection of TCP, UDP or SCTP: its original tuple (as the opener sent it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tracked {
+    /// IP protocol number.
+    pub proto: u8,
+    /// Original source.
+    pub src: IpAddr,
+    /// Original destination.
+    pub dst: IpAddr,
+    /// Original source port.
+    pub sport: u16,
+    /// Original destination port.
+    pub dport: u16,
+}
+
+/// The TCP, UDP and SCTP connections in the text of `/proc/net/nf_conntrack` whose
+/// original source or destination `wanted` accepts (lines it cannot read are skipped).
+pub fn tracked(conntrack: &str, wanted: impl Fn(IpAddr) -> bool) -> Vec<Tracked> {
+    let mut out = Vec::new();
+    for line in conntrack.lines() {
+        let mut words = line.split_whitespace();
+        let proto: Option<u8> = words.nth(3).and_then(|w| w.parse().ok());
+        let Some(proto) = proto.filter(|p| [6, 17, 132].contains(p)) else {
+            continue;
+        };
+        let mut f: [Option<&str>; 4] = [None; 4];
+        for w in line.split_whitespace() {
+            let Some((k, v)) = w.split_once('=') else {
+                continue;
+            };
+            let i = match k {
+                "src" => 0,
+                "dst" => 1,
+                "sport" => 2,
+                "dport" => 3,
+                _ => continue,
+            };
+            // The first of each is the original direction's.
+            if f[i].is_none() {
+                f[i] = Some(v);
+            }
+        }
+        let parsed = (|| {
+            Some(Tracked {
+                proto,
+                src: f[0]?.parse().ok()?,
+                dst: f[1]?.parse().ok()?,
+                sport: f[2]?.parse().ok()?,
+                dport: f[3]?.parse().ok()?,
+            })
+        })();
+        if let Some(t) = parsed.filter(|t| wanted(t.src) || wanted(t.dst)) {
+            out.push(t);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +236,7 @@ mod tests {
 
     #[test]
     fn with_nat_each_family_gets_its_table_changed_in_place() {
-        let s = nft_script(&pools(), true, 6784);
+        let s = nft_script(&pools(), true, false, 6784);
         for fam in ["ip", "ip6"] {
             let t = format!("{fam} weft");
             // Declared (merged into what exists), never deleted: the set survives.
@@ -188,15 +254,18 @@ mod tests {
 
     #[test]
     fn replies_to_translated_sockets_and_icmp_errors_are_exempt_before_notrack() {
-        let s = nft_script(&pools(), true, 6784);
+        let s = nft_script(&pools(), true, false, 6784);
         let chain: Vec<&str> = s
             .lines()
             .filter(|l| l.starts_with("add rule ip weft raw_prerouting"))
             .collect();
-        assert_eq!(chain.len(), 4, "{s}");
+        assert_eq!(chain.len(), 6, "{s}");
         assert!(chain[0].contains("ip daddr . meta l4proto . th dport @translated return"));
         assert!(chain[1].contains("icmp type {") && chain[1].ends_with("return"));
-        assert!(chain[2].ends_with("ip saddr @pools ip daddr @pools notrack"));
+        // Pods a policy isolates are tracked.
+        assert!(chain[2].ends_with("ip saddr @isolated return"));
+        assert!(chain[3].ends_with("ip daddr @isolated return"));
+        assert!(chain[4].ends_with("ip saddr @pools ip daddr @pools notrack"));
         // The forward rule learns the client socket of every DNAT'd pod-to-pod packet
         // and marks it for the fast path's egress program.
         assert!(s.contains(
@@ -206,11 +275,16 @@ mod tests {
     }
 
     #[test]
-    fn without_nat_or_pools_of_a_family_its_table_is_deleted() {
-        let off = nft_script(&pools(), false, 6784);
+    fn without_nat_or_policy_or_pools_of_a_family_its_table_is_deleted() {
+        let off = nft_script(&pools(), false, false, 6784);
         assert!(off.contains("delete table ip weft") && off.contains("delete table ip6 weft"));
         assert!(!off.contains("hook"), "{off}");
-        let v4only = nft_script(&pools()[..1], true, 6784);
+        // A policy keeps the table (and its notrack exemptions), without masquerade.
+        let pol = nft_script(&pools(), false, true, 6784);
+        assert!(!pol.contains("delete table"), "{pol}");
+        assert!(pol.contains("ip saddr @isolated return"));
+        assert!(!pol.contains("masquerade"), "{pol}");
+        let v4only = nft_script(&pools()[..1], true, false, 6784);
         assert!(v4only.contains("delete table ip6 weft"));
         assert!(!v4only.contains("delete table ip weft"));
     }
@@ -225,6 +299,24 @@ ipv6     10 tcp      6 431999 ESTABLISHED src=fd32::2 dst=fd96::10 sport=40001 d
 ipv4     2 tcp      6 300 ESTABLISHED src=10.32.0.4 dst=10.32.1.4 sport=45000 dport=80 src=10.32.1.4 dst=10.32.0.4 sport=80 dport=45000 mark=0 use=1
 garbage line
 ";
+
+    #[test]
+    fn tracked_connections_are_read_by_their_original_tuple() {
+        let a: IpAddr = "10.32.0.4".parse().unwrap();
+        let got = tracked(CT, |x| x == a);
+        assert_eq!(
+            got,
+            vec![Tracked {
+                proto: 6,
+                src: a,
+                dst: "10.32.1.4".parse().unwrap(),
+                sport: 45000,
+                dport: 80
+            }]
+        );
+        // ICMP and garbage are skipped; every TCP/UDP line is read.
+        assert_eq!(tracked(CT, |_| true).len(), 6);
+    }
 
     #[test]
     fn translated_clients_are_dnatd_connections_from_pool_addresses() {

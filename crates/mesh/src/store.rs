@@ -156,6 +156,21 @@ impl Store {
         self.records_after(owner, 0)
     }
 
+    /// The live (not deleted) records of `owner` whose keys start with `prefix`, in key
+    /// order, without copying them.
+    pub fn live_with_prefix<'a>(
+        &'a self,
+        owner: &NodeId,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        self.owners
+            .get(owner)
+            .into_iter()
+            .flat_map(move |s| s.records.range(prefix.to_string()..))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
+    }
+
     /// The current value of `(owner, key)`: `None` if unknown, `Some(None)` if deleted.
     pub fn get(&self, owner: &NodeId, key: &str) -> Option<Option<&[u8]>> {
         let e = self.owners.get(owner)?.records.get(key)?;
