@@ -173,6 +173,63 @@ pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
     c
 }
 
+/// Isolates one new local endpoint on top of `applied` at once, when the group chains it
+/// needs are there already: returns the script (empty when no policy isolates it) and
+/// records the change in `applied`. None when a group is missing: the caller compiles
+/// the whole world. The endpoint's place in other rules' peer sets (and named-port sets)
+/// is left to that whole compile: allow rules may follow, isolation may not.
+pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Option<String> {
+    let mut groups = Vec::new();
+    for dir in [Dir::Ingress, Dir::Egress] {
+        let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
+        if !pols.is_empty() {
+            let g = group_chain(dir, &pols);
+            if !applied.chains.contains_key(&g) {
+                return None;
+            }
+            groups.push((dir, g));
+        }
+    }
+    let mut s = String::new();
+    if groups.is_empty() {
+        return Some(s);
+    }
+    for a in &e.addrs {
+        let v6 = a.is_ipv6();
+        if applied.isolated.insert(*a) {
+            add_elements(&mut s, if v6 { "iso6" } else { "iso4" }, &[a.to_string()]);
+        }
+        for (dir, g) in &groups {
+            let m = applied.dispatch.entry((*dir, v6)).or_default();
+            if m.get(a) != Some(g) {
+                if m.contains_key(a) {
+                    delete_elements(&mut s, &vmap_name(*dir, v6), &[a.to_string()]);
+                }
+                m.insert(*a, g.clone());
+                add_elements(&mut s, &vmap_name(*dir, v6), &[format!("{a} : jump {g}")]);
+            }
+        }
+    }
+    let addrs: Vec<&IpAddr> = e.addrs.iter().collect();
+    declare_isolated(&mut s);
+    for v6 in [false, true] {
+        let els: Vec<String> = addrs
+            .iter()
+            .filter(|a| a.is_ipv6() == v6)
+            .map(|a| a.to_string())
+            .collect();
+        if !els.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element {} {ISOLATED_SET} {{ {} }}",
+                weft_family(v6),
+                els.join(", ")
+            );
+        }
+    }
+    Some(s)
+}
+
 /// The chain and sets of policy `p` in `dir`.
 fn policy_rules(
     world: &World,
@@ -634,13 +691,21 @@ fn set_delta(
     (add, del)
 }
 
-/// The script that removes weft's policy from the kernel (no policy isolates any local
-/// endpoint any more, or the agent is told to clean up).
-pub fn remove_script() -> String {
+/// The script that removes weft's policy from the kernel (no policy is left). With
+/// `keep_weft` (weft's `ip weft` tables stay for outbound NAT) their `isolated` sets are
+/// emptied, else those tables go too.
+pub fn remove_script(keep_weft: bool) -> String {
     let mut s = format!("table {TABLE}\ndelete table {TABLE}\n");
-    declare_isolated(&mut s);
-    for v6 in [false, true] {
-        let _ = writeln!(s, "flush set {} {ISOLATED_SET}", weft_family(v6));
+    if keep_weft {
+        declare_isolated(&mut s);
+        for v6 in [false, true] {
+            let _ = writeln!(s, "flush set {} {ISOLATED_SET}", weft_family(v6));
+        }
+    } else {
+        for v6 in [false, true] {
+            let t = weft_family(v6);
+            let _ = writeln!(s, "table {t}\ndelete table {t}");
+        }
     }
     s
 }

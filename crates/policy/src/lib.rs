@@ -11,6 +11,7 @@
 pub mod compile;
 pub mod engine;
 pub mod gen;
+pub mod identity;
 pub mod k8s;
 pub mod model;
 pub mod ranges;

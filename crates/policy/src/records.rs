@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::k8s::{parse_objects, Namespace, NetworkPolicy, Object};
+use crate::k8s::{parse_objects, Object};
 use crate::model::{Endpoint, World};
 use crate::selector::Labels;
 
@@ -96,26 +96,6 @@ pub struct Objects {
 }
 
 impl Objects {
-    /// Merges every `k8s/` record.
-    pub fn from_records<'a>(records: impl IntoIterator<Item = RecordRef<'a>>) -> Objects {
-        let mut winners: BTreeMap<String, (ObjectValue, String)> = BTreeMap::new();
-        for r in records {
-            if !r.key.starts_with(OBJ_PREFIX) {
-                continue;
-            }
-            let Ok(v) = serde_json::from_slice::<ObjectValue>(r.value) else {
-                continue;
-            };
-            match winners.get(r.key) {
-                Some((w, owner)) if (&w.stamp, owner.as_str()) >= (&v.stamp, r.owner) => {}
-                _ => {
-                    winners.insert(r.key.to_string(), (v, r.owner.to_string()));
-                }
-            }
-        }
-        Objects { winners }
-    }
-
     /// The stamp for a new write of `key` at wall time `now_ms` by `node`: above every
     /// stamp seen for it.
     pub fn next_stamp(&self, key: &str, now_ms: u64, node: &str) -> Stamp {
@@ -124,32 +104,6 @@ impl Objects {
             ms: now_ms.max(seen),
             node: node.to_string(),
         }
-    }
-
-    /// Live policies, parsed back (records that do not parse are skipped).
-    pub fn policies(&self) -> Vec<NetworkPolicy> {
-        self.live("np/")
-            .filter_map(|v| match parse_objects(&v.to_string(), "default") {
-                Ok(mut o) if o.len() == 1 => match o.pop() {
-                    Some(Object::NetworkPolicy(p)) => Some(p),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Live namespaces.
-    pub fn namespaces(&self) -> Vec<Namespace> {
-        self.live("ns/")
-            .filter_map(|v| match parse_objects(&v.to_string(), "default") {
-                Ok(mut o) if o.len() == 1 => match o.pop() {
-                    Some(Object::Namespace(n)) => Some(n),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
     }
 
     /// Label maps set with `weft label`, by endpoint uid.
@@ -163,14 +117,6 @@ impl Objects {
                 Some((uid.to_string(), l))
             })
             .collect()
-    }
-
-    fn live<'s>(&'s self, kind: &'s str) -> impl Iterator<Item = &'s Value> + 's {
-        let prefix = format!("{OBJ_PREFIX}{kind}");
-        self.winners
-            .iter()
-            .filter(move |(k, _)| k.starts_with(&prefix))
-            .filter_map(|(_, (v, _))| v.object.as_ref())
     }
 }
 
@@ -198,39 +144,181 @@ impl EndpointValue {
     }
 }
 
-/// The world of every live owner's endpoints and the winning objects: labels set with
-/// `weft label` replace the runtime's labels of their endpoint.
-pub fn world<'a>(records: impl IntoIterator<Item = RecordRef<'a>> + Clone) -> (World, Objects) {
-    let objects = Objects::from_records(records.clone());
-    let labels = objects.labels();
-    let mut eps = Vec::new();
-    for r in records {
-        let Some(uid) = r.key.strip_prefix(EP_PREFIX) else {
-            continue;
-        };
-        if !r.owner_up {
-            continue;
-        }
-        let Ok(v) = serde_json::from_slice::<EndpointValue>(r.value) else {
-            continue;
-        };
-        eps.push(Endpoint {
-            uid: uid.to_string(),
-            namespace: v.namespace,
-            name: v.name,
-            labels: labels.get(uid).cloned().unwrap_or(v.labels),
-            ports: v.ports,
-            addrs: v.addrs,
-            node: r.owner_name.to_string(),
-        });
+/// Every owner's endpoint and object records, parsed once, from which the world is
+/// assembled: the agent replaces an owner's part only when that owner's version changed.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    owners: BTreeMap<String, OwnerPart>,
+    /// Parsed policies and namespaces by record key, with the stamp they were parsed at.
+    parsed: BTreeMap<String, (Stamp, Option<Object>)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct OwnerPart {
+    name: String,
+    version: u64,
+    /// From a cache of an earlier run, not (yet) from the mesh.
+    cached: bool,
+    endpoints: BTreeMap<String, EndpointValue>,
+    objects: BTreeMap<String, ObjectValue>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Index {
+        Index::default()
     }
-    let namespaces = objects
-        .namespaces()
-        .into_iter()
-        .map(|n| (n.name, n.labels))
-        .collect();
-    let w = World::new(namespaces, eps, objects.policies());
-    (w, objects)
+
+    /// The version the index holds of `owner` (None: none, or only cached records).
+    pub fn version(&self, owner: &str) -> Option<u64> {
+        self.owners
+            .get(owner)
+            .filter(|p| !p.cached)
+            .map(|p| p.version)
+    }
+
+    /// Replaces `owner`'s part by `records` (its `ep/` and `k8s/` records; others are
+    /// ignored), at `version`; `cached` marks records from an earlier run's cache.
+    pub fn set_owner<'a>(
+        &mut self,
+        owner: &str,
+        name: &str,
+        version: u64,
+        cached: bool,
+        records: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) {
+        let mut part = OwnerPart {
+            name: name.to_string(),
+            version,
+            cached,
+            ..OwnerPart::default()
+        };
+        for (key, value) in records {
+            if let Some(uid) = key.strip_prefix(EP_PREFIX) {
+                if let Ok(v) = serde_json::from_slice::<EndpointValue>(value) {
+                    part.endpoints.insert(uid.to_string(), v);
+                }
+            } else if key.starts_with(OBJ_PREFIX) {
+                if let Ok(v) = serde_json::from_slice::<ObjectValue>(value) {
+                    part.objects.insert(key.to_string(), v);
+                }
+            }
+        }
+        self.owners.insert(owner.to_string(), part);
+    }
+
+    /// Drops an owner's part.
+    pub fn remove_owner(&mut self, owner: &str) {
+        self.owners.remove(owner);
+    }
+
+    /// Drops the parts that came only from the cache.
+    pub fn drop_cached(&mut self) -> bool {
+        let before = self.owners.len();
+        self.owners.retain(|_, p| !p.cached);
+        before != self.owners.len()
+    }
+
+    /// Owners held, with whether each is from the cache.
+    pub fn owners(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.owners.iter().map(|(o, p)| (o.as_str(), p.cached))
+    }
+
+    /// Every record held, as (owner, owner name, key, value), to cache for the next run.
+    pub fn records(&self) -> Vec<(String, String, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (o, p) in &self.owners {
+            for (uid, v) in &p.endpoints {
+                out.push((o.clone(), p.name.clone(), endpoint_key(uid), v.encode()));
+            }
+            for (k, v) in &p.objects {
+                out.push((o.clone(), p.name.clone(), k.clone(), v.encode()));
+            }
+        }
+        out
+    }
+
+    /// The winning objects and the world they make with every owner's endpoints: labels
+    /// set with `weft label` replace the runtime's labels of their endpoint.
+    pub fn build(&mut self) -> (World, Objects) {
+        let mut winners: BTreeMap<String, (ObjectValue, String)> = BTreeMap::new();
+        for (owner, p) in &self.owners {
+            for (key, v) in &p.objects {
+                match winners.get(key) {
+                    Some((w, o)) if (&w.stamp, o.as_str()) >= (&v.stamp, owner.as_str()) => {}
+                    _ => {
+                        winners.insert(key.clone(), (v.clone(), owner.clone()));
+                    }
+                }
+            }
+        }
+        let objects = Objects { winners };
+        // Parse what changed since the last build only.
+        self.parsed.retain(|k, (stamp, _)| {
+            objects
+                .winners
+                .get(k)
+                .is_some_and(|(v, _)| v.stamp == *stamp)
+        });
+        for (k, (v, _)) in &objects.winners {
+            if self.parsed.contains_key(k) || !(k.contains("/np/") || k.contains("/ns/")) {
+                continue;
+            }
+            let obj = v.object.as_ref().and_then(|o| {
+                parse_objects(&o.to_string(), "default")
+                    .ok()
+                    .and_then(|mut v| v.pop())
+            });
+            self.parsed.insert(k.clone(), (v.stamp.clone(), obj));
+        }
+        let mut policies = Vec::new();
+        let mut namespaces = BTreeMap::new();
+        for (_, o) in self.parsed.values() {
+            match o {
+                Some(Object::NetworkPolicy(p)) => policies.push(p.clone()),
+                Some(Object::Namespace(n)) => {
+                    namespaces.insert(n.name.clone(), n.labels.clone());
+                }
+                None => {}
+            }
+        }
+        let labels = objects.labels();
+        let mut eps = Vec::new();
+        for p in self.owners.values() {
+            for (uid, v) in &p.endpoints {
+                eps.push(Endpoint {
+                    uid: uid.clone(),
+                    namespace: v.namespace.clone(),
+                    name: v.name.clone(),
+                    labels: labels.get(uid).cloned().unwrap_or_else(|| v.labels.clone()),
+                    ports: v.ports.clone(),
+                    addrs: v.addrs.clone(),
+                    node: p.name.clone(),
+                });
+            }
+        }
+        (World::new(namespaces, eps, policies), objects)
+    }
+}
+
+/// The world of every live owner's endpoints and the winning objects (see
+/// [`Index::build`]).
+pub fn world<'a>(records: impl IntoIterator<Item = RecordRef<'a>> + Clone) -> (World, Objects) {
+    type Part<'a> = (&'a str, Vec<(&'a str, &'a [u8])>);
+    let mut by_owner: BTreeMap<&str, Part> = BTreeMap::new();
+    for r in records {
+        let e = by_owner
+            .entry(r.owner)
+            .or_insert((r.owner_name, Vec::new()));
+        if r.owner_up || !r.key.starts_with(EP_PREFIX) {
+            e.1.push((r.key, r.value));
+        }
+    }
+    let mut index = Index::new();
+    for (owner, (name, recs)) in by_owner {
+        index.set_owner(owner, name, 0, false, recs);
+    }
+    index.build()
 }
 
 #[cfg(test)]

@@ -342,6 +342,48 @@ fn dump_scripts_for_manual_check() {
         let yaml2 = gen::policies(8, 4, &all_addrs());
         let c2 = compile(&world_of(&yaml2), |_| true);
         std::fs::write(format!("{dir}/diff.nft"), diff_script(&c, &c2)).unwrap();
-        std::fs::write(format!("{dir}/remove.nft"), remove_script()).unwrap();
+        std::fs::write(format!("{dir}/remove.nft"), remove_script(true)).unwrap();
     }
+}
+
+#[test]
+fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees() {
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: d\n  namespace: x\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n";
+    let w1 = world_of(deny);
+    let mut applied = compile(&w1, |_| true);
+    let e = Endpoint {
+        uid: "x-d/eth0".into(),
+        namespace: "x".into(),
+        name: "d".into(),
+        labels: gen::pod_labels("d"),
+        ports: vec![],
+        addrs: vec!["10.32.0.9".parse().unwrap(), "fd32::9".parse().unwrap()],
+        node: String::new(),
+    };
+    let mut w2 = w1.clone();
+    w2.add_endpoint(e.clone());
+    let s = isolate_one(&mut applied, &w2, &e).expect("its group exists");
+    assert!(
+        s.contains("add element inet weft_policy in4 { 10.32.0.9 : jump g_"),
+        "{s}"
+    );
+    assert!(
+        s.contains("add element inet weft_policy out6 { fd32::9 : jump g_"),
+        "{s}"
+    );
+    assert!(
+        s.contains("add element ip6 weft isolated { fd32::9 }"),
+        "{s}"
+    );
+    // What the quick step did is what the whole compile wants: nothing left for isolation.
+    let full = compile(&w2, |_| true);
+    assert_eq!(applied.isolated, full.isolated);
+    assert_eq!(applied.dispatch, full.dispatch);
+    // An endpoint in a namespace without policy needs nothing; one needing a new group
+    // needs the whole compile.
+    let mut y = e.clone();
+    y.namespace = "y".into();
+    assert_eq!(isolate_one(&mut applied, &w2, &y), Some(String::new()));
+    let w3 = world_of(&format!("{deny}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: e\n  namespace: y\nspec:\n  podSelector: {{}}\n"));
+    assert_eq!(isolate_one(&mut applied, &w3, &y), None);
 }
