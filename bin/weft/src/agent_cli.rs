@@ -110,7 +110,7 @@ pub struct SocketArg {
     socket: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl SocketArg {
@@ -160,7 +160,12 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn call(s: &SocketArg, method: &str, path: &str, body: Option<String>) -> Result<String, String> {
+pub(crate) fn call(
+    s: &SocketArg,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<String, String> {
     let (code, text) = api::request(&s.path(), method, path, body.as_deref())?;
     if code != 200 {
         let msg = serde_json::from_str::<serde_json::Value>(&text)
@@ -215,6 +220,9 @@ pub fn status(s: SocketArg) -> Result<ExitCode, String> {
     }
     if let Some(d) = &r.dataplane {
         print_dataplane(d);
+    }
+    if let Some(p) = &r.policy {
+        crate::policy_cli::print_status(p);
     }
     Ok(ExitCode::SUCCESS)
 }

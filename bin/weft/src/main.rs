@@ -3,6 +3,7 @@
 
 mod agent_cli;
 mod demo;
+mod policy_cli;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,27 @@ enum Cmd {
         /// The node's name, or its 32-hex id (`weft ipam` shows both).
         peer: String,
     },
+    /// Create or update Kubernetes NetworkPolicy and Namespace objects, cluster-wide
+    /// (YAML or JSON, as kubectl takes them; defaulted and validated as the API server
+    /// does). They take effect on this host before the command returns, and on every
+    /// other host as the mesh carries them (asks the agent).
+    Apply(policy_cli::FileArgs),
+    /// Delete the NetworkPolicy and Namespace objects named in files (asks the agent).
+    Delete(policy_cli::FileArgs),
+    /// List networkpolicies, namespaces or endpoints (every pod attachment of the cluster
+    /// with its labels, named ports and the policies isolating it) (asks the agent).
+    Get(policy_cli::GetArgs),
+    /// Set (KEY=VALUE) or remove (KEY-) labels of an endpoint, cluster-wide; policies
+    /// follow at once (asks the agent).
+    Label(policy_cli::LabelArgs),
+    /// Recent flows that network policy dropped or allowed on this host, with the reason:
+    /// for a drop, which policies isolate the pod and that none of them allows the peer
+    /// and port (asks the agent).
+    Flows(policy_cli::FlowsArgs),
+    /// Network policy questions: `weft policy check --from A --to B --port N` says whether
+    /// the policies allow a connection and why.
+    #[command(subcommand)]
+    Policy(policy_cli::PolicyCmd),
 }
 
 #[derive(Args)]
@@ -198,6 +220,16 @@ enum LabCmd {
         /// Print the container (and its CNI result) as JSON.
         #[arg(long)]
         json: bool,
+        /// Its namespace (CNI_ARGS K8S_POD_NAMESPACE; the name is the container's).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// A label KEY=VALUE (the network config's args.cni.labels); repeatable.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A named port NAME=PORT/PROTO, e.g. http=80/TCP (the network config's
+        /// args.weft.ports); repeatable.
+        #[arg(long = "port", value_parser = parse_port)]
+        ports: Vec<(String, u16, String)>,
         /// Host name (h1, h2, ...).
         host: String,
         /// Container name (a-z, 0-9, _).
@@ -286,6 +318,12 @@ fn main() -> ExitCode {
         Cmd::Forget { socket, addr } => agent_cli::connect_or_forget(socket, &addr, false),
         Cmd::Ipam(s) => agent_cli::ipam(s),
         Cmd::Rmpeer { socket, peer } => agent_cli::rmpeer(socket, &peer),
+        Cmd::Apply(a) => policy_cli::apply(a, false),
+        Cmd::Delete(a) => policy_cli::apply(a, true),
+        Cmd::Get(a) => policy_cli::get(a),
+        Cmd::Label(a) => policy_cli::label(a),
+        Cmd::Flows(a) => policy_cli::flows(a),
+        Cmd::Policy(c) => policy_cli::policy(c),
     };
     match res {
         Ok(code) => code,
@@ -315,6 +353,35 @@ fn cni_main() -> ExitCode {
 }
 
 type Res = Result<ExitCode, String>;
+
+/// `KEY=VALUE`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    weft_policy::k8s::check_label_key(k, "").map_err(|e| e.msg)?;
+    weft_policy::k8s::check_label_value(v, "").map_err(|e| e.msg)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `NAME=PORT/PROTO` (the protocol TCP when left out).
+fn parse_port(s: &str) -> Result<(String, u16, String), String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PORT/PROTO, e.g. http=80/TCP"))?;
+    weft_policy::k8s::check_port_name(name, "").map_err(|e| e.msg)?;
+    let (port, proto) = rest.split_once('/').unwrap_or((rest, "TCP"));
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{s:?}: the port must be 1 to 65535"))?;
+    let proto = proto.to_uppercase();
+    if weft_policy::Protocol::parse(&proto).is_none() {
+        return Err(format!("{s:?}: the protocol must be TCP, UDP or SCTP"));
+    }
+    Ok((name.to_string(), port, proto))
+}
 
 fn self_exe() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("cannot find the weft binary: {e}"))
@@ -429,13 +496,28 @@ fn lab(cmd: LabCmd) -> Res {
             name,
             conflist,
             json,
+            namespace,
+            labels,
+            ports,
             host,
             container,
             cmd,
         } => {
             let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
-            let c =
-                weft_lab::run(&name, &host, &container, conflist.as_deref(), &cmd).map_err(e)?;
+            let identity = weft_lab::Identity {
+                namespace,
+                labels,
+                ports,
+            };
+            let c = weft_lab::run(
+                &name,
+                &host,
+                &container,
+                conflist.as_deref(),
+                &identity,
+                &cmd,
+            )
+            .map_err(e)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c).expect("json"));
             } else {

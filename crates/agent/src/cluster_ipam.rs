@@ -16,12 +16,15 @@ use weft_ipam::view::UseRec;
 use weft_ipam::{AllocError, Persist};
 use weft_mesh::{NodeId, Status};
 
+use weft_policy::identity::Identity;
+
 use crate::api::{error_json, ALLOCATE_WAIT};
 use crate::{log, Agent, IpamNodeReport, IpamReport, NodeReport};
 
 /// An allocation waiting for space or readiness.
 pub(crate) struct Pending {
     owner: Owner,
+    identity: Identity,
     deadline: Instant,
     reason: String,
     reply: oneshot::Sender<(u16, String)>,
@@ -56,6 +59,39 @@ fn owner_of(b: OwnerBody) -> Result<Owner, (u16, String)> {
         return Err((400, error_json("container_id and ifname must not be empty")));
     }
     Ok(Owner::new(b.container_id, b.ifname))
+}
+
+/// The attachment's identity sent with an allocation (`"endpoint"`), or the default one
+/// (namespace `default`, the container id as its name) for clients that send none.
+fn parse_identity(body: &str, owner: &Owner) -> Result<Identity, (u16, String)> {
+    #[derive(Deserialize)]
+    struct WithEndpoint {
+        #[serde(default)]
+        endpoint: Option<Identity>,
+    }
+    let b: WithEndpoint = serde_json::from_str(body).map_err(|e| {
+        (
+            400,
+            error_json(&format!("\"endpoint\" is not understood: {e}")),
+        )
+    })?;
+    let id = b.endpoint.unwrap_or_else(|| Identity {
+        namespace: weft_policy::identity::DEFAULT_NAMESPACE.into(),
+        name: owner.container_id.clone(),
+        labels: Default::default(),
+        ports: Vec::new(),
+    });
+    // The same checks as the plugin's, for clients that are not weft's plugin.
+    let args: Vec<(String, String)> = vec![
+        ("K8S_POD_NAMESPACE".into(), id.namespace.clone()),
+        ("K8S_POD_NAME".into(), id.name.clone()),
+    ];
+    let conf = serde_json::json!({
+        "cni": {"labels": id.labels.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>()},
+        "weft": {"ports": id.ports},
+    });
+    weft_policy::identity::from_cni(&args, Some(&conf), &owner.container_id)
+        .map_err(|e| (400, error_json(&format!("endpoint: {e}"))))
 }
 
 fn parse_owner(body: &str) -> Result<Owner, (u16, String)> {
@@ -251,8 +287,9 @@ impl Agent {
         }
     }
 
-    /// Tries one allocation; persists before an address is answered.
-    fn try_allocate(&mut self, owner: &Owner) -> Attempt {
+    /// Tries one allocation; persists before an address is answered, and registers the
+    /// endpoint (isolating it if a policy says so) before it is answered too.
+    fn try_allocate(&mut self, owner: &Owner, identity: &Identity) -> Attempt {
         if !self.ipam_started {
             return Attempt::Wait(format!(
                 "cluster IPAM is not ready: {}",
@@ -270,6 +307,13 @@ impl Agent {
                         500,
                         error_json(&format!("cannot save the allocation: {e}")),
                     );
+                }
+                if let Err(e) = self.endpoint_add(owner, identity, &a) {
+                    if !had {
+                        self.ipam.release(owner);
+                        let _ = self.save_ipam();
+                    }
+                    return Attempt::Answer(500, error_json(&e));
                 }
                 let mtu = self.dp.pod_mtu();
                 Attempt::Answer(
@@ -305,7 +349,7 @@ impl Agent {
         let mut allocated = false;
         let waiting = std::mem::take(&mut self.pending);
         for mut p in waiting {
-            match self.try_allocate(&p.owner) {
+            match self.try_allocate(&p.owner, &p.identity) {
                 Attempt::Answer(code, body) => {
                     allocated |= code == 200;
                     let _ = p.reply.send((code, body));
@@ -340,19 +384,21 @@ impl Agent {
 
     /// `POST /ipam/allocate`: answers now, or keeps the request waiting.
     pub(crate) fn api_allocate(&mut self, body: &str, reply: oneshot::Sender<(u16, String)>) {
-        let owner = match parse_owner(body) {
-            Ok(o) => o,
+        let parsed = parse_owner(body).and_then(|o| parse_identity(body, &o).map(|i| (o, i)));
+        let (owner, identity) = match parsed {
+            Ok(x) => x,
             Err(answer) => {
                 let _ = reply.send(answer);
                 return;
             }
         };
-        match self.try_allocate(&owner) {
+        match self.try_allocate(&owner, &identity) {
             Attempt::Answer(code, body) => {
                 let _ = reply.send((code, body));
             }
             Attempt::Wait(reason) => self.pending.push(Pending {
                 owner,
+                identity,
                 deadline: Instant::now() + ALLOCATE_WAIT,
                 reason,
                 reply,
@@ -414,6 +460,7 @@ impl Agent {
             Ok(o) => o,
             Err(e) => return e,
         };
+        self.endpoint_remove(&owner);
         let freed = self.ipam.release(&owner);
         if let Err(e) = self.save_ipam() {
             return (500, error_json(&format!("cannot save the release: {e}")));
@@ -439,6 +486,14 @@ impl Agent {
             .into_iter()
             .map(|o| Owner::new(o.container_id, o.ifname))
             .collect();
+        for uid in self.policy_local_uids() {
+            if let Some((c, i)) = uid.rsplit_once('/') {
+                let o = Owner::new(c.to_string(), i.to_string());
+                if !valid.contains(&o) {
+                    self.endpoint_remove(&o);
+                }
+            }
+        }
         let released = self.ipam.gc(&valid);
         if let Err(e) = self.save_ipam() {
             return (500, error_json(&format!("cannot save the release: {e}")));

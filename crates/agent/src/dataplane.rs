@@ -166,7 +166,7 @@ fn key(r: &nl::Route) -> RouteKey {
     (r.dst, r.gateway, r.oif, r.mtu)
 }
 
-fn run_nft(script: &str) -> Result<(), String> {
+pub(crate) fn run_nft(script: &str) -> Result<(), String> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -452,6 +452,7 @@ impl Agent {
         let script = weft_dataplane::stateful::nft_script(
             &self.cfg.ipam.space.pools,
             self.dp.cfg.nat,
+            self.policy_active(),
             self.dp.cfg.vxlan_port,
         );
         if self.dp.nat_applied.as_deref() != Some(script.as_str()) {

@@ -29,6 +29,8 @@ pub(crate) struct Fast {
     cleaned: bool,
     /// Attached devices not yet enabled (a container veth waits for the conntrack seed).
     unenabled: BTreeSet<Device>,
+    /// Addresses of pods a network policy isolates (their packets take the stack).
+    isolated: BTreeSet<std::net::IpAddr>,
 }
 
 /// How often the translated connections' client sockets are entered again, so that the
@@ -121,7 +123,11 @@ impl Agent {
                 return;
             }
             let pools = self.cfg.ipam.space.pools.clone();
-            match FastPath::load().and_then(|mut f| f.set_pools(&pools).map(|()| f)) {
+            let isolated = self.fast.isolated.clone();
+            let loaded = FastPath::load()
+                .and_then(|mut f| f.set_pools(&pools).map(|()| f))
+                .and_then(|mut f| f.set_isolated(&isolated).map(|()| f));
+            match loaded {
                 Ok(f) => {
                     log("fast path: loaded");
                     self.fast.path = Some(f);
@@ -180,8 +186,10 @@ impl Agent {
             }
         }
         let waiting: Vec<Device> = self.fast.unenabled.iter().cloned().collect();
+        // Nothing is forwarded past the stack before the policy's isolated pods are known.
+        let policy_known = self.pol.applied_any();
         for d in waiting {
-            if d.pod && !seeded {
+            if d.pod && (!seeded || !policy_known) {
                 continue;
             }
             match f.enable(&d) {
@@ -192,6 +200,19 @@ impl Agent {
             }
         }
         self.set_fast_error(failed);
+    }
+
+    /// Makes the fast path leave packets from or to `addrs` to the stack (now, if it is
+    /// loaded, and from its load on).
+    pub(crate) fn fast_isolate(
+        &mut self,
+        addrs: &BTreeSet<std::net::IpAddr>,
+    ) -> Result<(), String> {
+        self.fast.isolated = addrs.clone();
+        match self.fast.path.as_mut() {
+            Some(f) => f.set_isolated(addrs),
+            None => Ok(()),
+        }
     }
 
     fn set_fast_error(&mut self, e: Option<String>) {

@@ -13,6 +13,9 @@ pub mod config;
 mod conn;
 mod dataplane;
 mod fast;
+mod flows;
+mod policy;
+mod policy_api;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,6 +32,9 @@ use weft_wire::{ClusterKey, Identity};
 pub use config::{AgentConfig, ConfigError, RawConfig};
 pub use dataplane::{DataplaneReport, RouteReport};
 pub use fast::FastReport;
+pub use flows::{FlowReport, FlowsAnswer};
+pub use policy::PolicyReport;
+pub use policy_api::EndpointReport;
 
 /// Keys of the records every node publishes.
 pub const NAME_KEY: &str = "name";
@@ -66,6 +72,8 @@ pub(crate) enum Event {
     },
     /// A dial failed before a connection existed.
     DialFailed { addr: SocketAddr, why: String },
+    /// Packets weft's policy rules logged (NFLOG).
+    PolicyLog(Vec<weft_netlink::netfilter::LoggedPacket>),
     /// A local API request.
     Api {
         method: String,
@@ -126,6 +134,8 @@ struct Agent {
     /// The kernel data plane.
     dp: dataplane::Dataplane,
     fast: fast::Fast,
+    /// Network policy.
+    pol: policy::PolicyState,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -206,6 +216,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         ipam_state_logged: None,
         dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
         fast: fast::Fast::default(),
+        pol: policy::PolicyState::default(),
         cfg,
     };
     log(format!(
@@ -226,6 +237,8 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     ));
     agent.perform(out);
     agent.save();
+    agent.policy_load_cache();
+    agent.flows_start();
     for p in agent.cfg.peers.clone() {
         agent.dials.entry(p).or_default().manual = true;
     }
@@ -243,18 +256,29 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError(format!("signal handler: {e}")))?;
     loop {
+        let policy_due = agent.pol.due;
         tokio::select! {
             _ = tick.tick() => agent.on_tick(),
             Some(ev) = rx.recv() => agent.on_event(ev),
+            _ = sleep_until(policy_due) => agent.policy_tick(),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     agent.save();
     agent.save_ipam_if_needed();
+    agent.policy_shutdown();
     let _ = std::fs::remove_file(&agent.cfg.socket);
     log("stopped");
     Ok(())
+}
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn seed() -> u64 {
@@ -339,6 +363,7 @@ impl Agent {
         self.remember_names();
         self.ipam_tick();
         self.dp_tick();
+        self.policy_tick();
         self.fast_tick();
     }
 
@@ -540,6 +565,10 @@ impl Agent {
                     if !self.pending.is_empty() && self.node.digest() != before {
                         self.ipam_step();
                     }
+                    // Policy changes are applied as they arrive, coalesced.
+                    if self.node.digest() != before {
+                        self.policy_soon();
+                    }
                 }
             }
             Event::Disconnected { conn, peer, why } => {
@@ -557,6 +586,7 @@ impl Agent {
                 }
             }
             Event::DialFailed { addr, why } => self.dial_failed(addr, why),
+            Event::PolicyLog(packets) => self.flows_logged(packets),
             Event::Api {
                 method,
                 path,
@@ -593,6 +623,9 @@ impl Agent {
         let json = |v: &dyn erased::Ser| (200, v.to_json());
         let (path, query) = api::split_query(target);
         if let Some(answer) = self.api_ipam(method, path, &query, body) {
+            return answer;
+        }
+        if let Some(answer) = self.api_policy(method, path, &query, body) {
             return answer;
         }
         match (method, path) {
@@ -674,6 +707,7 @@ impl Agent {
                 })
                 .collect(),
             dataplane: Some(self.dp_report()),
+            policy: Some(self.policy_report()),
         }
     }
 
@@ -734,6 +768,9 @@ pub struct StatusReport {
     /// The kernel data plane.
     #[serde(default)]
     pub dataplane: Option<DataplaneReport>,
+    /// Network policy on this host.
+    #[serde(default)]
+    pub policy: Option<PolicyReport>,
 }
 
 /// This node in a status report.

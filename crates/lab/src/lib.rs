@@ -71,6 +71,52 @@ pub struct ContainerState {
     pub ips: Vec<String>,
     /// The pid of the command it runs, if one was given.
     pub pid: Option<i32>,
+    /// Its identity as passed to CNI: namespace, labels, named ports.
+    #[serde(default)]
+    pub identity: Identity,
+}
+
+/// Who a lab container is, as a container runtime tells CNI: `CNI_ARGS`
+/// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` (the container's name), labels in the network
+/// config's `args.cni.labels`, named ports in `args.weft.ports` (docs/policy.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Its namespace (`default` when none).
+    pub namespace: Option<String>,
+    /// Labels, KEY → VALUE.
+    pub labels: Vec<(String, String)>,
+    /// Named ports: (name, port, protocol TCP|UDP|SCTP).
+    pub ports: Vec<(String, u16, String)>,
+}
+
+impl Identity {
+    fn cni_args(&self, container: &str) -> Vec<(String, String)> {
+        vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            (
+                "K8S_POD_NAMESPACE".into(),
+                self.namespace.clone().unwrap_or_else(|| "default".into()),
+            ),
+            ("K8S_POD_NAME".into(), container.into()),
+        ]
+    }
+
+    fn conf_args(&self) -> Option<serde_json::Value> {
+        if self.labels.is_empty() && self.ports.is_empty() {
+            return None;
+        }
+        let labels: Vec<serde_json::Value> = self
+            .labels
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+            .collect();
+        let ports: Vec<serde_json::Value> = self
+            .ports
+            .iter()
+            .map(|(n, p, proto)| serde_json::json!({"name": n, "port": p, "protocol": proto}))
+            .collect();
+        Some(serde_json::json!({"cni": {"labels": labels}, "weft": {"ports": ports}}))
+    }
 }
 
 /// What the lab knows about itself, kept in `state.json`.
@@ -556,6 +602,7 @@ pub fn run(
     host: &str,
     container: &str,
     conflist: Option<&Path>,
+    identity: &Identity,
     cmd: &[String],
 ) -> Result<ContainerState, LabError> {
     require_root()?;
@@ -578,6 +625,8 @@ pub fn run(
         netns_path: sys::netns_path(&netns),
         ifname: "eth0".into(),
         cni_path: cni_path(name),
+        args: identity.cni_args(container),
+        conf_args: identity.conf_args(),
     };
     let result = match runtime::chain_add(&call, &conflist) {
         Ok(r) => r,
@@ -608,6 +657,7 @@ pub fn run(
         ip,
         ips,
         pid: None,
+        identity: identity.clone(),
     };
     if !cmd.is_empty() {
         match spawn_in(
@@ -669,6 +719,8 @@ fn teardown_container(c: &ContainerState) -> Result<(), LabError> {
         netns_path: sys::netns_path(&c.netns),
         ifname: "eth0".into(),
         cni_path: c.cni_path.clone(),
+        args: c.identity.cni_args(&c.name),
+        conf_args: c.identity.conf_args(),
     };
     let del = runtime::chain_del(&call, &c.conflist, Some(&c.result));
     sys::netns_del(&c.netns)?;

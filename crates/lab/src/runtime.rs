@@ -23,6 +23,10 @@ pub struct CniCall {
     pub ifname: String,
     /// CNI_PATH.
     pub cni_path: String,
+    /// CNI_ARGS pairs (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, ...), empty for none.
+    pub args: Vec<(String, String)>,
+    /// The network config's `args` (labels, named ports), merged into every plugin's.
+    pub conf_args: Option<Value>,
 }
 
 /// Runs one plugin binary for `command` with `conf` on stdin, inside the call's host
@@ -49,7 +53,12 @@ pub fn cni_exec(
     let input = serde_json::to_vec(conf).expect("json");
     // Spawned from a thread inside the host namespace, the plugin starts there.
     let out = weft_netlink::in_netns(&ns, || -> std::io::Result<std::process::Output> {
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if !call.args.is_empty() {
+            let args: Vec<String> = call.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            cmd.env("CNI_ARGS", args.join(";"));
+        }
+        let mut child = cmd
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &call.container_id)
             .env("CNI_NETNS", &call.netns_path)
@@ -87,8 +96,17 @@ fn read_conflist(path: &Path) -> Result<(String, String, Vec<Value>), LabError> 
     Ok((version, name, plugins))
 }
 
-fn plugin_conf(version: &str, name: &str, plugin: &Value, prev: Option<&Value>) -> Value {
+fn plugin_conf(
+    version: &str,
+    name: &str,
+    plugin: &Value,
+    prev: Option<&Value>,
+    args: Option<&Value>,
+) -> Value {
     let mut conf = plugin.clone();
+    if let Some(a) = args {
+        conf["args"] = a.clone();
+    }
     conf["cniVersion"] = json!(version);
     conf["name"] = json!(name);
     if let Some(p) = prev {
@@ -118,7 +136,13 @@ pub fn chain_add(call: &CniCall, conflist: &Path) -> Result<Value, LabError> {
     let mut prev: Option<Value> = None;
     for plugin in &plugins {
         let ty = plugin["type"].as_str().unwrap_or_default();
-        let conf = plugin_conf(&version, &name, plugin, prev.as_ref());
+        let conf = plugin_conf(
+            &version,
+            &name,
+            plugin,
+            prev.as_ref(),
+            call.conf_args.as_ref(),
+        );
         let (code, out, err) = cni_exec(call, "ADD", ty, &conf)?;
         if code != 0 {
             let _ = chain_del(call, conflist, prev.as_ref());
@@ -140,7 +164,7 @@ pub fn chain_del(call: &CniCall, conflist: &Path, prev: Option<&Value>) -> Resul
     let mut errors = Vec::new();
     for plugin in plugins.iter().rev() {
         let ty = plugin["type"].as_str().unwrap_or_default();
-        let conf = plugin_conf(&version, &name, plugin, prev);
+        let conf = plugin_conf(&version, &name, plugin, prev, call.conf_args.as_ref());
         match cni_exec(call, "DEL", ty, &conf) {
             Ok((0, _, _)) => {}
             Ok((code, out, err)) => errors.push(describe(ty, code, &out, &err)),

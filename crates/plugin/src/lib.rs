@@ -175,7 +175,26 @@ impl Ctx {
                 ),
             ));
         }
-        let mut source = self.source();
+        let mut source = match &self.range {
+            Some(_) => self.source(),
+            None => {
+                // The agent registers the endpoint with its identity as it allocates.
+                let id = weft_policy::identity::from_cni(
+                    &env.args,
+                    self.conf.extra.get("args"),
+                    a.container_id,
+                )
+                .map_err(|e| {
+                    let c = if e.env {
+                        code::INVALID_ENV
+                    } else {
+                        code::INVALID_CONFIG
+                    };
+                    CniError::new(c, e.to_string())
+                })?;
+                Box::new(AgentSource::new(Path::new(&self.net.agent_socket)).with_identity(id))
+            }
+        };
         let held_before = source.lookup(&owner)?;
         let ips = source.allocate(&owner)?;
         match self.wire(&a, &netns, netns_path, &ips, source.mtu()) {

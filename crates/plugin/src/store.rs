@@ -164,6 +164,9 @@ impl AddressSource for LocalFileSource {
 pub struct AgentSource {
     socket: PathBuf,
     mtu: Option<u32>,
+    /// Who the attachment is: sent with the allocation, so that the agent registers the
+    /// endpoint (and isolates it, if a policy says so) before it answers.
+    identity: Option<weft_policy::identity::Identity>,
 }
 
 /// Longest answer wait of the calls that do not allocate.
@@ -210,7 +213,14 @@ impl AgentSource {
         AgentSource {
             socket: socket.to_path_buf(),
             mtu: None,
+            identity: None,
         }
+    }
+
+    /// The source that registers the allocated attachment as this endpoint.
+    pub fn with_identity(mut self, identity: weft_policy::identity::Identity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// One request; non-200 answers become CNI errors (503: try again later, 507:
@@ -293,10 +303,14 @@ impl AddressSource for AgentSource {
     }
 
     fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+        let mut body = Self::owner_json(owner);
+        if let Some(id) = &self.identity {
+            body["endpoint"] = serde_json::to_value(id).unwrap_or_default();
+        }
         let a: AddressAnswer = self.call(
             "POST",
             "/ipam/allocate",
-            Some(Self::owner_json(owner)),
+            Some(body),
             api::ALLOCATE_CLIENT_TIMEOUT,
         )?;
         self.mtu = a.mtu.filter(|m| (576..=65535).contains(m));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dp;
+pub mod truth;
 
 use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,317 @@
+//! Every policy drop explained (docs/policy.md, "Drops"): the packets weft's policy rules
+//! log to NFLOG group 7 are read on a thread of their own, and the owner task turns each
+//! into a flow with its endpoints and the reason the reference engine gives, kept in a
+//! ring that `weft flows` reads. The kernel's own counters count every drop.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use weft_netlink::netfilter::{LoggedPacket, NfLog};
+use weft_policy::compile::{ChainInfo, LOG_GROUP, LOG_PREFIX, TABLE};
+use weft_policy::engine::describe_port;
+use weft_policy::Flow;
+
+use crate::policy::wall_ms;
+use crate::{log, Agent, Event};
+
+/// Flows kept for `weft flows`.
+const RING: usize = 4096;
+
+/// Bytes of each logged packet copied to userspace (headers only).
+const COPY: u32 = 128;
+
+/// One logged flow: a dropped packet, or the first packet of an allowed connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowReport {
+    /// Its number; `weft flows --follow` asks for those after the last it saw.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub time_ms: u64,
+    /// `dropped` or `allowed`.
+    pub verdict: String,
+    /// `ingress` (into a pod of this host) or `egress` (out of one).
+    pub direction: String,
+    /// Source address.
+    pub src: String,
+    /// Destination address.
+    pub dst: String,
+    /// The source endpoint, `namespace/name`, if it is a pod.
+    pub src_name: Option<String>,
+    /// The destination endpoint, if it is a pod.
+    pub dst_name: Option<String>,
+    /// `TCP`, `UDP`, `SCTP`, `ICMP`, ...
+    pub protocol: String,
+    /// Source port, for protocols with ports.
+    pub sport: Option<u16>,
+    /// Destination port.
+    pub dport: Option<u16>,
+    /// The allowing policy (`namespace/name`), for allowed flows.
+    pub policy: Option<String>,
+    /// Why, in words: for a drop, which policies isolate the pod and that none allows it.
+    pub reason: String,
+}
+
+/// `GET /flows` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowsAnswer {
+    /// Flows after the asked sequence number, oldest first.
+    pub flows: Vec<FlowReport>,
+    /// The number to ask after next time.
+    pub last: u64,
+    /// Why flows are not being logged, if they are not.
+    pub error: Option<String>,
+}
+
+/// The ring of recent flows.
+#[derive(Default)]
+pub(crate) struct Flows {
+    ring: VecDeque<FlowReport>,
+    last: u64,
+    pub(crate) error: Option<String>,
+}
+
+impl Flows {
+    fn push(&mut self, mut f: FlowReport) {
+        self.last += 1;
+        f.seq = self.last;
+        if self.ring.len() == RING {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(f);
+    }
+
+    /// Flows numbered above `after`.
+    pub(crate) fn after(&self, after: u64) -> FlowsAnswer {
+        FlowsAnswer {
+            flows: self
+                .ring
+                .iter()
+                .filter(|f| f.seq > after)
+                .cloned()
+                .collect(),
+            last: self.last,
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// Starts the reader thread of NFLOG group 7; its packets arrive as events.
+pub(crate) fn start(events: mpsc::UnboundedSender<Event>) -> Result<(), String> {
+    let mut nflog = NfLog::bind(LOG_GROUP, COPY).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("weft-nflog".into())
+        .spawn(move || loop {
+            match nflog.recv() {
+                Ok(p) if p.is_empty() => {}
+                Ok(p) => {
+                    if events.send(Event::PolicyLog(p)).is_err() {
+                        return;
+                    }
+                }
+                // ENOBUFS: the kernel dropped log messages under a burst; go on.
+                Err(e) if e.errno() == Some(libc::ENOBUFS) => {}
+                Err(e) => {
+                    log(format!("policy: flow log stopped: {e}"));
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("start the flow log thread: {e}"))?;
+    Ok(())
+}
+
+/// Source, destination, IP protocol and (source, destination) ports of a packet.
+type Headers = (IpAddr, IpAddr, u8, Option<(u16, u16)>);
+
+/// Addresses, protocol and ports from a packet's headers.
+fn headers(p: &[u8]) -> Option<Headers> {
+    let (src, dst, proto, l4) = match p.first()? >> 4 {
+        4 if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let s: [u8; 4] = p[12..16].try_into().ok()?;
+            let d: [u8; 4] = p[16..20].try_into().ok()?;
+            (
+                IpAddr::V4(Ipv4Addr::from(s)),
+                IpAddr::V4(Ipv4Addr::from(d)),
+                p[9],
+                p.get(ihl..),
+            )
+        }
+        6 if p.len() >= 40 => {
+            let s: [u8; 16] = p[8..24].try_into().ok()?;
+            let d: [u8; 16] = p[24..40].try_into().ok()?;
+            (
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                p[6],
+                p.get(40..),
+            )
+        }
+        _ => return None,
+    };
+    let ports = match (proto, l4) {
+        (6 | 17 | 132, Some(l)) if l.len() >= 4 => Some((
+            u16::from_be_bytes([l[0], l[1]]),
+            u16::from_be_bytes([l[2], l[3]]),
+        )),
+        _ => None,
+    };
+    Some((src, dst, proto, ports))
+}
+
+/// The policy table's drop counters (ingress, egress), from the kernel.
+pub(crate) fn drop_counters() -> Option<(u64, u64)> {
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "counters", "table"])
+        .args(TABLE.split(' '))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut r = (0, 0);
+    for item in v["nftables"].as_array()? {
+        let c = &item["counter"];
+        match c["name"].as_str() {
+            Some("drop_in") => r.0 = c["packets"].as_u64().unwrap_or(0),
+            Some("drop_out") => r.1 = c["packets"].as_u64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+impl Agent {
+    /// Starts reading the policy's log; a failure is reported in `weft flows`.
+    pub(crate) fn flows_start(&mut self) {
+        if let Err(e) = start(self.events.clone()) {
+            log(format!("policy: no flow log: {e}"));
+            self.pol.flows.error = Some(e);
+        }
+    }
+
+    /// Logged packets, turned into flows with their reason.
+    pub(crate) fn flows_logged(&mut self, packets: Vec<LoggedPacket>) {
+        let local: std::collections::BTreeSet<String> = self
+            .node
+            .store()
+            .live_with_prefix(&self.id, weft_policy::records::EP_PREFIX)
+            .map(|(k, _)| k[weft_policy::records::EP_PREFIX.len()..].to_string())
+            .collect();
+        for p in packets {
+            let mut words = p.prefix.split_whitespace();
+            if words.next() != Some(LOG_PREFIX) {
+                continue;
+            }
+            let (Some(kind), Some(dir), Some(chain)) = (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let rule = words.next().and_then(|r| r.parse::<usize>().ok());
+            let Some((src, dst, proto, ports)) = headers(&p.payload) else {
+                continue;
+            };
+            let world = &self.pol.world;
+            let name = |a: IpAddr| world.endpoint_at(a).map(|e| e.key());
+            let flow = Flow {
+                src,
+                dst,
+                proto,
+                port: ports.map(|p| p.1).unwrap_or(0),
+            };
+            let info = self.pol.applied_info(chain);
+            let (verdict, policy, reason) = if kind == "A" {
+                let policy = match &info {
+                    Some(ChainInfo::Policy { policy, .. }) => Some(policy.clone()),
+                    _ => None,
+                };
+                let reason = match (&policy, rule) {
+                    (Some(pol), Some(r)) => format!(
+                        "allowed by {pol} ({} rule {r})",
+                        if dir == "in" { "ingress" } else { "egress" }
+                    ),
+                    _ => "allowed".into(),
+                };
+                ("allowed", policy, reason)
+            } else {
+                let v = weft_policy::local_verdict(world, &flow, |e| local.contains(&e.uid));
+                let mut reason = v.explain(world, &flow);
+                if v.allowed {
+                    // The world changed since the packet was dropped, or this was a TCP
+                    // packet of a connection opened before its pod was isolated.
+                    reason = format!(
+                        "denied by the rules in force then ({}); now {reason}",
+                        match &info {
+                            Some(ChainInfo::Group { policies, .. }) =>
+                                format!("isolated by {}", policies.join(", ")),
+                            _ => "isolated".into(),
+                        }
+                    );
+                }
+                ("dropped", None, reason)
+            };
+            let f = FlowReport {
+                seq: 0,
+                time_ms: wall_ms(),
+                verdict: verdict.into(),
+                direction: if dir == "in" { "ingress" } else { "egress" }.into(),
+                src: src.to_string(),
+                dst: dst.to_string(),
+                src_name: name(src),
+                dst_name: name(dst),
+                protocol: describe_port(&Flow { port: 0, ..flow })
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                sport: ports.map(|p| p.0),
+                dport: ports.map(|p| p.1),
+                policy,
+                reason,
+            };
+            self.pol.flows.push(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_ipv4_and_ipv6_packets() {
+        let mut v4 = vec![0u8; 24];
+        v4[0] = 0x45;
+        v4[9] = 6;
+        v4[12..16].copy_from_slice(&[10, 32, 0, 2]);
+        v4[16..20].copy_from_slice(&[10, 32, 1, 3]);
+        v4[20..24].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+        let (s, d, p, ports) = headers(&v4).unwrap();
+        assert_eq!(
+            (s.to_string(), d.to_string(), p),
+            ("10.32.0.2".into(), "10.32.1.3".into(), 6)
+        );
+        assert_eq!(ports, Some((40000, 80)));
+        let mut v6 = vec![0u8; 44];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        v6[23] = 2;
+        v6[39] = 3;
+        v6[40..44].copy_from_slice(&[0, 53, 0, 53]);
+        let (s, d, p, ports) = headers(&v6).unwrap();
+        assert_eq!(
+            (s.to_string(), d.to_string(), p),
+            ("::2".into(), "::3".into(), 17)
+        );
+        assert_eq!(ports, Some((53, 53)));
+        // Short or garbled packets are skipped.
+        assert!(headers(&v4[..10]).is_none());
+        assert!(headers(&[0x15; 30]).is_none());
+        // ICMP has no ports.
+        v4[9] = 1;
+        assert_eq!(headers(&v4).unwrap().3, None);
+    }
+}

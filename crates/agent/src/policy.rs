@@ -1,0 +1,585 @@
+//! Network policy on this host (docs/policy.md). The world comes from the mesh's records
+//! (endpoints of every host, objects any host wrote) through `weft_policy::records::Index`,
+//! seeded at start from a cache of the last run (`policy.json`) so that a restart enforces
+//! at once what it enforced before. `weft_policy` compiles it for this host's endpoints;
+//! this module applies the difference to the kernel (`nft`, the fast path's isolated map),
+//! cuts tracked connections the policy no longer allows, and keeps objects alive whose
+//! writer is down (the lowest live node writes them again).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use weft_alloc::Owner;
+use weft_mesh::{NodeId, Status};
+use weft_policy::compile::{self, Compiled};
+use weft_policy::identity::Identity;
+use weft_policy::records::{self, EndpointValue, Index, ObjectValue, Objects};
+use weft_policy::{Flow, World};
+
+use crate::flows::Flows;
+use crate::{log, Agent};
+
+/// The policy's state in the owner task.
+#[derive(Default)]
+pub(crate) struct PolicyState {
+    /// The table as applied since this agent started (None: the next apply replaces it
+    /// whole).
+    applied: Option<Compiled>,
+    /// The kernel has weft's policy table (as this agent made it).
+    table: bool,
+    index: Index,
+    /// The mesh digest the index was last brought up to.
+    indexed: Option<u64>,
+    pub(crate) world: World,
+    pub(crate) objects: Objects,
+    /// The world changed since it was last compiled and applied.
+    stale: bool,
+    /// When to apply next (coalescing bursts of changes).
+    pub(crate) due: Option<Instant>,
+    /// The cache of the last run is still in use (until the mesh has had time to bring
+    /// every owner's records).
+    cache_live: bool,
+    cache_saved: Option<Instant>,
+    cache_dirty: bool,
+    /// The last failure to apply, if the kernel refused.
+    pub(crate) error: Option<String>,
+    /// Tracked connections cut because the policy no longer allows them.
+    pub(crate) cut: u64,
+    pub(crate) flows: Flows,
+}
+
+/// How long changes are gathered before they are applied.
+const COALESCE: Duration = Duration::from_millis(50);
+
+/// How long after the first peer connection the cache of the last run stays in use (the
+/// mesh brings every owner's records within one anti-entropy round).
+const CACHE_AFTER_LINK_MS: u64 = 3_000;
+
+/// Without any peer connection, the cache stays in use this long.
+const CACHE_MAX_MS: u64 = 60_000;
+
+/// How often the cache file is written at most.
+const CACHE_SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// The file of the cache.
+const CACHE_FILE: &str = "policy.json";
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    records: Vec<CachedRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedRecord {
+    owner: String,
+    name: String,
+    key: String,
+    value: serde_json::Value,
+}
+
+/// Wall-clock milliseconds (for stamps and flows).
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `/policy` part of `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyReport {
+    /// `on` (some policy exists), `none` (no policy: nothing is isolated) or `error`.
+    pub state: String,
+    /// Policies in the cluster.
+    pub policies: usize,
+    /// Endpoints of this host.
+    pub endpoints: usize,
+    /// Endpoints of this host that some policy isolates.
+    pub isolated: usize,
+    /// Packets dropped by policy on this host, into its pods (ingress).
+    pub dropped_ingress: u64,
+    /// Packets dropped by policy on this host, out of its pods (egress).
+    pub dropped_egress: u64,
+    /// Tracked connections cut because a change no longer allowed them.
+    pub connections_cut: u64,
+    /// Why the policy could not be applied, if it could not.
+    pub error: Option<String>,
+}
+
+impl Agent {
+    /// Loads the cache of the last run into the index.
+    pub(crate) fn policy_load_cache(&mut self) {
+        let path = self.cfg.data_dir.join(CACHE_FILE);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let Ok(c) = serde_json::from_slice::<CacheFile>(&bytes) else {
+            log(format!("policy: {} is damaged; ignored", path.display()));
+            return;
+        };
+        type Part = (String, Vec<(String, Vec<u8>)>);
+        let mut by_owner: std::collections::BTreeMap<String, Part> = Default::default();
+        for r in c.records {
+            by_owner
+                .entry(r.owner)
+                .or_insert_with(|| (r.name, Vec::new()))
+                .1
+                .push((r.key, r.value.to_string().into_bytes()));
+        }
+        for (owner, (name, recs)) in &by_owner {
+            self.pol.index.set_owner(
+                owner,
+                name,
+                0,
+                true,
+                recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            );
+        }
+        self.pol.cache_live = true;
+        self.pol.stale = true;
+        let (w, o) = self.pol.index.build();
+        self.pol.world = w;
+        self.pol.objects = o;
+    }
+
+    fn policy_save_cache(&mut self, force: bool) {
+        if !self.pol.cache_dirty
+            || (!force
+                && self
+                    .pol
+                    .cache_saved
+                    .is_some_and(|t| t.elapsed() < CACHE_SAVE_EVERY))
+        {
+            return;
+        }
+        let records = self
+            .pol
+            .index
+            .records()
+            .into_iter()
+            .filter_map(|(owner, name, key, value)| {
+                Some(CachedRecord {
+                    owner,
+                    name,
+                    key,
+                    value: serde_json::from_slice(&value).ok()?,
+                })
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&CacheFile { records }).unwrap_or_default();
+        let path = self.cfg.data_dir.join(CACHE_FILE);
+        let tmp = path.with_extension("tmp");
+        let res = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            log(format!("policy: write {}: {e}", path.display()));
+        }
+        self.pol.cache_saved = Some(Instant::now());
+        self.pol.cache_dirty = false;
+    }
+
+    /// Brings the index up to the mesh: the parts of owners whose version changed.
+    pub(crate) fn policy_index(&mut self) {
+        let now = self.now();
+        if self.pol.cache_live {
+            let expired = match self.first_link_at {
+                Some(t) => now.saturating_sub(t) >= CACHE_AFTER_LINK_MS,
+                None => self.cfg.peers.is_empty() || now >= CACHE_MAX_MS,
+            };
+            if expired {
+                self.pol.cache_live = false;
+                if self.pol.index.drop_cached() {
+                    self.pol.indexed = None;
+                }
+            }
+        }
+        let digest = self.node.digest();
+        if self.pol.indexed == Some(digest) {
+            return;
+        }
+        self.pol.indexed = Some(digest);
+        let store = self.node.store();
+        let mut changed = false;
+        let mut live = BTreeSet::new();
+        for owner in store.owners() {
+            if self.node.status(owner) == Status::Gone {
+                continue;
+            }
+            let id = owner.to_string();
+            live.insert(id.clone());
+            let version = store.version(owner).unwrap_or(0);
+            if self.pol.index.version(&id) == Some(version) {
+                continue;
+            }
+            let name = store
+                .get(owner, crate::NAME_KEY)
+                .flatten()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            let recs: Vec<(&str, &[u8])> = store
+                .live_with_prefix(owner, records::EP_PREFIX)
+                .chain(store.live_with_prefix(owner, records::OBJ_PREFIX))
+                .collect();
+            self.pol.index.set_owner(&id, &name, version, false, recs);
+            changed = true;
+        }
+        let gone: Vec<String> = self
+            .pol
+            .index
+            .owners()
+            .filter(|(o, cached)| !cached && !live.contains(*o))
+            .map(|(o, _)| o.to_string())
+            .collect();
+        for o in gone {
+            self.pol.index.remove_owner(&o);
+            changed = true;
+        }
+        if changed {
+            let (w, o) = self.pol.index.build();
+            if w != self.pol.world || o != self.pol.objects {
+                self.pol.world = w;
+                self.pol.objects = o;
+                self.pol.stale = true;
+                self.pol.cache_dirty = true;
+            }
+        }
+    }
+
+    /// This host's endpoints: the uids of its own `ep/` records.
+    pub(crate) fn policy_local_uids(&self) -> BTreeSet<String> {
+        self.policy_local()
+    }
+
+    fn policy_local(&self) -> BTreeSet<String> {
+        self.node
+            .store()
+            .live_with_prefix(&self.id, records::EP_PREFIX)
+            .map(|(k, _)| k[records::EP_PREFIX.len()..].to_string())
+            .collect()
+    }
+
+    /// Whether a policy exists (weft's policy table is needed).
+    pub(crate) fn policy_active(&self) -> bool {
+        !self.pol.world.policies.is_empty()
+    }
+
+    /// On every tick, and when `due`: follows the mesh, adopts orphaned objects, applies
+    /// what changed, saves the cache.
+    pub(crate) fn policy_tick(&mut self) {
+        self.policy_index();
+        self.policy_adopt();
+        let due = self.pol.due.is_none_or(|t| Instant::now() >= t);
+        if (self.pol.stale && due) || self.pol.applied.is_none() || self.pol.error.is_some() {
+            self.pol.due = None;
+            if let Err(e) = self.policy_apply() {
+                if self.pol.error.as_deref() != Some(e.as_str()) {
+                    log(format!("policy: {e}"));
+                }
+                self.pol.error = Some(e);
+            }
+        }
+        self.policy_save_cache(false);
+    }
+
+    /// Asks for an apply soon (changes arriving together are applied together).
+    pub(crate) fn policy_soon(&mut self) {
+        self.policy_index();
+        if self.pol.stale && self.pol.due.is_none() {
+            self.pol.due = Some(Instant::now() + COALESCE);
+        }
+    }
+
+    /// Compiles the world for this host and applies the difference to the kernel.
+    pub(crate) fn policy_apply(&mut self) -> Result<(), String> {
+        self.policy_index();
+        let local = self.policy_local();
+        let new = compile::compile(&self.pol.world, |e| local.contains(&e.uid));
+        let active = self.policy_active();
+        let keep_weft = self.cfg.dataplane.mode.is_some() && self.cfg.dataplane.nat;
+        let script = if active {
+            match (&self.pol.applied, self.pol.table) {
+                (Some(old), true) => compile::diff_script(old, &new),
+                _ => compile::full_script(&new),
+            }
+        } else if self.pol.table || self.pol.applied.is_none() {
+            compile::remove_script(keep_weft)
+        } else {
+            String::new()
+        };
+        let before: BTreeSet<IpAddr> = self
+            .pol
+            .applied
+            .as_ref()
+            .map(|c| c.isolated.clone())
+            .unwrap_or_default();
+        // The fast path lets isolated pods' packets through to the stack before the rules
+        // exist, and forwards them again only after they are gone.
+        let union: BTreeSet<IpAddr> = before.union(&new.isolated).copied().collect();
+        self.fast_isolate(&union)?;
+        if !script.is_empty() {
+            crate::dataplane::run_nft(&script)?;
+        }
+        self.fast_isolate(&new.isolated)?;
+        let changed = self.pol.applied.as_ref() != Some(&new);
+        self.pol.table = active;
+        self.pol.applied = Some(new);
+        self.pol.stale = false;
+        if self.pol.error.take().is_some() {
+            log("policy: applied again");
+        }
+        if changed && active {
+            self.policy_cut(&local);
+        }
+        Ok(())
+    }
+
+    /// Deletes the tracked connections of this host's isolated pods that the policy no
+    /// longer allows; their next packets are judged again (docs/policy.md,
+    /// "Connections").
+    fn policy_cut(&mut self, local: &BTreeSet<String>) {
+        let Some(applied) = &self.pol.applied else {
+            return;
+        };
+        if applied.isolated.is_empty() {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string("/proc/net/nf_conntrack") else {
+            return;
+        };
+        let iso = &applied.isolated;
+        let conns = weft_dataplane::stateful::tracked(&text, |a| iso.contains(&a));
+        let mut cut = 0;
+        for c in conns {
+            let flow = Flow {
+                src: c.src,
+                dst: c.dst,
+                proto: c.proto,
+                port: c.dport,
+            };
+            let v = weft_policy::local_verdict(&self.pol.world, &flow, |e| local.contains(&e.uid));
+            if v.allowed {
+                continue;
+            }
+            match weft_netlink::netfilter::conntrack_delete(c.src, c.dst, c.proto, c.sport, c.dport)
+            {
+                Ok(true) => cut += 1,
+                Ok(false) => {}
+                Err(e) => log(format!("policy: {e}")),
+            }
+        }
+        if cut > 0 {
+            log(format!(
+                "policy: cut {cut} tracked connection(s) the policy no longer allows"
+            ));
+            self.pol.cut += cut;
+        }
+    }
+
+    /// Registers a new attachment of this host (its ADD) and isolates it before the
+    /// answer, when a policy says so. An error leaves it unregistered.
+    pub(crate) fn endpoint_add(
+        &mut self,
+        owner: &Owner,
+        id: &Identity,
+        addrs: &[IpAddr],
+    ) -> Result<(), String> {
+        let uid = format!("{}/{}", owner.container_id, owner.ifname);
+        let key = records::endpoint_key(&uid);
+        let value = EndpointValue {
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            labels: id.labels.clone(),
+            ports: id.ports.clone(),
+            addrs: addrs.to_vec(),
+        }
+        .encode();
+        if self.node.store().get(&self.id, &key) != Some(Some(value.as_slice())) {
+            let now = self.now();
+            let outs = self.node.set_local(&key, Some(value), now);
+            self.perform(outs);
+            self.save();
+        }
+        self.policy_index();
+        let res = match (&mut self.pol.applied, self.pol.table) {
+            (Some(applied), true) => match self.pol.world.endpoints.get(&uid).cloned() {
+                Some(e) => compile::isolate_one(applied, &self.pol.world, &e),
+                None => None,
+            },
+            _ => None,
+        };
+        let res = match res {
+            Some(script) if script.is_empty() => Ok(()),
+            Some(script) => {
+                let iso = self
+                    .pol
+                    .applied
+                    .as_ref()
+                    .map(|a| a.isolated.clone())
+                    .unwrap_or_default();
+                self.fast_isolate(&iso)
+                    .and_then(|()| crate::dataplane::run_nft(&script))
+                    .inspect_err(|_| {
+                        // Not applied: the next apply starts from a whole table.
+                        self.pol.applied = None;
+                    })
+            }
+            None => self.policy_apply(),
+        };
+        match res {
+            Ok(()) => {
+                // Its place in other rules' sets follows soon.
+                self.policy_soon();
+                Ok(())
+            }
+            Err(e) => {
+                self.endpoint_remove(owner);
+                Err(format!("cannot apply the network policy for it: {e}"))
+            }
+        }
+    }
+
+    /// Forgets an attachment of this host (its DEL or GC): its record, and the labels
+    /// set for it with `weft label`.
+    pub(crate) fn endpoint_remove(&mut self, owner: &Owner) {
+        let uid = format!("{}/{}", owner.container_id, owner.ifname);
+        let key = records::endpoint_key(&uid);
+        let now = self.now();
+        let mut outs = Vec::new();
+        if matches!(self.node.store().get(&self.id, &key), Some(Some(_))) {
+            outs.extend(self.node.set_local(&key, None, now));
+        }
+        let lk = records::labels_key(&uid);
+        if self
+            .pol
+            .objects
+            .winners
+            .get(&lk)
+            .is_some_and(|(v, _)| v.object.is_some())
+        {
+            let stamp = self
+                .pol
+                .objects
+                .next_stamp(&lk, wall_ms(), &self.id.to_string());
+            let v = ObjectValue {
+                stamp,
+                object: None,
+            };
+            outs.extend(self.node.set_local(&lk, Some(v.encode()), now));
+        }
+        if !outs.is_empty() {
+            self.perform(outs);
+            self.save();
+            self.policy_soon();
+        }
+    }
+
+    /// Writes a cluster object (or its deletion, `object` None) as this node's record,
+    /// stamped above every stamp seen for it.
+    pub(crate) fn policy_write(&mut self, key: &str, object: Option<serde_json::Value>) {
+        let stamp = self
+            .pol
+            .objects
+            .next_stamp(key, wall_ms(), &self.id.to_string());
+        let v = ObjectValue { stamp, object };
+        let now = self.now();
+        let outs = self.node.set_local(key, Some(v.encode()), now);
+        self.perform(outs);
+        self.save();
+        self.policy_index();
+    }
+
+    /// Objects whose winning record belongs to a node that is not up are written again by
+    /// the lowest live node, with the same stamp: they outlive their writer.
+    fn policy_adopt(&mut self) {
+        let me = self.id;
+        let reachable = self.node.reachable();
+        if reachable.iter().any(|n| *n < me) {
+            return;
+        }
+        let mine = me.to_string();
+        let orphans: Vec<(String, ObjectValue)> = self
+            .pol
+            .objects
+            .winners
+            .iter()
+            .filter(|(_, (_, owner))| *owner != mine)
+            .filter(|(_, (_, owner))| {
+                owner
+                    .parse::<NodeId>()
+                    .map(|o| self.node.status(&o) != Status::Up)
+                    .unwrap_or(false)
+            })
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        for (key, v) in orphans {
+            let held = self
+                .node
+                .store()
+                .get(&me, &key)
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<ObjectValue>(b).ok());
+            if held.as_ref().is_some_and(|h| h.stamp >= v.stamp) {
+                continue;
+            }
+            let now = self.now();
+            let outs = self.node.set_local(&key, Some(v.encode()), now);
+            self.perform(outs);
+            self.save();
+        }
+    }
+
+    pub(crate) fn policy_report(&self) -> PolicyReport {
+        let local = self.policy_local();
+        let (din, dout) = crate::flows::drop_counters().unwrap_or((0, 0));
+        PolicyReport {
+            state: if self.pol.error.is_some() {
+                "error"
+            } else if self.policy_active() {
+                "on"
+            } else {
+                "none"
+            }
+            .into(),
+            policies: self.pol.world.policies.len(),
+            endpoints: local.len(),
+            isolated: self
+                .pol
+                .world
+                .endpoints
+                .values()
+                .filter(|e| local.contains(&e.uid))
+                .filter(|e| {
+                    e.addrs.iter().any(|a| {
+                        self.pol
+                            .applied
+                            .as_ref()
+                            .is_some_and(|c| c.isolated.contains(a))
+                    })
+                })
+                .count(),
+            dropped_ingress: din,
+            dropped_egress: dout,
+            connections_cut: self.pol.cut,
+            error: self.pol.error.clone(),
+        }
+    }
+
+    /// At shutdown: the cache is written whatever its age.
+    pub(crate) fn policy_shutdown(&mut self) {
+        self.pol.cache_dirty = true;
+        self.policy_save_cache(true);
+    }
+}
+
+impl PolicyState {
+    /// The policy was applied since this agent started (its isolated pods are known).
+    pub(crate) fn applied_any(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    /// What a chain of the applied table stands for.
+    pub(crate) fn applied_info(&self, chain: &str) -> Option<compile::ChainInfo> {
+        self.applied.as_ref()?.info.get(chain).cloned()
+    }
+}
