@@ -1,0 +1,444 @@
+//! Network policy over time, in the lab (docs/policy.md): a pod is isolated from its very
+//! first packet and its allow rules follow; a policy applied on one host is enforced on the
+//! others; established connections a new policy forbids are cut while allowed ones go on;
+//! every drop is explained by `weft flows`; policies survive every agent restarting; pods
+//! no policy isolates keep the fast path.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::dp;
+use common::*;
+use serde_json::Value;
+
+/// A pod: where it runs and its addresses.
+struct P {
+    host: String,
+    name: String,
+    netns: String,
+    v4: IpAddr,
+}
+
+fn start(lab: &Lab, host: &str, name: &str, ns: &str, labels: &[&str], cmd: &[&str]) -> P {
+    let mut args = vec![
+        "lab",
+        "run",
+        "--name",
+        &lab.name,
+        "--json",
+        "--namespace",
+        ns,
+    ];
+    for l in labels {
+        args.push("--label");
+        args.push(l);
+    }
+    args.push(host);
+    args.push(name);
+    if !cmd.is_empty() {
+        args.push("--");
+        args.extend_from_slice(cmd);
+    }
+    let out = weft_ok(&args);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    P {
+        host: host.into(),
+        name: name.into(),
+        netns: v["netns"].as_str().unwrap().into(),
+        v4: v["ip"].as_str().unwrap().parse().unwrap(),
+    }
+}
+
+fn enter(netns: &str) {
+    let f = weft_netlink::open_netns(std::path::Path::new(&format!("/run/netns/{netns}"))).unwrap();
+    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
+/// An echo server on TCP `port` in `pod`, until the flag is set.
+fn echo_server(pod: &P, port: u16) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, netns) = (stop.clone(), pod.netns.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&netns);
+        let l = TcpListener::bind(("::", port)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !s.load(Ordering::SeqCst) {
+            if let Ok((mut c, _)) = l.accept() {
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 256];
+                    while let Ok(n) = c.read(&mut b) {
+                        if n == 0 || c.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    stop
+}
+
+/// A TCP connection from inside `from` (it stays in that namespace after the thread ends).
+fn connect(from: &P, to: SocketAddr, wait: Duration) -> Option<TcpStream> {
+    let netns = from.netns.clone();
+    std::thread::spawn(move || {
+        enter(&netns);
+        TcpStream::connect_timeout(&to, wait).ok()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends a line and waits for its echo.
+fn echoes(s: &mut TcpStream, line: &str) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(line.as_bytes()).is_err() {
+        return false;
+    }
+    let mut b = vec![0u8; line.len()];
+    s.read_exact(&mut b).is_ok() && b == line.as_bytes()
+}
+
+/// Polls until `f` holds; the time it took.
+fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn apply(lab: &Lab, host: &str, yaml: &str) {
+    common::truth::apply(lab, host, yaml, false);
+}
+
+fn ping_log(lab: &Lab, host: &str, name: &str) -> String {
+    let path = format!("/run/weft-lab/{}/{host}/{name}.log", lab.name);
+    let mut text = String::new();
+    until(Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.contains("packet loss")
+    });
+    text
+}
+
+#[test]
+fn a_pod_is_isolated_from_its_first_packet_and_its_allow_rules_follow() {
+    if !root_or_skip("a_pod_is_isolated_from_its_first_packet_and_its_allow_rules_follow") {
+        return;
+    }
+    let lab = Lab::up("pol3", 3, "mesh");
+    let srv = start(&lab, "h2", "srv", "open", &["app=srv"], &[]);
+    let _echo = echo_server(&srv, 80);
+    let other = start(&lab, "h3", "other", "open", &[], &[]);
+    // Routes between the hosts' new blocks first: what follows is about policy only.
+    let _probe = start(&lab, "h1", "probe", "open", &[], &[]);
+    for to in [other.v4, srv.v4] {
+        let ok = until(Duration::from_secs(20), || {
+            lab.exec("h1/probe", &["ping", "-c", "1", "-W", "1", &to.to_string()])
+                .0
+        });
+        assert!(ok.is_some(), "h1 never reached {to}");
+    }
+    // In namespace "locked" everything is denied both ways, except egress to srv on TCP
+    // 80; srv lets in only pods of "locked" labelled app=client.
+    apply(
+        &lab,
+        "h1",
+        "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: lock, namespace: locked}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: open}}, podSelector: {matchLabels: {app: srv}}}]
+    ports: [{port: 80}]
+---
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: srv-in, namespace: open}
+spec:
+  podSelector: {matchLabels: {app: srv}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: locked}}, podSelector: {matchLabels: {app: client}}}]
+",
+    );
+    // Egress at the first instant: the pod's own first packets (a ping started by the
+    // runtime right after ADD) go nowhere; the same ping from an unisolated pod arrives.
+    let to = other.v4.to_string();
+    start(
+        &lab,
+        "h1",
+        "first",
+        "locked",
+        &["app=client"],
+        &["ping", "-c", "1", "-W", "2", &to],
+    );
+    let log = ping_log(&lab, "h1", "first");
+    assert!(
+        log.contains("0 packets received") || log.contains(" 0 received"),
+        "an isolated pod's first ping got through: {log}"
+    );
+    start(
+        &lab,
+        "h1",
+        "control",
+        "open",
+        &[],
+        &["ping", "-c", "1", "-W", "2", &to],
+    );
+    let log = ping_log(&lab, "h1", "control");
+    assert!(
+        log.contains("1 packets received") || log.contains(" 1 received"),
+        "the control pod's ping did not arrive, so the check above proves nothing: {log}"
+    );
+    // Ingress at the first instant: pinged the moment its ADD returned.
+    let fresh = start(&lab, "h3", "fresh", "locked", &["app=client"], &[]);
+    let (ok, t) = lab.exec(
+        "h3/other",
+        &["ping", "-c", "1", "-W", "2", &fresh.v4.to_string()],
+    );
+    assert!(!ok, "a freshly isolated pod answered a ping: {t}");
+    let open = start(&lab, "h3", "fresh2", "open", &[], &[]);
+    let (ok, t) = lab.exec(
+        "h3/other",
+        &["ping", "-c", "1", "-W", "2", &open.v4.to_string()],
+    );
+    assert!(
+        ok,
+        "a fresh unisolated pod did not answer, so the check above proves nothing: {t}"
+    );
+    // The allow rules follow: srv on h2 lets the new client in once h2 knows it.
+    let cl = start(&lab, "h1", "cl", "locked", &["app=client"], &[]);
+    let took = until(Duration::from_secs(10), || {
+        connect(&cl, SocketAddr::new(srv.v4, 80), Duration::from_millis(300)).is_some()
+    })
+    .expect("the new client never reached srv: its allow rules did not follow");
+    eprintln!(
+        "policy: a new pod's allow rules took {} ms after its ADD returned to reach another host",
+        took.as_millis()
+    );
+    // ... and nothing else is allowed: not to other, not on another port.
+    assert!(connect(
+        &cl,
+        SocketAddr::new(other.v4, 80),
+        Duration::from_millis(500)
+    )
+    .is_none());
+    assert!(connect(&cl, SocketAddr::new(srv.v4, 81), Duration::from_millis(500)).is_none());
+}
+
+#[test]
+fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive_restarts() {
+    if !root_or_skip(
+        "policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive_restarts",
+    ) {
+        return;
+    }
+    let lab = Lab::up("pol4", 3, "mesh");
+    let s = start(&lab, "h3", "s", "b", &["app=s"], &[]);
+    let _echo = echo_server(&s, 81);
+    let c = start(&lab, "h1", "c", "a", &[], &[]);
+    let f = start(&lab, "h2", "f", "a", &["role=friend"], &[]);
+    let to = SocketAddr::new(s.v4, 81);
+    // Routes between the hosts' new blocks first.
+    let mut first = None;
+    until(Duration::from_secs(20), || {
+        first = connect(&c, to, Duration::from_millis(500));
+        first.is_some()
+    });
+    let mut conn_c = first.expect("c connects before any policy");
+    let mut conn_f = connect(&f, to, Duration::from_secs(3)).expect("f connects before any policy");
+    assert!(echoes(&mut conn_c, "c1\n") && echoes(&mut conn_f, "f1\n"));
+
+    // Applied on h1; s lives on h3: it takes effect there.
+    let t0 = Instant::now();
+    apply(
+        &lab,
+        "h1",
+        "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: friends-only, namespace: b}
+spec:
+  podSelector: {matchLabels: {app: s}}
+  ingress:
+  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}]
+",
+    );
+    until(Duration::from_secs(10), || {
+        connect(&c, to, Duration::from_millis(200)).is_none()
+    })
+    .expect("the policy applied on h1 never took effect on h3");
+    eprintln!(
+        "policy: applied on h1 (weft apply started), enforced on h3 after {} ms",
+        t0.elapsed().as_millis()
+    );
+    // The established connection the policy forbids is cut; the allowed one goes on.
+    let cut = until(Duration::from_secs(5), || !echoes(&mut conn_c, "c2\n"));
+    assert!(
+        cut.is_some(),
+        "c's established connection still works under a policy that forbids it"
+    );
+    assert!(
+        echoes(&mut conn_f, "f2\n"),
+        "f's allowed connection was cut"
+    );
+    assert!(
+        connect(&f, to, Duration::from_secs(2)).is_some(),
+        "a new connection from f is refused"
+    );
+
+    // weft flows on h3 names the policy and why.
+    let flows = until(Duration::from_secs(5), || {
+        let (ok, out) = lab.exec("h3", &["weft", "flows", "--dropped", "--json"]);
+        ok && out.contains("a/c") && out.contains("b/friends-only")
+    });
+    let (_, out) = lab.exec("h3", &["weft", "flows", "--dropped"]);
+    assert!(
+        flows.is_some(),
+        "no explained drop of a/c in weft flows on h3:\n{out}"
+    );
+    assert!(
+        out.contains("ingress of b/s")
+            && out.contains("is isolated by b/friends-only and none of them allows a/c"),
+        "{out}"
+    );
+    let (ok, status) = lab.exec("h3", &["weft", "status", "--json"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&status).unwrap();
+    assert!(
+        v["policy"]["dropped_ingress"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        v["policy"]
+    );
+    assert_eq!(v["policy"]["isolated"], 1, "{}", v["policy"]);
+    // weft policy check says the same.
+    let (allowed, out) = lab.exec(
+        "h2",
+        &[
+            "weft", "policy", "check", "--from", "a/c", "--to", "b/s", "--port", "81",
+        ],
+    );
+    assert!(
+        !allowed && out.contains("isolated by b/friends-only"),
+        "{out}"
+    );
+
+    // Pods that no policy isolates keep the fast path: c -> f passes no FORWARD hook,
+    // while the isolated s's packets were left to the stack.
+    let pod = |p: &P| dp::Pod {
+        host: p.host.clone(),
+        name: p.name.clone(),
+        ip: p.v4.to_string(),
+        ip6: None,
+    };
+    assert_eq!(dp::forward_hook_sees(&lab, &pod(&c), &pod(&f)), 0);
+    let st = dp::status(&lab, "h3");
+    assert!(
+        st["dataplane"]["fast_path"]["counters"]["policy"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{}",
+        st["dataplane"]["fast_path"]
+    );
+
+    // Every agent restarts (stopped all at once, the kernel enforces meanwhile).
+    for h in ["h1", "h2", "h3"] {
+        dp::agent(&lab, h, "stop");
+    }
+    assert!(
+        connect(&c, to, Duration::from_millis(500)).is_none(),
+        "with the agents stopped, c got in"
+    );
+    assert!(
+        echoes(&mut conn_f, "f3\n"),
+        "f's connection died with the agents"
+    );
+    for h in ["h1", "h2", "h3"] {
+        dp::agent(&lab, h, "start");
+    }
+    for h in ["h1", "h2", "h3"] {
+        let ok = until(Duration::from_secs(20), || {
+            let (ok, out) = lab.exec(h, &["weft", "get", "networkpolicies"]);
+            ok && out.contains("friends-only")
+        });
+        assert!(ok.is_some(), "{h} lost the policy across the restart");
+    }
+    assert!(
+        connect(&c, to, Duration::from_millis(500)).is_none(),
+        "after the restarts, c got in"
+    );
+    assert!(
+        connect(&f, to, Duration::from_secs(2)).is_some(),
+        "after the restarts, f is refused"
+    );
+    assert!(
+        echoes(&mut conn_f, "f4\n"),
+        "f's connection died across the restarts"
+    );
+
+    // A connection opened under the policy is tracked from its first packet; when a
+    // change no longer allows it, the agent deletes its conntrack entry and its next
+    // packets are judged again: cut.
+    let mut conn_f2 = connect(&f, to, Duration::from_secs(2)).expect("f connects under the policy");
+    assert!(echoes(&mut conn_f2, "g1\n"));
+    apply(
+        &lab,
+        "h2",
+        "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: friends-only, namespace: b}
+spec:
+  podSelector: {matchLabels: {app: s}}
+  ingress:
+  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: best-friend}}}]
+",
+    );
+    let cut = until(Duration::from_secs(5), || !echoes(&mut conn_f2, "g2\n"));
+    assert!(
+        cut.is_some(),
+        "f's tracked connection still works under a policy that no longer allows it"
+    );
+    let v: Value = serde_json::from_str(&lab.exec("h3", &["weft", "status", "--json"]).1).unwrap();
+    assert!(
+        v["policy"]["connections_cut"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        v["policy"]
+    );
+
+    // Deleted on h2: c gets in again.
+    common::truth::apply(
+        &lab,
+        "h2",
+        "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: friends-only, namespace: b}\nspec:\n  podSelector: {}\n",
+        true,
+    );
+    assert!(
+        until(Duration::from_secs(10), || connect(
+            &c,
+            to,
+            Duration::from_millis(300)
+        )
+        .is_some())
+        .is_some(),
+        "after the policy was deleted, c is still refused"
+    );
+}
