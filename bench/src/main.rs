@@ -11,6 +11,7 @@
 //! `dataplane.rs`).
 
 mod dataplane;
+mod policy;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,19 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         ready_secs: u64,
     },
+    /// Network policy's costs: programming N policies (locally and until another host
+    /// enforces them) and CNI ADD latency with N policies present beside none.
+    Policy {
+        /// The weft binary (a release build).
+        #[arg(long, default_value = "target/release/weft")]
+        weft: PathBuf,
+        /// Policies to program.
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+        /// Pods added per row of the ADD measurement.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+    },
     /// TCP request/response server: echoes one connection's bytes (used by `dataplane`).
     #[command(hide = true)]
     RrServer {
@@ -152,6 +166,17 @@ fn main() {
                     dataplane::first_cpu()
                 },
                 ready_secs,
+            })
+        }),
+        Cmd::Policy {
+            weft,
+            policies,
+            pods,
+        } => weft_binary(&weft).and_then(|weft| {
+            policy::policy(&policy::Opts {
+                weft,
+                policies,
+                pods,
             })
         }),
         Cmd::RrServer { listen, cpu } => dataplane::rr_server(listen, cpu),

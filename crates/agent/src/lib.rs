@@ -136,6 +136,8 @@ struct Agent {
     fast: fast::Fast,
     /// Network policy.
     pol: policy::PolicyState,
+    /// What of the own cluster objects is on disk (`objects.json`).
+    objects_saved: Option<(usize, u64)>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -217,6 +219,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
         fast: fast::Fast::default(),
         pol: policy::PolicyState::default(),
+        objects_saved: None,
         cfg,
     };
     log(format!(
@@ -334,8 +337,9 @@ impl Agent {
         d.mul_f64(0.75 + 0.5 * frac)
     }
 
-    fn save(&self) {
-        if let Err(e) = store::save_persisted(&self.cfg.data_dir, &self.node.persisted()) {
+    fn save(&mut self) {
+        let p = self.node.persisted();
+        if let Err(e) = store::save_persisted(&self.cfg.data_dir, &p, &mut self.objects_saved) {
             log(e);
         }
     }

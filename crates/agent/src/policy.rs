@@ -87,6 +87,35 @@ pub(crate) fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Adds set and map elements straight over netlink (no `nft` process, no reading of the
+/// whole ruleset), or with `nft` when netlink refuses.
+fn add_elements(adds: &[compile::ElementAdd]) -> Result<(), String> {
+    use weft_netlink::netfilter::{
+        nft_add_elements, SetElement, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6,
+    };
+    let elems: Vec<SetElement> = adds
+        .iter()
+        .map(|a| SetElement {
+            family: match a.family {
+                compile::TableFamily::Inet => NFPROTO_INET,
+                compile::TableFamily::Ip => NFPROTO_IPV4,
+                compile::TableFamily::Ip6 => NFPROTO_IPV6,
+            },
+            table: a.table,
+            set: &a.set,
+            key: a.key,
+            jump: a.jump.as_deref(),
+        })
+        .collect();
+    match nft_add_elements(&elems) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            log(format!("policy: {e}; trying nft"));
+            crate::dataplane::run_nft(&compile::elements_script(adds))
+        }
+    }
+}
+
 /// `/policy` part of `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyReport {
@@ -270,8 +299,10 @@ impl Agent {
         self.policy_index();
         self.policy_adopt();
         let due = self.pol.due.is_none_or(|t| Instant::now() >= t);
-        if (self.pol.stale && due) || self.pol.applied.is_none() || self.pol.error.is_some() {
+        if due {
             self.pol.due = None;
+        }
+        if (self.pol.stale && due) || self.pol.applied.is_none() || self.pol.error.is_some() {
             if let Err(e) = self.policy_apply() {
                 if self.pol.error.as_deref() != Some(e.as_str()) {
                     log(format!("policy: {e}"));
@@ -282,19 +313,21 @@ impl Agent {
         self.policy_save_cache(false);
     }
 
-    /// Asks for an apply soon (changes arriving together are applied together).
+    /// Asks for an apply soon: the records that arrive meanwhile (a burst of a mesh
+    /// update) are indexed and applied together, once.
     pub(crate) fn policy_soon(&mut self) {
-        self.policy_index();
-        if self.pol.stale && self.pol.due.is_none() {
+        if self.pol.due.is_none() {
             self.pol.due = Some(Instant::now() + COALESCE);
         }
     }
 
     /// Compiles the world for this host and applies the difference to the kernel.
     pub(crate) fn policy_apply(&mut self) -> Result<(), String> {
+        let t0 = Instant::now();
         self.policy_index();
         let local = self.policy_local();
         let new = compile::compile(&self.pol.world, |e| local.contains(&e.uid));
+        let t_compile = t0.elapsed();
         let active = self.policy_active();
         let keep_weft = self.cfg.dataplane.mode.is_some() && self.cfg.dataplane.nat;
         let script = if active {
@@ -317,8 +350,19 @@ impl Agent {
         // exist, and forwards them again only after they are gone.
         let union: BTreeSet<IpAddr> = before.union(&new.isolated).copied().collect();
         self.fast_isolate(&union)?;
+        let t1 = Instant::now();
         if !script.is_empty() {
             crate::dataplane::run_nft(&script)?;
+        }
+        let t_nft = t1.elapsed();
+        if t0.elapsed() > Duration::from_millis(200) {
+            log(format!(
+                "policy: applied {} policies: index and compile {} ms, nft {} ms ({} lines)",
+                self.pol.world.policies.len(),
+                t_compile.as_millis(),
+                t_nft.as_millis(),
+                script.lines().count()
+            ));
         }
         self.fast_isolate(&new.isolated)?;
         let changed = self.pol.applied.as_ref() != Some(&new);
@@ -400,17 +444,31 @@ impl Agent {
             self.perform(outs);
             self.save();
         }
-        self.policy_index();
-        let res = match (&mut self.pol.applied, self.pol.table) {
-            (Some(applied), true) => match self.pol.world.endpoints.get(&uid).cloned() {
-                Some(e) => compile::isolate_one(applied, &self.pol.world, &e),
-                None => None,
-            },
+        // The world gets the endpoint at once; the index catches up with this host's
+        // records after the answer (rebuilding it here would cost every ADD a parse of
+        // every object this host wrote).
+        let endpoint = weft_policy::Endpoint {
+            uid: uid.clone(),
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            labels: self
+                .pol
+                .objects
+                .labels()
+                .remove(&uid)
+                .unwrap_or_else(|| id.labels.clone()),
+            ports: id.ports.clone(),
+            addrs: addrs.to_vec(),
+            node: self.cfg.name.clone(),
+        };
+        self.pol.world.add_endpoint(endpoint.clone());
+        let quick = match (&mut self.pol.applied, self.pol.table) {
+            (Some(applied), true) => compile::isolate_one(applied, &self.pol.world, &endpoint),
             _ => None,
         };
-        let res = match res {
-            Some(script) if script.is_empty() => Ok(()),
-            Some(script) => {
+        let res = match quick {
+            Some(adds) if adds.is_empty() => Ok(()),
+            Some(adds) => {
                 let iso = self
                     .pol
                     .applied
@@ -418,7 +476,7 @@ impl Agent {
                     .map(|a| a.isolated.clone())
                     .unwrap_or_default();
                 self.fast_isolate(&iso)
-                    .and_then(|()| crate::dataplane::run_nft(&script))
+                    .and_then(|()| add_elements(&adds))
                     .inspect_err(|_| {
                         // Not applied: the next apply starts from a whole table.
                         self.pol.applied = None;
@@ -474,16 +532,20 @@ impl Agent {
         }
     }
 
-    /// Writes a cluster object (or its deletion, `object` None) as this node's record,
-    /// stamped above every stamp seen for it.
-    pub(crate) fn policy_write(&mut self, key: &str, object: Option<serde_json::Value>) {
-        let stamp = self
-            .pol
-            .objects
-            .next_stamp(key, wall_ms(), &self.id.to_string());
-        let v = ObjectValue { stamp, object };
+    /// Writes cluster objects (or their deletions, `object` None) as this node's records,
+    /// each stamped above every stamp seen for it; saved and indexed once.
+    pub(crate) fn policy_write(&mut self, writes: Vec<(String, Option<serde_json::Value>)>) {
+        if writes.is_empty() {
+            return;
+        }
         let now = self.now();
-        let outs = self.node.set_local(key, Some(v.encode()), now);
+        let me = self.id.to_string();
+        let mut outs = Vec::new();
+        for (key, object) in writes {
+            let stamp = self.pol.objects.next_stamp(&key, wall_ms(), &me);
+            let v = ObjectValue { stamp, object };
+            outs.extend(self.node.set_local(&key, Some(v.encode()), now));
+        }
         self.perform(outs);
         self.save();
         self.policy_index();

@@ -125,6 +125,7 @@ impl Agent {
         }
         self.policy_index();
         let mut results = Vec::new();
+        let mut writes = Vec::new();
         for o in &objs {
             let key = object_key(o);
             let normal = match o {
@@ -140,12 +141,12 @@ impl Agent {
             let action = match (delete, &current) {
                 (true, None) => "not found",
                 (true, Some(_)) => {
-                    self.policy_write(&key, None);
+                    writes.push((key, None));
                     "deleted"
                 }
                 (false, Some(c)) if *c == normal => "unchanged",
                 (false, c) => {
-                    self.policy_write(&key, Some(normal));
+                    writes.push((key, Some(normal)));
                     if c.is_some() {
                         "configured"
                     } else {
@@ -155,6 +156,7 @@ impl Agent {
             };
             results.push(json!({"object": o.describe(), "action": action}));
         }
+        self.policy_write(writes);
         // Enforced on this host before the answer; the others follow through the mesh.
         if let Err(e) = self.policy_apply() {
             self.pol.error = Some(e.clone());
@@ -279,6 +281,7 @@ impl Agent {
             );
         }
         let mut out = Vec::new();
+        let mut writes = Vec::new();
         for (uid, mut labels) in targets {
             for k in &b.remove {
                 labels.remove(k);
@@ -286,9 +289,10 @@ impl Agent {
             for (k, v) in &b.set {
                 labels.insert(k.clone(), v.clone());
             }
-            self.policy_write(&labels_key(&uid), Some(json!(labels)));
+            writes.push((labels_key(&uid), Some(json!(labels))));
             out.push(json!({"uid": uid, "labels": labels}));
         }
+        self.policy_write(writes);
         if let Err(e) = self.policy_apply() {
             self.pol.error = Some(e.clone());
             return (

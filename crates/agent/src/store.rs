@@ -53,10 +53,8 @@ pub(crate) fn load_or_create_identity(dir: &Path) -> Result<Identity, AgentError
     }
 }
 
-/// This node's own records and version counter, if saved before.
-pub(crate) fn load_persisted(dir: &Path) -> Result<Option<Persisted>, AgentError> {
-    let path = dir.join("mesh.json");
-    match fs::read(&path) {
+fn load_part(path: &Path) -> Result<Option<Persisted>, AgentError> {
+    match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| AgentError(format!("{} is damaged: {e}", path.display()))),
@@ -65,11 +63,81 @@ pub(crate) fn load_persisted(dir: &Path) -> Result<Option<Persisted>, AgentError
     }
 }
 
-/// Saves this node's own records and version counter.
-pub(crate) fn save_persisted(dir: &Path, p: &Persisted) -> Result<(), AgentError> {
+/// This node's own records and version counter, if saved before (`mesh.json` and
+/// `objects.json`; the counter is at least every record's version).
+pub(crate) fn load_persisted(dir: &Path) -> Result<Option<Persisted>, AgentError> {
+    let main = load_part(&dir.join("mesh.json"))?;
+    let objects = load_part(&dir.join("objects.json"))?;
+    let mut p = match (main, objects) {
+        (None, None) => return Ok(None),
+        (Some(p), None) | (None, Some(p)) => p,
+        (Some(mut p), Some(o)) => {
+            p.counter = p.counter.max(o.counter);
+            // A record kept in both (saved before the split) counts once, its newer copy.
+            for r in o.records {
+                match p.records.iter_mut().find(|x| x.key == r.key) {
+                    Some(x) if x.version >= r.version => {}
+                    Some(x) => *x = r,
+                    None => p.records.push(r),
+                }
+            }
+            p
+        }
+    };
+    p.counter = p
+        .records
+        .iter()
+        .map(|r| r.version)
+        .fold(p.counter, u64::max);
+    Ok(Some(p))
+}
+
+/// Own records whose keys start with this go to `objects.json`: cluster objects (policies
+/// and namespaces, perhaps a thousand of them) change rarely, and the records that change
+/// with every container (`mesh.json`) should not pay for writing them each time.
+const OBJECTS_PREFIX: &str = "k8s/";
+
+/// What identifies the objects' part of the own records: their number and highest
+/// version (every write takes a new version, so any change changes it).
+pub(crate) fn objects_mark(p: &Persisted) -> (usize, u64) {
+    p.records
+        .iter()
+        .filter(|r| r.key.starts_with(OBJECTS_PREFIX))
+        .fold((0, 0), |(n, v), r| (n + 1, v.max(r.version)))
+}
+
+/// Saves this node's own records and version counter: the objects' part in
+/// `objects.json` when it changed since `saved` (then `saved` is updated), written before
+/// the rest in `mesh.json`.
+pub(crate) fn save_persisted(
+    dir: &Path,
+    p: &Persisted,
+    saved: &mut Option<(usize, u64)>,
+) -> Result<(), AgentError> {
+    let (objects, rest): (Vec<_>, Vec<_>) = p
+        .records
+        .iter()
+        .cloned()
+        .partition(|r| r.key.starts_with(OBJECTS_PREFIX));
+    let mark = objects_mark(p);
+    if *saved != Some(mark) {
+        let part = Persisted {
+            counter: p.counter,
+            records: objects,
+        };
+        write_private(
+            &dir.join("objects.json"),
+            &serde_json::to_vec(&part).expect("json"),
+        )?;
+        *saved = Some(mark);
+    }
+    let main = Persisted {
+        counter: p.counter,
+        records: rest,
+    };
     write_private(
         &dir.join("mesh.json"),
-        &serde_json::to_vec(p).expect("json"),
+        &serde_json::to_vec(&main).expect("json"),
     )
 }
 
@@ -166,6 +234,48 @@ mod tests {
         assert_eq!(&back, ipam.persist());
         let again = engine(id, Some(back));
         assert_eq!(again.lookup(&owner), Some(a));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn own_records_survive_split_in_two_files_and_objects_are_written_only_when_changed() {
+        use weft_mesh::Record;
+        let dir = tmpdir("persisted-split");
+        let id = NodeId([9; 16]);
+        let rec = |key: &str, version: u64| Record {
+            owner: id,
+            key: key.into(),
+            version,
+            value: Some(b"v".to_vec()),
+        };
+        let p = Persisted {
+            counter: 7,
+            records: vec![rec("name", 1), rec("k8s/np/x/a", 5), rec("ep/c/eth0", 7)],
+        };
+        let mut saved = None;
+        save_persisted(&dir, &p, &mut saved).unwrap();
+        assert!(saved.is_some());
+        let back = load_persisted(&dir).unwrap().unwrap();
+        assert_eq!(back.counter, 7);
+        let mut keys: Vec<&str> = back.records.iter().map(|r| r.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, vec!["ep/c/eth0", "k8s/np/x/a", "name"]);
+        // An unchanged objects part is not written again.
+        fs::remove_file(dir.join("objects.json")).unwrap();
+        save_persisted(&dir, &p, &mut saved).unwrap();
+        assert!(!dir.join("objects.json").exists());
+        // A crash between the two writes: the counter still covers the objects' versions.
+        let newer = Persisted {
+            counter: 9,
+            records: vec![rec("k8s/np/x/a", 9)],
+        };
+        fs::write(
+            dir.join("objects.json"),
+            serde_json::to_vec(&newer).unwrap(),
+        )
+        .unwrap();
+        let back = load_persisted(&dir).unwrap().unwrap();
+        assert_eq!(back.counter, 9);
         let _ = fs::remove_dir_all(&dir);
     }
 

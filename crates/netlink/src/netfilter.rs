@@ -65,10 +65,16 @@ fn message(
     res_id: u16,
     attrs: &[u8],
 ) -> Vec<u8> {
+    raw_message((subsys << 8) | kind, flags, seq, family, res_id, attrs)
+}
+
+/// As [`message`], with the netlink message type given whole (the batch markers belong
+/// to no subsystem).
+fn raw_message(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(20 + attrs.len());
     let len = 16 + 4 + attrs.len();
     m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&((subsys << 8) | kind).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
     m.extend_from_slice(&flags.to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes());
@@ -168,6 +174,140 @@ pub fn conntrack_delete(
     );
     let mut s = open(&op)?;
     request_ack(&mut s, &msg, &op)
+}
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_JUMP: i32 = -3;
+const NLM_F_CREATE: u16 = 0x400;
+
+/// nftables' table families, as `nfgen_family`.
+pub const NFPROTO_INET: u8 = 1;
+/// `ip`.
+pub const NFPROTO_IPV4: u8 = 2;
+/// `ip6`.
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// An element to add to an nftables set or verdict map whose key is an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetElement<'a> {
+    /// The table's family (`NFPROTO_*`).
+    pub family: u8,
+    /// The table.
+    pub table: &'a str,
+    /// The set or map.
+    pub set: &'a str,
+    /// The address (the key, in network order).
+    pub key: IpAddr,
+    /// For a verdict map: the chain to jump to.
+    pub jump: Option<&'a str>,
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// Adds elements to existing nftables sets and verdict maps in one transaction (all or
+/// none), straight over netlink: what `nft add element` does, without starting `nft` and
+/// without it reading the whole ruleset first. Elements already there are left as they
+/// are.
+pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
+    if elems.is_empty() {
+        return Ok(());
+    }
+    let op = format!("add {} nftables set elements", elems.len());
+    let mut batch = raw_message(
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        1,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    for (i, e) in elems.iter().enumerate() {
+        let mut attrs = Vec::new();
+        attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &cstr(e.table));
+        attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &cstr(e.set));
+        nested(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+            nested(l, NFTA_LIST_ELEM, |el| {
+                nested(el, NFTA_SET_ELEM_KEY, |k| {
+                    let key = match e.key {
+                        IpAddr::V4(a) => a.octets().to_vec(),
+                        IpAddr::V6(a) => a.octets().to_vec(),
+                    };
+                    attr(k, NFTA_DATA_VALUE, &key);
+                });
+                if let Some(chain) = e.jump {
+                    nested(el, NFTA_SET_ELEM_DATA, |d| {
+                        nested(d, NFTA_DATA_VERDICT, |v| {
+                            attr(v, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                            attr(v, NFTA_VERDICT_CHAIN, &cstr(chain));
+                        });
+                    });
+                }
+            });
+        });
+        batch.extend(message(
+            NFNL_SUBSYS_NFTABLES,
+            NFT_MSG_NEWSETELEM,
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+            2 + i as u32,
+            e.family,
+            0,
+            &attrs,
+        ));
+    }
+    batch.extend(raw_message(
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        2 + elems.len() as u32,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    ));
+    let s = open(&op)?;
+    s.send_to(&batch, &SocketAddr::new(0, 0), 0)
+        .map_err(|e| Error::new(&op, e))?;
+    // One acknowledgement per element message; the first error aborts the transaction.
+    let mut acks = 0;
+    let mut buf = vec![0u8; 8192];
+    while acks < elems.len() {
+        let n = s
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|e| Error::new(&op, e))?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+            if len < 16 || off + len > n {
+                break;
+            }
+            if kind == NLMSG_ERROR && len >= 20 {
+                let code =
+                    i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
+                if code != 0 {
+                    return Err(Error::new(op, std::io::Error::from_raw_os_error(-code)));
+                }
+                acks += 1;
+            }
+            off += align4(len);
+        }
+    }
+    Ok(())
 }
 
 /// A packet that a `log group N` rule sent.

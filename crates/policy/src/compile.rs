@@ -173,12 +173,70 @@ pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
     c
 }
 
+/// The nftables family of a table an element goes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFamily {
+    /// `inet` (weft's policy table).
+    Inet,
+    /// `ip` (weft's IPv4 table).
+    Ip,
+    /// `ip6` (weft's IPv6 table).
+    Ip6,
+}
+
+impl TableFamily {
+    /// nftables' name of the family.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableFamily::Inet => "inet",
+            TableFamily::Ip => "ip",
+            TableFamily::Ip6 => "ip6",
+        }
+    }
+}
+
+/// One element to add to a set or verdict map: an address, and for a verdict map the
+/// chain to jump to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementAdd {
+    /// The table's family.
+    pub family: TableFamily,
+    /// The table.
+    pub table: &'static str,
+    /// The set or map.
+    pub set: String,
+    /// The address.
+    pub key: IpAddr,
+    /// The chain a verdict map element jumps to.
+    pub jump: Option<String>,
+}
+
+/// The `nft -f` text of element additions (one transaction).
+pub fn elements_script(adds: &[ElementAdd]) -> String {
+    let mut s = String::new();
+    for e in adds {
+        let value = match &e.jump {
+            Some(g) => format!("{} : jump {g}", e.key),
+            None => e.key.to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "add element {} {} {} {{ {value} }}",
+            e.family.name(),
+            e.table,
+            e.set
+        );
+    }
+    s
+}
+
 /// Isolates one new local endpoint on top of `applied` at once, when the group chains it
-/// needs are there already: returns the script (empty when no policy isolates it) and
-/// records the change in `applied`. None when a group is missing: the caller compiles
-/// the whole world. The endpoint's place in other rules' peer sets (and named-port sets)
-/// is left to that whole compile: allow rules may follow, isolation may not.
-pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Option<String> {
+/// needs are there already and its addresses are new to the dispatch: returns the
+/// elements to add (none when no policy isolates it) and records them in `applied`. None
+/// otherwise: the caller compiles the whole world. The endpoint's place in other rules'
+/// peer sets (and named-port sets) is left to that whole compile: allow rules may
+/// follow, isolation may not.
+pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Option<Vec<ElementAdd>> {
     let mut groups = Vec::new();
     for dir in [Dir::Ingress, Dir::Egress] {
         let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
@@ -190,44 +248,60 @@ pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Optio
             groups.push((dir, g));
         }
     }
-    let mut s = String::new();
+    let mut out = Vec::new();
     if groups.is_empty() {
-        return Some(s);
+        return Some(out);
+    }
+    for a in &e.addrs {
+        let v6 = a.is_ipv6();
+        for (dir, _) in &groups {
+            if applied
+                .dispatch
+                .get(&(*dir, v6))
+                .is_some_and(|m| m.contains_key(a))
+            {
+                return None;
+            }
+        }
     }
     for a in &e.addrs {
         let v6 = a.is_ipv6();
         if applied.isolated.insert(*a) {
-            add_elements(&mut s, if v6 { "iso6" } else { "iso4" }, &[a.to_string()]);
+            out.push(ElementAdd {
+                family: TableFamily::Inet,
+                table: "weft_policy",
+                set: if v6 { "iso6" } else { "iso4" }.into(),
+                key: *a,
+                jump: None,
+            });
+            out.push(ElementAdd {
+                family: if v6 {
+                    TableFamily::Ip6
+                } else {
+                    TableFamily::Ip
+                },
+                table: "weft",
+                set: ISOLATED_SET.into(),
+                key: *a,
+                jump: None,
+            });
         }
         for (dir, g) in &groups {
-            let m = applied.dispatch.entry((*dir, v6)).or_default();
-            if m.get(a) != Some(g) {
-                if m.contains_key(a) {
-                    delete_elements(&mut s, &vmap_name(*dir, v6), &[a.to_string()]);
-                }
-                m.insert(*a, g.clone());
-                add_elements(&mut s, &vmap_name(*dir, v6), &[format!("{a} : jump {g}")]);
-            }
+            applied
+                .dispatch
+                .entry((*dir, v6))
+                .or_default()
+                .insert(*a, g.clone());
+            out.push(ElementAdd {
+                family: TableFamily::Inet,
+                table: "weft_policy",
+                set: vmap_name(*dir, v6),
+                key: *a,
+                jump: Some(g.clone()),
+            });
         }
     }
-    let addrs: Vec<&IpAddr> = e.addrs.iter().collect();
-    declare_isolated(&mut s);
-    for v6 in [false, true] {
-        let els: Vec<String> = addrs
-            .iter()
-            .filter(|a| a.is_ipv6() == v6)
-            .map(|a| a.to_string())
-            .collect();
-        if !els.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element {} {ISOLATED_SET} {{ {} }}",
-                weft_family(v6),
-                els.join(", ")
-            );
-        }
-    }
-    Some(s)
+    Some(out)
 }
 
 /// The chain and sets of policy `p` in `dir`.

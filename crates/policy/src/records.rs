@@ -161,6 +161,17 @@ struct OwnerPart {
     cached: bool,
     endpoints: BTreeMap<String, EndpointValue>,
     objects: BTreeMap<String, ObjectValue>,
+    /// A hash of each record's bytes: unchanged records are not parsed again.
+    hashes: BTreeMap<String, u64>,
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl Index {
@@ -193,7 +204,21 @@ impl Index {
             cached,
             ..OwnerPart::default()
         };
+        let old = self.owners.remove(owner).unwrap_or_default();
         for (key, value) in records {
+            let h = fnv(value);
+            part.hashes.insert(key.to_string(), h);
+            if old.hashes.get(key) == Some(&h) {
+                // Unchanged since the last time: taken over as parsed.
+                if let Some(uid) = key.strip_prefix(EP_PREFIX) {
+                    if let Some(v) = old.endpoints.get(uid) {
+                        part.endpoints.insert(uid.to_string(), v.clone());
+                    }
+                } else if let Some(v) = old.objects.get(key) {
+                    part.objects.insert(key.to_string(), v.clone());
+                }
+                continue;
+            }
             if let Some(uid) = key.strip_prefix(EP_PREFIX) {
                 if let Ok(v) = serde_json::from_slice::<EndpointValue>(value) {
                     part.endpoints.insert(uid.to_string(), v);

@@ -362,7 +362,10 @@ fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees()
     };
     let mut w2 = w1.clone();
     w2.add_endpoint(e.clone());
-    let s = isolate_one(&mut applied, &w2, &e).expect("its group exists");
+    let adds = isolate_one(&mut applied, &w2, &e).expect("its group exists");
+    let s = elements_script(&adds);
+    // Twice is refused (the caller compiles the whole world then).
+    assert_eq!(isolate_one(&mut applied.clone(), &w2, &e), None);
     assert!(
         s.contains("add element inet weft_policy in4 { 10.32.0.9 : jump g_"),
         "{s}"
@@ -383,7 +386,7 @@ fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees()
     // needs the whole compile.
     let mut y = e.clone();
     y.namespace = "y".into();
-    assert_eq!(isolate_one(&mut applied, &w2, &y), Some(String::new()));
+    assert_eq!(isolate_one(&mut applied, &w2, &y), Some(vec![]));
     let w3 = world_of(&format!("{deny}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: e\n  namespace: y\nspec:\n  podSelector: {{}}\n"));
     assert_eq!(isolate_one(&mut applied, &w3, &y), None);
 }
