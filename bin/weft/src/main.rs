@@ -3,6 +3,7 @@
 
 mod agent_cli;
 mod demo;
+mod install;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,17 @@ enum Cmd {
     /// Install weft as a CNI plugin: copy this binary into the plugin directory and write a
     /// conflist (weft chained with portmap, bandwidth and tuning).
     InstallCni(InstallCni),
+    /// Set this host up and join it to a cluster, in one command: the binary, the agent's
+    /// config and the cluster secret, the systemd unit, the CNI plugin and its conflist;
+    /// then the agent is enabled and started (when systemd runs). Again with the same
+    /// options, it changes nothing; it refuses files of someone else's in the way.
+    Install(Box<install::InstallArgs>),
+    /// Remove what `weft install` made, and nothing else (the agent's data directory only
+    /// with --purge).
+    Uninstall(install::UninstallArgs),
+    /// The cluster secret: `weft secret new` makes one.
+    #[command(subcommand)]
+    Secret(install::SecretCmd),
     /// Run the per-host agent in the foreground: peer connections, the replicated mesh
     /// state, routes over the mesh, and the local API.
     Agent(Box<agent_cli::AgentArgs>),
@@ -276,9 +288,15 @@ fn main() -> ExitCode {
         return cni_main();
     }
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Agent(_)) {
+        quiet_on_closed_output();
+    }
     let res = match cli.cmd {
         Cmd::Lab(cmd) => lab(cmd),
         Cmd::InstallCni(args) => install_cni(&args),
+        Cmd::Install(args) => install::install(*args),
+        Cmd::Uninstall(args) => install::uninstall(args),
+        Cmd::Secret(cmd) => install::secret(cmd),
         Cmd::Agent(args) => agent_cli::agent(*args),
         Cmd::Status(s) => agent_cli::status(s),
         Cmd::Peers(s) => agent_cli::peers(s),
@@ -293,6 +311,18 @@ fn main() -> ExitCode {
             eprintln!("weft: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Output to a closed pipe (`weft status | head -1`) ends the command quietly, as it ends
+/// coreutils: SIGPIPE's default action, instead of the panic of a failed `println!`. Not
+/// for the agent, whose sockets report a closed peer as an error, nor for the CNI plugin;
+/// the API client sends with MSG_NOSIGNAL, so a closed agent socket stays an error too.
+fn quiet_on_closed_output() {
+    // SAFETY: setting SIGPIPE's disposition to SIG_DFL installs no handler (nothing runs
+    // in signal context); it is done in main before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -13,6 +13,8 @@ pub mod config;
 mod conn;
 mod dataplane;
 mod fast;
+pub mod logging;
+mod metrics;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -126,10 +128,13 @@ struct Agent {
     /// The kernel data plane.
     dp: dataplane::Dataplane,
     fast: fast::Fast,
+    /// Counters and histograms for `/metrics`.
+    metrics: Arc<metrics::Metrics>,
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT, logging as its config says.
 pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,8 +142,10 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     rt.block_on(main_loop(cfg))
 }
 
+/// An informational event of target `weft::agent` (events with facts of their own use
+/// `tracing` directly, with fields).
 fn log(msg: impl std::fmt::Display) {
-    eprintln!("weft agent: {msg}");
+    tracing::info!(target: "weft::agent", "{msg}");
 }
 
 async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
@@ -182,6 +189,24 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         .await
         .map_err(|e| AgentError(format!("listen on {}: {e}", cfg.listen)))?;
     let api_listener = api::bind(&cfg.socket)?;
+    let metrics_listener = match cfg.metrics_addr {
+        None => None,
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) if !cfg.metrics_given => {
+                tracing::warn!(
+                    target: "weft::agent",
+                    addr = %addr,
+                    error = %e,
+                    "{e}: no metrics on this address (another agent in this network \
+                     namespace?); --metrics-addr chooses another, GET /metrics on the API \
+                     socket still works"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         ident: Arc::new(ident),
@@ -206,15 +231,28 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         ipam_state_logged: None,
         dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
         fast: fast::Fast::default(),
+        metrics: Arc::new(metrics::Metrics::default()),
         cfg,
     };
-    log(format!(
-        "node {} ({id}) listening on {}, advertising {}, API on {}",
+    let metrics_at = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| format!("http://{a}{}", metrics::PATH))
+        .unwrap_or_else(|| "the API socket only".into());
+    tracing::info!(
+        target: "weft::agent",
+        node = %agent.cfg.name,
+        id = %id,
+        listen = %agent.cfg.listen,
+        advertise = %agent.cfg.advertise,
+        socket = %agent.cfg.socket.display(),
+        metrics = %metrics_at,
+        "node {} ({id}) listening on {}, advertising {}, API on {}, metrics on {metrics_at}",
         agent.cfg.name,
         agent.cfg.listen,
         agent.cfg.advertise,
         agent.cfg.socket.display()
-    ));
+    );
     let now = agent.now();
     let mut out = agent
         .node
@@ -235,8 +273,12 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         tx.clone(),
         agent.ident.clone(),
         agent.key.clone(),
+        agent.metrics.clone(),
     ));
-    tokio::spawn(api::serve(api_listener, tx.clone()));
+    tokio::spawn(api::serve(api_listener, tx.clone(), agent.metrics.clone()));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(metrics::serve(l, tx.clone()));
+    }
 
     let mut tick = tokio::time::interval(Duration::from_millis(agent.cfg.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,6 +312,7 @@ async fn accept_loop(
     events: mpsc::UnboundedSender<Event>,
     ident: Arc<Identity>,
     key: Arc<ClusterKey>,
+    metrics: Arc<metrics::Metrics>,
 ) {
     let mut next = 1u64 << 48;
     loop {
@@ -283,12 +326,15 @@ async fn accept_loop(
                     None,
                     next,
                     events.clone(),
-                    ident.clone(),
-                    key.clone(),
+                    conn::Keys {
+                        ident: ident.clone(),
+                        key: key.clone(),
+                    },
+                    metrics.clone(),
                 ));
             }
             Err(e) => {
-                log(format!("accept: {e}"));
+                tracing::warn!(target: "weft::mesh", error = %e, "accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -312,7 +358,8 @@ impl Agent {
 
     fn save(&self) {
         if let Err(e) = store::save_persisted(&self.cfg.data_dir, &self.node.persisted()) {
-            log(e);
+            self.metrics.error(metrics::ErrorKind::Save);
+            tracing::error!(target: "weft::agent", error = %e, "{e}");
         }
     }
 
@@ -396,7 +443,11 @@ impl Agent {
             self.next_conn += 1;
             let conn_id = self.next_conn;
             let events = self.events.clone();
-            let (ident, key) = (self.ident.clone(), self.key.clone());
+            let keys = conn::Keys {
+                ident: self.ident.clone(),
+                key: self.key.clone(),
+            };
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 let connect = tokio::time::timeout(
                     Duration::from_secs(3),
@@ -405,7 +456,17 @@ impl Agent {
                 .await;
                 match connect {
                     Ok(Ok(stream)) => {
-                        conn::run(stream, addr, true, Some(addr), conn_id, events, ident, key).await
+                        conn::run(
+                            stream,
+                            addr,
+                            true,
+                            Some(addr),
+                            conn_id,
+                            events,
+                            keys,
+                            metrics,
+                        )
+                        .await
                     }
                     Ok(Err(e)) => {
                         let _ = events.send(Event::DialFailed {
@@ -446,10 +507,13 @@ impl Agent {
         for (name, ids) in self.conflicts() {
             if self.warned_conflicts.insert(name.clone()) {
                 let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-                log(format!(
+                tracing::warn!(
+                    target: "weft::mesh",
+                    name = %name,
+                    ids = %ids.join(","),
                     "name conflict: {name:?} is claimed by several nodes: {}",
                     ids.join(", ")
-                ));
+                );
             }
         }
     }
@@ -520,10 +584,15 @@ impl Agent {
                     },
                 );
                 if replaced.is_none() {
-                    log(format!(
-                        "connected to {peer} at {addr} ({})",
-                        if outbound { "dialled" } else { "accepted" }
-                    ));
+                    let how = if outbound { "dialled" } else { "accepted" };
+                    tracing::info!(
+                        target: "weft::mesh",
+                        peer = %peer,
+                        peer_name = self.name_of(&peer).unwrap_or_default(),
+                        peer_addr = %addr,
+                        direction = how,
+                        "connected to {peer} at {addr} ({how})"
+                    );
                     let now = self.now();
                     let outs = self.node.peer_connected(peer, now);
                     self.perform(outs);
@@ -545,7 +614,15 @@ impl Agent {
             Event::Disconnected { conn, peer, why } => {
                 if self.conns.get(&peer).is_some_and(|c| c.id == conn) {
                     let c = self.conns.remove(&peer).expect("present");
-                    log(format!("lost {peer} at {}: {why}", c.addr));
+                    tracing::info!(
+                        target: "weft::mesh",
+                        peer = %peer,
+                        peer_name = self.name_of(&peer).unwrap_or_default(),
+                        peer_addr = %c.addr,
+                        reason = %why,
+                        "lost {peer} at {}: {why}",
+                        c.addr
+                    );
                     let now = self.now();
                     let outs = self.node.peer_disconnected(peer, now);
                     self.perform(outs);
@@ -556,7 +633,11 @@ impl Agent {
                     }
                 }
             }
-            Event::DialFailed { addr, why } => self.dial_failed(addr, why),
+            Event::DialFailed { addr, why } => {
+                self.metrics.error(metrics::ErrorKind::Dial);
+                tracing::debug!(target: "weft::mesh", peer_addr = %addr, reason = %why, "dial {addr} failed: {why}");
+                self.dial_failed(addr, why)
+            }
             Event::Api {
                 method,
                 path,
@@ -593,6 +674,9 @@ impl Agent {
         let json = |v: &dyn erased::Ser| (200, v.to_json());
         let (path, query) = api::split_query(target);
         if let Some(answer) = self.api_ipam(method, path, &query, body) {
+            return answer;
+        }
+        if let Some(answer) = self.api_metrics(method, path) {
             return answer;
         }
         match (method, path) {
