@@ -12,7 +12,10 @@ fi
 pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-linux procps tar
       podman runc conmon containernetworking-plugins iperf3 jq curl ca-certificates
       # The BPF fast path (crates/fastpath) is compiled with clang against the kernel's UAPI headers.
-      clang linux-libc-dev)
+      clang linux-libc-dev
+      # Operations tests: Prometheus scrapes the lab's agents; systemd-analyze checks the unit
+      # that `weft install` writes.
+      prometheus systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests run their own Prometheus in a lab namespace: the packaged service, which the
+  # package starts on a host run by systemd, is not wanted.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # The Rust toolchain: rustup's if present.
@@ -28,16 +36,16 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 fi
-# Debian 12's own rustc (1.63) is older than weft needs (1.80): without a new enough
+# Debian 12's own rustc (1.63) is older than weft needs (1.85): without a new enough
 # cargo, rustup installs the stable toolchain for root.
 cargo_ok() {
   command -v cargo >/dev/null 2>&1 || return 1
   local v
   v=$(cargo --version | awk '{print $2}')
-  [ "$(printf '%s\n1.80.0\n' "$v" | sort -V | head -n1)" = "1.80.0" ]
+  [ "$(printf '%s\n1.85.0\n' "$v" | sort -V | head -n1)" = "1.85.0" ]
 }
 if ! cargo_ok; then
-  echo "setup: no Rust 1.80 or newer found; installing the stable toolchain with rustup"
+  echo "setup: no Rust 1.85 or newer found; installing the stable toolchain with rustup"
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >/dev/null
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"

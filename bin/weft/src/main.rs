@@ -161,6 +161,11 @@ enum LabCmd {
         /// container gets an address of each family.
         #[arg(long, value_name = "CIDR,...")]
         ipam_pools: Option<String>,
+        /// Where each host's agent serves Prometheus metrics, inside the host's namespace
+        /// (e.g. 0.0.0.0:6782 to be scraped from other lab hosts) [default:
+        /// 127.0.0.1:6782].
+        #[arg(long, value_name = "IP:PORT")]
+        metrics_addr: Option<String>,
         /// The underlay's address families: ipv4 (172.30.S.N/24), ipv6 (fd30:S::N/64; the
         /// agents peer over IPv6) or dual (both; the agents peer over IPv4).
         #[arg(long, default_value = "ipv4", value_name = "ipv4|ipv6|dual")]
@@ -362,6 +367,7 @@ fn lab(cmd: LabCmd) -> Res {
             nat,
             fast_path,
             ipam_pools,
+            metrics_addr,
             underlay,
             json,
         } => {
@@ -371,6 +377,7 @@ fn lab(cmd: LabCmd) -> Res {
                 ("--nat", nat),
                 ("--fast-path", fast_path),
                 ("--ipam-pools", ipam_pools),
+                ("--metrics-addr", metrics_addr),
             ] {
                 if let Some(v) = value {
                     agent_args.extend([flag.to_string(), v]);
