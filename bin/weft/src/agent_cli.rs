@@ -132,7 +132,9 @@ pub struct SocketArg {
 fn timeout_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(t) if t.is_finite() && t > 0.0 && t <= 86_400.0 => Ok(t),
-        _ => Err(format!("expected seconds, more than 0 and at most 86400, found {s:?}")),
+        _ => Err(format!(
+            "expected seconds, more than 0 and at most 86400, found {s:?}"
+        )),
     }
 }
 

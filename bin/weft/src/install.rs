@@ -182,9 +182,7 @@ fn advertise(a: &InstallArgs) -> Result<SocketAddr, String> {
         None => SocketAddr::from(([192, 0, 2, 1], port)),
     };
     let ip = source_towards(target).ok_or_else(|| {
-        format!(
-            "cannot tell this host's address towards {target} (no route?): give --advertise IP"
-        )
+        format!("cannot tell this host's address towards {target} (no route?): give --advertise IP")
     })?;
     Ok(SocketAddr::new(ip, port))
 }
@@ -344,8 +342,13 @@ pub fn install(a: InstallArgs) -> Res {
     let wants = plan::wants(&settings, &plan::digest(&exe_bytes), &secret);
     drop(exe_bytes);
     let manifest = read_manifest(&root)?;
-    let p = plan::install(&wants, &|path| look(&root, path), manifest.as_ref(), a.force)
-        .map_err(|r| format!("install into {}: {r}", root.display()))?;
+    let p = plan::install(
+        &wants,
+        &|path| look(&root, path),
+        manifest.as_ref(),
+        a.force,
+    )
+    .map_err(|r| format!("install into {}: {r}", root.display()))?;
     apply(&root, &p.actions)?;
     let mut lines = p.notes.clone();
     if p.changed.is_empty() {
@@ -403,10 +406,11 @@ pub fn uninstall(a: UninstallArgs) -> Res {
     let p = plan::uninstall(&|path| look(&root, path), &manifest, a.purge)
         .map_err(|r| format!("uninstall from {}: {r}", root.display()))?;
     let mut lines = Vec::new();
-    if systemd_runs(&root) && manifest.files.contains_key(plan::UNIT) {
-        if systemctl(&["disable", "--now", plan::SERVICE]).is_ok() {
-            lines.push(format!("stopped and disabled {}", plan::SERVICE));
-        }
+    if systemd_runs(&root)
+        && manifest.files.contains_key(plan::UNIT)
+        && systemctl(&["disable", "--now", plan::SERVICE]).is_ok()
+    {
+        lines.push(format!("stopped and disabled {}", plan::SERVICE));
     }
     apply(&root, &p.actions)?;
     if systemd_runs(&root) && p.changed.contains(plan::UNIT) {

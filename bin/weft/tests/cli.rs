@@ -107,7 +107,10 @@ fn a_silent_agent_gets_a_sentence_with_the_socket_and_the_wait_not_os_error_11()
     // No agent at all: said so, with the way to another socket.
     let out = weft(&["peers", "--socket", d.join("none.sock").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("cannot reach the weft agent"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("cannot reach the weft agent"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     let out = weft(&["status", "--timeout", "0"]);
     assert!(!out.status.success());

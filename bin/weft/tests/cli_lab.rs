@@ -13,9 +13,19 @@ fn listings(socket: &str, lab: &str) -> Vec<Vec<String>> {
     let mut v = Vec::new();
     for cmd in ["status", "peers", "ipam"] {
         v.push(vec![cmd.to_string(), "--socket".into(), socket.into()]);
-        v.push(vec![cmd.to_string(), "--socket".into(), socket.into(), "--json".into()]);
+        v.push(vec![
+            cmd.to_string(),
+            "--socket".into(),
+            socket.into(),
+            "--json".into(),
+        ]);
     }
-    v.push(vec!["lab".into(), "status".into(), "--name".into(), lab.into()]);
+    v.push(vec![
+        "lab".into(),
+        "status".into(),
+        "--name".into(),
+        lab.into(),
+    ]);
     v.push(vec![
         "lab".into(),
         "status".into(),
@@ -46,7 +56,10 @@ fn listing_commands_piped_into_head_end_quietly() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
         );
-        assert!(stderr.is_empty(), "weft {shown} | head -1 printed: {stderr}");
+        assert!(
+            stderr.is_empty(),
+            "weft {shown} | head -1 printed: {stderr}"
+        );
         let first = stdout.lines().next().unwrap_or_default();
         assert!(!first.is_empty(), "weft {shown} | head -1: no line");
         let exit = stdout.lines().last().unwrap_or_default();
@@ -64,7 +77,10 @@ fn listing_commands_piped_into_head_end_quietly() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "weft {shown} > closed pipe: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "weft {shown} > closed pipe: {stderr}"
+        );
         assert!(stderr.is_empty(), "weft {shown} > closed pipe: {stderr}");
         // Ended by SIGPIPE as coreutils are (clap's --help swallows the error and exits 0).
         assert!(
@@ -94,8 +110,21 @@ fn status_json_is_the_agent_s_answer_unchanged() {
     for k in ["id", "name", "addr"] {
         assert!(v["node"][k].is_string(), "{v}");
     }
-    for k in ["mode", "nat", "underlay", "pod_mtu", "routes", "skipped", "conflicts", "error", "fast_path"] {
-        assert!(v["dataplane"].get(k).is_some(), "dataplane.{k} missing: {v}");
+    for k in [
+        "mode",
+        "nat",
+        "underlay",
+        "pod_mtu",
+        "routes",
+        "skipped",
+        "conflicts",
+        "error",
+        "fast_path",
+    ] {
+        assert!(
+            v["dataplane"].get(k).is_some(),
+            "dataplane.{k} missing: {v}"
+        );
     }
     // Exactly the body of GET /status, one line.
     let (code, raw) = weft_agent::api::call(

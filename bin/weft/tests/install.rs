@@ -70,7 +70,12 @@ fn install_writes_exactly_the_expected_files_a_rerun_changes_nothing_and_uninsta
     let d = tmpdir("tree");
     let root = d.join("root");
     // A tree as a host has it: some directories, and a file of someone else's.
-    for dir in ["etc/systemd/system", "usr/local/bin", "var/lib", "etc/cni/net.d"] {
+    for dir in [
+        "etc/systemd/system",
+        "usr/local/bin",
+        "var/lib",
+        "etc/cni/net.d",
+    ] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::write(root.join("etc/cni/net.d/10-other.conflist"), "{}").unwrap();
@@ -112,7 +117,10 @@ fn install_writes_exactly_the_expected_files_a_rerun_changes_nothing_and_uninsta
     assert_eq!(after["usr/local/bin/weft"].1, exe);
     assert_eq!(after["opt/cni/bin/weft"].1, exe);
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
-    assert_eq!(read("etc/weft/secret"), std::fs::read_to_string(&secret).unwrap());
+    assert_eq!(
+        read("etc/weft/secret"),
+        std::fs::read_to_string(&secret).unwrap()
+    );
     // The files are the examples the README points at, and a config the agent takes.
     assert_eq!(
         read("etc/systemd/system/weft-agent.service"),
@@ -145,7 +153,10 @@ fn install_writes_exactly_the_expected_files_a_rerun_changes_nothing_and_uninsta
         .filter(|(p, v)| after.get(p) != Some(v) && !v.0.starts_with("dir"))
         .map(|(p, _)| p)
         .collect();
-    assert_eq!(changed, vec!["etc/weft/agent.json", "etc/weft/install.json"]);
+    assert_eq!(
+        changed,
+        vec!["etc/weft/agent.json", "etc/weft/install.json"]
+    );
 
     let out = weft_ok(&["uninstall", "--root", r]);
     assert!(out.contains("removed /usr/local/bin/weft"), "{out}");
@@ -188,14 +199,30 @@ fn install_refuses_what_is_not_weft_s_and_joining_needs_the_secret() {
 
     // Joining (--peer) without a secret: refused, with the way out.
     let out = weft(&[
-        "install", "--root", r, "--name", "n2", "--advertise", "10.0.0.12", "--peer",
+        "install",
+        "--root",
+        r,
+        "--name",
+        "n2",
+        "--advertise",
+        "10.0.0.12",
+        "--peer",
         "10.0.0.10",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--secret-file"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--secret-file"),
+        "{err}"
+    );
     // A bad setting is the agent's refusal, named, before anything is written.
     let out = weft(&[
-        "install", "--root", r, "--name", "n 2", "--advertise", "10.0.0.12",
+        "install",
+        "--root",
+        r,
+        "--name",
+        "n 2",
+        "--advertise",
+        "10.0.0.12",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("`name`"), "{err}");
@@ -205,7 +232,15 @@ fn install_refuses_what_is_not_weft_s_and_joining_needs_the_secret() {
     let fresh = d.join("fresh");
     std::fs::create_dir_all(&fresh).unwrap();
     let f = fresh.to_str().unwrap();
-    let args = ["install", "--root", f, "--name", "n1", "--advertise", "10.0.0.11"];
+    let args = [
+        "install",
+        "--root",
+        f,
+        "--name",
+        "n1",
+        "--advertise",
+        "10.0.0.11",
+    ];
     weft_ok(&args);
     let s1 = std::fs::read_to_string(fresh.join("etc/weft/secret")).unwrap();
     assert_eq!(s1.trim().len(), 64, "{s1}");
@@ -225,7 +260,15 @@ fn the_installed_unit_passes_systemd_analyze_verify() {
     let root = d.join("root");
     std::fs::create_dir_all(&root).unwrap();
     let r = root.to_str().unwrap();
-    weft_ok(&["install", "--root", r, "--name", "n1", "--advertise", "10.0.0.11"]);
+    weft_ok(&[
+        "install",
+        "--root",
+        r,
+        "--name",
+        "n1",
+        "--advertise",
+        "10.0.0.11",
+    ]);
     // systemd checks that ExecStart's binary exists: in a mount namespace of its own, the
     // installed /usr/local/bin is where the unit expects it. Nothing outside changes.
     let script = format!(
@@ -236,6 +279,9 @@ fn the_installed_unit_passes_systemd_analyze_verify() {
         "unshare",
         &["--mount", "--propagation", "private", "sh", "-c", &script],
     );
-    assert!(ok && text.trim().is_empty(), "systemd-analyze verify: {text}");
+    assert!(
+        ok && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

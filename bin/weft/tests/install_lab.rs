@@ -97,7 +97,9 @@ fn installed_hosts_join_and_carry_container_traffic() {
     let dir = PathBuf::from(format!("/run/weft-lab/{}", lab.name));
     let secret = dir.join("cluster.secret");
     weft_ok(&["secret", "new", "--out", secret.to_str().unwrap()]);
-    let roots: Vec<PathBuf> = (1..=HOSTS).map(|i| dir.join(format!("root-h{i}"))).collect();
+    let roots: Vec<PathBuf> = (1..=HOSTS)
+        .map(|i| dir.join(format!("root-h{i}")))
+        .collect();
     let mut agents = Vec::new();
     for (i, root) in roots.iter().enumerate() {
         let (n, host) = (i + 1, format!("h{}", i + 1));
@@ -126,7 +128,11 @@ fn installed_hosts_join_and_carry_container_traffic() {
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(root.join("etc/weft/agent.json")).unwrap())
                 .unwrap();
-        assert_eq!(config["advertise"], format!("172.30.0.{n}:6783"), "detected");
+        assert_eq!(
+            config["advertise"],
+            format!("172.30.0.{n}:6783"),
+            "detected"
+        );
         agents.push(start_installed(
             &lab,
             &host,
@@ -140,7 +146,11 @@ fn installed_hosts_join_and_carry_container_traffic() {
             .map(|a| {
                 let log = std::fs::read_to_string(&a.log).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
-                format!("{}:\n  {}", a.log, lines[lines.len().saturating_sub(8)..].join("\n  "))
+                format!(
+                    "{}:\n  {}",
+                    a.log,
+                    lines[lines.len().saturating_sub(8)..].join("\n  ")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -158,7 +168,8 @@ fn installed_hosts_join_and_carry_container_traffic() {
         let host = format!("h{}", i + 1);
         let text = std::fs::read_to_string(root.join("etc/cni/net.d/weft.conflist")).unwrap();
         let mut conf: serde_json::Value = serde_json::from_str(&text).unwrap();
-        conf["plugins"][0]["agentSocket"] = root.join("run/weft/weft.sock").display().to_string().into();
+        conf["plugins"][0]["agentSocket"] =
+            root.join("run/weft/weft.sock").display().to_string().into();
         conf["plugins"][0]["dataDir"] = root.join("var/lib/weft").display().to_string().into();
         let conflist = dir.join(format!("installed-{host}.conflist"));
         std::fs::write(&conflist, conf.to_string()).unwrap();
@@ -206,7 +217,11 @@ fn installed_hosts_join_and_carry_container_traffic() {
 
     // The agents keep their state where the unit says: the root's /var/lib/weft.
     for root in &roots {
-        assert!(root.join("var/lib/weft/ipam.json").exists(), "{}", root.display());
+        assert!(
+            root.join("var/lib/weft/ipam.json").exists(),
+            "{}",
+            root.display()
+        );
     }
 
     // Stopped, the roots uninstall cleanly: the installed files go.
@@ -216,7 +231,12 @@ fn installed_hosts_join_and_carry_container_traffic() {
     for root in &roots {
         let out = weft_ok(&["uninstall", "--root", root.to_str().unwrap(), "--purge"]);
         assert!(out.contains("removed /usr/local/bin/weft"), "{out}");
-        for p in ["usr/local/bin/weft", "etc/weft", "opt/cni/bin/weft", "var/lib/weft"] {
+        for p in [
+            "usr/local/bin/weft",
+            "etc/weft",
+            "opt/cni/bin/weft",
+            "var/lib/weft",
+        ] {
             assert!(!root.join(p).exists(), "{p} is still there");
         }
     }

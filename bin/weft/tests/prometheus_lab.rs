@@ -48,7 +48,10 @@ fn values(r: &[Value]) -> Vec<(String, f64)> {
     r.iter()
         .map(|s| {
             (
-                s["metric"]["instance"].as_str().unwrap_or_default().to_string(),
+                s["metric"]["instance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 s["value"][1]
                     .as_str()
                     .and_then(|v| v.parse().ok())
@@ -82,7 +85,9 @@ fn prometheus_scrapes_every_agent_and_sees_peers_ipam_routes_and_cni_latency() {
     let lab = Lab::up_args("prom", HOSTS, "mesh", &["--metrics-addr", "0.0.0.0:6782"]);
     let dir = format!("/run/weft-lab/{}/prometheus", lab.name);
     std::fs::create_dir_all(format!("{dir}/data")).unwrap();
-    let targets: Vec<String> = (1..=HOSTS).map(|i| format!("\"172.30.0.{i}:6782\"")).collect();
+    let targets: Vec<String> = (1..=HOSTS)
+        .map(|i| format!("\"172.30.0.{i}:6782\""))
+        .collect();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
          scrape_configs:\n  - job_name: weft\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
@@ -105,14 +110,24 @@ fn prometheus_scrapes_every_agent_and_sees_peers_ipam_routes_and_cni_latency() {
 
     // A container on every host: a CNI ADD each, through the host's agent.
     for i in 1..=HOSTS {
-        weft_ok(&["lab", "run", "--name", &lab.name, &format!("h{i}"), &format!("c{i}")]);
+        weft_ok(&[
+            "lab",
+            "run",
+            "--name",
+            &lab.name,
+            &format!("h{i}"),
+            &format!("c{i}"),
+        ]);
     }
 
     let all_up = |v: &[(String, f64)]| v.len() == HOSTS && v.iter().all(|(_, x)| *x == 1.0);
     let up = eventually(&lab, "up{job=\"weft\"}", all_up);
     let mut instances: Vec<&str> = up.iter().map(|(i, _)| i.as_str()).collect();
     instances.sort();
-    assert_eq!(instances, ["172.30.0.1:6782", "172.30.0.2:6782", "172.30.0.3:6782"]);
+    assert_eq!(
+        instances,
+        ["172.30.0.1:6782", "172.30.0.2:6782", "172.30.0.3:6782"]
+    );
 
     // Mesh: each sees the two others up, connected.
     let peers = HOSTS as f64 - 1.0;

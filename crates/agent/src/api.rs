@@ -103,9 +103,8 @@ pub(crate) async fn serve(
         };
         let (events, metrics) = (events.clone(), metrics.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                handle(req, events.clone(), metrics.clone())
-            });
+            let service =
+                hyper::service::service_fn(move |req| handle(req, events.clone(), metrics.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
                 .max_buf_size(MAX_HEAD)
@@ -289,10 +288,7 @@ async fn exchange(
     body: Option<&str>,
 ) -> Result<(u16, String), ClientError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        ClientError::Failed(format!(
-            "{what} the agent at {}: {e}",
-            socket.display()
-        ))
+        ClientError::Failed(format!("{what} the agent at {}: {e}", socket.display()))
     };
     let stream = UnixStream::connect(socket)
         .await
@@ -366,10 +362,7 @@ impl AsyncWrite for NoSigpipe {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

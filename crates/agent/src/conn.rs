@@ -158,6 +158,7 @@ pub(crate) async fn run(
     let _ = events.send(Event::Disconnected { conn, peer, why });
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     stream: &mut TcpStream,
     reader: &mut FrameReader,

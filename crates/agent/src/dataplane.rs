@@ -348,7 +348,7 @@ impl Agent {
         }
         let local = self.dp.local.clone().expect("set above");
         let want = plan(&local, &self.dp_peers());
-        let due = self.dp.last_sync.map_or(true, |t| t.elapsed() >= RESYNC);
+        let due = self.dp.last_sync.is_none_or(|t| t.elapsed() >= RESYNC);
         if !due && self.dp.applied.as_ref() == Some(&want) && self.dp.error.is_none() {
             return;
         }

@@ -153,7 +153,7 @@ impl Agent {
         let refresh_due = self
             .fast
             .refreshed
-            .map_or(true, |t| t.elapsed() >= TRANSLATED_REFRESH);
+            .is_none_or(|t| t.elapsed() >= TRANSLATED_REFRESH);
         let pools = self.cfg.ipam.space.pools.clone();
         let f = self.fast.path.as_mut().expect("loaded above");
         f.retain(|d| want.contains(d));

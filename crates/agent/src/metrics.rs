@@ -87,10 +87,14 @@ impl Default for Metrics {
         // Series that exist from the start, at 0, so that rates and alerts need no
         // special case for "never happened".
         for kind in ErrorKind::ALL {
-            m.errors.get_or_create(&labels(&[("kind", kind.as_str())])).inc_by(0);
+            m.errors
+                .get_or_create(&labels(&[("kind", kind.as_str())]))
+                .inc_by(0);
         }
         for dir in ["sent", "received"] {
-            m.records.get_or_create(&labels(&[("direction", dir)])).inc_by(0);
+            m.records
+                .get_or_create(&labels(&[("direction", dir)]))
+                .inc_by(0);
         }
         m
     }
@@ -564,8 +568,7 @@ pub(crate) async fn serve(listener: TcpListener, events: mpsc::UnboundedSender<E
         };
         let events = events.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req| scrape(req, events.clone()));
+            let service = hyper::service::service_fn(move |req| scrape(req, events.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
                 .max_buf_size(crate::api::MAX_HEAD)

@@ -309,7 +309,7 @@ impl NetworkConfig {
         };
 
         // gateway
-        let v4 = range.map_or(true, |r| r.addr().is_ipv4());
+        let v4 = range.is_none_or(|r| r.addr().is_ipv4());
         let default_gw: IpAddr = if v4 {
             DEFAULT_GATEWAY_V4.into()
         } else {

@@ -139,8 +139,7 @@ WantedBy=multi-user.target
 /// The CNI network config install writes: weft with cluster IPAM through the agent's
 /// socket, chained with portmap, bandwidth and tuning.
 pub fn conflist() -> String {
-    let mut text =
-        weft_config::example_agent_conflist("weft", SOCKET, &format!("/{DATA_DIR}"));
+    let mut text = weft_config::example_agent_conflist("weft", SOCKET, &format!("/{DATA_DIR}"));
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -371,9 +370,9 @@ pub fn install(
                 plan.actions.push(Action::CreateDir(d.clone()));
                 new.dirs.insert(d.clone());
             }
-            Found::File { .. } | Found::Other => refusals.push(format!(
-                "/{d} is in the way: weft needs a directory there"
-            )),
+            Found::File { .. } | Found::Other => {
+                refusals.push(format!("/{d} is in the way: weft needs a directory there"))
+            }
         }
     }
     for w in wants {
@@ -401,7 +400,8 @@ pub fn install(
                             path: w.path.clone(),
                             mode: w.mode,
                         });
-                        plan.notes.push(format!("set the mode of /{} to {:o}", w.path, w.mode));
+                        plan.notes
+                            .push(format!("set the mode of /{} to {:o}", w.path, w.mode));
                     }
                     new.files.insert(w.path.clone(), claim());
                 } else {

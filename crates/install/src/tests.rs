@@ -80,10 +80,20 @@ impl Tree {
         }
     }
 
-    fn install(&mut self, settings: &Settings, secret: &[u8], force: bool) -> Result<Plan, Refusal> {
+    fn install(
+        &mut self,
+        settings: &Settings,
+        secret: &[u8],
+        force: bool,
+    ) -> Result<Plan, Refusal> {
         let wants = wants(settings, &digest(EXE), secret);
         let me = RefCell::new(self.clone());
-        let plan = install(&wants, &|p| me.borrow().look(p), self.manifest().as_ref(), force)?;
+        let plan = install(
+            &wants,
+            &|p| me.borrow().look(p),
+            self.manifest().as_ref(),
+            force,
+        )?;
         self.apply(&plan);
         Ok(plan)
     }
@@ -140,8 +150,15 @@ fn a_fresh_install_writes_every_file_and_records_what_it_made() {
     assert_eq!(
         m.dirs,
         BTreeSet::from(
-            ["etc/weft", "opt", "opt/cni", "opt/cni/bin", "etc/cni", "etc/cni/net.d"]
-                .map(String::from)
+            [
+                "etc/weft",
+                "opt",
+                "opt/cni",
+                "opt/cni/bin",
+                "etc/cni",
+                "etc/cni/net.d"
+            ]
+            .map(String::from)
         )
     );
     assert_eq!(plan.changed.len(), 6);
@@ -213,9 +230,15 @@ fn uninstall_keeps_the_data_directory_unless_purged_and_what_others_changed() {
     // An administrator edited the config.
     t.files.get_mut(CONFIG).unwrap().0.extend(b" ");
     let plan = t.uninstall(false).unwrap();
-    assert!(t.files.contains_key(CONFIG), "an edited file is not weft's to remove");
+    assert!(
+        t.files.contains_key(CONFIG),
+        "an edited file is not weft's to remove"
+    );
     assert!(t.dirs.contains("etc/weft"), "its directory stays with it");
-    assert!(plan.notes.iter().any(|n| n.contains("left /etc/weft/agent.json")));
+    assert!(plan
+        .notes
+        .iter()
+        .any(|n| n.contains("left /etc/weft/agent.json")));
     assert!(t.files.contains_key(&format!("{DATA_DIR}/identity")));
     assert!(!t.files.contains_key(BIN) && !t.files.contains_key(MANIFEST));
     // With --purge the data directory goes too.
@@ -232,8 +255,10 @@ fn uninstall_keeps_the_data_directory_unless_purged_and_what_others_changed() {
 #[test]
 fn someone_elses_files_are_refused_by_name_and_nothing_is_planned() {
     let mut t = debian();
-    t.files
-        .insert(UNIT.into(), (b"[Service]\nExecStart=/bin/other\n".to_vec(), 0o644));
+    t.files.insert(
+        UNIT.into(),
+        (b"[Service]\nExecStart=/bin/other\n".to_vec(), 0o644),
+    );
     t.dirs.insert("etc/cni".into());
     t.dirs.insert("etc/cni/net.d".into());
     t.others.insert(CONFLIST.into());
@@ -265,11 +290,18 @@ fn a_file_that_already_holds_what_weft_wants_is_kept_and_not_claimed() {
     t.files.insert(SECRET.into(), (b"s".to_vec(), 0o600));
     let before_secret = t.files[SECRET].clone();
     let plan = t.install(&settings(), b"s", false).unwrap();
-    assert!(plan.notes.iter().any(|n| n.contains("kept /etc/weft/secret")));
+    assert!(plan
+        .notes
+        .iter()
+        .any(|n| n.contains("kept /etc/weft/secret")));
     assert!(!t.manifest().unwrap().files.contains_key(SECRET));
     assert!(!t.manifest().unwrap().dirs.contains("etc/weft"));
     t.uninstall(false).unwrap();
-    assert_eq!(t.files.get(SECRET), Some(&before_secret), "uninstall took it");
+    assert_eq!(
+        t.files.get(SECRET),
+        Some(&before_secret),
+        "uninstall took it"
+    );
     assert!(t.dirs.contains("etc/weft"));
 }
 
@@ -281,7 +313,11 @@ fn a_file_weft_wrote_but_someone_changed_is_refused_then_forced() {
     let mut s = settings();
     s.name = "node2".into();
     let e = t.install(&s, b"s", false).unwrap_err();
-    assert!(e.to_string().contains("was changed since weft install wrote it"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("was changed since weft install wrote it"),
+        "{e}"
+    );
     t.install(&s, b"s", true).unwrap();
     let config: serde_json::Value = serde_json::from_slice(&t.files[CONFIG].0).unwrap();
     assert_eq!(config["name"], "node2");

@@ -338,7 +338,7 @@ impl Ipam {
         let mut first = None;
         for k in self.active_blocks() {
             for a in self.free_in(k) {
-                if self.st.cursor.map_or(true, |c| a > c) {
+                if self.st.cursor.is_none_or(|c| a > c) {
                     return Some(a);
                 }
                 first = first.or(Some(a));

@@ -350,10 +350,7 @@ impl View {
                 take: false,
             },
         };
-        let better = self
-            .claims
-            .get(&k)
-            .map_or(true, |c| claim.rank() > c.rank());
+        let better = self.claims.get(&k).is_none_or(|c| claim.rank() > c.rank());
         if better {
             self.claims.insert(k, claim);
         }

@@ -511,7 +511,7 @@ impl Node {
         self.store.gc(now, self.config.gc_after_ms);
         if self
             .last_ae
-            .map_or(true, |l| now.saturating_sub(l) >= self.config.ae_period_ms)
+            .is_none_or(|l| now.saturating_sub(l) >= self.config.ae_period_ms)
         {
             self.last_ae = Some(now);
             let d = self.digest();

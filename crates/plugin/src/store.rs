@@ -225,7 +225,10 @@ impl AgentSource {
         let body = body.map(|b| b.to_string());
         let (status, text) = api::call(&self.socket, method, path, body.as_deref(), timeout)
             .map_err(|e| match e {
-                ClientError::Unreachable { ref socket, ref why } => CniError::new(
+                ClientError::Unreachable {
+                    ref socket,
+                    ref why,
+                } => CniError::new(
                     code::TRY_AGAIN,
                     format!(
                         "cannot reach the weft agent at {socket} ({why}): `weft agent` must be \
