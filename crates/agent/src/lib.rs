@@ -241,12 +241,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         .unwrap_or_else(|| "the API socket only".into());
     tracing::info!(
         target: "weft::agent",
-        node = %agent.cfg.name,
         id = %id,
-        listen = %agent.cfg.listen,
-        advertise = %agent.cfg.advertise,
-        socket = %agent.cfg.socket.display(),
-        metrics = %metrics_at,
         "node {} ({id}) listening on {}, advertising {}, API on {}, metrics on {metrics_at}",
         agent.cfg.name,
         agent.cfg.listen,
