@@ -602,3 +602,83 @@ async fn scrape(
     };
     Ok(answer(code, kind, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut reg = Registry::with_prefix("weft");
+        m.register(&mut reg);
+        let mut t = String::new();
+        encode(&mut t, &reg).unwrap();
+        t
+    }
+
+    #[test]
+    fn cni_reports_become_counts_and_latencies_and_bad_ones_are_refused() {
+        let m = Metrics::default();
+        assert_eq!(m.cni_report(r#"{"command":"ADD","seconds":0.003}"#).0, 200);
+        assert_eq!(
+            m.cni_report(r#"{"command":"ADD","seconds":0.2,"code":11}"#)
+                .0,
+            200
+        );
+        assert_eq!(m.cni_report(r#"{"command":"DEL","seconds":0.05}"#).0, 200);
+        for bad in [
+            r#"{"command":"add","seconds":1}"#,
+            r#"{"command":"ADD","seconds":-1}"#,
+            r#"{"command":"ADD","seconds":1e9}"#,
+            r#"{"command":"ADD","seconds":1,"code":1000}"#,
+            r#"{"seconds":1}"#,
+            "not json",
+        ] {
+            let (code, body) = m.cni_report(bad);
+            assert_eq!(code, 400, "{bad}: {body}");
+            assert!(body.contains("error"), "{body}");
+        }
+        let t = text(&m);
+        for line in [
+            "weft_cni_operations_total{command=\"ADD\",result=\"ok\",code=\"0\"} 1",
+            "weft_cni_operations_total{command=\"ADD\",result=\"error\",code=\"11\"} 1",
+            "weft_cni_operations_total{command=\"DEL\",result=\"ok\",code=\"0\"} 1",
+            "weft_cni_operation_duration_seconds_count{command=\"ADD\"} 2",
+            "weft_cni_operation_duration_seconds_bucket{le=\"0.004\",command=\"ADD\"} 1",
+            "# TYPE weft_cni_operation_duration_seconds histogram",
+            "# UNIT weft_cni_operation_duration_seconds seconds",
+        ] {
+            assert!(t.contains(line), "no {line:?} in\n{t}");
+        }
+    }
+
+    #[test]
+    fn counters_follow_prometheus_names_and_start_at_zero() {
+        let m = Metrics::default();
+        let t = text(&m);
+        for kind in ErrorKind::ALL {
+            let line = format!("weft_errors_total{{kind=\"{}\"}} 0", kind.as_str());
+            assert!(t.contains(&line), "no {line:?} in\n{t}");
+        }
+        m.error(ErrorKind::PeerRefused);
+        m.sent_bytes(100);
+        m.received_bytes(7);
+        m.message(true, &Message::Update(vec![]));
+        m.message(false, &Message::Digest(1));
+        let t = text(&m);
+        for line in [
+            "weft_errors_total{kind=\"peer_refused\"} 1",
+            "weft_mesh_sent_bytes_total 100",
+            "weft_mesh_received_bytes_total 7",
+            "weft_mesh_messages_total{direction=\"sent\",kind=\"update\"} 1",
+            "weft_mesh_messages_total{direction=\"received\",kind=\"digest\"} 1",
+            "weft_ipam_reclaims_total 0",
+        ] {
+            assert!(t.contains(line), "no {line:?} in\n{t}");
+        }
+        // Every series is weft_ and every counter ends in _total.
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.starts_with("weft_"), "{l}");
+        }
+        assert!(t.trim_end().ends_with("# EOF"));
+    }
+}
