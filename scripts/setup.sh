@@ -12,7 +12,10 @@ fi
 pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-linux procps tar
       podman runc conmon containernetworking-plugins iperf3 jq curl ca-certificates
       # The BPF fast path (crates/fastpath) is compiled with clang against the kernel's UAPI headers.
-      clang linux-libc-dev)
+      clang linux-libc-dev
+      # Operations tests: Prometheus scrapes the lab's agents; systemd-analyze checks the unit
+      # that `weft install` writes.
+      prometheus systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests run their own Prometheus in a lab namespace: the packaged service, which the
+  # package starts on a host run by systemd, is not wanted.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # The Rust toolchain: rustup's if present.

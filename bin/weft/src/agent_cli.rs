@@ -12,7 +12,8 @@ use weft_agent::{api, RawConfig};
 pub struct AgentArgs {
     /// A JSON config file (keys: name, listen, advertise, peers, dataDir, secretFile, socket,
     /// maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit,
-    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId);
+    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId,
+    /// metricsAddr, logFormat, logFilter);
     /// flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -92,6 +93,18 @@ pub struct AgentArgs {
     /// VXLAN network identifier; the same on every node [default: 6783].
     #[arg(long, value_name = "VNI")]
     vxlan_id: Option<u64>,
+    /// Where Prometheus scrapes `GET /metrics` (OpenMetrics text), IP:PORT, or `off`
+    /// [default: 127.0.0.1:6782]. The API socket serves `/metrics` too.
+    #[arg(long, value_name = "IP:PORT|off")]
+    metrics_addr: Option<String>,
+    /// Log lines as text, or one JSON object per event [default: text].
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+    /// Which events to log, as `RUST_LOG` takes it, e.g. `info` or
+    /// `warn,weft::mesh=debug` (targets weft::agent, weft::mesh, weft::ipam,
+    /// weft::dataplane, weft::fastpath) [default: $WEFT_LOG, else $RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    log_filter: Option<String>,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -111,6 +124,18 @@ pub struct SocketArg {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// How long to wait for the agent's answer, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = timeout_secs)]
+    timeout: f64,
+}
+
+fn timeout_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 && t <= 86_400.0 => Ok(t),
+        _ => Err(format!(
+            "expected seconds, more than 0 and at most 86400, found {s:?}"
+        )),
+    }
 }
 
 impl SocketArg {
@@ -154,6 +179,9 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         fast_path: a.fast_path,
         vxlan_port: a.vxlan_port,
         vxlan_id: a.vxlan_id,
+        metrics_addr: a.metrics_addr,
+        log_format: a.log_format,
+        log_filter: a.log_filter,
     };
     let cfg = file.overlay(flags).validate().map_err(|e| e.to_string())?;
     weft_agent::run(cfg).map_err(|e| e.0)?;
@@ -166,7 +194,8 @@ pub(crate) fn call(
     path: &str,
     body: Option<String>,
 ) -> Result<String, String> {
-    let (code, text) = api::request(&s.path(), method, path, body.as_deref())?;
+    let timeout = std::time::Duration::from_secs_f64(s.timeout);
+    let (code, text) = api::request_within(&s.path(), method, path, body.as_deref(), timeout)?;
     if code != 200 {
         let msg = serde_json::from_str::<serde_json::Value>(&text)
             .ok()

@@ -3,6 +3,7 @@
 
 mod agent_cli;
 mod demo;
+mod install;
 mod policy_cli;
 
 use std::io::Read;
@@ -33,6 +34,17 @@ enum Cmd {
     /// Install weft as a CNI plugin: copy this binary into the plugin directory and write a
     /// conflist (weft chained with portmap, bandwidth and tuning).
     InstallCni(InstallCni),
+    /// Set this host up and join it to a cluster, in one command: the binary, the agent's
+    /// config and the cluster secret, the systemd unit, the CNI plugin and its conflist;
+    /// then the agent is enabled and started (when systemd runs). Again with the same
+    /// options, it changes nothing; it refuses files of someone else's in the way.
+    Install(Box<install::InstallArgs>),
+    /// Remove what `weft install` made, and nothing else (the agent's data directory only
+    /// with --purge).
+    Uninstall(install::UninstallArgs),
+    /// The cluster secret: `weft secret new` makes one.
+    #[command(subcommand)]
+    Secret(install::SecretCmd),
     /// Run the per-host agent in the foreground: peer connections, the replicated mesh
     /// state, routes over the mesh, and the local API.
     Agent(Box<agent_cli::AgentArgs>),
@@ -171,6 +183,11 @@ enum LabCmd {
         /// container gets an address of each family.
         #[arg(long, value_name = "CIDR,...")]
         ipam_pools: Option<String>,
+        /// Where each host's agent serves Prometheus metrics, inside the host's namespace
+        /// (e.g. 0.0.0.0:6782 to be scraped from other lab hosts) [default:
+        /// 127.0.0.1:6782].
+        #[arg(long, value_name = "IP:PORT")]
+        metrics_addr: Option<String>,
         /// The underlay's address families: ipv4 (172.30.S.N/24), ipv6 (fd30:S::N/64; the
         /// agents peer over IPv6) or dual (both; the agents peer over IPv4).
         #[arg(long, default_value = "ipv4", value_name = "ipv4|ipv6|dual")]
@@ -308,9 +325,15 @@ fn main() -> ExitCode {
         return cni_main();
     }
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Agent(_)) {
+        quiet_on_closed_output();
+    }
     let res = match cli.cmd {
         Cmd::Lab(cmd) => lab(cmd),
         Cmd::InstallCni(args) => install_cni(&args),
+        Cmd::Install(args) => install::install(*args),
+        Cmd::Uninstall(args) => install::uninstall(args),
+        Cmd::Secret(cmd) => install::secret(cmd),
         Cmd::Agent(args) => agent_cli::agent(*args),
         Cmd::Status(s) => agent_cli::status(s),
         Cmd::Peers(s) => agent_cli::peers(s),
@@ -331,6 +354,18 @@ fn main() -> ExitCode {
             eprintln!("weft: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Output to a closed pipe (`weft status | head -1`) ends the command quietly, as it ends
+/// coreutils: SIGPIPE's default action, instead of the panic of a failed `println!`. Not
+/// for the agent, whose sockets report a closed peer as an error, nor for the CNI plugin;
+/// the API client sends with MSG_NOSIGNAL, so a closed agent socket stays an error too.
+fn quiet_on_closed_output() {
+    // SAFETY: setting SIGPIPE's disposition to SIG_DFL installs no handler (nothing runs
+    // in signal context); it is done in main before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -399,6 +434,7 @@ fn lab(cmd: LabCmd) -> Res {
             nat,
             fast_path,
             ipam_pools,
+            metrics_addr,
             underlay,
             json,
         } => {
@@ -408,6 +444,7 @@ fn lab(cmd: LabCmd) -> Res {
                 ("--nat", nat),
                 ("--fast-path", fast_path),
                 ("--ipam-pools", ipam_pools),
+                ("--metrics-addr", metrics_addr),
             ] {
                 if let Some(v) = value {
                     agent_args.extend([flag.to_string(), v]);

@@ -85,3 +85,34 @@ fn a_cni_caller_without_cni_command_gets_a_cni_error_not_usage() {
     assert_eq!(v["code"], 4);
     assert!(v["msg"].as_str().unwrap().contains("CNI_COMMAND"));
 }
+
+#[test]
+fn a_silent_agent_gets_a_sentence_with_the_socket_and_the_wait_not_os_error_11() {
+    let d = tmpdir("silent");
+    std::fs::create_dir_all(&d).unwrap();
+    let sock = d.join("weft.sock");
+    // Accepts connections (the kernel's backlog does) and never answers.
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let s = sock.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let out = weft(&["status", "--socket", s, "--timeout", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("the agent at {s} did not answer within 0.5 s")),
+        "{err}"
+    );
+    assert!(err.contains("--timeout"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // No agent at all: said so, with the way to another socket.
+    let out = weft(&["peers", "--socket", d.join("none.sock").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach the weft agent"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = weft(&["status", "--timeout", "0"]);
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -254,12 +254,18 @@ impl Agent {
                 // a give must never be forgotten by a restart.
                 if self.ipam_unsaved {
                     if let Err(e) = self.save_ipam() {
-                        log(format!("cluster IPAM: {e}; its records wait for a save"));
+                        self.metrics.error(crate::metrics::ErrorKind::Save);
+                        tracing::error!(
+                            target: "weft::ipam",
+                            error = %e,
+                            "cluster IPAM: {e}; its records wait for a save"
+                        );
                         self.retry_pending();
                         return;
                     }
                 }
                 if !writes.is_empty() {
+                    self.log_reclaims(&writes);
                     let t = self.now();
                     let mut outs = Vec::new();
                     for (key, value) in writes {
@@ -276,13 +282,40 @@ impl Agent {
         }
     }
 
+    /// One event per reclaim decision among the engine's writes (a new `took/X` record:
+    /// this node, X's heir, takes the space of X, which is down).
+    fn log_reclaims(&self, writes: &[(String, Option<Vec<u8>>)]) {
+        for (key, value) in writes {
+            let Some(x) = key.split_once("took/").map(|(_, x)| x) else {
+                continue;
+            };
+            if value.is_none() || self.node.store().get(&self.id, key).is_some() {
+                continue;
+            }
+            let name = x
+                .parse::<NodeId>()
+                .ok()
+                .and_then(|id| self.names.get(&id).cloned())
+                .unwrap_or_default();
+            self.metrics.reclaimed();
+            tracing::warn!(
+                target: "weft::ipam",
+                node = %x,
+                node_name = %name,
+                record = %key,
+                "reclaim: node {x} ({name}) is removed or down too long; this node, its heir, \
+                 takes its address space"
+            );
+        }
+    }
+
     fn log_ipam_state(&mut self) {
         let now = match self.ipam_not_ready() {
             None => "ready".to_string(),
             Some(why) => format!("not ready: {why}"),
         };
         if self.ipam_state_logged.as_deref() != Some(now.as_str()) {
-            log(format!("cluster IPAM {now}"));
+            tracing::info!(target: "weft::ipam", state = %now, "cluster IPAM {now}");
             self.ipam_state_logged = Some(now);
         }
     }
@@ -521,7 +554,13 @@ impl Agent {
         };
         match result {
             Ok(msg) => {
-                log(format!("rmpeer {}: {msg}", b.peer));
+                tracing::warn!(
+                    target: "weft::ipam",
+                    node = %id,
+                    asked_as = %b.peer,
+                    "rmpeer {}: {msg}",
+                    b.peer
+                );
                 self.ipam_step();
                 (200, serde_json::json!({ "message": msg }).to_string())
             }
@@ -697,7 +736,8 @@ impl Agent {
         }
         if self.ipam_unsaved {
             if let Err(e) = self.save_ipam() {
-                log(format!("cluster IPAM: {e}"));
+                self.metrics.error(crate::metrics::ErrorKind::Save);
+                tracing::error!(target: "weft::ipam", error = %e, "cluster IPAM: {e}");
             }
         }
     }

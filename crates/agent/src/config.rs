@@ -27,6 +27,12 @@ pub const DEFAULT_IPAM_GRACE_MS: u64 = 60_000;
 pub const DEFAULT_IPAM_RECLAIM_AFTER_MS: u64 = 1_800_000;
 /// Default time an unanswered request for space waits before it goes elsewhere.
 pub const DEFAULT_IPAM_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Default address of the Prometheus metrics (loopback: nothing leaves the host unless
+/// the operator says so). Weave Net's metrics port.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:6782";
+/// Default log filter (`tracing`'s `EnvFilter` syntax), when neither the config nor
+/// `WEFT_LOG` / `RUST_LOG` give one.
+pub const DEFAULT_LOG_FILTER: &str = "info";
 
 /// A validated agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +61,23 @@ pub struct AgentConfig {
     pub ipam: IpamConfig,
     /// The kernel data plane: routes, VXLAN and NAT (docs/dataplane.md).
     pub dataplane: DataplaneConfig,
+    /// Where `GET /metrics` is served; `None`: only on the API socket.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The metrics address was given: failing to bind it stops the agent (the default's
+    /// failure, e.g. a second agent in one network namespace, is only logged).
+    pub metrics_given: bool,
+    /// Logs: format and filter.
+    pub log: LogConfig,
+}
+
+/// How the agent logs (to stderr, through `tracing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// One JSON object per event (`json`), or text lines.
+    pub json: bool,
+    /// An `EnvFilter` directive such as `info,weft::mesh=debug`; `None`: `WEFT_LOG`, else
+    /// `RUST_LOG`, else [`DEFAULT_LOG_FILTER`].
+    pub filter: Option<String>,
 }
 
 /// Default UDP port of weft's VXLAN (next to the peer port).
@@ -127,6 +150,12 @@ pub struct RawConfig {
     pub vxlan_port: Option<u64>,
     /// VXLAN network identifier.
     pub vxlan_id: Option<u64>,
+    /// Metrics address, IP:PORT, or `off`.
+    pub metrics_addr: Option<String>,
+    /// Log format: text or json.
+    pub log_format: Option<String>,
+    /// Log filter (`EnvFilter` syntax).
+    pub log_filter: Option<String>,
 }
 
 /// A configuration error: which field, what was expected, what was found.
@@ -162,7 +191,7 @@ impl RawConfig {
                 .to_string();
             err(
                 &field,
-                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId",
+                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId, metricsAddr, logFormat, logFilter",
                 msg,
             )
         })
@@ -194,7 +223,10 @@ impl RawConfig {
             nat,
             fast_path,
             vxlan_port,
-            vxlan_id
+            vxlan_id,
+            metrics_addr,
+            log_format,
+            log_filter
         );
         self.peers.extend(other.peers);
         self
@@ -283,6 +315,31 @@ impl RawConfig {
         }
         let ipam = ipam?;
         let dataplane = dataplane?;
+        let metrics_given = self.metrics_addr.is_some();
+        let metrics_addr = match self.metrics_addr.as_deref().unwrap_or(DEFAULT_METRICS_ADDR) {
+            "off" => None,
+            s => Some(s.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    "metrics-addr",
+                    "IP:PORT such as 127.0.0.1:6782, or off",
+                    format!("{s:?}"),
+                )
+            })?),
+        };
+        let json = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => return Err(err("log-format", "text or json", format!("{other:?}"))),
+        };
+        if let Some(f) = &self.log_filter {
+            if let Err(e) = crate::logging::check_filter(f) {
+                return Err(err(
+                    "log-filter",
+                    "a filter such as info or warn,weft::mesh=debug",
+                    format!("{f:?} ({e})"),
+                ));
+            }
+        }
         Ok(AgentConfig {
             name,
             listen,
@@ -296,6 +353,12 @@ impl RawConfig {
             down_after_secs,
             ipam,
             dataplane,
+            metrics_addr,
+            metrics_given,
+            log: LogConfig {
+                json,
+                filter: self.log_filter,
+            },
         })
     }
 }
@@ -453,6 +516,37 @@ mod tests {
         assert_eq!(c.ipam.grace_ms, 60_000);
         assert_eq!(c.ipam.reclaim_after_ms, 1_800_000);
         assert_eq!(c.ipam.request_timeout_ms, 2_000);
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:6782".parse().unwrap()));
+        assert!(!c.metrics_given && !c.log.json && c.log.filter.is_none());
+    }
+
+    #[test]
+    fn metrics_and_log_fields_are_checked_and_named() {
+        let with = |f: fn(&mut RawConfig)| {
+            let mut r = raw();
+            f(&mut r);
+            r.validate()
+        };
+        let c = with(|r| r.metrics_addr = Some("off".into())).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        let c = with(|r| r.metrics_addr = Some("[::1]:9000".into())).unwrap();
+        assert_eq!(c.metrics_addr, Some("[::1]:9000".parse().unwrap()));
+        assert!(c.metrics_given);
+        let e = with(|r| r.metrics_addr = Some("localhost".into())).unwrap_err();
+        assert_eq!(e.field, "metrics-addr");
+        let c = with(|r| {
+            r.log_format = Some("json".into());
+            r.log_filter = Some("warn,weft::mesh=debug".into());
+        })
+        .unwrap();
+        assert!(c.log.json);
+        assert_eq!(c.log.filter.as_deref(), Some("warn,weft::mesh=debug"));
+        let e = with(|r| r.log_format = Some("xml".into())).unwrap_err();
+        assert_eq!(e.field, "log-format");
+        let e = with(|r| r.log_filter = Some("weft=loud".into())).unwrap_err();
+        assert_eq!(e.field, "log-filter");
+        let f = RawConfig::from_json(r#"{"metricsAddr":"off","logFormat":"json"}"#).unwrap();
+        assert_eq!(f.metrics_addr.as_deref(), Some("off"));
     }
 
     #[test]

@@ -11,7 +11,14 @@ use tokio::sync::{mpsc, oneshot};
 use weft_mesh::{Message, NodeId};
 use weft_wire::{encode_frame, ClusterKey, FrameReader, Handshake, Identity, Role, Transport};
 
-use crate::{log, Event};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::Event;
+
+/// What a connection authenticates with: this node's identity and the cluster key.
+pub(crate) struct Keys {
+    pub(crate) ident: Arc<Identity>,
+    pub(crate) key: Arc<ClusterKey>,
+}
 
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,6 +32,7 @@ async fn read_frame(
     stream: &mut TcpStream,
     reader: &mut FrameReader,
     buf: &mut [u8],
+    metrics: &Metrics,
 ) -> Result<Vec<u8>, String> {
     loop {
         if let Some(f) = reader.next_frame().map_err(|e| e.to_string())? {
@@ -34,6 +42,7 @@ async fn read_frame(
         if n == 0 {
             return Err("closed by peer".into());
         }
+        metrics.received_bytes(n);
         reader.push(&buf[..n]);
     }
 }
@@ -44,6 +53,7 @@ async fn handshake(
     role: Role,
     ident: &Identity,
     key: &ClusterKey,
+    metrics: &Metrics,
 ) -> Result<Transport, String> {
     let mut hs = Handshake::new(role, ident, key).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 4096];
@@ -52,8 +62,9 @@ async fn handshake(
             let msg = hs.write().map_err(|e| e.to_string())?;
             let frame = encode_frame(&msg).map_err(|e| e.to_string())?;
             stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+            metrics.sent_bytes(frame.len());
         } else {
-            let frame = read_frame(stream, reader, &mut buf).await?;
+            let frame = read_frame(stream, reader, &mut buf, metrics).await?;
             hs.read(&frame).map_err(|e| e.to_string())?;
         }
     }
@@ -69,8 +80,8 @@ pub(crate) async fn run(
     dialled: Option<SocketAddr>,
     conn: u64,
     events: mpsc::UnboundedSender<Event>,
-    ident: Arc<Identity>,
-    key: Arc<ClusterKey>,
+    keys: Keys,
+    metrics: Arc<Metrics>,
 ) {
     let _ = stream.set_nodelay(true);
     let role = if outbound {
@@ -81,7 +92,14 @@ pub(crate) async fn run(
     let mut reader = FrameReader::new();
     let transport = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&mut stream, &mut reader, role, &ident, &key),
+        handshake(
+            &mut stream,
+            &mut reader,
+            role,
+            &keys.ident,
+            &keys.key,
+            &metrics,
+        ),
     )
     .await
     .unwrap_or_else(|_| Err("handshake timed out".into()));
@@ -89,7 +107,14 @@ pub(crate) async fn run(
         Ok(t) => t,
         Err(why) => {
             // Wrong secret, garbage, or a port scan: refuse and say so.
-            log(format!("refused connection with {addr}: {why}"));
+            metrics.error(ErrorKind::PeerRefused);
+            tracing::warn!(
+                target: "weft::mesh",
+                peer_addr = %addr,
+                direction = if outbound { "dialled" } else { "accepted" },
+                reason = %why,
+                "refused connection with {addr}: {why}"
+            );
             if let Some(a) = dialled {
                 let _ = events.send(Event::DialFailed {
                     addr: a,
@@ -127,11 +152,13 @@ pub(crate) async fn run(
         conn,
         peer,
         &events,
+        &metrics,
     )
     .await;
     let _ = events.send(Event::Disconnected { conn, peer, why });
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     stream: &mut TcpStream,
     reader: &mut FrameReader,
@@ -140,6 +167,7 @@ async fn pump(
     conn: u64,
     peer: NodeId,
     events: &mpsc::UnboundedSender<Event>,
+    metrics: &Metrics,
 ) -> String {
     let mut buf = vec![0u8; 64 * 1024];
     let idle = idle_timeout(1000);
@@ -153,6 +181,7 @@ async fn pump(
                 Ok(Some(frame)) => match transport.open(&frame) {
                     Ok(Some(bytes)) => match serde_json::from_slice::<Message>(&bytes) {
                         Ok(msg) => {
+                            metrics.message(false, &msg);
                             if events.send(Event::Message { conn, peer, msg }).is_err() {
                                 return "agent stopping".into();
                             }
@@ -172,6 +201,7 @@ async fn pump(
                 Err(e) => return e.to_string(),
                 Ok(0) => return "closed by peer".into(),
                 Ok(n) => {
+                    metrics.received_bytes(n);
                     reader.push(&buf[..n]);
                     silence.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
@@ -179,6 +209,7 @@ async fn pump(
             out = rx.recv() => match out {
                 None => return "replaced by another connection".into(),
                 Some(msg) => {
+                    metrics.message(true, &msg);
                     let bytes = serde_json::to_vec(&msg).expect("json");
                     let frames = match transport.seal(&bytes) {
                         Ok(f) => f,
@@ -189,6 +220,7 @@ async fn pump(
                         if let Err(e) = stream.write_all(&frame).await {
                             return e.to_string();
                         }
+                        metrics.sent_bytes(frame.len());
                     }
                 }
             },

@@ -18,7 +18,12 @@ use weft_mesh::NodeId;
 use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 
 use crate::config::DataplaneConfig;
-use crate::{log, Agent, ADDR_KEY};
+use crate::{Agent, ADDR_KEY};
+
+/// An event of target `weft::dataplane`.
+fn log(msg: impl std::fmt::Display) {
+    tracing::info!(target: "weft::dataplane", "{msg}");
+}
 
 /// The VXLAN device's name.
 pub const VXLAN_DEV: &str = "weft.vx";
@@ -82,12 +87,17 @@ impl Dataplane {
         self.applied.as_ref().map(|p| p.pod_mtu)
     }
 
-    fn set_error(&mut self, e: Option<String>) {
+    /// Records the outcome of an apply: an error is logged (once until it changes) and
+    /// counted (every time).
+    fn set_error(&mut self, e: Option<String>, metrics: &crate::metrics::Metrics) {
+        if e.is_some() {
+            metrics.error(crate::metrics::ErrorKind::DataplaneApply);
+        }
         if e != self.error {
             if let Some(e) = &e {
-                log(format!("data plane: {e}"));
+                tracing::error!(target: "weft::dataplane", error = %e, "data plane: {e}");
             } else if self.error.is_some() {
-                log("data plane: in sync again");
+                tracing::info!(target: "weft::dataplane", "data plane: in sync again");
             }
             self.error = e;
         }
@@ -333,7 +343,7 @@ impl Agent {
                         ipv6_pools: self.cfg.ipam.space.pools.iter().any(|p| p.addr().is_ipv6()),
                     });
                 }
-                Err(e) => return self.dp.set_error(Some(e)),
+                Err(e) => return self.dp.set_error(Some(e), &self.metrics),
             }
         }
         let local = self.dp.local.clone().expect("set above");
@@ -348,9 +358,9 @@ impl Agent {
         match res {
             Ok(()) => {
                 self.dp.applied = Some(want);
-                self.dp.set_error(None);
+                self.dp.set_error(None, &self.metrics);
             }
-            Err(e) => self.dp.set_error(Some(e)),
+            Err(e) => self.dp.set_error(Some(e), &self.metrics),
         }
     }
 

@@ -14,7 +14,12 @@ use weft_fastpath::{Counters, Device, FastPath};
 use weft_netlink::{Link, Netlink};
 
 use crate::dataplane::{VXLAN_ALIAS, VXLAN_DEV};
-use crate::{log, Agent};
+use crate::Agent;
+
+/// An event of target `weft::fastpath`.
+fn log(msg: impl std::fmt::Display) {
+    tracing::info!(target: "weft::fastpath", "{msg}");
+}
 
 /// The fast path's state in the owner task.
 #[derive(Default)]
@@ -218,7 +223,8 @@ impl Agent {
     fn set_fast_error(&mut self, e: Option<String>) {
         if e != self.fast.error {
             if let Some(e) = &e {
-                log(e.clone());
+                self.metrics.error(crate::metrics::ErrorKind::FastPath);
+                tracing::warn!(target: "weft::fastpath", error = %e, "{e}");
             }
             self.fast.error = e;
         }

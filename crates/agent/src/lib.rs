@@ -14,6 +14,8 @@ mod conn;
 mod dataplane;
 mod fast;
 mod flows;
+pub mod logging;
+mod metrics;
 mod policy;
 mod policy_api;
 mod store;
@@ -138,10 +140,13 @@ struct Agent {
     pol: policy::PolicyState,
     /// What of the own cluster objects is on disk (`objects.json`).
     objects_saved: Option<(usize, u64)>,
+    /// Counters and histograms for `/metrics`.
+    metrics: Arc<metrics::Metrics>,
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT, logging as its config says.
 pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,8 +154,10 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     rt.block_on(main_loop(cfg))
 }
 
+/// An informational event of target `weft::agent` (events with facts of their own use
+/// `tracing` directly, with fields).
 fn log(msg: impl std::fmt::Display) {
-    eprintln!("weft agent: {msg}");
+    tracing::info!(target: "weft::agent", "{msg}");
 }
 
 async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
@@ -194,6 +201,24 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         .await
         .map_err(|e| AgentError(format!("listen on {}: {e}", cfg.listen)))?;
     let api_listener = api::bind(&cfg.socket)?;
+    let metrics_listener = match cfg.metrics_addr {
+        None => None,
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) if !cfg.metrics_given => {
+                tracing::warn!(
+                    target: "weft::agent",
+                    addr = %addr,
+                    error = %e,
+                    "{e}: no metrics on this address (another agent in this network \
+                     namespace?); --metrics-addr chooses another, GET /metrics on the API \
+                     socket still works"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
         ident: Arc::new(ident),
@@ -220,15 +245,23 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         fast: fast::Fast::default(),
         pol: policy::PolicyState::default(),
         objects_saved: None,
+        metrics: Arc::new(metrics::Metrics::default()),
         cfg,
     };
-    log(format!(
-        "node {} ({id}) listening on {}, advertising {}, API on {}",
+    let metrics_at = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| format!("http://{a}{}", metrics::PATH))
+        .unwrap_or_else(|| "the API socket only".into());
+    tracing::info!(
+        target: "weft::agent",
+        id = %id,
+        "node {} ({id}) listening on {}, advertising {}, API on {}, metrics on {metrics_at}",
         agent.cfg.name,
         agent.cfg.listen,
         agent.cfg.advertise,
         agent.cfg.socket.display()
-    ));
+    );
     let now = agent.now();
     let mut out = agent
         .node
@@ -251,8 +284,12 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         tx.clone(),
         agent.ident.clone(),
         agent.key.clone(),
+        agent.metrics.clone(),
     ));
-    tokio::spawn(api::serve(api_listener, tx.clone()));
+    tokio::spawn(api::serve(api_listener, tx.clone(), agent.metrics.clone()));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(metrics::serve(l, tx.clone()));
+    }
 
     let mut tick = tokio::time::interval(Duration::from_millis(agent.cfg.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -297,6 +334,7 @@ async fn accept_loop(
     events: mpsc::UnboundedSender<Event>,
     ident: Arc<Identity>,
     key: Arc<ClusterKey>,
+    metrics: Arc<metrics::Metrics>,
 ) {
     let mut next = 1u64 << 48;
     loop {
@@ -310,12 +348,15 @@ async fn accept_loop(
                     None,
                     next,
                     events.clone(),
-                    ident.clone(),
-                    key.clone(),
+                    conn::Keys {
+                        ident: ident.clone(),
+                        key: key.clone(),
+                    },
+                    metrics.clone(),
                 ));
             }
             Err(e) => {
-                log(format!("accept: {e}"));
+                tracing::warn!(target: "weft::mesh", error = %e, "accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -340,7 +381,8 @@ impl Agent {
     fn save(&mut self) {
         let p = self.node.persisted();
         if let Err(e) = store::save_persisted(&self.cfg.data_dir, &p, &mut self.objects_saved) {
-            log(e);
+            self.metrics.error(metrics::ErrorKind::Save);
+            tracing::error!(target: "weft::agent", error = %e, "{e}");
         }
     }
 
@@ -425,7 +467,11 @@ impl Agent {
             self.next_conn += 1;
             let conn_id = self.next_conn;
             let events = self.events.clone();
-            let (ident, key) = (self.ident.clone(), self.key.clone());
+            let keys = conn::Keys {
+                ident: self.ident.clone(),
+                key: self.key.clone(),
+            };
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
                 let connect = tokio::time::timeout(
                     Duration::from_secs(3),
@@ -434,7 +480,17 @@ impl Agent {
                 .await;
                 match connect {
                     Ok(Ok(stream)) => {
-                        conn::run(stream, addr, true, Some(addr), conn_id, events, ident, key).await
+                        conn::run(
+                            stream,
+                            addr,
+                            true,
+                            Some(addr),
+                            conn_id,
+                            events,
+                            keys,
+                            metrics,
+                        )
+                        .await
                     }
                     Ok(Err(e)) => {
                         let _ = events.send(Event::DialFailed {
@@ -475,10 +531,13 @@ impl Agent {
         for (name, ids) in self.conflicts() {
             if self.warned_conflicts.insert(name.clone()) {
                 let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-                log(format!(
+                tracing::warn!(
+                    target: "weft::mesh",
+                    name = %name,
+                    ids = %ids.join(","),
                     "name conflict: {name:?} is claimed by several nodes: {}",
                     ids.join(", ")
-                ));
+                );
             }
         }
     }
@@ -549,10 +608,15 @@ impl Agent {
                     },
                 );
                 if replaced.is_none() {
-                    log(format!(
-                        "connected to {peer} at {addr} ({})",
-                        if outbound { "dialled" } else { "accepted" }
-                    ));
+                    let how = if outbound { "dialled" } else { "accepted" };
+                    tracing::info!(
+                        target: "weft::mesh",
+                        peer = %peer,
+                        peer_name = self.name_of(&peer).unwrap_or_default(),
+                        peer_addr = %addr,
+                        direction = how,
+                        "connected to {peer} at {addr} ({how})"
+                    );
                     let now = self.now();
                     let outs = self.node.peer_connected(peer, now);
                     self.perform(outs);
@@ -578,7 +642,15 @@ impl Agent {
             Event::Disconnected { conn, peer, why } => {
                 if self.conns.get(&peer).is_some_and(|c| c.id == conn) {
                     let c = self.conns.remove(&peer).expect("present");
-                    log(format!("lost {peer} at {}: {why}", c.addr));
+                    tracing::info!(
+                        target: "weft::mesh",
+                        peer = %peer,
+                        peer_name = self.name_of(&peer).unwrap_or_default(),
+                        peer_addr = %c.addr,
+                        reason = %why,
+                        "lost {peer} at {}: {why}",
+                        c.addr
+                    );
                     let now = self.now();
                     let outs = self.node.peer_disconnected(peer, now);
                     self.perform(outs);
@@ -589,7 +661,11 @@ impl Agent {
                     }
                 }
             }
-            Event::DialFailed { addr, why } => self.dial_failed(addr, why),
+            Event::DialFailed { addr, why } => {
+                self.metrics.error(metrics::ErrorKind::Dial);
+                tracing::debug!(target: "weft::mesh", peer_addr = %addr, reason = %why, "dial {addr} failed: {why}");
+                self.dial_failed(addr, why)
+            }
             Event::PolicyLog(packets) => self.flows_logged(packets),
             Event::Api {
                 method,
@@ -630,6 +706,9 @@ impl Agent {
             return answer;
         }
         if let Some(answer) = self.api_policy(method, path, &query, body) {
+            return answer;
+        }
+        if let Some(answer) = self.api_metrics(method, path) {
             return answer;
         }
         match (method, path) {

@@ -16,6 +16,7 @@
 //! Every failure undoes what the call made: the veth (and with it its routes and
 //! neighbours) and the allocation.
 
+mod report;
 pub mod store;
 
 use std::collections::BTreeSet;
@@ -47,9 +48,12 @@ pub struct Outcome {
 
 /// Runs one CNI invocation: `get` reads the environment, `stdin` is the network config.
 pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    let started = std::time::Instant::now();
     // The version to speak in errors: the config's if it can be read, else the latest.
     let conf_version = stdin_version(stdin);
-    match dispatch(get, stdin) {
+    let result = dispatch(&get, stdin);
+    report::send(&get, stdin, started, result.as_ref().err().map(|e| e.code));
+    match result {
         Ok(stdout) => Outcome { stdout, code: 0 },
         Err(e) => Outcome {
             stdout: e.to_json(&conf_version),

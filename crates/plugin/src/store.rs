@@ -235,7 +235,10 @@ impl AgentSource {
         let body = body.map(|b| b.to_string());
         let (status, text) = api::call(&self.socket, method, path, body.as_deref(), timeout)
             .map_err(|e| match e {
-                ClientError::Unreachable { socket, why } => CniError::new(
+                ClientError::Unreachable {
+                    ref socket,
+                    ref why,
+                } => CniError::new(
                     code::TRY_AGAIN,
                     format!(
                         "cannot reach the weft agent at {socket} ({why}): `weft agent` must be \
@@ -243,6 +246,7 @@ impl AgentSource {
                          has no \"range\"; \"agentSocket\" names the agent's socket)"
                     ),
                 ),
+                ClientError::TimedOut { .. } => CniError::new(code::TRY_AGAIN, e.to_string()),
                 ClientError::Failed(msg) => CniError::new(
                     code::TRY_AGAIN,
                     format!("the weft agent at {}: {msg}", self.socket.display()),
