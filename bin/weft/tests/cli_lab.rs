@@ -11,14 +11,20 @@ use std::process::{Command, Stdio};
 /// The listing commands, with and without --json.
 fn listings(socket: &str, lab: &str) -> Vec<Vec<String>> {
     let mut v = Vec::new();
-    for cmd in ["status", "peers", "ipam"] {
-        v.push(vec![cmd.to_string(), "--socket".into(), socket.into()]);
-        v.push(vec![
-            cmd.to_string(),
-            "--socket".into(),
-            socket.into(),
-            "--json".into(),
-        ]);
+    for cmd in [
+        &["status"][..],
+        &["peers"],
+        &["ipam"],
+        &["get", "endpoints"],
+        &["get", "networkpolicies"],
+        &["get", "namespaces"],
+        &["flows"],
+    ] {
+        let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        args.extend(["--socket".into(), socket.into()]);
+        v.push(args.clone());
+        args.push("--json".into());
+        v.push(args);
     }
     v.push(vec![
         "lab".into(),
@@ -104,9 +110,13 @@ fn status_json_is_the_agent_s_answer_unchanged() {
     let socket = format!("/run/weft-lab/{}/h1/weft.sock", lab.name);
     let out = weft_ok(&["status", "--socket", &socket, "--json"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    // The shape weft status --json has always had.
+    // The shape weft status --json has had (and network policy's part).
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["conflicts", "dataplane", "node", "peers"], "{v}");
+    assert_eq!(
+        keys,
+        ["conflicts", "dataplane", "node", "peers", "policy"],
+        "{v}"
+    );
     for k in ["id", "name", "addr"] {
         assert!(v["node"][k].is_string(), "{v}");
     }

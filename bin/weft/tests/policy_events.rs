@@ -328,6 +328,20 @@ spec:
         v["policy"]
     );
     assert_eq!(v["policy"]["isolated"], 1, "{}", v["policy"]);
+    // And Prometheus sees the same.
+    let (ok, metrics) = lab.exec("h3", &["curl", "-s", "127.0.0.1:6782/metrics"]);
+    assert!(ok, "{metrics}");
+    let dropped = metrics
+        .lines()
+        .find(|l| l.starts_with("weft_policy_dropped_packets_total{direction=\"ingress\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "no ingress drops in the metrics:\n{metrics}");
+    assert!(
+        metrics.contains("weft_policy_isolated_endpoints 1"),
+        "{metrics}"
+    );
     // weft policy check says the same.
     let (allowed, out) = lab.exec(
         "h2",

@@ -82,6 +82,11 @@ impl Flows {
         self.ring.push_back(f);
     }
 
+    /// Flows logged since the agent started.
+    pub(crate) fn logged(&self) -> u64 {
+        self.last
+    }
+
     /// Flows numbered above `after`.
     pub(crate) fn after(&self, after: u64) -> FlowsAnswer {
         FlowsAnswer {

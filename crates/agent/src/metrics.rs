@@ -315,6 +315,7 @@ impl Agent {
         self.mesh_gauges(&mut reg);
         self.ipam_gauges(&mut reg);
         self.dataplane_gauges(&mut reg);
+        self.policy_gauges(&mut reg);
         let mut text = String::new();
         Some(match encode(&mut text, &reg) {
             Ok(()) => (200, text),
@@ -526,6 +527,7 @@ impl Agent {
             ("neighbour_resolution", c.neigh),
             ("to_stack", c.pass),
             ("to_conntrack", c.stateful),
+            ("to_policy", c.policy),
         ];
         let packets: Family<Labels, Counter> = Family::default();
         for (action, n) in actions {
@@ -537,8 +539,62 @@ impl Agent {
             "fastpath_packets",
             "Packets the fast path handled since it was loaded: forwarded to an egress \
              device, delivered into a container, handed to neighbour resolution, left to \
-             the stack, left to conntrack (translated connections)",
+             the stack, left to conntrack (translated connections), left to the stack for \
+             network policy (isolated pods)",
             packets,
+        );
+    }
+
+    fn policy_gauges(&self, reg: &mut Registry) {
+        let p = self.policy_report();
+        gauge(
+            reg,
+            "policy_policies",
+            "NetworkPolicy objects in the cluster",
+            count(p.policies as u64),
+        );
+        gauge(
+            reg,
+            "policy_endpoints",
+            "Pod attachments of this host",
+            count(p.endpoints as u64),
+        );
+        gauge(
+            reg,
+            "policy_isolated_endpoints",
+            "Pod attachments of this host that some policy isolates",
+            count(p.isolated as u64),
+        );
+        gauge(
+            reg,
+            "policy_applied",
+            "1 if the kernel has the policy as compiled (0: see weft status)",
+            i64::from(p.error.is_none()),
+        );
+        let drops: Family<Labels, Counter> = Family::default();
+        for (dir, n) in [("ingress", p.dropped_ingress), ("egress", p.dropped_egress)] {
+            drops
+                .get_or_create(&labels(&[("direction", dir)]))
+                .inc_by(n);
+        }
+        reg.register(
+            "policy_dropped_packets",
+            "Packets network policy dropped on this host, by direction (the kernel's counters)",
+            drops,
+        );
+        let cut: Counter = Counter::default();
+        cut.inc_by(p.connections_cut);
+        reg.register(
+            "policy_connections_cut",
+            "Tracked connections deleted because a change no longer allows them",
+            cut,
+        );
+        let flows: Counter = Counter::default();
+        flows.inc_by(self.pol.flows.logged());
+        reg.register(
+            "policy_flows_logged",
+            "Flows (drops and allowed new connections) read from the policy's log",
+            flows,
         );
     }
 }
