@@ -6,9 +6,9 @@
 //! host. The two plugins alternate container by container so drift on a shared machine
 //! hits both alike.
 //!
-//! `weft-bench dataplane`: pod-to-pod throughput and latency across two lab hosts, weft's
-//! route and VXLAN modes beside host to host and the same paths made by hand (see
-//! `dataplane.rs`).
+//! `weft-bench dataplane`: pod-to-pod throughput and latency across two lab hosts, over
+//! IPv4 and IPv6, weft's route and VXLAN modes beside host to host and the same paths made
+//! by hand (see `dataplane.rs`).
 
 mod dataplane;
 
@@ -60,14 +60,16 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seeds: u64,
     },
-    /// Pod-to-pod data plane across two lab hosts: weft route and VXLAN modes beside host
-    /// to host, hand-made routes and a hand-made VXLAN (iperf3, ping, TCP request/response).
+    /// Pod-to-pod data plane across two lab hosts, IPv4 and IPv6: weft route and VXLAN modes
+    /// beside host to host, hand-made routes and a hand-made VXLAN (iperf3, ping, TCP
+    /// request/response).
     Dataplane {
         /// The weft binary (a release build).
         #[arg(long, default_value = "target/release/weft")]
         weft: PathBuf,
-        /// Lab name of the anchors (1 to 10 of a-z0-9); the weft labs are NAMEr, NAMErn, NAMErs,
-        /// NAMEv, NAMEvn and NAMEvs (route and VXLAN mode: defaults, NAT off, fast path off).
+        /// Lab name of the anchors (1 to 10 of a-z0-9); the IPv6 anchors' lab is NAME6, the
+        /// weft labs are NAMEr, NAMErn, NAMErs, NAMEv, NAMEvn and NAMEvs (route and VXLAN
+        /// mode: defaults, NAT off, fast path off) and NAME6r, NAME6v (IPv6 underlay).
         #[arg(long, default_value = "bdp")]
         lab: String,
         /// Rounds; every path is measured once per round and the median is reported.
