@@ -9,7 +9,8 @@ bash scripts/setup.sh
 cargo build --release --quiet -p weft -p weft-bench
 
 containers=${CONTAINERS:-200}
-cni=$(./target/release/weft-bench cni --containers "$containers" --weft target/release/weft)
+cni_rounds=${CNI_ROUNDS:-5}
+cni=$(./target/release/weft-bench cni --containers "$containers" --rounds "$cni_rounds" --weft target/release/weft)
 mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
 join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target/release/weft)
 dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --rounds 7)
@@ -25,19 +26,31 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo
   echo "## CNI ADD and DEL latency"
   echo
-  echo "Command: \`CONTAINERS=$containers bash scripts/bench.sh\` (runs \`weft-bench cni --containers $containers\`)."
+  echo "Command: \`CONTAINERS=$containers CNI_ROUNDS=$cni_rounds bash scripts/bench.sh\` (runs \`weft-bench cni --containers $containers --rounds $cni_rounds\`)."
   echo "Anchor: Debian's reference \`bridge\` + \`host-local\` plugins (containernetworking-plugins), no"
-  echo "masquerade, on the same lab host; the two plugins alternate container by container."
-  echo "Target: weft / reference ≤ 1.0."
+  echo "masquerade, on the same lab host, which runs weft's agent (its fast path attaches to every"
+  echo "weft veth). Each round adds $containers containers with both plugins, then deletes them all; the"
+  echo "two plugins alternate container by container, and which of them goes first alternates too"
+  echo "(a call inherits what the one before it left to the kernel). The percentiles are over all"
+  echo "rounds' calls. Targets: ADD ≤ 0.30 and DEL ≤ 1.0 of the reference."
   echo
   echo "$cni"
   echo
-  echo "DEL is dominated by the kernel's own veth teardown (RTM_DELLINK waits for RCU grace"
-  echo "periods), which both plugins pay. The lab host runs weft's agent, whose fast path has its"
-  echo "BPF programs on every weft veth. Attached by TCX links, deleting such a veth waited one more"
-  echo "RCU grace period per direction (\`tcx_uninstall\`; RTM_DELLINK took 45-56 ms instead of 15-22 ms"
-  echo "under strace, DEL at 1.72 of the reference at p50): container veths now carry classic tc"
-  echo "filters on a \`clsact\` qdisc, which the kernel frees asynchronously."
+  echo "What a DEL spends its time on: weft's is its own start (1.5 ms), one RTM_GETLINK, the"
+  echo "RTM_DELLINK of the host veth and a small file write under a lock; the reference's is two Go"
+  echo "programs' starts (\`bridge\` runs \`host-local\`; 3.5 ms each), entering the container's"
+  echo "namespace and the RTM_DELLINK of the container's veth. Either RTM_DELLINK waits in the kernel"
+  echo "for RCU grace periods (\`rcu_barrier\` in \`netdev_run_todo\`, once or twice), 30-60 ms here,"
+  echo "and deleting weft's veth (with the fast path's \`clsact\` filters) took as long as deleting"
+  echo "a bridge port's (\`ip link del\`, 40 of each alternating on one lab host: p50 40 and 44 ms)."
+  echo "So both DELs share one kernel wait, weft's work around it is shorter (one small program"
+  echo "instead of two Go programs), and the tail (p99) is mostly that wait's tail. Over single"
+  echo "rounds of 200 containers the DEL p99 ratio ranged from 0.60 to 1.00 on this machine (the"
+  echo "1.03 reported before came from one such round, with weft always first), hence the rounds"
+  echo "and the alternating order; the round-by-round line above shows the spread. Container veths"
+  echo "carry classic tc filters on a \`clsact\` qdisc, which the kernel frees asynchronously:"
+  echo "attached by TCX links, deleting such a veth waited one more RCU grace period per direction"
+  echo "(\`tcx_uninstall\`, DEL at 1.72 of the reference at p50)."
   echo
   echo "## Mesh control traffic per state change"
   echo
@@ -61,10 +74,12 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo "Command: \`weft-bench dataplane --weft target/release/weft --rounds 7\` (part of \`bash scripts/bench.sh\`):"
   echo "two lab hosts on one L2 underlay (2-host \`mesh\` labs), client on h1's side, server on h2's;"
   echo "iperf3 TCP throughput (receiver's count), \`ping -i 0.01\` average round trip, and TCP"
-  echo "request/response (weft-bench's own 1-byte ping-pong on one connection, TCP_NODELAY). All paths"
-  echo "are measured interleaved, round by round, on labs that are up together; the table gives each"
-  echo "path's median, a throughput ratio is the median of the rounds' ratios (weft and its anchor"
-  echo "measured in the same round share that round's drift)."
+  echo "request/response (weft-bench's own 1-byte ping-pong on one connection, TCP_NODELAY). All paths,"
+  echo "IPv4 and IPv6, are measured interleaved, round by round, on labs that are up together; each"
+  echo "family has its own table, which gives each path's median; a throughput ratio is the median of"
+  echo "the rounds' ratios (weft and its anchor measured in the same round share that round's drift)."
+  echo
+  echo "IPv4 (an IPv4 underlay, 172.30.0.N/24; weft's default pool 10.32.0.0/12)."
   echo "Anchors: host to host (the hosts' own namespaces over the underlay); hand routes, on a lab"
   echo "without agents: a pod namespace per host with a veth, a /32 address and a default route"
   echo "through 169.254.1.1 (permanent neighbours), and on each host a plain route to the other pod"
@@ -74,8 +89,23 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo "\`--mode vxlan\`) and the defaults \`--nat on\` (the anchors have no NAT) and \`--fast-path on\`,"
   echo "one container per host attached by weft's CNI plugin; the \"NAT off\" rows are the same with"
   echo "\`--nat off\`, the \"no fast path\" rows with \`--fast-path off\` (the kernel's stack forwards)."
-  echo "Targets: weft route / hand routes throughput ≥ 0.95 and latency at most 15 µs above it; the"
-  echo "same for weft VXLAN / hand VXLAN."
+  echo
+  echo "IPv6 (labs whose underlay is IPv6 only, \`weft lab up --underlay ipv6\`, hosts fd30::1 and"
+  echo "fd30::2/64): there weft routes IPv6 blocks directly on the segment (over an IPv4 underlay IPv6"
+  echo "blocks always take VXLAN, docs/dataplane.md \"Dual stack\"), and VXLAN runs over IPv6."
+  echo "Anchors, on such a lab without agents: host to host over the IPv6 underlay; hand routes: a pod"
+  echo "namespace per host with a veth, a /128 address and a default route through fe80::1 (a"
+  echo "permanent neighbour at the host veth's MAC, as weft's containers have), and on each host a"
+  echo "/128 route to its pod and one to the other pod via the other host's IPv6 underlay address;"
+  echo "hand VXLAN: the same kind of pods at MTU 1430, the host-to-host hop through a hand-made VXLAN"
+  echo "device over IPv6 (id 99, \`nolearning\`, a static flood entry towards the other host, MTU 1430"
+  echo "on the 1500 underlay). weft: labs made with \`--underlay ipv6 --ipam-pools 10.32.0.0/12,fd32::/48\`"
+  echo "and \`--mode route\` (resp. \`--mode vxlan\`) with the defaults (NAT on, fast path on), one"
+  echo "container per host, measured between the containers' IPv6 addresses (\`weft lab status"
+  echo "--json\` lists both of each container's addresses)."
+  echo
+  echo "Targets, for each family: weft route / hand routes throughput ≥ 0.95 and latency at most"
+  echo "15 µs above it; the same for weft VXLAN / hand VXLAN."
   echo
   echo "$dataplane"
   echo
@@ -84,6 +114,8 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
   echo "on connection-tracking hooks for the whole host; weft exempts pod-to-pod and VXLAN packets"
   echo "from tracking, and its fast path (a tc BPF program on its own devices) forwards pod-to-pod"
   echo "packets past the host's stack and those hooks. In route mode the receiving host's underlay"
-  echo "interface is not weft's, so there packets still take the stack (docs/dataplane.md, \"Fast path\")."
+  echo "interface is not weft's, so there packets still take the stack (docs/dataplane.md, \"Fast path\"):"
+  echo "its raw chains (for IPv6 the \`ip6 weft\` table's, with lookups of 128-bit addresses in"
+  echo "interval sets) and the tracking hooks see every packet the receiving host forwards."
 } > docs/benchmarks.md
 cat docs/benchmarks.md

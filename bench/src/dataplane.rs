@@ -15,8 +15,15 @@
 //!   once with `--nat off`, which shows what the NAT table's connection-tracking hooks
 //!   cost, and once with `--fast-path off`, which shows what the BPF fast path gains.
 //!
-//! The anchors live in one lab made without agents (`weft lab up --no-agents`); each weft
-//! row gets a lab of its own. All labs are up together and the measurements of all paths
+//! IPv6 rows beside them, measured in the same rounds: host to host, hand routes and hand
+//! VXLAN with IPv6 pods (a /128 address, a default route through `fe80::1`), and weft's
+//! route and VXLAN modes with its defaults and dual-stack pools, between the containers'
+//! IPv6 addresses. Their labs have an IPv6-only underlay (`--underlay ipv6`): there weft
+//! routes IPv6 blocks directly on the segment (on an IPv4 underlay IPv6 blocks always take
+//! VXLAN, so a route-mode row would measure VXLAN), and VXLAN runs over IPv6 (MTU 1430).
+//!
+//! The anchors live in labs made without agents (`weft lab up --no-agents`, one per
+//! underlay family); each weft row gets a lab of its own. All labs are up together and the measurements of all paths
 //! are interleaved in rounds, so drift on a shared machine hits every path alike; the
 //! median of the rounds is reported. Every lab is torn down by a guard (`weft lab down`),
 //! also on error or Ctrl-C. A weft mode that cannot be set up is reported as such; the
@@ -27,7 +34,7 @@
 //! connection with TCP_NODELAY).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -316,11 +323,36 @@ impl Drop for Lab {
 // ---------------------------------------------------------------------------------------
 // Paths.
 
+/// The address family a path carries (each has its own table in the report).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
 struct PathRun {
     label: &'static str,
+    family: Family,
     client_ns: String,
     server_ns: String,
-    server: Ipv4Addr,
+    server: IpAddr,
     /// Why it is not (or no longer) measured.
     failed: Option<String>,
     /// A weft row may fail without failing the run; an anchor may not.
@@ -336,11 +368,12 @@ impl PathRun {
         label: &'static str,
         client_ns: String,
         server_ns: String,
-        server: Ipv4Addr,
+        server: IpAddr,
         weft: bool,
     ) -> Self {
         PathRun {
             label,
+            family: Family::of(server),
             mtu: iface_mtu(&client_ns),
             client_ns,
             server_ns,
@@ -353,12 +386,16 @@ impl PathRun {
         }
     }
 
-    fn failed(label: &'static str, err: String) -> Self {
+    fn failed(label: &'static str, family: Family, err: String) -> Self {
         PathRun {
             label,
+            family,
             client_ns: String::new(),
             server_ns: String::new(),
-            server: Ipv4Addr::UNSPECIFIED,
+            server: match family {
+                Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+                Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+            },
             failed: Some(err),
             weft: true,
             mtu: None,
@@ -382,7 +419,7 @@ fn iface_mtu(ns: &str) -> Option<u64> {
 }
 
 /// Pings `to` from `ns` once a second until it answers or `limit` passes.
-fn wait_reachable(ns: &str, to: Ipv4Addr, limit: Duration) -> Result<(), String> {
+fn wait_reachable(ns: &str, to: IpAddr, limit: Duration) -> Result<(), String> {
     let start = Instant::now();
     let to = to.to_string();
     let mut last = String::new();
@@ -476,21 +513,21 @@ fn hand_paths(lab: &Lab) -> Result<Vec<PathRun>, String> {
             "host to host",
             lab.ns("h1"),
             lab.ns("h2"),
-            underlay(2),
+            underlay(2).into(),
             false,
         ),
         PathRun::new(
             "hand routes",
             lab.ns("h1-hand"),
             lab.ns("h2-hand"),
-            Ipv4Addr::new(10, 99, 2, 2),
+            Ipv4Addr::new(10, 99, 2, 2).into(),
             false,
         ),
         PathRun::new(
             "hand VXLAN",
             lab.ns("h1-handvx"),
             lab.ns("h2-handvx"),
-            Ipv4Addr::new(10, 99, 2, 3),
+            Ipv4Addr::new(10, 99, 2, 3).into(),
             false,
         ),
     ];
@@ -501,10 +538,124 @@ fn hand_paths(lab: &Lab) -> Result<Vec<PathRun>, String> {
     Ok(paths)
 }
 
-/// A weft lab in `mode` with container c1 on h1 and h2, once h1/c1 reaches h2/c1. A
-/// container whose ADD fails (say the agents' IPAM is not ready yet) is tried again until
-/// `ready` has passed; so is the ping.
-fn weft_path(lab: &Lab, mode: &str, ready: Duration) -> Result<(String, String, Ipv4Addr), String> {
+/// The IPv6 anchors, on a lab whose underlay is IPv6 only (fd30::N/64): host to host, hand
+/// routes and hand VXLAN, each as its IPv4 counterpart but with IPv6 pods: a /128 address,
+/// a default route through `fe80::1` (a permanent neighbour at the host veth's MAC, as
+/// weft's containers have), a /128 route to the pod on its host, and on each host a
+/// /128 route to the other pod via the other host's IPv6 underlay address (hand routes) or
+/// through a VXLAN device over the IPv6 underlay (hand VXLAN, MTU 1430 = 1500 − 70).
+fn hand_paths6(lab: &Lab) -> Result<Vec<PathRun>, String> {
+    let underlay = |i: u8| Ipv6Addr::new(0xfd30, 0, 0, 0, 0, 0, 0, u16::from(i));
+    let pod = |i: u8, k: u16| Ipv6Addr::new(0xfd99, u16::from(i), 0, 0, 0, 0, 0, k);
+    for (i, j) in [(1u8, 2u8), (2, 1)] {
+        let host = lab.ns(&format!("h{i}"));
+        let pod_ns = lab.ns(&format!("h{i}-hand"));
+        let podvx_ns = lab.ns(&format!("h{i}-handvx"));
+        for ns in [&pod_ns, &podvx_ns] {
+            run("ip", &["netns", "add", ns], Duration::from_secs(10))?;
+        }
+        let (ui, uj) = (underlay(i), underlay(j));
+        ip_batch(
+            &host,
+            &[
+                // Hand routes: pod fd99:i::2 behind veth hand0.
+                format!(
+                    "link add hand0 address ee:ee:ee:ee:ee:ee type veth peer name eth0 \
+                     address 02:99:00:00:0{i}:02 netns {pod_ns}"
+                ),
+                "link set hand0 up".into(),
+                format!("route add {}/128 dev hand0", pod(i, 2)),
+                format!(
+                    "neigh add {} lladdr 02:99:00:00:0{i}:02 dev hand0 nud permanent",
+                    pod(i, 2)
+                ),
+                format!("route add {}/128 via {uj} dev eth0", pod(j, 2)),
+                // Hand VXLAN over IPv6: pod fd99:i::3 behind veth handvx0, the other pod
+                // via hvx.
+                format!("link add hvx type vxlan id 99 dstport 4799 local {ui} nolearning"),
+                "link set hvx mtu 1430 up".into(),
+                format!("addr add fd98::{i}/64 dev hvx nodad"),
+                format!(
+                    "link add handvx0 address ee:ee:ee:ee:ee:ee mtu 1430 type veth peer name eth0 \
+                     address 02:99:00:00:0{i}:03 mtu 1430 netns {podvx_ns}"
+                ),
+                "link set handvx0 up".into(),
+                format!("route add {}/128 dev handvx0", pod(i, 3)),
+                format!(
+                    "neigh add {} lladdr 02:99:00:00:0{i}:03 dev handvx0 nud permanent",
+                    pod(i, 3)
+                ),
+                format!("route add {}/128 via fd98::{j} dev hvx", pod(j, 3)),
+            ],
+        )?;
+        in_ns(
+            &host,
+            &[
+                "bridge",
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dst",
+                &uj.to_string(),
+                "dev",
+                "hvx",
+            ],
+            Duration::from_secs(10),
+        )?;
+        for (ns, k) in [(&pod_ns, 2), (&podvx_ns, 3)] {
+            ip_batch(
+                ns,
+                &[
+                    "link set lo up".into(),
+                    // The pods are not lab namespaces: skip duplicate address detection
+                    // (a second of a tentative address) explicitly.
+                    format!("addr add {}/128 dev eth0 nodad", pod(i, k)),
+                    "link set eth0 up".into(),
+                    "neigh add fe80::1 lladdr ee:ee:ee:ee:ee:ee dev eth0 nud permanent".into(),
+                    "route add default via fe80::1 dev eth0".into(),
+                ],
+            )?;
+        }
+    }
+    let paths = vec![
+        PathRun::new(
+            "host to host",
+            lab.ns("h1"),
+            lab.ns("h2"),
+            underlay(2).into(),
+            false,
+        ),
+        PathRun::new(
+            "hand routes",
+            lab.ns("h1-hand"),
+            lab.ns("h2-hand"),
+            pod(2, 2).into(),
+            false,
+        ),
+        PathRun::new(
+            "hand VXLAN",
+            lab.ns("h1-handvx"),
+            lab.ns("h2-handvx"),
+            pod(2, 3).into(),
+            false,
+        ),
+    ];
+    for p in &paths {
+        wait_reachable(&p.client_ns, p.server, Duration::from_secs(10))
+            .map_err(|e| format!("{} (IPv6): {e}", p.label))?;
+    }
+    Ok(paths)
+}
+
+/// A weft lab in `mode` with container c1 on h1 and h2, once h1/c1 reaches h2/c1's address
+/// of `family`. A container whose ADD fails (say the agents' IPAM is not ready yet) is tried
+/// again until `ready` has passed; so is the ping.
+fn weft_path(
+    lab: &Lab,
+    mode: &str,
+    family: Family,
+    ready: Duration,
+) -> Result<(String, String, IpAddr), String> {
     let start = Instant::now();
     for host in ["h1", "h2"] {
         loop {
@@ -523,9 +674,9 @@ fn weft_path(lab: &Lab, mode: &str, ready: Duration) -> Result<(String, String, 
     }
     let client = lab.ns("h1-c1");
     let server = lab.ns("h2-c1");
-    let ip = container_ip(lab, "h2", "c1")
-        .or_else(|| ns_ip(&server))
-        .ok_or_else(|| format!("no address found for h2/c1 ({server})"))?;
+    let ip = container_ip(lab, "h2", "c1", family)
+        .or_else(|| ns_ip(&server, family))
+        .ok_or_else(|| format!("no {} address found for h2/c1 ({server})", family.name()))?;
     let left = ready
         .saturating_sub(start.elapsed())
         .max(Duration::from_secs(5));
@@ -533,8 +684,9 @@ fn weft_path(lab: &Lab, mode: &str, ready: Duration) -> Result<(String, String, 
     Ok((client, server, ip))
 }
 
-/// A container's address from `weft lab status --json`.
-fn container_ip(lab: &Lab, host: &str, name: &str) -> Option<Ipv4Addr> {
+/// A container's address of `family` from `weft lab status --json` (its `ips`, every
+/// address of the CNI result).
+fn container_ip(lab: &Lab, host: &str, name: &str, family: Family) -> Option<IpAddr> {
     let out = lab
         .weft(
             &["lab", "status", "--name", &lab.name, "--json"],
@@ -546,15 +698,27 @@ fn container_ip(lab: &Lab, host: &str, name: &str) -> Option<Ipv4Addr> {
     labs.iter()
         .flat_map(|l| l["containers"].as_array().cloned().unwrap_or_default())
         .find(|c| c["host"] == host && c["name"] == name)
-        .and_then(|c| c["ip"].as_str().map(str::to_string))
-        .and_then(|s| s.split('/').next().and_then(|a| a.parse().ok()))
+        .and_then(|c| {
+            c["ips"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|a| a.as_str())
+                .filter_map(|s| s.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()))
+                .find(|a| Family::of(*a) == family)
+        })
 }
 
-/// The first global IPv4 address in `ns`.
-fn ns_ip(ns: &str) -> Option<Ipv4Addr> {
+/// The first global address of `family` in `ns`.
+fn ns_ip(ns: &str, family: Family) -> Option<IpAddr> {
+    let fam = match family {
+        Family::V4 => "-4",
+        Family::V6 => "-6",
+    };
     let out = run(
         "ip",
-        &["-n", ns, "-j", "-4", "addr", "show", "scope", "global"],
+        &["-n", ns, "-j", fam, "addr", "show", "scope", "global"],
         Duration::from_secs(10),
     )
     .ok()?;
@@ -577,7 +741,7 @@ struct Server {
 impl Server {
     /// Runs `cmd` in `ns` (`ip netns exec` execs it, so the child's pid is the server's)
     /// and waits until it listens on `addr:port`.
-    fn start(ns: &str, cmd: &[&str], addr: Ipv4Addr, port: u16) -> Result<Server, String> {
+    fn start(ns: &str, cmd: &[&str], addr: IpAddr, port: u16) -> Result<Server, String> {
         let what = format!("{} in {ns}", cmd.join(" "));
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
@@ -634,16 +798,29 @@ impl Drop for Server {
 }
 
 /// Whether process `pid` sees a TCP socket listening on `addr:port` in its namespace
-/// (`/proc/PID/net/tcp` is the table of the process's network namespace).
-fn listens(pid: u32, addr: Ipv4Addr, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+/// (`/proc/PID/net/tcp` and `tcp6` are the tables of the process's network namespace).
+fn listens(pid: u32, addr: IpAddr, port: u16) -> bool {
+    let (file, words) = match addr {
+        IpAddr::V4(a) => ("tcp", a.octets().to_vec()),
+        IpAddr::V6(a) => ("tcp6", a.octets().to_vec()),
+    };
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
         return false;
     };
-    let local = format!("{:08X}:{port:04X}", u32::from_ne_bytes(addr.octets()));
+    let local = format!("{}:{port:04X}", proc_net_addr(&words));
     table.lines().skip(1).any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.len() > 3 && f[1] == local && f[3] == "0A"
     })
+}
+
+/// An address as `/proc/net/tcp{,6}` prints it: each 32-bit word of the address (network
+/// order in memory) printed as a native integer in hex.
+fn proc_net_addr(octets: &[u8]) -> String {
+    octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -758,7 +935,7 @@ fn parse_ping_avg(out: &str) -> Option<f64> {
 
 /// TCP request/response: mean µs per 1-byte transaction.
 fn rr(p: &PathRun, secs: f64, cpu: Option<usize>, me: &Path) -> Result<f64, String> {
-    let listen = format!("{}:{RR_PORT}", p.server);
+    let listen = SocketAddr::new(p.server, RR_PORT).to_string();
     let me_s = me.to_string_lossy().to_string();
     let cpu_s = cpu.map(|c| c.to_string());
     let pin: Vec<&str> = match &cpu_s {
@@ -814,7 +991,8 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     {
         return Err(format!(
-            "--lab {:?}: use 1 to 10 characters of a-z and 0-9 (the weft labs append r, rn, v, vn)",
+            "--lab {:?}: use 1 to 10 characters of a-z and 0-9 (the other labs append 6, r, rn, rs, \
+             v, vn, vs, 6r, 6v)",
             o.lab
         ));
     }
@@ -849,34 +1027,87 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
     up?;
     let mut paths = hand_paths(&labs[0])?;
 
+    // The IPv6 anchors on a lab of their own whose underlay is IPv6 only, like the IPv6 weft
+    // labs below: there weft routes IPv6 blocks directly on the segment (on an IPv4
+    // underlay they always take VXLAN) and its VXLAN runs over IPv6.
+    check_interrupted()?;
+    let lab6 = format!("{}6", o.lab);
+    eprintln!("dataplane: IPv6 anchors lab {lab6}");
+    let (hand6, up) = Lab::up(&o.weft, &lab6, &["--no-agents", "--underlay", "ipv6"]);
+    labs.push(hand6);
+    up?;
+    paths.extend(hand_paths6(&labs[1])?);
+
     // weft as it runs by default, with outbound NAT and the fast path (the targets); without
     // NAT (the price of the NAT table's connection-tracking hooks, not of weft's paths);
-    // and without the fast path (what the BPF program gains over the kernel's stack).
-    for (mode, nat, fast, suffix, label) in [
-        ("route", "on", "on", "r", "weft route mode"),
-        ("route", "off", "on", "rn", "weft route mode, NAT off"),
-        ("route", "on", "off", "rs", "weft route mode, no fast path"),
-        ("vxlan", "on", "on", "v", "weft VXLAN mode"),
-        ("vxlan", "off", "on", "vn", "weft VXLAN mode, NAT off"),
-        ("vxlan", "on", "off", "vs", "weft VXLAN mode, no fast path"),
+    // and without the fast path (what the BPF program gains over the kernel's stack). The
+    // IPv6 rows: the defaults on an IPv6 underlay with dual-stack pools, measured between
+    // the containers' IPv6 addresses.
+    let v6 = [
+        "--underlay",
+        "ipv6",
+        "--ipam-pools",
+        "10.32.0.0/12,fd32::/48",
+    ];
+    for (mode, nat, fast, suffix, label, family) in [
+        ("route", "on", "on", "r", "weft route mode", Family::V4),
+        (
+            "route",
+            "off",
+            "on",
+            "rn",
+            "weft route mode, NAT off",
+            Family::V4,
+        ),
+        (
+            "route",
+            "on",
+            "off",
+            "rs",
+            "weft route mode, no fast path",
+            Family::V4,
+        ),
+        ("vxlan", "on", "on", "v", "weft VXLAN mode", Family::V4),
+        (
+            "vxlan",
+            "off",
+            "on",
+            "vn",
+            "weft VXLAN mode, NAT off",
+            Family::V4,
+        ),
+        (
+            "vxlan",
+            "on",
+            "off",
+            "vs",
+            "weft VXLAN mode, no fast path",
+            Family::V4,
+        ),
+        ("route", "on", "on", "6r", "weft route mode", Family::V6),
+        ("vxlan", "on", "on", "6v", "weft VXLAN mode", Family::V6),
     ] {
         check_interrupted()?;
         let name = format!("{}{suffix}", o.lab);
-        eprintln!("dataplane: weft lab {name} (--mode {mode} --nat {nat} --fast-path {fast})");
-        let args = ["--mode", mode, "--nat", nat, "--fast-path", fast];
+        let mut args = vec!["--mode", mode, "--nat", nat, "--fast-path", fast];
+        if family == Family::V6 {
+            args.extend_from_slice(&v6);
+        }
+        eprintln!("dataplane: weft lab {name} ({})", args.join(" "));
         let (lab, up) = Lab::up(&o.weft, &name, &args);
-        let res = up.and_then(|()| weft_path(&lab, mode, Duration::from_secs(o.ready_secs)));
+        let res =
+            up.and_then(|()| weft_path(&lab, mode, family, Duration::from_secs(o.ready_secs)));
         labs.push(lab);
         let row = match res {
             Ok((c, s, ip)) => PathRun::new(label, c, s, ip, true),
             Err(e) => {
-                eprintln!("dataplane: {label} not measured: {e}");
-                PathRun::failed(label, e)
+                eprintln!("dataplane: {label} ({}) not measured: {e}", family.name());
+                PathRun::failed(label, family, e)
             }
         };
         paths.push(row);
     }
-    // Table order: each weft row next to its anchor.
+    // Table order: IPv4 first, each weft row next to its anchor.
     let order = [
         "host to host",
         "hand routes",
@@ -888,7 +1119,12 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
         "weft VXLAN mode, NAT off",
         "weft VXLAN mode, no fast path",
     ];
-    paths.sort_by_key(|p| order.iter().position(|l| *l == p.label));
+    paths.sort_by_key(|p| {
+        (
+            p.family == Family::V6,
+            order.iter().position(|l| *l == p.label),
+        )
+    });
     eprintln!("dataplane: set up in {:.0} s", t0.elapsed().as_secs_f64());
 
     for round in 0..o.rounds {
@@ -903,7 +1139,7 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
                 }
                 if let Err(e) = measure(p, kind, o, &me) {
                     check_interrupted()?;
-                    eprintln!("dataplane: {}: {e}", p.label);
+                    eprintln!("dataplane: {} ({}): {e}", p.label, p.family.name());
                     p.failed = Some(e);
                 }
             }
@@ -921,8 +1157,9 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
                     .unwrap_or_else(|| "—".into())
             };
             eprintln!(
-                "dataplane:   {}: {} Gbit/s, ping {} µs, RR {} µs",
+                "dataplane:   {} ({}): {} Gbit/s, ping {} µs, RR {} µs",
                 p.label,
+                p.family.name(),
                 last(&p.gbits, 2),
                 last(&p.ping_us, 0),
                 last(&p.rr_us, 1)
@@ -934,7 +1171,11 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
     let broken: Vec<String> = paths
         .iter()
         .filter(|p| !p.weft)
-        .filter_map(|p| p.failed.as_ref().map(|e| format!("{}: {e}", p.label)))
+        .filter_map(|p| {
+            p.failed
+                .as_ref()
+                .map(|e| format!("{} ({}): {e}", p.label, p.family.name()))
+        })
         .collect();
     // `labs` is dropped here: every lab goes down.
     drop(labs);
@@ -979,20 +1220,9 @@ fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
 }
 
 fn report(o: &Opts, paths: &mut [PathRun]) {
-    // Per-round throughputs in round order (the medians below sort them in place).
-    let per_round: Vec<(&'static str, Vec<f64>)> =
-        paths.iter().map(|p| (p.label, p.gbits.clone())).collect();
-    let rounds_of = |l: &str| {
-        per_round
-            .iter()
-            .find(|(x, _)| *x == l)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[])
-    };
-    println!(
-        "Pod-to-pod paths between two lab hosts (2-host mesh lab, one L2 underlay), client on \
-         h1, server on h2; median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte \
-         ping-pong on one connection for {} s{}\n",
+    let rounds = format!(
+        "median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte ping-pong on one \
+         connection for {} s{}",
         o.rounds,
         if o.rounds == 1 { "" } else { "s" },
         o.secs,
@@ -1006,10 +1236,40 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
             None => String::new(),
         }
     );
+    println!(
+        "IPv4: pod-to-pod paths between two lab hosts (2-host mesh labs, one IPv4 L2 underlay, \
+         172.30.0.N/24), client on h1, server on h2; {rounds}\n"
+    );
+    report_family(o, paths, Family::V4);
+    println!(
+        "IPv6, measured in the same rounds, interleaved with the IPv4 paths: pod-to-pod paths \
+         between two lab hosts of 2-host mesh labs whose underlay is IPv6 only (fd30::N/64); \
+         weft's agents with dual-stack pools (10.32.0.0/12,fd32::/48), measured between the \
+         containers' IPv6 addresses; hand-made pods with a /128 address each; same \
+         measurements\n"
+    );
+    report_family(o, paths, Family::V6);
+}
+
+/// The table of `family`'s paths and the ratios of each weft row to its anchor.
+fn report_family(o: &Opts, paths: &mut [PathRun], family: Family) {
+    let paths: Vec<&mut PathRun> = paths.iter_mut().filter(|p| p.family == family).collect();
+    // Per-round throughputs in round order (the medians below sort them in place).
+    let per_round: Vec<(&'static str, Vec<f64>)> =
+        paths.iter().map(|p| (p.label, p.gbits.clone())).collect();
+    let rounds_of = |l: &str| {
+        per_round
+            .iter()
+            .find(|(x, _)| *x == l)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    };
     println!("| path | throughput Gbit/s | ping avg µs | TCP RR µs/txn |");
     println!("|---|---|---|---|");
     let mut rows = Vec::new();
-    for p in paths.iter_mut() {
+    let mut mtus = Vec::new();
+    let mut failures = Vec::new();
+    for p in paths {
         let r = Row {
             gbits: median(&mut p.gbits),
             ping: median(&mut p.ping_us),
@@ -1031,16 +1291,9 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
             cell(r.rr, 1)
         );
         rows.push((p.label, r));
-    }
-    println!();
-    let mtus: Vec<String> = paths
-        .iter()
-        .filter_map(|p| p.mtu.map(|m| format!("{} {m}", p.label)))
-        .collect();
-    if !mtus.is_empty() {
-        println!("Client interface MTU: {}.\n", mtus.join(", "));
-    }
-    for p in paths.iter() {
+        if let Some(m) = p.mtu {
+            mtus.push(format!("{} {m}", p.label));
+        }
         if let Some(e) = &p.failed {
             let done = p.gbits.len().max(p.ping_us.len()).max(p.rr_us.len());
             let what = if done == 0 {
@@ -1051,10 +1304,21 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
                     o.rounds
                 )
             };
-            println!("{} {what}: {}\n", p.label, e.replace('|', "/"));
+            failures.push(format!("{} {what}: {}", p.label, e.replace('|', "/")));
         }
     }
+    println!();
+    if !mtus.is_empty() {
+        println!("Client interface MTU: {}.\n", mtus.join(", "));
+    }
+    for f in failures {
+        println!("{f}\n");
+    }
     let get = |l: &str| rows.iter().find(|(x, _)| *x == l).map(|(_, r)| r);
+    let tag = match family {
+        Family::V4 => "",
+        Family::V6 => " (IPv6)",
+    };
     for (weft, hand, short) in [
         ("weft route mode", "hand routes", "weft route"),
         ("weft VXLAN mode", "hand VXLAN", "weft VXLAN"),
@@ -1088,22 +1352,23 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
             h.gbits,
         ) {
             (Some(r), Some(a), Some(b)) if b > 0.0 => println!(
-                "- {short} / {hand}, throughput: {r:.2} (median of the rounds' ratios; ratio of \
-                 the medians {:.2}) (target ≥ 0.95)",
+                "- {short} / {hand}{tag}, throughput: {r:.2} (median of the rounds' ratios; \
+                 ratio of the medians {:.2}) (target ≥ 0.95)",
                 a / b
             ),
-            _ => println!("- {short} / {hand}, throughput: not measured (target ≥ 0.95)"),
+            _ => println!("- {short} / {hand}{tag}, throughput: not measured (target ≥ 0.95)"),
         }
         match (w.ping, h.ping, w.rr, h.rr) {
             (Some(wp), Some(hp), Some(wr), Some(hr)) => println!(
-                "- {short} − {hand}, latency: ping {:+.0} µs, TCP RR {:+.1} µs per transaction \
-                 (target ≤ 15 µs)",
+                "- {short} − {hand}{tag}, latency: ping {:+.0} µs, TCP RR {:+.1} µs per \
+                 transaction (target ≤ 15 µs)",
                 wp - hp,
                 wr - hr
             ),
-            _ => println!("- {short} − {hand}, latency: not measured (target ≤ 15 µs)"),
+            _ => println!("- {short} − {hand}{tag}, latency: not measured (target ≤ 15 µs)"),
         }
     }
+    println!();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1224,8 +1489,60 @@ mod tests {
     fn listening_socket_in_proc() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        assert!(listens(std::process::id(), Ipv4Addr::LOCALHOST, port));
+        assert!(listens(
+            std::process::id(),
+            Ipv4Addr::LOCALHOST.into(),
+            port
+        ));
         drop(l);
-        assert!(!listens(std::process::id(), Ipv4Addr::LOCALHOST, port));
+        assert!(!listens(
+            std::process::id(),
+            Ipv4Addr::LOCALHOST.into(),
+            port
+        ));
+        // IPv6: the tcp6 table (skipped where the kernel has no IPv6).
+        if let Ok(l) = TcpListener::bind("[::1]:0") {
+            let port = l.local_addr().expect("addr").port();
+            assert!(listens(
+                std::process::id(),
+                Ipv6Addr::LOCALHOST.into(),
+                port
+            ));
+            assert!(!listens(
+                std::process::id(),
+                Ipv4Addr::LOCALHOST.into(),
+                port
+            ));
+            drop(l);
+            assert!(!listens(
+                std::process::id(),
+                Ipv6Addr::LOCALHOST.into(),
+                port
+            ));
+        }
+    }
+
+    #[test]
+    fn proc_net_addresses() {
+        // As the kernel prints them on a little-endian machine (the unit's own layout).
+        let v4 = proc_net_addr(&Ipv4Addr::new(127, 0, 0, 1).octets());
+        let v6 = proc_net_addr(&Ipv6Addr::LOCALHOST.octets());
+        if cfg!(target_endian = "little") {
+            assert_eq!(v4, "0100007F");
+            assert_eq!(v6, "00000000000000000000000001000000");
+        }
+        assert_eq!(v6.len(), 32);
+    }
+
+    #[test]
+    fn rr_on_ipv6_loopback() {
+        let Ok(l) = TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 in this kernel
+        };
+        let addr = l.local_addr().expect("addr");
+        let server = std::thread::spawn(move || rr_serve(&l));
+        let (n, _) = rr_run(addr, Duration::from_millis(100)).expect("client");
+        assert!(n > 10, "only {n} transactions");
+        assert!(server.join().expect("join").is_ok());
     }
 }

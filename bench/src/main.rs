@@ -6,9 +6,9 @@
 //! host. The two plugins alternate container by container so drift on a shared machine
 //! hits both alike.
 //!
-//! `weft-bench dataplane`: pod-to-pod throughput and latency across two lab hosts, weft's
-//! route and VXLAN modes beside host to host and the same paths made by hand (see
-//! `dataplane.rs`).
+//! `weft-bench dataplane`: pod-to-pod throughput and latency across two lab hosts, over
+//! IPv4 and IPv6, weft's route and VXLAN modes beside host to host and the same paths made
+//! by hand (see `dataplane.rs`).
 
 mod dataplane;
 mod policy;
@@ -31,9 +31,13 @@ struct Cli {
 enum Cmd {
     /// CNI ADD/DEL latency: weft vs the reference bridge + host-local plugins.
     Cni {
-        /// Containers per plugin.
+        /// Containers per plugin and round.
         #[arg(long, default_value_t = 200)]
         containers: usize,
+        /// Rounds: each adds every container with both plugins, then deletes them all;
+        /// the percentiles are over every round's calls.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         /// The weft binary to measure (a release build).
         #[arg(long, default_value = "target/release/weft")]
         weft: PathBuf,
@@ -61,14 +65,16 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         seeds: u64,
     },
-    /// Pod-to-pod data plane across two lab hosts: weft route and VXLAN modes beside host
-    /// to host, hand-made routes and a hand-made VXLAN (iperf3, ping, TCP request/response).
+    /// Pod-to-pod data plane across two lab hosts, IPv4 and IPv6: weft route and VXLAN modes
+    /// beside host to host, hand-made routes and a hand-made VXLAN (iperf3, ping, TCP
+    /// request/response).
     Dataplane {
         /// The weft binary (a release build).
         #[arg(long, default_value = "target/release/weft")]
         weft: PathBuf,
-        /// Lab name of the anchors (1 to 10 of a-z0-9); the weft labs are NAMEr, NAMErn, NAMErs,
-        /// NAMEv, NAMEvn and NAMEvs (route and VXLAN mode: defaults, NAT off, fast path off).
+        /// Lab name of the anchors (1 to 10 of a-z0-9); the IPv6 anchors' lab is NAME6, the
+        /// weft labs are NAMEr, NAMErn, NAMErs, NAMEv, NAMEvn and NAMEvs (route and VXLAN
+        /// mode: defaults, NAT off, fast path off) and NAME6r, NAME6v (IPv6 underlay).
         #[arg(long, default_value = "bdp")]
         lab: String,
         /// Rounds; every path is measured once per round and the median is reported.
@@ -133,7 +139,11 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Cni { containers, weft } => cni(containers, &weft),
+        Cmd::Cni {
+            containers,
+            rounds,
+            weft,
+        } => cni(containers, rounds, &weft),
         Cmd::MeshJoin {
             hosts,
             rounds,
@@ -340,20 +350,25 @@ struct Plugin {
     label: &'static str,
     binary: PathBuf,
     conf: String,
-    add: Vec<Duration>,
-    del: Vec<Duration>,
+    /// Each round's ADD times, in call order.
+    add: Vec<Vec<Duration>>,
+    /// Each round's DEL times, in call order.
+    del: Vec<Vec<Duration>>,
 }
 
-fn cni(n: usize, weft: &Path) -> Result<(), String> {
+fn cni(n: usize, rounds: usize, weft: &Path) -> Result<(), String> {
+    if n == 0 || rounds == 0 {
+        return Err("--containers and --rounds must be at least 1".into());
+    }
     let weft = weft_binary(weft)?;
     let _ = weft_lab::down(LAB);
     weft_lab::up(LAB, 1, weft_lab::Topology::Mesh, &weft).map_err(|e| e.0)?;
-    let res = cni_run(n, &weft);
+    let res = cni_run(n, rounds, &weft);
     let down = weft_lab::down(LAB).map_err(|e| e.0);
     res.and(down)
 }
 
-fn cni_run(n: usize, weft: &Path) -> Result<(), String> {
+fn cni_run(n: usize, rounds: usize, weft: &Path) -> Result<(), String> {
     let host = weft_lab::host_dir(LAB, "h1");
     let mut plugins = [
         Plugin {
@@ -392,13 +407,13 @@ fn cni_run(n: usize, weft: &Path) -> Result<(), String> {
     // This process enters the lab host's namespace; plugins it spawns start there. It goes
     // back to where it was before the lab is torn down.
     let home = std::fs::File::open("/proc/self/ns/net").map_err(|e| e.to_string())?;
-    let res = measure(n, &mut plugins);
+    let res = measure(n, rounds, &mut plugins);
     nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("return to the original namespace: {e}"))?;
     res
 }
 
-fn measure(n: usize, plugins: &mut [Plugin; 2]) -> Result<(), String> {
+fn measure(n: usize, rounds: usize, plugins: &mut [Plugin; 2]) -> Result<(), String> {
     let host_ns = weft_netlink::open_netns(Path::new(&weft_lab::sys::netns_path(&format!(
         "weft-{LAB}-h1"
     ))))
@@ -417,19 +432,33 @@ fn measure(n: usize, plugins: &mut [Plugin; 2]) -> Result<(), String> {
         call(p, "ADD", "warm", &warm)?;
         call(p, "DEL", "warm", &warm)?;
     }
-    for (i, ns) in names.iter().enumerate() {
+    // Each round attaches every container with both plugins, then detaches them all. The
+    // plugins alternate container by container, and which of them goes first alternates
+    // too: a call inherits what the one before it left to the kernel (RCU callbacks of a
+    // deleted veth, a Go runtime's exit), so neither always follows the other.
+    for round in 0..rounds {
         for p in plugins.iter_mut() {
-            let t = call(p, "ADD", &format!("c{i}"), ns)?;
-            p.add.push(t);
+            p.add.push(Vec::with_capacity(n));
+            p.del.push(Vec::with_capacity(n));
         }
-    }
-    for (i, ns) in names.iter().enumerate() {
-        for p in plugins.iter_mut() {
-            let t = call(p, "DEL", &format!("c{i}"), ns)?;
-            p.del.push(t);
+        for command in ["ADD", "DEL"] {
+            for (i, ns) in names.iter().enumerate() {
+                let order = if (i + round) % 2 == 0 { [0, 1] } else { [1, 0] };
+                for k in order {
+                    let p = &mut plugins[k];
+                    let t = call(p, command, &format!("r{round}-c{i}"), ns)?;
+                    let v = if command == "ADD" {
+                        &mut p.add
+                    } else {
+                        &mut p.del
+                    };
+                    v[round].push(t);
+                }
+            }
         }
+        eprintln!("cni: round {} of {rounds} done", round + 1);
     }
-    report(n, plugins);
+    report(n, rounds, plugins);
     Ok(())
 }
 
@@ -483,27 +512,71 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn report(n: usize, plugins: &mut [Plugin]) {
+fn report(n: usize, rounds: usize, plugins: &mut [Plugin]) {
     let [w, r] = plugins else { return };
-    println!("CNI ADD/DEL latency, {n} containers per plugin, one lab host, sequential calls\n");
+    println!(
+        "CNI ADD/DEL latency, {n} containers per plugin in each of {rounds} round{} ({} calls \
+         per plugin and operation), one lab host, sequential calls\n",
+        if rounds == 1 { "" } else { "s" },
+        n * rounds
+    );
     println!("| operation | weft | bridge + host-local | ratio weft / reference |");
     println!("|---|---|---|---|");
-    for (op, q) in [
+    let ops = [
         ("ADD p50", 0.5),
         ("ADD p99", 0.99),
         ("DEL p50", 0.5),
         ("DEL p99", 0.99),
-    ] {
-        let (a, b) = if op.starts_with("ADD") {
-            (pct(&mut w.add, q), pct(&mut r.add, q))
+    ];
+    let pick = |p: &Plugin, op: &str| -> Vec<Vec<Duration>> {
+        if op.starts_with("ADD") {
+            p.add.clone()
         } else {
-            (pct(&mut w.del, q), pct(&mut r.del, q))
-        };
+            p.del.clone()
+        }
+    };
+    // The whole distributions, for whoever looks into a ratio (stderr, not the report).
+    for p in [&*w, &*r] {
+        for (op, v) in [("ADD", &p.add), ("DEL", &p.del)] {
+            let mut all = v.concat();
+            let qs: Vec<String> = [0.1, 0.5, 0.9, 0.95, 0.99, 1.0]
+                .iter()
+                .map(|q| format!("{:.1}", pct(&mut all, *q).as_secs_f64() * 1000.0))
+                .collect();
+            eprintln!(
+                "cni: {} {op} ms at p10 p50 p90 p95 p99 max: {}",
+                p.label,
+                qs.join(" ")
+            );
+        }
+    }
+    let mut spread = Vec::new();
+    for (op, q) in ops {
+        let (ws, rs) = (pick(w, op), pick(r, op));
+        let a = pct(&mut ws.concat(), q);
+        let b = pct(&mut rs.concat(), q);
         println!(
             "| {op} | {} | {} | {:.2} |",
             ms(a),
             ms(b),
             a.as_secs_f64() / b.as_secs_f64()
+        );
+        let per_round: Vec<String> = ws
+            .into_iter()
+            .zip(rs)
+            .map(|(mut x, mut y)| {
+                format!(
+                    "{:.2}",
+                    pct(&mut x, q).as_secs_f64() / pct(&mut y, q).as_secs_f64()
+                )
+            })
+            .collect();
+        spread.push(format!("{op} {}", per_round.join(", ")));
+    }
+    if rounds > 1 {
+        println!(
+            "\nThe same ratios taken over each round's {n} containers alone (round by round): {}.",
+            spread.join("; ")
         );
     }
 }
