@@ -109,6 +109,10 @@ enum Cmd {
         /// Pods added per row of the ADD measurement.
         #[arg(long, default_value_t = 100)]
         pods: usize,
+        /// Hosts of the programming lab (an isolated pod on each; the target is at 20); 0
+        /// measures the ADD latency alone.
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
     },
     /// TCP request/response server: echoes one connection's bytes (used by `dataplane`).
     #[command(hide = true)]
@@ -179,14 +183,24 @@ fn main() {
             })
         }),
         Cmd::Policy {
+            weft: _,
+            policies: _,
+            pods: _,
+            hosts,
+        } if hosts == 1 || hosts > 60 => Err(format!(
+            "--hosts {hosts}: the programming lab needs 2 to 60 hosts (0: skip it)"
+        )),
+        Cmd::Policy {
             weft,
             policies,
             pods,
+            hosts,
         } => weft_binary(&weft).and_then(|weft| {
             policy::policy(&policy::Opts {
                 weft,
                 policies,
                 pods,
+                hosts,
             })
         }),
         Cmd::RrServer { listen, cpu } => dataplane::rr_server(listen, cpu),

@@ -25,17 +25,23 @@ pub struct Opts {
     pub policies: usize,
     /// Pods per lab in the ADD measurement.
     pub pods: usize,
+    /// Hosts of the programming lab, each with an isolated pod.
+    pub hosts: usize,
 }
 
-/// `N` policies in namespace `b` selecting `app=server`, each letting in pods labelled
-/// `role=other-I` on port 10000+I, and last (`zz-allow`) one letting `role=client` in on
-/// every port: a packet of the client passes every other rule first.
+/// `N` policies in namespace `b` selecting `app=server`, each letting in the addresses of
+/// its own /24 of 100.64.0.0/10 (which no pod has) on port 10000+I, and last (`zz-allow`)
+/// one letting `role=client` of any namespace in on every port: a packet of the client
+/// passes every other rule first (rules whose peers match nothing would be left out of
+/// the compiled chains, hence address blocks).
 pub fn policies_yaml(n: usize) -> String {
     let mut s = String::new();
     for i in 0..n.saturating_sub(1) {
         s.push_str(&format!(
-            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{i:05}, namespace: b}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from: [{{namespaceSelector: {{}}, podSelector: {{matchLabels: {{role: other-{i}}}}}}}]\n    ports: [{{port: {}}}]\n",
-            10000 + i
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{i:05}, namespace: b}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 100.{}.{}.0/24}}}}]\n    ports: [{{port: {}}}]\n",
+            64 + i / 256 % 64,
+            i % 256,
+            10000 + i % 50000
         ));
     }
     if n > 0 {
@@ -93,8 +99,17 @@ impl<'a> Lab<'a> {
         let h = hosts.to_string();
         self::weft(
             weft,
-            &["lab", "up", "--name", name, "--hosts", &h],
-            Duration::from_secs(120),
+            &[
+                "lab",
+                "up",
+                "--name",
+                name,
+                "--hosts",
+                &h,
+                "--topology",
+                "mesh",
+            ],
+            Duration::from_secs(300),
         )?;
         Ok(lab)
     }
@@ -177,75 +192,158 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
     None
 }
 
-/// Programming N policies: on the host of the isolated pod, and until another host's
-/// apply is enforced there.
+/// Moves this thread into the network namespace of the lab's container HOST-POD (setns
+/// acts on the calling thread only).
+fn enter(lab: &str, pod: &str) -> Result<(), String> {
+    let ns = weft_netlink::open_netns(Path::new(&weft_lab::sys::netns_path(&format!(
+        "weft-{lab}-{pod}"
+    ))))
+    .map_err(|e| e.to_string())?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("enter {pod}: {e}"))
+}
+
+/// Whether a TCP connection to ADDR:PORT from this thread's namespace is accepted within a
+/// second; a probe costs no process, so twenty of them do not load the lab's hosts.
+fn tcp_probe(addr: &str, port: u16) -> bool {
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(ip, port),
+            Duration::from_secs(1),
+        )
+        .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Programming N policies: applied on h1, until every host enforces them on its isolated
+/// pod; then again on the isolated pod's own host.
 fn programming(o: &Opts) -> Result<(), String> {
-    let lab = Lab::up(&o.weft, "bpolp", 2)?;
-    let server = lab.run("h2", "server", "b", "app=server")?;
+    let lab = Lab::up(&o.weft, "bpolp", o.hosts)?;
+    let hosts: Vec<String> = (1..=o.hosts).map(|k| format!("h{k}")).collect();
+    let mut servers = Vec::new();
+    for h in &hosts {
+        let ip = lab.run(h, "server", "b", "app=server")?;
+        lab.exec(
+            &format!("{h}/server"),
+            &[
+                "sh",
+                "-c",
+                "busybox nc -ll -p 9999 -e true </dev/null >/dev/null 2>&1 &",
+            ],
+            Duration::from_secs(5),
+        )?;
+        servers.push(ip);
+    }
     lab.run("h1", "client", "a", "role=client")?;
-    let _srv = lab.exec(
-        "h2/server",
-        &[
-            "sh",
-            "-c",
-            "busybox nc -ll -p 9999 -e true </dev/null >/dev/null 2>&1 &",
-        ],
-        Duration::from_secs(5),
-    );
-    wait_until(Duration::from_secs(30), || {
-        connects(&lab, "h1/client", &server, 9999)
-    })
-    .ok_or("the client never reached the server's port 9999 without policy")?;
-    let yaml = policies_yaml(o.policies);
-    // On h1: the server (on h2) must be isolated by them; the client's port 9999 is
-    // not allowed... (zz-allow lets role=client in on every port, so probe with a pod
-    // that no rule allows).
     lab.run("h1", "stranger", "a", "role=stranger")?;
-    wait_until(Duration::from_secs(30), || {
-        connects(&lab, "h1/stranger", &server, 9999)
-    })
-    .ok_or("the stranger never reached the server before the policies")?;
+    for (h, ip) in hosts.iter().zip(&servers) {
+        wait_until(Duration::from_secs(60), || {
+            connects(&lab, "h1/stranger", ip, 9999)
+        })
+        .ok_or_else(|| format!("h1's stranger never reached {h}'s server before the policies"))?;
+    }
+    let yaml = policies_yaml(o.policies);
+    // Every host's isolated pod is probed from h1's stranger (which no rule allows), one
+    // prober thread per host inside the stranger's namespace, 50 ms between probes; a host
+    // enforces by the start of its first probe that fails (a dropped probe takes its 1 s
+    // timeout to fail; its start bounds the time, the timeout does not count). Then the
+    // client (let in by the last policy) is probed until it connects again: until then a
+    // host has not programmed the whole set.
     let t0 = Instant::now();
-    let local = lab.apply("h1", &yaml)?;
-    let remote = wait_until(Duration::from_secs(120), || {
-        !connects(&lab, "h1/stranger", &server, 9999)
-    })
-    .ok_or("h2 never enforced the policies applied on h1")?;
-    let enforced = t0.elapsed();
-    let _ = remote;
-    let allowed = connects(&lab, "h1/client", &server, 9999);
+    let limit = Duration::from_secs(120);
+    let (local, enforced) = std::thread::scope(|sc| {
+        let probers: Vec<_> = hosts
+            .iter()
+            .zip(&servers)
+            .map(|(h, ip)| {
+                let name = lab.name;
+                sc.spawn(move || -> Result<(Duration, Duration), String> {
+                    enter(name, "h1-stranger")?;
+                    let dropped = loop {
+                        let at = Instant::now();
+                        if !tcp_probe(ip, 9999) {
+                            break at.saturating_duration_since(t0);
+                        }
+                        if t0.elapsed() > limit {
+                            return Err(format!("{h} never enforced the policies applied on h1"));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    };
+                    enter(name, "h1-client")?;
+                    let allowed = loop {
+                        if tcp_probe(ip, 9999) {
+                            break t0.elapsed();
+                        }
+                        if t0.elapsed() > limit {
+                            return Err(format!(
+                                "{h} never let the client in after the policies applied on h1"
+                            ));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    };
+                    Ok((dropped, allowed))
+                })
+            })
+            .collect();
+        let local = lab.apply("h1", &yaml);
+        let enforced: Vec<Result<(Duration, Duration), String>> = probers
+            .into_iter()
+            .map(|p| p.join().unwrap_or_else(|_| Err("a prober panicked".into())))
+            .collect();
+        (local, enforced)
+    });
+    let local = local?;
+    let times = enforced.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     println!(
-        "| `weft apply` of {} policies on h1 (returns once h1 applied them) | {:.0} ms |",
+        "| `weft apply` of {} policies on h1 (returns once h1 applied them) | {} |",
         o.policies,
-        local.as_secs_f64() * 1000.0
+        ms(local)
     );
     println!(
-        "| the same, until h2 drops a stranger's connection to its isolated pod (probes 1 s apart at most) | {:.0} ms |",
-        enforced.as_secs_f64() * 1000.0
+        "| until h1 drops a stranger's connection to its own isolated pod / lets the client in | {} / {} |",
+        ms(times[0].0),
+        ms(times[0].1)
     );
-    println!(
-        "| the client, allowed by the last of the {} policies, still connects | {} |",
-        o.policies,
-        if allowed { "yes" } else { "NO" }
-    );
-    // Programming them again from nothing on the isolated pod's own host.
+    let mut dropped: Vec<Duration> = times[1..].iter().map(|t| t.0).collect();
+    let mut allowed: Vec<Duration> = times[1..].iter().map(|t| t.1).collect();
+    dropped.sort();
+    allowed.sort();
+    if let (Some(d), Some(a)) = (dropped.last(), allowed.last()) {
+        println!(
+            "| until the other {} hosts drop the stranger: median / slowest host | {} / {} |",
+            dropped.len(),
+            ms(dropped[dropped.len() / 2]),
+            ms(*d)
+        );
+        println!(
+            "| until the other {} hosts let the client in through the last policy (all {} programmed): median / slowest host | {} / {} |",
+            allowed.len(),
+            o.policies,
+            ms(allowed[allowed.len() / 2]),
+            ms(*a)
+        );
+    }
+    // Programming them again from nothing on an isolated pod's own host.
+    let prog = hosts.last().ok_or("no hosts")?;
     let t = Instant::now();
     let delete_path = format!("/run/weft-lab/{}/bench-policies.yaml", lab.name);
     lab.exec(
-        "h2",
+        prog,
         &["weft", "delete", "-f", &delete_path],
         Duration::from_secs(300),
     )?;
     let del = t.elapsed();
-    let again = lab.apply("h2", &yaml)?;
+    let again = lab.apply(prog, &yaml)?;
     println!(
-        "| `weft delete` of the {} policies on h2, the isolated pod's host | {:.0} ms |",
+        "| `weft delete` of the {} policies on {prog}, an isolated pod's host | {} |",
         o.policies,
-        del.as_secs_f64() * 1000.0
+        ms(del)
     );
     println!(
-        "| `weft apply` of them again on h2 (compiled and programmed there before it returns) | {:.0} ms |",
-        again.as_secs_f64() * 1000.0
+        "| `weft apply` of them again on {prog} (compiled and programmed there before it returns) | {} |",
+        ms(again)
     );
     Ok(())
 }
@@ -327,6 +425,24 @@ fn adds(o: &Opts) -> Result<(), String> {
         .ok_or("the agent's IPAM never became ready")?;
     }
     let home = std::fs::File::open("/proc/self/ns/net").map_err(|e| e.to_string())?;
+    // The first pod the policies isolate makes its group's chains (a compile that runs
+    // `nft` over the 1000 policies): timed once, then a resident pod of that group stays,
+    // as a deployment's other replicas do, and the rows measure pods joining it.
+    let in_lab = |lab: &Lab, id: &str| -> Result<Duration, String> {
+        let host = weft_netlink::open_netns(Path::new(&weft_lab::sys::netns_path(&format!(
+            "weft-{}-h1",
+            lab.name
+        ))))
+        .map_err(|e| e.to_string())?;
+        nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("enter the lab host: {e}"))?;
+        let t = add_del(&o.weft, lab.name, id, "b", "app=server");
+        nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("return: {e}"))?;
+        t
+    };
+    let first = in_lab(&many, "first")?;
+    many.run("h1", "resident", "b", "app=server")?;
     let mut rows = [
         Adds {
             label: "no policy".into(),
@@ -337,7 +453,10 @@ fn adds(o: &Opts) -> Result<(), String> {
             times: vec![],
         },
         Adds {
-            label: format!("{} policies, pods they isolate", o.policies),
+            label: format!(
+                "{} policies, pods they isolate (their group has a member)",
+                o.policies
+            ),
             times: vec![],
         },
     ];
@@ -391,17 +510,26 @@ fn adds(o: &Opts) -> Result<(), String> {
             p99.as_secs_f64() / b99.as_secs_f64()
         );
     }
+    println!(
+        "\nThe first pod of a group no pod had before (its chains made by a compile that runs \
+         `nft` over the {} policies): ADD {}.",
+        o.policies,
+        ms(first)
+    );
     Ok(())
 }
 
 /// `weft-bench policy`.
 pub fn policy(o: &Opts) -> Result<(), String> {
     println!(
-        "Programming {} policies (2-host lab; the isolated pod on h2)\n",
-        o.policies
+        "Programming {} policies ({}-host mesh lab, an isolated pod on every host, probed \
+         from a pod on h1 that no rule allows)\n",
+        o.policies, o.hosts
     );
     println!("| measure | value |");
     println!("|---|---|");
-    programming(o)?;
+    if o.hosts > 0 {
+        programming(o)?;
+    }
     adds(o)
 }

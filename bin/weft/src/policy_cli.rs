@@ -16,8 +16,9 @@ use crate::agent_cli::{call, SocketArg};
 
 type Res = Result<ExitCode, String>;
 
-/// Objects sent per request (the API takes at most 1 MiB at once).
-const CHUNK: usize = 200;
+/// Bytes of objects sent per request at most (the API takes at most 1 MiB at once): a
+/// thousand policies go in one request, are written to the mesh at once and applied once.
+const CHUNK_BYTES: usize = 768 * 1024;
 
 #[derive(Args)]
 pub struct FileArgs {
@@ -134,14 +135,25 @@ pub fn apply(a: FileArgs, delete: bool) -> Res {
         "/policy/apply"
     };
     let mut results = Vec::new();
-    for chunk in objs.chunks(CHUNK) {
-        let items: Vec<Value> = chunk
-            .iter()
-            .map(|o| match o {
-                Object::NetworkPolicy(p) => p.to_k8s(),
-                Object::Namespace(n) => n.to_k8s(),
-            })
-            .collect();
+    let items: Vec<Value> = objs
+        .iter()
+        .map(|o| match o {
+            Object::NetworkPolicy(p) => p.to_k8s(),
+            Object::Namespace(n) => n.to_k8s(),
+        })
+        .collect();
+    let mut chunks: Vec<Vec<Value>> = vec![vec![]];
+    let mut size = 0;
+    for item in items {
+        let n = item.to_string().len() + 1;
+        if size + n > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
+            chunks.push(vec![]);
+            size = 0;
+        }
+        size += n;
+        chunks.last_mut().expect("one at least").push(item);
+    }
+    for items in chunks.into_iter().filter(|c| !c.is_empty()) {
         let body = json!({"objects": items, "namespace": a.namespace}).to_string();
         let text = call(&a.socket, "POST", path, Some(body))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("bad answer: {e}"))?;

@@ -38,6 +38,8 @@ pub(crate) struct PolicyState {
     stale: bool,
     /// When to apply next (coalescing bursts of changes).
     pub(crate) due: Option<Instant>,
+    /// How long the last apply took (the next waits at least as long).
+    last_apply: Duration,
     /// The cache of the last run is still in use (until the mesh has had time to bring
     /// every owner's records).
     cache_live: bool,
@@ -50,8 +52,20 @@ pub(crate) struct PolicyState {
     pub(crate) flows: Flows,
 }
 
-/// How long changes are gathered before they are applied.
+/// How long changes are gathered before they are applied, at least: a burst of mesh
+/// updates (a thousand policies arrive in many messages) is applied once. After a slow
+/// apply (a big table through `nft`) the wait is as long as that apply took, so the
+/// agent spends at most about half its time applying and the updates meanwhile gather.
 const COALESCE: Duration = Duration::from_millis(50);
+
+/// The longest wait, however slow the last apply was.
+const COALESCE_MAX: Duration = Duration::from_millis(1000);
+
+/// The wait after this host's endpoints come and go: their isolation is in place already
+/// (the ADD's quick step; a DEL's address is no one's), only their place in other rules'
+/// peer sets follows, and a burst of ADDs shares one compile instead of each ADD waiting
+/// behind the last one's.
+const ENDPOINT_COALESCE: Duration = Duration::from_millis(250);
 
 /// How long after the first peer connection the cache of the last run stays in use (the
 /// mesh brings every owner's records within one anti-entropy round).
@@ -87,9 +101,9 @@ pub(crate) fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Adds set and map elements straight over netlink (no `nft` process, no reading of the
-/// whole ruleset), or with `nft` when netlink refuses.
-fn add_elements(adds: &[compile::ElementAdd]) -> Result<(), String> {
+/// Adds and deletes set and map elements straight over netlink (no `nft` process, no
+/// reading of the whole ruleset), or with `nft` when netlink refuses.
+fn add_elements(adds: &[compile::ElementOp]) -> Result<(), String> {
     use weft_netlink::netfilter::{
         nft_add_elements, SetElement, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6,
     };
@@ -105,6 +119,7 @@ fn add_elements(adds: &[compile::ElementAdd]) -> Result<(), String> {
             set: &a.set,
             key: a.key,
             jump: a.jump.as_deref(),
+            delete: a.delete,
         })
         .collect();
     match nft_add_elements(&elems) {
@@ -316,8 +331,13 @@ impl Agent {
     /// Asks for an apply soon: the records that arrive meanwhile (a burst of a mesh
     /// update) are indexed and applied together, once.
     pub(crate) fn policy_soon(&mut self) {
+        self.policy_after(COALESCE);
+    }
+
+    fn policy_after(&mut self, least: Duration) {
         if self.pol.due.is_none() {
-            self.pol.due = Some(Instant::now() + COALESCE);
+            let wait = self.pol.last_apply.clamp(least, COALESCE_MAX);
+            self.pol.due = Some(Instant::now() + wait);
         }
     }
 
@@ -330,7 +350,15 @@ impl Agent {
         let t_compile = t0.elapsed();
         let active = self.policy_active();
         let keep_weft = self.cfg.dataplane.mode.is_some() && self.cfg.dataplane.nat;
-        let script = if active {
+        // Endpoints coming and going change elements only: over netlink, without `nft`
+        // reading the whole ruleset first.
+        let ops = match (&self.pol.applied, self.pol.table, active) {
+            (Some(old), true, true) => compile::diff_elements(old, &new),
+            _ => None,
+        };
+        let script = if ops.is_some() {
+            String::new()
+        } else if active {
             match (&self.pol.applied, self.pol.table) {
                 (Some(old), true) => compile::diff_script(old, &new),
                 _ => compile::full_script(&new),
@@ -351,7 +379,13 @@ impl Agent {
         let union: BTreeSet<IpAddr> = before.union(&new.isolated).copied().collect();
         self.fast_isolate(&union)?;
         let t1 = Instant::now();
-        if !script.is_empty() {
+        if let Some(ops) = &ops {
+            if let Err(e) = add_elements(ops) {
+                // The kernel's table is not what `applied` says: write it whole.
+                log(format!("policy: {e}; writing the whole table"));
+                crate::dataplane::run_nft(&compile::full_script(&new))?;
+            }
+        } else if !script.is_empty() {
             crate::dataplane::run_nft(&script)?;
         }
         let t_nft = t1.elapsed();
@@ -365,6 +399,7 @@ impl Agent {
             ));
         }
         self.fast_isolate(&new.isolated)?;
+        self.pol.last_apply = t0.elapsed();
         let changed = self.pol.applied.as_ref() != Some(&new);
         self.pol.table = active;
         self.pol.applied = Some(new);
@@ -487,7 +522,7 @@ impl Agent {
         match res {
             Ok(()) => {
                 // Its place in other rules' sets follows soon.
-                self.policy_soon();
+                self.policy_after(ENDPOINT_COALESCE);
                 Ok(())
             }
             Err(e) => {
@@ -528,7 +563,7 @@ impl Agent {
         if !outs.is_empty() {
             self.perform(outs);
             self.save();
-            self.policy_soon();
+            self.policy_after(ENDPOINT_COALESCE);
         }
     }
 
@@ -540,12 +575,14 @@ impl Agent {
         }
         let now = self.now();
         let me = self.id.to_string();
-        let mut outs = Vec::new();
+        let mut recs = Vec::with_capacity(writes.len());
         for (key, object) in writes {
             let stamp = self.pol.objects.next_stamp(&key, wall_ms(), &me);
             let v = ObjectValue { stamp, object };
-            outs.extend(self.node.set_local(&key, Some(v.encode()), now));
+            recs.push((key, Some(v.encode())));
         }
+        // One mesh update per peer for the lot, not one per object.
+        let outs = self.node.set_local_many(recs, now);
         self.perform(outs);
         self.save();
         self.policy_index();
@@ -574,6 +611,7 @@ impl Agent {
             })
             .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect();
+        let mut recs = Vec::new();
         for (key, v) in orphans {
             let held = self
                 .node
@@ -584,8 +622,11 @@ impl Agent {
             if held.as_ref().is_some_and(|h| h.stamp >= v.stamp) {
                 continue;
             }
+            recs.push((key, Some(v.encode())));
+        }
+        if !recs.is_empty() {
             let now = self.now();
-            let outs = self.node.set_local(&key, Some(v.encode()), now);
+            let outs = self.node.set_local_many(recs, now);
             self.perform(outs);
             self.save();
         }

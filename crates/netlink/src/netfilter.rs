@@ -180,6 +180,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -211,8 +212,10 @@ pub struct SetElement<'a> {
     pub set: &'a str,
     /// The address (the key, in network order).
     pub key: IpAddr,
-    /// For a verdict map: the chain to jump to.
+    /// For a verdict map: the chain to jump to (ignored when deleting).
     pub jump: Option<&'a str>,
+    /// Delete the element instead of adding it (it must exist).
+    pub delete: bool,
 }
 
 fn cstr(s: &str) -> Vec<u8> {
@@ -221,15 +224,21 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-/// Adds elements to existing nftables sets and verdict maps in one transaction (all or
-/// none), straight over netlink: what `nft add element` does, without starting `nft` and
-/// without it reading the whole ruleset first. Elements already there are left as they
-/// are.
+/// Adds elements to existing nftables sets and verdict maps, and deletes others, in one
+/// transaction (all or none, in the given order), straight over netlink: what `nft add
+/// element` and `nft delete element` do, without starting `nft` and without it reading
+/// the whole ruleset first. Elements added that are already there are left as they are;
+/// deleting one that is not there fails the transaction.
 pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
     if elems.is_empty() {
         return Ok(());
     }
-    let op = format!("add {} nftables set elements", elems.len());
+    let dels = elems.iter().filter(|e| e.delete).count();
+    let op = format!(
+        "change {} nftables set elements ({} added, {dels} deleted)",
+        elems.len(),
+        elems.len() - dels
+    );
     let mut batch = raw_message(
         NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
@@ -251,7 +260,7 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
                     };
                     attr(k, NFTA_DATA_VALUE, &key);
                 });
-                if let Some(chain) = e.jump {
+                if let (Some(chain), false) = (e.jump, e.delete) {
                     nested(el, NFTA_SET_ELEM_DATA, |d| {
                         nested(d, NFTA_DATA_VERDICT, |v| {
                             attr(v, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
@@ -261,10 +270,15 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
                 }
             });
         });
+        let (kind, flags) = if e.delete {
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+        } else {
+            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+        };
         batch.extend(message(
             NFNL_SUBSYS_NFTABLES,
-            NFT_MSG_NEWSETELEM,
-            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+            kind,
+            flags,
             2 + i as u32,
             e.family,
             0,

@@ -16,6 +16,8 @@ use crate::ranges::{addr_num, cidr_span, show_addr_interval, Intervals};
 
 /// The table's family and name.
 pub const TABLE: &str = "inet weft_policy";
+/// The policy table's name alone.
+const TABLE_NAME: &str = "weft_policy";
 
 /// The set of isolated addresses in weft's `ip weft` / `ip6 weft` tables (exempt from
 /// their `notrack`).
@@ -127,14 +129,18 @@ pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
     let mut c = Compiled::default();
     let mut used: BTreeSet<(String, Dir)> = BTreeSet::new();
     let locals: Vec<&Endpoint> = world.endpoints.values().filter(|e| local(e)).collect();
-    for e in &locals {
+    // Chains for the groups of every endpoint of the cluster, dispatch for the local ones:
+    // a new pod whose group has a member anywhere is isolated by the ADD's quick step
+    // (elements over netlink), not by a compile that runs `nft` (docs/policy.md).
+    for e in world.endpoints.values() {
+        let is_local = local(e);
         for dir in [Dir::Ingress, Dir::Egress] {
             let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
             if pols.is_empty() {
                 continue;
             }
             let g = group_chain(dir, &pols);
-            for a in &e.addrs {
+            for a in e.addrs.iter().filter(|_| is_local) {
                 c.isolated.insert(*a);
                 c.dispatch
                     .entry((dir, a.is_ipv6()))
@@ -195,10 +201,12 @@ impl TableFamily {
     }
 }
 
-/// One element to add to a set or verdict map: an address, and for a verdict map the
-/// chain to jump to.
+/// One element to add to (or delete from) a set or verdict map: an address, and for a
+/// verdict map the chain to jump to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ElementAdd {
+pub struct ElementOp {
+    /// Delete it (it is there) instead of adding it.
+    pub delete: bool,
     /// The table's family.
     pub family: TableFamily,
     /// The table.
@@ -211,17 +219,24 @@ pub struct ElementAdd {
     pub jump: Option<String>,
 }
 
-/// The `nft -f` text of element additions (one transaction).
-pub fn elements_script(adds: &[ElementAdd]) -> String {
+/// The `nft -f` text of element changes (one transaction, in order).
+pub fn elements_script(ops: &[ElementOp]) -> String {
     let mut s = String::new();
-    for e in adds {
-        let value = match &e.jump {
-            Some(g) => format!("{} : jump {g}", e.key),
-            None => e.key.to_string(),
+    if ops
+        .iter()
+        .any(|e| e.table == "weft" && e.set == ISOLATED_SET)
+    {
+        declare_isolated(&mut s);
+    }
+    for e in ops {
+        let value = match (&e.jump, e.delete) {
+            (Some(g), false) => format!("{} : jump {g}", e.key),
+            _ => e.key.to_string(),
         };
         let _ = writeln!(
             s,
-            "add element {} {} {} {{ {value} }}",
+            "{} element {} {} {} {{ {value} }}",
+            if e.delete { "delete" } else { "add" },
             e.family.name(),
             e.table,
             e.set
@@ -230,13 +245,117 @@ pub fn elements_script(adds: &[ElementAdd]) -> String {
     s
 }
 
+/// The change from `old` to `new` as element operations alone, when that is all it is:
+/// the same chains with the same rules and the same sets with the same elements, only
+/// isolation and dispatch differing (endpoints of this host come, go or move between
+/// groups). Those are applied straight over netlink; `nft` would read the whole ruleset
+/// first, which with a thousand policies costs more than the change (docs/policy.md,
+/// "Programming"). None when anything else differs: then [`diff_script`].
+pub fn diff_elements(old: &Compiled, new: &Compiled) -> Option<Vec<ElementOp>> {
+    if old.chains != new.chains || old.sets != new.sets {
+        return None;
+    }
+    let op = |delete, family, table, set: String, key, jump| ElementOp {
+        delete,
+        family,
+        table,
+        set,
+        key,
+        jump,
+    };
+    let mut out = Vec::new();
+    // Isolated before dispatched, dispatched elements replaced in place, and isolation
+    // lifted last: the same order as diff_script, all in one transaction anyway.
+    for a in new.isolated.difference(&old.isolated) {
+        out.push(op(
+            false,
+            TableFamily::Inet,
+            TABLE_NAME,
+            iso_set(a),
+            *a,
+            None,
+        ));
+        out.push(op(
+            false,
+            weft_table_family(a),
+            "weft",
+            ISOLATED_SET.into(),
+            *a,
+            None,
+        ));
+    }
+    let empty = BTreeMap::new();
+    for dir in [Dir::Ingress, Dir::Egress] {
+        for v6 in [false, true] {
+            let o = old.dispatch.get(&(dir, v6)).unwrap_or(&empty);
+            let n = new.dispatch.get(&(dir, v6)).unwrap_or(&empty);
+            for (a, g) in o {
+                if n.get(a) != Some(g) {
+                    out.push(op(
+                        true,
+                        TableFamily::Inet,
+                        TABLE_NAME,
+                        vmap_name(dir, v6),
+                        *a,
+                        None,
+                    ));
+                }
+            }
+            for (a, g) in n {
+                if o.get(a) != Some(g) {
+                    out.push(op(
+                        false,
+                        TableFamily::Inet,
+                        TABLE_NAME,
+                        vmap_name(dir, v6),
+                        *a,
+                        Some(g.clone()),
+                    ));
+                }
+            }
+        }
+    }
+    for a in old.isolated.difference(&new.isolated) {
+        out.push(op(
+            true,
+            TableFamily::Inet,
+            TABLE_NAME,
+            iso_set(a),
+            *a,
+            None,
+        ));
+        out.push(op(
+            true,
+            weft_table_family(a),
+            "weft",
+            ISOLATED_SET.into(),
+            *a,
+            None,
+        ));
+    }
+    Some(out)
+}
+
+fn iso_set(a: &IpAddr) -> String {
+    if a.is_ipv6() { "iso6" } else { "iso4" }.into()
+}
+
+fn weft_table_family(a: &IpAddr) -> TableFamily {
+    if a.is_ipv6() {
+        TableFamily::Ip6
+    } else {
+        TableFamily::Ip
+    }
+}
+
 /// Isolates one new local endpoint on top of `applied` at once, when the group chains it
-/// needs are there already and its addresses are new to the dispatch: returns the
-/// elements to add (none when no policy isolates it) and records them in `applied`. None
-/// otherwise: the caller compiles the whole world. The endpoint's place in other rules'
+/// needs are there already: returns the element changes (none when no policy isolates
+/// it) and records them in `applied`; an address still dispatched to another group (its
+/// last owner's DEL not applied yet) is moved to the new one. None when a group chain is
+/// missing: the caller compiles the whole world. The endpoint's place in other rules'
 /// peer sets (and named-port sets) is left to that whole compile: allow rules may
 /// follow, isolation may not.
-pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Option<Vec<ElementAdd>> {
+pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Option<Vec<ElementOp>> {
     let mut groups = Vec::new();
     for dir in [Dir::Ingress, Dir::Egress] {
         let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
@@ -254,32 +373,18 @@ pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Optio
     }
     for a in &e.addrs {
         let v6 = a.is_ipv6();
-        for (dir, _) in &groups {
-            if applied
-                .dispatch
-                .get(&(*dir, v6))
-                .is_some_and(|m| m.contains_key(a))
-            {
-                return None;
-            }
-        }
-    }
-    for a in &e.addrs {
-        let v6 = a.is_ipv6();
         if applied.isolated.insert(*a) {
-            out.push(ElementAdd {
+            out.push(ElementOp {
+                delete: false,
                 family: TableFamily::Inet,
-                table: "weft_policy",
-                set: if v6 { "iso6" } else { "iso4" }.into(),
+                table: TABLE_NAME,
+                set: iso_set(a),
                 key: *a,
                 jump: None,
             });
-            out.push(ElementAdd {
-                family: if v6 {
-                    TableFamily::Ip6
-                } else {
-                    TableFamily::Ip
-                },
+            out.push(ElementOp {
+                delete: false,
+                family: weft_table_family(a),
                 table: "weft",
                 set: ISOLATED_SET.into(),
                 key: *a,
@@ -287,14 +392,31 @@ pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Optio
             });
         }
         for (dir, g) in &groups {
-            applied
+            // The address may still be dispatched for an endpoint just gone (its DEL not
+            // applied yet; IPAM hands the address out again): the same group stays, another
+            // is replaced in the same transaction.
+            let old = applied
                 .dispatch
                 .entry((*dir, v6))
                 .or_default()
                 .insert(*a, g.clone());
-            out.push(ElementAdd {
+            if old.as_ref() == Some(g) {
+                continue;
+            }
+            if old.is_some() {
+                out.push(ElementOp {
+                    delete: true,
+                    family: TableFamily::Inet,
+                    table: TABLE_NAME,
+                    set: vmap_name(*dir, v6),
+                    key: *a,
+                    jump: None,
+                });
+            }
+            out.push(ElementOp {
+                delete: false,
                 family: TableFamily::Inet,
-                table: "weft_policy",
+                table: TABLE_NAME,
                 set: vmap_name(*dir, v6),
                 key: *a,
                 jump: Some(g.clone()),
