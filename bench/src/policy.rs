@@ -325,6 +325,68 @@ fn programming(o: &Opts) -> Result<(), String> {
             ms(*a)
         );
     }
+    // One policy changed on h1 among the thousand: `zz-allow` deleted (every host drops
+    // the client), then applied again (every host lets it in).
+    let one = policies_yaml(o.policies);
+    let zz = one
+        .split("---\n")
+        .find(|d| d.contains("zz-allow"))
+        .map(|d| format!("---\n{d}"))
+        .ok_or("no zz-allow policy")?;
+    let zz_path = format!("/run/weft-lab/{}/bench-zz.yaml", lab.name);
+    std::fs::write(&zz_path, &zz).map_err(|e| e.to_string())?;
+    for (verb, want) in [("delete", false), ("apply", true)] {
+        let t0 = Instant::now();
+        let times = std::thread::scope(|sc| {
+            let probers: Vec<_> = servers
+                .iter()
+                .map(|ip| {
+                    let name = lab.name;
+                    sc.spawn(move || -> Result<Duration, String> {
+                        enter(name, "h1-client")?;
+                        loop {
+                            let at = Instant::now();
+                            if tcp_probe(ip, 9999) == want {
+                                // A drop is known at its probe's start, a connection at
+                                // its end.
+                                return Ok(if want {
+                                    t0.elapsed()
+                                } else {
+                                    at.saturating_duration_since(t0)
+                                });
+                            }
+                            if t0.elapsed() > limit {
+                                return Err(format!(
+                                    "{ip}: `weft {verb}` of zz-allow never took effect"
+                                ));
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    })
+                })
+                .collect();
+            let r = lab.exec(
+                "h1",
+                &["weft", verb, "-f", &zz_path],
+                Duration::from_secs(60),
+            );
+            let t: Vec<Result<Duration, String>> = probers
+                .into_iter()
+                .map(|p| p.join().unwrap_or_else(|_| Err("a prober panicked".into())))
+                .collect();
+            r.map(|_| t)
+        })?;
+        let mut t = times.into_iter().collect::<Result<Vec<_>, _>>()?;
+        t.sort();
+        println!(
+            "| one policy of the {} changed on h1 (`weft {verb}` of zz-allow): until every one of the {} hosts {} the client: median / slowest host | {} / {} |",
+            o.policies,
+            o.hosts,
+            if want { "lets in" } else { "drops" },
+            ms(t[t.len() / 2]),
+            ms(t[t.len() - 1])
+        );
+    }
     // Programming them again from nothing on an isolated pod's own host.
     let prog = hosts.last().ok_or("no hosts")?;
     let t = Instant::now();
