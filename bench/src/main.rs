@@ -74,7 +74,7 @@ enum Cmd {
         weft: PathBuf,
         /// Lab name of the anchors (1 to 10 of a-z0-9); the IPv6 anchors' lab is NAME6, the
         /// weft labs are NAMEr, NAMErn, NAMErs, NAMEv, NAMEvn and NAMEvs (route and VXLAN
-        /// mode: defaults, NAT off, fast path off) and NAME6r, NAME6v (IPv6 underlay).
+        /// mode: defaults, NAT off, fast path off) NAME6r, NAME6v (IPv6 underlay) and NAMErp, NAMErq (route mode, 100 and 1000 policies).
         #[arg(long, default_value = "bdp")]
         lab: String,
         /// Rounds; every path is measured once per round and the median is reported.
