@@ -13,7 +13,8 @@ cni_rounds=${CNI_ROUNDS:-5}
 cni=$(./target/release/weft-bench cni --containers "$containers" --rounds "$cni_rounds" --weft target/release/weft)
 mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
 join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target/release/weft)
-dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --rounds 7)
+dp_rounds=${DP_ROUNDS:-7}
+dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --rounds "$dp_rounds")
 policy=$(./target/release/weft-bench policy --weft target/release/weft --policies 1000 --pods 100 --hosts 20)
 
 {
@@ -72,7 +73,7 @@ policy=$(./target/release/weft-bench policy --weft target/release/weft --policie
   echo
   echo "## Pod-to-pod data plane"
   echo
-  echo "Command: \`weft-bench dataplane --weft target/release/weft --rounds 7\` (part of \`bash scripts/bench.sh\`):"
+  echo "Command: \`weft-bench dataplane --weft target/release/weft --rounds $dp_rounds\` (part of \`bash scripts/bench.sh\`):"
   echo "two lab hosts on one L2 underlay (2-host \`mesh\` labs), client on h1's side, server on h2's;"
   echo "iperf3 TCP throughput (receiver's count), \`ping -i 0.01\` average round trip, and TCP"
   echo "request/response (weft-bench's own 1-byte ping-pong on one connection, TCP_NODELAY). All paths,"

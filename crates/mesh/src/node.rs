@@ -409,44 +409,7 @@ impl Node {
             }
         }
         self.after_merge(&accepted);
-        self.forward_updates(from, &accepted)
-    }
-
-    /// Whether `owner` says (in its `links` record) it is connected to `peer`: then it has
-    /// pushed its updates to `peer` itself.
-    fn linked(&self, owner: &NodeId, peer: &NodeId) -> bool {
-        owner == peer
-            || self
-                .store
-                .get(owner, LINKS_KEY)
-                .flatten()
-                .and_then(decode_links)
-                .is_some_and(|l| l.contains(peer))
-    }
-
-    /// Forwards accepted updates to every peer but `from`, leaving out the records whose
-    /// owner is linked to that peer (it had them from the owner): in a full mesh a write
-    /// then crosses each link once, not once per node. A push that was lost is found by
-    /// anti-entropy, as any other.
-    fn forward_updates(&self, from: NodeId, accepted: &[Record]) -> Vec<Output> {
-        if accepted.is_empty() {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        for p in self.peers.iter().filter(|p| **p != from) {
-            let recs: Vec<Record> = accepted
-                .iter()
-                .filter(|r| !self.linked(&r.owner, p))
-                .cloned()
-                .collect();
-            if !recs.is_empty() {
-                out.push(Output::Send {
-                    to: *p,
-                    msg: Message::Update(recs),
-                });
-            }
-        }
-        out
+        self.forward(from, &accepted, Message::Update)
     }
 
     fn on_delta(
@@ -785,10 +748,18 @@ mod tests {
         // Two messages per peer (BATCH records and 10), not one per record.
         assert_eq!(out.len(), 4);
         assert_eq!(a.store().version(&id(1)), Some(before + BATCH as u64 + 10));
-        // b takes every record, and forwards each batch once, as one message, to its
-        // peer that a is not linked to (a pushed to 3 itself, its links say so).
+        // b takes every record, and forwards each batch once, as one message, to each
+        // of its other peers.
         let forwarded = deliver(&mut b, out);
-        assert_eq!(forwarded, vec![(id(4), "update"), (id(4), "update")]);
+        assert_eq!(
+            forwarded,
+            vec![
+                (id(3), "update"),
+                (id(4), "update"),
+                (id(3), "update"),
+                (id(4), "update")
+            ]
+        );
         assert_eq!(b.store().version(&id(1)), a.store().version(&id(1)));
         assert_eq!(
             b.store().get(&id(1), &format!("k/{}", BATCH + 9)),
