@@ -491,13 +491,7 @@ fn adds(o: &Opts) -> Result<(), String> {
     // `nft` over the 1000 policies): timed once, then a resident pod of that group stays,
     // as a deployment's other replicas do, and the rows measure pods joining it.
     let in_lab = |lab: &Lab, id: &str| -> Result<Duration, String> {
-        let host = weft_netlink::open_netns(Path::new(&weft_lab::sys::netns_path(&format!(
-            "weft-{}-h1",
-            lab.name
-        ))))
-        .map_err(|e| e.to_string())?;
-        nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("enter the lab host: {e}"))?;
+        enter(lab.name, "h1")?;
         let t = add_del(&o.weft, lab.name, id, "b", "app=server");
         nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("return: {e}"))?;
@@ -532,12 +526,7 @@ fn adds(o: &Opts) -> Result<(), String> {
             .into_iter()
             .enumerate()
             {
-                let host = weft_netlink::open_netns(Path::new(&weft_lab::sys::netns_path(
-                    &format!("weft-{}-h1", lab.name),
-                )))
-                .map_err(|e| e.to_string())?;
-                nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("enter the lab host: {e}"))?;
+                enter(lab.name, "h1")?;
                 let t = add_del(&o.weft, lab.name, &format!("{k}{i}"), ns, label);
                 nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| format!("return: {e}"))?;

@@ -101,25 +101,37 @@ fn request_ack(s: &mut Socket, msg: &[u8], op: &str) -> Result<bool> {
         let n = s
             .recv(&mut &mut buf[..], 0)
             .map_err(|e| Error::new(op, e))?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
-            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > n {
-                break;
-            }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let code =
-                    i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
-                return match -code {
-                    0 => Ok(true),
-                    libc::ENOENT => Ok(false),
-                    errno => Err(Error::new(op, std::io::Error::from_raw_os_error(errno))),
-                };
-            }
-            off += align4(len);
+        if let Some(code) = ack_codes(&buf[..n]).next() {
+            return match -code {
+                0 => Ok(true),
+                libc::ENOENT => Ok(false),
+                errno => Err(Error::new(op, std::io::Error::from_raw_os_error(errno))),
+            };
         }
     }
+}
+
+/// The error codes of the acknowledgements (`NLMSG_ERROR` messages; 0 is success) in one
+/// received buffer of netlink messages, in order.
+fn ack_codes(buf: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        while off + 16 <= buf.len() {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+            if len < 16 || off + len > buf.len() {
+                return None;
+            }
+            let at = off;
+            off += align4(len);
+            if kind == NLMSG_ERROR && len >= 20 {
+                return Some(i32::from_ne_bytes(
+                    buf[at + 16..at + 20].try_into().unwrap_or_default(),
+                ));
+            }
+        }
+        None
+    })
 }
 
 /// Deletes the connection tracking entry whose original tuple is `src:sport -> dst:dport`
@@ -303,22 +315,11 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
         let n = s
             .recv(&mut &mut buf[..], 0)
             .map_err(|e| Error::new(&op, e))?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
-            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > n {
-                break;
+        for code in ack_codes(&buf[..n]) {
+            if code != 0 {
+                return Err(Error::new(op, std::io::Error::from_raw_os_error(-code)));
             }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let code =
-                    i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
-                if code != 0 {
-                    return Err(Error::new(op, std::io::Error::from_raw_os_error(-code)));
-                }
-                acks += 1;
-            }
-            off += align4(len);
+            acks += 1;
         }
     }
     Ok(())
