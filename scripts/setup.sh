@@ -15,7 +15,10 @@ pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-lin
       clang linux-libc-dev
       # Operations tests: Prometheus scrapes the lab's agents; systemd-analyze checks the unit
       # that `weft install` writes.
-      prometheus systemd)
+      prometheus systemd
+      # The name service's tests and benchmark: dig and nslookup, dnsmasq as an upstream
+      # server and as the benchmark's anchor (the binary only, no service), dnsperf.
+      bind9-dnsutils dnsmasq-base dnsperf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -105,6 +105,26 @@ pub struct AgentArgs {
     /// weft::dataplane, weft::fastpath) [default: $WEFT_LOG, else $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     log_filter: Option<String>,
+    /// Answer DNS for the cluster's names (docs/dns.md): on or off [default: on].
+    /// Containers get the server in their CNI result's `dns`.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    dns: Option<bool>,
+    /// The address the name service answers on, UDP and TCP port 53; weft puts it on
+    /// its own dummy link `weft.dns` [default: 169.254.1.1, the containers' gateway].
+    #[arg(long, value_name = "IP")]
+    dns_addr: Option<String>,
+    /// The cluster domain: containers are NAME.DOMAIN and NAME.NAMESPACE.DOMAIN
+    /// [default: weft.local].
+    #[arg(long, value_name = "DOMAIN")]
+    dns_domain: Option<String>,
+    /// TTL of the name service's answers, and of its negative answers, in seconds
+    /// [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    dns_ttl: Option<u64>,
+    /// Where the servers for names outside the domain are read (`nameserver` lines,
+    /// re-read when the file changes) [default: /etc/resolv.conf].
+    #[arg(long, value_name = "FILE")]
+    dns_resolv_conf: Option<String>,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -182,6 +202,11 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         metrics_addr: a.metrics_addr,
         log_format: a.log_format,
         log_filter: a.log_filter,
+        dns: a.dns,
+        dns_addr: a.dns_addr,
+        dns_domain: a.dns_domain,
+        dns_ttl: a.dns_ttl,
+        dns_resolv_conf: a.dns_resolv_conf,
     };
     let cfg = file.overlay(flags).validate().map_err(|e| e.to_string())?;
     weft_agent::run(cfg).map_err(|e| e.0)?;
@@ -252,6 +277,16 @@ pub fn status(s: SocketArg) -> Result<ExitCode, String> {
     }
     if let Some(p) = &r.policy {
         crate::policy_cli::print_status(p);
+    }
+    if let Some(d) = &r.dns {
+        println!();
+        match &d.error {
+            None => println!(
+                "dns: answering {} names of {} on {}:53",
+                d.names, d.domain, d.addr
+            ),
+            Some(e) => println!("dns: NOT ANSWERING: {e}"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 
 mod agent_cli;
 mod demo;
+mod dns_cli;
 mod install;
 mod policy_cli;
 
@@ -116,6 +117,10 @@ enum Cmd {
     /// the policies allow a connection and why.
     #[command(subcommand)]
     Policy(policy_cli::PolicyCmd),
+    /// The name service: `weft dns add NAME ADDR...` and `remove` for names outside
+    /// containers, `weft dns list` for every name answered (asks the agent).
+    #[command(subcommand)]
+    Dns(dns_cli::DnsCmd),
 }
 
 #[derive(Args)]
@@ -346,6 +351,7 @@ fn main() -> ExitCode {
         Cmd::Get(a) => policy_cli::get(a),
         Cmd::Label(a) => policy_cli::label(a),
         Cmd::Flows(a) => policy_cli::flows(a),
+        Cmd::Dns(c) => dns_cli::dns(c),
         Cmd::Policy(c) => policy_cli::policy(c),
     };
     match res {

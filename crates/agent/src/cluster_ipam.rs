@@ -80,6 +80,7 @@ fn parse_identity(body: &str, owner: &Owner) -> Result<Identity, (u16, String)> 
         name: owner.container_id.clone(),
         labels: Default::default(),
         ports: Vec::new(),
+        aliases: Vec::new(),
     });
     // The same checks as the plugin's, for clients that are not weft's plugin.
     let args: Vec<(String, String)> = vec![
@@ -90,8 +91,11 @@ fn parse_identity(body: &str, owner: &Owner) -> Result<Identity, (u16, String)> 
         "cni": {"labels": id.labels.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>()},
         "weft": {"ports": id.ports},
     });
-    weft_policy::identity::from_cni(&args, Some(&conf), &owner.container_id)
-        .map_err(|e| (400, error_json(&format!("endpoint: {e}"))))
+    let mut checked = weft_policy::identity::from_cni(&args, Some(&conf), &owner.container_id)
+        .map_err(|e| (400, error_json(&format!("endpoint: {e}"))))?;
+    // Aliases are only names: those that are not DNS names get no name in the zone.
+    checked.aliases = id.aliases;
+    Ok(checked)
 }
 
 fn parse_owner(body: &str) -> Result<Owner, (u16, String)> {
@@ -349,17 +353,18 @@ impl Agent {
                     return Attempt::Answer(500, error_json(&e));
                 }
                 let mtu = self.dp.pod_mtu();
-                Attempt::Answer(
-                    200,
-                    // `address`: the first (IPv4 when there are IPv4 pools), for clients
-                    // that know one address; `addresses`: one of every family.
-                    serde_json::json!({
-                        "address": a[0].to_string(),
-                        "addresses": a.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
-                        "mtu": mtu,
-                    })
-                    .to_string(),
-                )
+                // `address`: the first (IPv4 when there are IPv4 pools), for clients
+                // that know one address; `addresses`: one of every family; `dns`: the
+                // name service for the CNI result.
+                let mut answer = serde_json::json!({
+                    "address": a[0].to_string(),
+                    "addresses": a.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                    "mtu": mtu,
+                });
+                if let Some(dns) = self.dns_result(&identity.namespace) {
+                    answer["dns"] = dns;
+                }
+                Attempt::Answer(200, answer.to_string())
             }
             Err(AllocError::Exhausted) => Attempt::Answer(
                 507,

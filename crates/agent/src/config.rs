@@ -68,6 +68,26 @@ pub struct AgentConfig {
     pub metrics_given: bool,
     /// Logs: format and filter.
     pub log: LogConfig,
+    /// The name service (docs/dns.md); `None`: off.
+    pub dns: Option<DnsConfig>,
+}
+
+/// The default address of the name service: the containers' IPv4 gateway.
+pub const DEFAULT_DNS_ADDR: &str = "169.254.1.1";
+/// The default file of upstream servers.
+pub const DEFAULT_DNS_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The agent's DNS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The address it answers on (port 53), put on the link `weft.dns`.
+    pub addr: IpAddr,
+    /// The cluster domain, lower case, no final dot.
+    pub domain: String,
+    /// TTL of answers, seconds.
+    pub ttl: u32,
+    /// Where the upstream servers are read.
+    pub resolv_conf: PathBuf,
 }
 
 /// How the agent logs (to stderr, through `tracing`).
@@ -156,6 +176,16 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     /// Log filter (`EnvFilter` syntax).
     pub log_filter: Option<String>,
+    /// The name service: on or off.
+    pub dns: Option<bool>,
+    /// Its address.
+    pub dns_addr: Option<String>,
+    /// The cluster domain.
+    pub dns_domain: Option<String>,
+    /// TTL of answers, seconds.
+    pub dns_ttl: Option<u64>,
+    /// The resolv.conf of upstream servers.
+    pub dns_resolv_conf: Option<String>,
 }
 
 /// A configuration error: which field, what was expected, what was found.
@@ -191,7 +221,7 @@ impl RawConfig {
                 .to_string();
             err(
                 &field,
-                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId, metricsAddr, logFormat, logFilter",
+                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId, metricsAddr, logFormat, logFilter, dns, dnsAddr, dnsDomain, dnsTtl, dnsResolvConf",
                 msg,
             )
         })
@@ -226,7 +256,12 @@ impl RawConfig {
             vxlan_id,
             metrics_addr,
             log_format,
-            log_filter
+            log_filter,
+            dns,
+            dns_addr,
+            dns_domain,
+            dns_ttl,
+            dns_resolv_conf
         );
         self.peers.extend(other.peers);
         self
@@ -237,6 +272,7 @@ impl RawConfig {
         // Checked now, reported after the fields before it.
         let ipam = ipam_config(&self);
         let dataplane = dataplane_config(&self);
+        let dns = dns_config(&self);
         let name = self
             .name
             .ok_or_else(|| err("name", "a node name", "nothing"))?;
@@ -315,6 +351,7 @@ impl RawConfig {
         }
         let ipam = ipam?;
         let dataplane = dataplane?;
+        let dns = dns?;
         let metrics_given = self.metrics_addr.is_some();
         let metrics_addr = match self.metrics_addr.as_deref().unwrap_or(DEFAULT_METRICS_ADDR) {
             "off" => None,
@@ -359,8 +396,55 @@ impl RawConfig {
                 json,
                 filter: self.log_filter,
             },
+            dns,
         })
     }
+}
+
+fn dns_config(r: &RawConfig) -> Result<Option<DnsConfig>, ConfigError> {
+    if r.dns == Some(false) {
+        return Ok(None);
+    }
+    let a = r.dns_addr.as_deref().unwrap_or(DEFAULT_DNS_ADDR);
+    let addr: IpAddr = a.parse().map_err(|_| {
+        err(
+            "dns-addr",
+            "an IP address such as 169.254.1.1",
+            format!("{a:?}"),
+        )
+    })?;
+    if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
+        return Err(err(
+            "dns-addr",
+            "an address containers can reach (not 0.0.0.0, loopback or multicast)",
+            addr,
+        ));
+    }
+    let d = r.dns_domain.as_deref().unwrap_or(weft_dns::DEFAULT_DOMAIN);
+    let domain = weft_dns::Config::new(d, 0, Vec::new())
+        .map_err(|_| {
+            err(
+                "dns-domain",
+                "a domain such as weft.local (labels of letters, digits, '-', '_')",
+                format!("{d:?}"),
+            )
+        })?
+        .domain;
+    let ttl = r.dns_ttl.unwrap_or(weft_dns::DEFAULT_TTL.into());
+    if ttl > 86_400 {
+        return Err(err("dns-ttl", "0 to 86400 seconds", ttl));
+    }
+    let resolv_conf = PathBuf::from(
+        r.dns_resolv_conf
+            .as_deref()
+            .unwrap_or(DEFAULT_DNS_RESOLV_CONF),
+    );
+    Ok(Some(DnsConfig {
+        addr,
+        domain,
+        ttl: ttl as u32,
+        resolv_conf,
+    }))
 }
 
 fn dataplane_config(r: &RawConfig) -> Result<DataplaneConfig, ConfigError> {

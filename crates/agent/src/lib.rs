@@ -12,6 +12,8 @@ mod cluster_ipam;
 pub mod config;
 mod conn;
 mod dataplane;
+mod dns;
+mod dns_server;
 mod fast;
 mod flows;
 pub mod logging;
@@ -138,6 +140,8 @@ struct Agent {
     fast: fast::Fast,
     /// Network policy.
     pol: policy::PolicyState,
+    /// The name service.
+    dns: dns::DnsState,
     /// What of the own cluster objects is on disk (`objects.json`).
     objects_saved: Option<(usize, u64)>,
     /// Counters and histograms for `/metrics`.
@@ -244,6 +248,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
         fast: fast::Fast::default(),
         pol: policy::PolicyState::default(),
+        dns: dns::DnsState::default(),
         objects_saved: None,
         metrics: Arc::new(metrics::Metrics::default()),
         cfg,
@@ -275,6 +280,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     agent.save();
     agent.policy_load_cache();
     agent.flows_start();
+    agent.dns_start();
     for p in agent.cfg.peers.clone() {
         agent.dials.entry(p).or_default().manual = true;
     }
@@ -712,6 +718,9 @@ impl Agent {
             return answer;
         }
         match (method, path) {
+            ("GET", "/dns") => self.dns_list(),
+            ("POST", "/dns/add") => self.dns_change(body, false),
+            ("POST", "/dns/remove") => self.dns_change(body, true),
             ("GET", "/status") => json(&self.status()),
             ("GET", "/peers") => json(&self.peer_list()),
             ("POST", "/connect") | ("POST", "/forget") => {
@@ -791,6 +800,22 @@ impl Agent {
                 .collect(),
             dataplane: Some(self.dp_report()),
             policy: Some(self.policy_report()),
+            dns: self.cfg.dns.as_ref().map(|c| DnsReport {
+                addr: c.addr.to_string(),
+                domain: c.domain.clone(),
+                names: self
+                    .dns
+                    .zone
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len(),
+                error: self
+                    .dns
+                    .error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            }),
         }
     }
 
@@ -854,6 +879,22 @@ pub struct StatusReport {
     /// Network policy on this host.
     #[serde(default)]
     pub policy: Option<PolicyReport>,
+    /// The name service on this host (None: off).
+    #[serde(default)]
+    pub dns: Option<DnsReport>,
+}
+
+/// The name service in a status report.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct DnsReport {
+    /// Where it answers (port 53).
+    pub addr: String,
+    /// The cluster domain.
+    pub domain: String,
+    /// How many names it answers.
+    pub names: usize,
+    /// Why it does not answer, if it does not.
+    pub error: Option<String>,
 }
 
 /// This node in a status report.

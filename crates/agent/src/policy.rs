@@ -311,6 +311,7 @@ impl Agent {
     /// On every tick, and when `due`: follows the mesh, adopts orphaned objects, applies
     /// what changed, saves the cache.
     pub(crate) fn policy_tick(&mut self) {
+        self.dns_refresh();
         self.policy_index();
         self.policy_adopt();
         let due = self.pol.due.is_none_or(|t| Instant::now() >= t);
@@ -471,6 +472,7 @@ impl Agent {
             labels: id.labels.clone(),
             ports: id.ports.clone(),
             addrs: addrs.to_vec(),
+            aliases: id.aliases.clone(),
         }
         .encode();
         if self.node.store().get(&self.id, &key) != Some(Some(value.as_slice())) {
@@ -521,6 +523,8 @@ impl Agent {
         };
         match res {
             Ok(()) => {
+                // Its name is answered at once on this host.
+                self.dns_refresh();
                 // Its place in other rules' sets follows soon.
                 self.policy_after(ENDPOINT_COALESCE);
                 Ok(())
@@ -563,6 +567,7 @@ impl Agent {
         if !outs.is_empty() {
             self.perform(outs);
             self.save();
+            self.dns_refresh();
             self.policy_after(ENDPOINT_COALESCE);
         }
     }

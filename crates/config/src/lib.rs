@@ -484,6 +484,12 @@ fn conflist(name: &str, range: Option<&str>, agent_socket: Option<&str>, data_di
         agent_socket: Option<&'a str>,
         #[serde(rename = "dataDir")]
         data_dir: &'a str,
+        capabilities: WeftCaps,
+    }
+    /// Network aliases (podman's `--network-alias`) become names in weft's DNS.
+    #[derive(Serialize)]
+    struct WeftCaps {
+        aliases: bool,
     }
     #[derive(Serialize)]
     struct Portmap {
@@ -521,6 +527,7 @@ fn conflist(name: &str, range: Option<&str>, agent_socket: Option<&str>, data_di
                 range,
                 agent_socket,
                 data_dir,
+                capabilities: WeftCaps { aliases: true },
             },
             Portmap {
                 plugin_type: "portmap",

@@ -327,7 +327,7 @@ fn example_conflist_shape_and_round_trip() {
             "cniVersion": "1.0.0",
             "name": "weft",
             "plugins": [
-                {"type": "weft", "range": "10.32.1.0/24", "dataDir": "/var/lib/weft"},
+                {"type": "weft", "range": "10.32.1.0/24", "dataDir": "/var/lib/weft", "capabilities": {"aliases": true}},
                 {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
                 {"type": "bandwidth", "capabilities": {"bandwidth": true}},
                 {"type": "tuning"}
@@ -426,7 +426,7 @@ fn example_agent_conflist_has_no_range() {
     let list: Value = serde_json::from_str(&s).unwrap();
     assert_eq!(
         list["plugins"][0],
-        json!({"type": "weft", "agentSocket": "/run/weft/weft.sock", "dataDir": "/var/lib/weft"})
+        json!({"type": "weft", "agentSocket": "/run/weft/weft.sock", "dataDir": "/var/lib/weft", "capabilities": {"aliases": true}})
     );
     let (_, c) = parse(&first_plugin(&s)).unwrap();
     assert_eq!(c.range, None);

@@ -102,6 +102,13 @@ pub fn agent_data_dir(lab: &str, host: &str) -> PathBuf {
     host_dir(lab, host).join("agent")
 }
 
+/// The resolv.conf of a host's agent's upstream servers (`--dns-resolv-conf`): lab hosts
+/// cannot reach the machine's resolvers, so each has its own file (empty at first; a
+/// test puts a lab name server in it).
+pub fn agent_resolv_conf(lab: &str, host: &str) -> PathBuf {
+    host_dir(lab, host).join("resolv.conf")
+}
+
 /// The log of a host's agent.
 pub fn agent_log(lab: &str, host: &str) -> PathBuf {
     host_dir(lab, host).join("agent.log")
@@ -144,6 +151,7 @@ pub fn agent_command(plan: &LabPlan, host: &str, weft_bin: &Path) -> Option<Vec<
         ("--data-dir", agent_data_dir(lab, host)),
         ("--secret-file", secret_path(lab)),
         ("--socket", agent_socket(lab, host)),
+        ("--dns-resolv-conf", agent_resolv_conf(lab, host)),
     ] {
         cmd.push(flag.into());
         cmd.push(path.to_string_lossy().into_owned());

@@ -536,6 +536,15 @@ pub fn down(name: &str) -> Result<(), LabError> {
             errors.push(e.0);
         }
     }
+    // Containers' resolv.conf files, also of namespaces already gone.
+    if let Ok(rd) = fs::read_dir("/etc/netns") {
+        for entry in rd.filter_map(|e| e.ok()) {
+            let n = entry.file_name().to_string_lossy().to_string();
+            if n.starts_with(&prefix) {
+                remove_etc_netns(&n);
+            }
+        }
+    }
     if dir.exists() {
         if let Err(e) = fs::remove_dir_all(&dir) {
             errors.push(format!("remove {}: {e}", dir.display()));
@@ -645,6 +654,10 @@ pub fn run(
         })
         .unwrap_or_default();
     let ip = ips.first().cloned();
+    if let Err(e) = write_resolv_conf(&netns, &result) {
+        let _ = sys::netns_del(&netns);
+        return Err(e);
+    }
     let mut c = ContainerState {
         host: host.into(),
         name: container.into(),
@@ -723,8 +736,55 @@ fn teardown_container(c: &ContainerState) -> Result<(), LabError> {
         conf_args: c.identity.conf_args(),
     };
     let del = runtime::chain_del(&call, &c.conflist, Some(&c.result));
+    remove_etc_netns(&c.netns);
     sys::netns_del(&c.netns)?;
     del
+}
+
+/// Where `ip netns exec NETNS` finds files it mounts over `/etc` (iproute2's convention).
+fn etc_netns(netns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(netns)
+}
+
+/// Writes the container's resolv.conf from the CNI result's `dns` (the name service the
+/// network gives it), where `ip netns exec` mounts it over `/etc/resolv.conf`; nothing
+/// when the result has no name servers.
+fn write_resolv_conf(netns: &str, result: &serde_json::Value) -> Result<(), LabError> {
+    let list = |k: &str| -> Vec<String> {
+        result["dns"][k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let servers = list("nameservers");
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::from("# written by weft lab from the CNI result's dns\n");
+    for s in &servers {
+        text.push_str(&format!("nameserver {s}\n"));
+    }
+    let search = list("search");
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    let options = list("options");
+    if !options.is_empty() {
+        text.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    let dir = etc_netns(netns);
+    fs::create_dir_all(&dir)
+        .and_then(|()| fs::write(dir.join("resolv.conf"), text))
+        .map_err(|e| LabError::new(format!("write {}/resolv.conf: {e}", dir.display())))
+}
+
+/// Removes what `write_resolv_conf` wrote for a namespace.
+fn remove_etc_netns(netns: &str) {
+    let _ = fs::remove_dir_all(etc_netns(netns));
 }
 
 /// Removes a container: ends its command, CNI DEL through its conflist, deletes its

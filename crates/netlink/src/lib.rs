@@ -354,6 +354,24 @@ impl Netlink {
         Ok(())
     }
 
+    /// Creates a dummy link (`ip link add NAME type dummy`) carrying `alias`.
+    pub fn create_dummy(&mut self, name: &str, alias: &str) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Dummy)]),
+        ];
+        self.ack(
+            &|| format!("create dummy {name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        if let Some(link) = self.link_by_name(name)? {
+            self.set_alias(link.index, alias)?;
+        }
+        Ok(())
+    }
+
     /// Sets a link's alias (`ip link set DEV alias TEXT`).
     pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
         let mut msg = LinkMessage::default();
@@ -513,6 +531,32 @@ impl Netlink {
             RouteNetlinkMessage::NewRoute(Self::route_message(route)),
             flags,
         )
+    }
+
+    /// Makes `addr` an address of this host with a route of type `local` in the local
+    /// table through `oif` (usually `lo`), marked with `protocol`: the host accepts
+    /// packets to it and sockets bind to it, with no link and no change to one
+    /// (`ip route add local ADDR dev lo table local proto P`). An existing route (weft's,
+    /// or the kernel's for an address someone configured) is left as it is.
+    pub fn add_local_route(&mut self, addr: IpAddr, oif: u32, protocol: u8) -> Result<()> {
+        let route = Route::new(
+            IpNet::from(addr),
+            None,
+            Some(oif),
+            Scope::Host,
+            protocol,
+            255,
+        );
+        let mut msg = Self::route_message(&route);
+        msg.header.kind = RouteType::Local;
+        match self.ack(
+            &|| format!("add local route {addr}"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.is_exists() => Ok(()),
+            other => other,
+        }
     }
 
     /// Deletes a route matching destination, table, protocol and (if set) gateway and oif.

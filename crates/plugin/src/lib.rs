@@ -116,6 +116,24 @@ impl Ctx {
         Ok(Ctx { conf, net, range })
     }
 
+    /// The network aliases the runtime gives this network (`runtimeConfig.aliases.NAME`,
+    /// podman's `aliases` capability): more names for the name service.
+    fn aliases(&self) -> Vec<String> {
+        self.conf
+            .runtime_config
+            .as_ref()
+            .and_then(|r| {
+                r.pointer("/aliases")?
+                    .get(&self.net.name)?
+                    .as_array()
+                    .cloned()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    }
+
     fn source(&self) -> Box<dyn AddressSource> {
         match &self.range {
             Some(range) => Box::new(LocalFileSource::new(
@@ -183,7 +201,7 @@ impl Ctx {
             Some(_) => self.source(),
             None => {
                 // The agent registers the endpoint with its identity as it allocates.
-                let id = weft_policy::identity::from_cni(
+                let mut id = weft_policy::identity::from_cni(
                     &env.args,
                     self.conf.extra.get("args"),
                     a.container_id,
@@ -196,6 +214,7 @@ impl Ctx {
                     };
                     CniError::new(c, e.to_string())
                 })?;
+                id.aliases = self.aliases();
                 Box::new(AgentSource::new(Path::new(&self.net.agent_socket)).with_identity(id))
             }
         };
@@ -203,6 +222,9 @@ impl Ctx {
         let ips = source.allocate(&owner)?;
         match self.wire(&a, &netns, netns_path, &ips, source.mtu()) {
             Ok(mut result) => {
+                if let Some(dns) = source.dns() {
+                    result.dns = dns;
+                }
                 if let Some(mut prev) = prev {
                     prev.cni_version = result.cni_version.clone();
                     prev.append(result);

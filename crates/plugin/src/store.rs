@@ -40,6 +40,11 @@ pub trait AddressSource {
     fn mtu(&self) -> Option<u32> {
         None
     }
+    /// The name service the containers should use (the agent's), learnt with the last
+    /// allocation.
+    fn dns(&self) -> Option<weft_cni::Dns> {
+        None
+    }
     /// Releases every allocation whose owner is not in `valid`; returns the addresses.
     fn gc(&mut self, valid: &BTreeSet<Owner>) -> Result<Vec<IpAddr>, CniError> {
         let mut freed = Vec::new();
@@ -164,6 +169,7 @@ impl AddressSource for LocalFileSource {
 pub struct AgentSource {
     socket: PathBuf,
     mtu: Option<u32>,
+    dns: Option<weft_cni::Dns>,
     /// Who the attachment is: sent with the allocation, so that the agent registers the
     /// endpoint (and isolates it, if a policy says so) before it answers.
     identity: Option<weft_policy::identity::Identity>,
@@ -181,6 +187,10 @@ struct AddressAnswer {
     /// The container MTU the agent's data plane allows (allocate answers only).
     #[serde(default)]
     mtu: Option<u32>,
+    /// The agent's name service: nameservers and search domains (allocate answers of
+    /// an agent serving DNS only).
+    #[serde(default)]
+    dns: Option<weft_cni::Dns>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +223,7 @@ impl AgentSource {
         AgentSource {
             socket: socket.to_path_buf(),
             mtu: None,
+            dns: None,
             identity: None,
         }
     }
@@ -306,6 +317,10 @@ impl AddressSource for AgentSource {
         self.mtu
     }
 
+    fn dns(&self) -> Option<weft_cni::Dns> {
+        self.dns.clone()
+    }
+
     fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
         let mut body = Self::owner_json(owner);
         if let Some(id) = &self.identity {
@@ -318,6 +333,7 @@ impl AddressSource for AgentSource {
             api::ALLOCATE_CLIENT_TIMEOUT,
         )?;
         self.mtu = a.mtu.filter(|m| (576..=65535).contains(m));
+        self.dns = a.dns.clone();
         let all = a.all();
         if all.is_empty() {
             return Err(CniError::new(

@@ -26,6 +26,9 @@ pub struct Identity {
     /// Named ports.
     #[serde(default)]
     pub ports: Vec<NamedPort>,
+    /// More names for the name service (podman's `aliases` runtime capability).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// A refused identity: the field (`CNI_ARGS K8S_POD_NAMESPACE`, `args.cni.labels[1].key`)
@@ -89,6 +92,7 @@ pub fn from_cni(
         name,
         labels: Labels::new(),
         ports: Vec::new(),
+        aliases: Vec::new(),
     };
     let Some(args) = config_args else {
         return Ok(id);

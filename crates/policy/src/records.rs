@@ -135,6 +135,9 @@ pub struct EndpointValue {
     pub ports: Vec<crate::model::NamedPort>,
     /// Addresses.
     pub addrs: Vec<std::net::IpAddr>,
+    /// More names for the name service (network aliases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 impl EndpointValue {
@@ -417,6 +420,7 @@ mod tests {
             labels: [("pod".to_string(), "a".to_string())].into(),
             ports: vec![],
             addrs: vec!["10.0.0.1".parse().unwrap()],
+            aliases: vec![],
         }
         .encode();
         let lk = labels_key("c1/eth0");
