@@ -11,6 +11,7 @@
 //! by hand (see `dataplane.rs`).
 
 mod dataplane;
+mod dns;
 mod policy;
 
 use std::io::Write;
@@ -114,6 +115,29 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         hosts: usize,
     },
+    /// The name service: dnsperf from a container against weft's DNS and against dnsmasq
+    /// serving the same names from a hosts file on the same host (labs bdns), and the time
+    /// until a new container's name resolves on every host of a bigger lab (bdnsp).
+    Dns {
+        /// The weft binary (a release build).
+        #[arg(long, default_value = "target/release/weft")]
+        weft: PathBuf,
+        /// Containers whose names are queried.
+        #[arg(long, default_value_t = 50)]
+        names: usize,
+        /// Rounds of the comparison (alternating which server goes first).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// dnsperf seconds per throughput measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Hosts of the propagation lab (the target is at 20); 0 skips it.
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// New containers timed on the propagation lab.
+        #[arg(long, default_value_t = 5)]
+        adds: usize,
+    },
     /// TCP request/response server: echoes one connection's bytes (used by `dataplane`).
     #[command(hide = true)]
     RrServer {
@@ -180,6 +204,29 @@ fn main() {
                     dataplane::first_cpu()
                 },
                 ready_secs,
+            })
+        }),
+        Cmd::Dns { hosts, .. } if hosts == 1 || hosts > 60 => Err(format!(
+            "--hosts {hosts}: the propagation lab needs 2 to 60 hosts (0: skip it)"
+        )),
+        Cmd::Dns { names: 0, .. } | Cmd::Dns { rounds: 0, .. } => {
+            Err("--names and --rounds must be at least 1".into())
+        }
+        Cmd::Dns {
+            weft,
+            names,
+            rounds,
+            secs,
+            hosts,
+            adds,
+        } => weft_binary(&weft).and_then(|weft| {
+            dns::dns(&dns::Opts {
+                weft,
+                names,
+                rounds,
+                secs,
+                hosts,
+                adds,
             })
         }),
         Cmd::Policy {

@@ -50,7 +50,7 @@ pub fn policies_yaml(n: usize) -> String {
     s
 }
 
-fn weft(weft: &Path, args: &[&str], limit: Duration) -> Result<String, String> {
+pub(crate) fn weft(weft: &Path, args: &[&str], limit: Duration) -> Result<String, String> {
     let mut child = Command::new(weft)
         .args(args)
         .env_remove("CNI_COMMAND")
@@ -87,13 +87,13 @@ fn weft(weft: &Path, args: &[&str], limit: Duration) -> Result<String, String> {
 }
 
 /// A lab taken down when dropped.
-struct Lab<'a> {
+pub(crate) struct Lab<'a> {
     weft: &'a Path,
     name: &'static str,
 }
 
 impl<'a> Lab<'a> {
-    fn up(weft: &'a Path, name: &'static str, hosts: usize) -> Result<Lab<'a>, String> {
+    pub(crate) fn up(weft: &'a Path, name: &'static str, hosts: usize) -> Result<Lab<'a>, String> {
         let lab = Lab { weft, name };
         let _ = lab.down();
         let h = hosts.to_string();
@@ -122,7 +122,12 @@ impl<'a> Lab<'a> {
         )
     }
 
-    fn exec(&self, target: &str, cmd: &[&str], limit: Duration) -> Result<String, String> {
+    pub(crate) fn exec(
+        &self,
+        target: &str,
+        cmd: &[&str],
+        limit: Duration,
+    ) -> Result<String, String> {
         let mut args = vec!["lab", "exec", "--name", self.name, target, "--"];
         args.extend_from_slice(cmd);
         weft(self.weft, &args, limit)
@@ -194,7 +199,7 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
 
 /// Moves this thread into the network namespace of the lab's container HOST-POD (setns
 /// acts on the calling thread only).
-fn enter(lab: &str, pod: &str) -> Result<(), String> {
+pub(crate) fn enter(lab: &str, pod: &str) -> Result<(), String> {
     let ns = weft_netlink::open_netns(Path::new(&weft_lab::sys::netns_path(&format!(
         "weft-{lab}-{pod}"
     ))))
@@ -469,7 +474,7 @@ fn add_del(weft: &Path, lab: &str, id: &str, ns: &str, label: &str) -> Result<Du
     Ok(t)
 }
 
-fn pct(v: &mut [Duration], q: f64) -> Duration {
+pub(crate) fn pct(v: &mut [Duration], q: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * q).round() as usize]
 }

@@ -63,7 +63,7 @@ async fn run(cfg: DnsConfig, zone: SharedZone, error: Arc<Mutex<Option<String>>>
     let upstream = Arc::new(Upstreams::new(cfg.resolv_conf.clone(), cfg.addr));
     loop {
         let bound = async {
-            let udp = UdpSocket::bind(addr).await?;
+            let udp = std::net::UdpSocket::bind(addr)?;
             let tcp = TcpListener::bind(addr).await?;
             Ok::<_, std::io::Error>((udp, tcp))
         }
@@ -73,8 +73,13 @@ async fn run(cfg: DnsConfig, zone: SharedZone, error: Arc<Mutex<Option<String>>>
                 set_error(&error, None);
                 tracing::info!(target: "weft::dns", addr = %addr, "dns: answering on {addr} (UDP and TCP) for {}", cfg.domain);
                 tokio::spawn(serve_tcp(tcp, zone.clone(), upstream.clone()));
-                let e = serve_udp(udp, zone.clone(), upstream.clone()).await;
+                let (z, up, rt) = (zone.clone(), upstream.clone(), tokio::runtime::Handle::current());
+                let e = tokio::task::spawn_blocking(move || serve_udp(udp, z, up, rt))
+                    .await
+                    .unwrap_or_else(|e| std::io::Error::other(e.to_string()));
                 set_error(&error, Some(format!("dns: UDP on {addr}: {e}")));
+                // The TCP side keeps its listener; serving UDP is not tried again.
+                std::future::pending::<()>().await;
             }
             Err(e) => set_error(
                 &error,
@@ -97,36 +102,65 @@ fn current(zone: &SharedZone) -> Arc<weft_dns::Zone> {
     zone.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-async fn serve_udp(udp: UdpSocket, zone: SharedZone, upstream: Arc<Upstreams>) -> std::io::Error {
+/// The UDP side, on a thread of its own with a blocking socket: queries in batches
+/// (`dns_udp`), answered in place; forwarded ones on the runtime of `rt`.
+fn serve_udp(
+    udp: std::net::UdpSocket,
+    zone: SharedZone,
+    upstream: Arc<Upstreams>,
+    rt: tokio::runtime::Handle,
+) -> std::io::Error {
+    use std::os::fd::AsRawFd;
     let udp = Arc::new(udp);
-    let mut buf = vec![0u8; 65_535];
+    let fd = udp.as_raw_fd();
+    let mut batch = crate::dns_udp::Batch::new();
+    let mut out = Vec::with_capacity(crate::dns_udp::BATCH);
+    // Errors in a row: a socket that only fails is given up.
+    let mut errors = 0u32;
     loop {
-        let (n, peer) = match udp.recv_from(&mut buf).await {
-            Ok(x) => x,
-            // An ICMP error of an earlier answer's client: nothing to do.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+        let n = match batch.recv(fd) {
+            Ok(n) => {
+                errors = 0;
+                n
+            }
+            // An ICMP error of an earlier answer's client (port or host unreachable):
+            // the socket is fine.
+            Err(e) if errors < 1000 => {
+                errors += 1;
+                tracing::debug!(target: "weft::dns", "dns: receive: {e}");
+                continue;
+            }
             Err(e) => return e,
         };
-        let packet = &buf[..n];
-        match respond(&current(&zone), packet, Transport::Udp, next_seed()) {
-            Action::Reply(b) => {
-                let _ = udp.send_to(&b, peer).await;
-            }
-            Action::Forward => {
-                let (udp, up, q) = (udp.clone(), upstream.clone(), packet.to_vec());
-                tokio::spawn(async move {
-                    let answer = match up.ask_udp(&q).await {
-                        Some(a) => a,
-                        None => match servfail(&q) {
-                            Some(s) => s,
-                            None => return,
-                        },
+        let z = current(&zone);
+        for i in 0..n {
+            let Some((packet, peer)) = batch.get(i) else {
+                continue;
+            };
+            match respond(&z, packet, Transport::Udp, next_seed()) {
+                Action::Reply(b) => out.push((b, peer)),
+                Action::Forward => {
+                    let Some(to) = peer.socket_addr() else {
+                        continue;
                     };
-                    let _ = udp.send_to(&answer, peer).await;
-                });
+                    let (udp, up, q) = (udp.clone(), upstream.clone(), packet.to_vec());
+                    rt.spawn(async move {
+                        let answer = match up.ask_udp(&q).await {
+                            Some(a) => a,
+                            None => match servfail(&q) {
+                                Some(s) => s,
+                                None => return,
+                            },
+                        };
+                        // A blocking socket, but a datagram send does not wait.
+                        let _ = udp.send_to(&answer, to);
+                    });
+                }
+                Action::Drop => {}
             }
-            Action::Drop => {}
         }
+        crate::dns_udp::send_all(fd, &mut out);
+        out.clear();
     }
 }
 

@@ -14,6 +14,7 @@ mod conn;
 mod dataplane;
 mod dns;
 mod dns_server;
+mod dns_udp;
 mod fast;
 mod flows;
 pub mod logging;
