@@ -207,7 +207,7 @@ fn throughput(o: &Opts) -> Result<(), String> {
     };
     let (qw, qd) = (med(&mut qps[0]), med(&mut qps[1]));
     println!(
-        "## Name service: weft's DNS beside dnsmasq (dnsperf from a container, {} names, {} rounds)\n",
+        "### Name service: weft's DNS beside dnsmasq (dnsperf from a container, {} names, {} rounds)\n",
         o.names, o.rounds
     );
     println!("| server | queries/s (median of rounds) | p50 latency | p99 latency | lost |");
@@ -312,7 +312,7 @@ fn propagation(o: &Opts) -> Result<(), String> {
     }
     let mut w = worst.clone();
     println!(
-        "## Name service: a new container's name on every host ({} hosts, {} containers)\n",
+        "### Name service: a new container's name on every host ({} hosts, {} containers)\n",
         o.hosts, o.adds
     );
     println!(
