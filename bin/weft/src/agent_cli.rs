@@ -109,8 +109,9 @@ pub struct AgentArgs {
     /// Containers get the server in their CNI result's `dns`.
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     dns: Option<bool>,
-    /// The address the name service answers on, UDP and TCP port 53; weft puts it on
-    /// its own dummy link `weft.dns` [default: 169.254.1.1, the containers' gateway].
+    /// The address the name service answers on, UDP and TCP port 53; weft makes it local
+    /// with a `local` route of its own through lo [default: 169.254.1.1, the containers'
+    /// gateway].
     #[arg(long, value_name = "IP")]
     dns_addr: Option<String>,
     /// The cluster domain: containers are NAME.DOMAIN and NAME.NAMESPACE.DOMAIN

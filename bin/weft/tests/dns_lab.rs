@@ -278,6 +278,17 @@ fn names_resolve_across_hosts_exactly_as_the_specs_say() {
     let tcp = short(&lab, "h1/a", &["+tcp", "many.weft.local"]);
     assert_eq!(tcp, many.iter().cloned().collect::<BTreeSet<_>>());
 
+    // A DEL takes the name away on the other hosts.
+    rm(&lab, "h2", "b");
+    let (ok, took) = until(5, || {
+        short(&lab, "h1/a", &["b.weft.local"]) == set(&[&b3.v4])
+    });
+    assert!(ok, "{:?}", short(&lab, "h1/a", &["b.weft.local"]));
+    eprintln!(
+        "b's address on h2 gone on h1 {} ms after its DEL",
+        took.as_millis()
+    );
+    run(&lab, "h2", "b", "default");
     // A container killed and started again five times: exactly its current address.
     let mut last = String::new();
     for _ in 0..5 {
@@ -333,11 +344,25 @@ fn names_resolve_across_hosts_exactly_as_the_specs_say() {
     rm(&lab, "h3", "d");
     weft_ok(&["lab", "agent", "--name", &lab.name, "h3", "restart"]);
     weft_ok(&["lab", "heal", "--name", &lab.name]);
-    // (A restarted node allocates once its heir confirmed it, after the heal.)
-    let e = run(&lab, "h3", "e", "default");
-    let (ok, _) = until(20, || {
-        short(&lab, "h2/b", &["e.weft.local"]) == set(&[&e.v4])
-    });
+    // (A restarted node allocates once its heir confirmed it, after the heal: the ADD
+    // says "try again later" until then.)
+    let t0 = Instant::now();
+    let e = loop {
+        let out = weft(&[
+            "lab", "run", "--name", &lab.name, "--json", "h3", "e", "--", "sleep", "600",
+        ]);
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            break v["ip"].as_str().unwrap().to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "e on h3 after the heal: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (ok, _) = until(20, || short(&lab, "h2/b", &["e.weft.local"]) == set(&[&e]));
     assert!(
         ok,
         "e after the heal: {:?}",
@@ -356,6 +381,26 @@ fn names_resolve_across_hosts_exactly_as_the_specs_say() {
             .iter()
             .any(|n| n["name"] == "d.weft.local"),
         "{list}"
+    );
+
+    // A host that is down takes its names with it, and brings them back.
+    weft_ok(&["lab", "agent", "--name", &lab.name, "h3", "stop"]);
+    let (ok, _) = until(10, || {
+        dig(&lab, "h1/a", &["c.weft.local"]).contains("status: NXDOMAIN")
+    });
+    assert!(
+        ok,
+        "c with h3 down: {}",
+        dig(&lab, "h1/a", &["c.weft.local"])
+    );
+    weft_ok(&["lab", "agent", "--name", &lab.name, "h3", "start"]);
+    let (ok, _) = until(20, || {
+        short(&lab, "h1/a", &["c.weft.local"]) == set(&[&c.v4])
+    });
+    assert!(
+        ok,
+        "c with h3 back: {:?}",
+        short(&lab, "h1/a", &["c.weft.local"])
     );
     let _ = (a6, b26, b36);
 }

@@ -24,6 +24,9 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 const TCP_MAX: usize = 256;
 /// A failed bind is tried again after this long.
 const RETRY: Duration = Duration::from_secs(2);
+/// Forwarded queries waiting for an upstream answer at most (as Docker's resolver): more
+/// get SERVFAIL at once, so a flood of outside names cannot pile up tasks and sockets.
+const FORWARD_MAX: usize = 1024;
 
 /// Starts the server thread.
 pub(crate) fn spawn(cfg: DnsConfig, zone: SharedZone, error: Arc<Mutex<Option<String>>>) {
@@ -225,6 +228,17 @@ struct Upstreams {
     path: PathBuf,
     own: IpAddr,
     state: Mutex<UpState>,
+    /// Forwarded queries in flight.
+    inflight: std::sync::atomic::AtomicUsize,
+}
+
+/// A forwarded query's place among the [`FORWARD_MAX`]; given back when dropped.
+struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -240,6 +254,7 @@ impl Upstreams {
             path,
             own,
             state: Mutex::new(UpState::default()),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -263,8 +278,18 @@ impl Upstreams {
         st.servers.clone()
     }
 
+    /// A place for one more forwarded query, if there is one.
+    fn slot(&self) -> Option<Slot<'_>> {
+        if self.inflight.fetch_add(1, Ordering::Relaxed) >= FORWARD_MAX {
+            self.inflight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(&self.inflight))
+    }
+
     /// The first answer of a server to `q` over UDP, asked in order.
     async fn ask_udp(&self, q: &[u8]) -> Option<Vec<u8>> {
+        let _slot = self.slot()?;
         for server in self.servers() {
             let to = SocketAddr::new(server, 53);
             let local: SocketAddr = if server.is_ipv4() {
@@ -293,6 +318,7 @@ impl Upstreams {
 
     /// The same over TCP.
     async fn ask_tcp(&self, q: &[u8]) -> Option<Vec<u8>> {
+        let _slot = self.slot()?;
         for server in self.servers() {
             let attempt = async {
                 let mut s = TcpStream::connect(SocketAddr::new(server, 53)).await.ok()?;

@@ -354,24 +354,6 @@ impl Netlink {
         Ok(())
     }
 
-    /// Creates a dummy link (`ip link add NAME type dummy`) carrying `alias`.
-    pub fn create_dummy(&mut self, name: &str, alias: &str) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![
-            LinkAttribute::IfName(name.to_string()),
-            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Dummy)]),
-        ];
-        self.ack(
-            &|| format!("create dummy {name}"),
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )?;
-        if let Some(link) = self.link_by_name(name)? {
-            self.set_alias(link.index, alias)?;
-        }
-        Ok(())
-    }
-
     /// Sets a link's alias (`ip link set DEV alias TEXT`).
     pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
         let mut msg = LinkMessage::default();
