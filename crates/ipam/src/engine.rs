@@ -276,6 +276,35 @@ impl Ipam {
         out
     }
 
+    /// How many blocks this node holds, and how many of them are active: the counts of
+    /// [`Ipam::held_blocks`] without listing every unclaimed block of its genesis shares
+    /// (a node's share of a /12 in /26 blocks is 16,384 blocks, and the counts are
+    /// published with every change of its use).
+    pub fn held_counts(&self) -> (u64, u64) {
+        let v = &self.st.view;
+        let Some(g) = &v.genesis else {
+            return (0, 0);
+        };
+        let mut held = 0u64;
+        for (i, m) in g.members.iter().enumerate() {
+            if v.follow(*m, 0).0 != self.id {
+                continue;
+            }
+            let (lo, hi) = g.space.share(i, g.members.len());
+            held += (hi - lo) - v.claims.range(lo..hi).count() as u64;
+        }
+        let mut active = 0u64;
+        for c in v.claims.values() {
+            if v.follow(c.holder, c.inc).0 == self.id {
+                held += 1;
+                if c.holder == self.id && c.active {
+                    active += 1;
+                }
+            }
+        }
+        (held, active)
+    }
+
     /// Blocks taken from a removed node and still in quarantine (held, but
     /// neither used nor given yet).
     pub fn quarantined(&self) -> Vec<u64> {

@@ -685,8 +685,7 @@ impl Ipam {
 
     /// The summary others read.
     pub fn usage(&self) -> UseRec {
-        let held = self.held_blocks();
-        let active = held.iter().filter(|(_, a)| *a).count() as u64;
+        let (held, active) = self.held_counts();
         let mut free = 0u64;
         for k in self.active_blocks() {
             free += self
@@ -712,7 +711,7 @@ impl Ipam {
             .count() as u64;
         UseRec {
             active,
-            reserve: held.len() as u64 - active,
+            reserve: held - active,
             used,
             free,
             lent,

@@ -233,7 +233,18 @@ impl World {
                     // A block in quarantine after a take may still be claimed by
                     // the receiver of a give the taker missed; it is not used.
                     let q = ip.quarantined();
-                    for (k, _) in ip.held_blocks().into_iter().filter(|(k, _)| !q.contains(k)) {
+                    let held = ip.held_blocks();
+                    let counts = (
+                        held.len() as u64,
+                        held.iter().filter(|(_, a)| *a).count() as u64,
+                    );
+                    if ip.held_counts() != counts {
+                        return Err(self.err(format!(
+                            "node {i}: held_counts {:?} but held_blocks gives {counts:?}",
+                            ip.held_counts()
+                        )));
+                    }
+                    for (k, _) in held.into_iter().filter(|(k, _)| !q.contains(k)) {
                         if let Some(j) = holder_of.insert(k, i) {
                             return Err(self.err(format!(
                                 "block {k} held by nodes {j} and {i}{}",
