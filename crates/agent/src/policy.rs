@@ -491,8 +491,7 @@ impl Agent {
             labels: self
                 .pol
                 .objects
-                .labels()
-                .remove(&uid)
+                .labels_of(&uid)
                 .unwrap_or_else(|| id.labels.clone()),
             ports: id.ports.clone(),
             addrs: addrs.to_vec(),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +67,10 @@ pub struct World {
     pub namespaces: BTreeMap<String, Labels>,
     /// Endpoints by uid.
     pub endpoints: BTreeMap<String, Endpoint>,
-    /// Policies by `namespace/name`.
-    pub policies: BTreeMap<String, NetworkPolicy>,
+    /// Policies by `namespace/name` (shared: the index hands the same map to every world
+    /// it builds while no object changed, so a new endpoint does not copy a thousand
+    /// policies).
+    pub policies: Arc<BTreeMap<String, NetworkPolicy>>,
     by_addr: BTreeMap<IpAddr, String>,
 }
 
@@ -78,15 +81,23 @@ impl World {
         endpoints: impl IntoIterator<Item = Endpoint>,
         policies: impl IntoIterator<Item = NetworkPolicy>,
     ) -> World {
+        let map = policies.into_iter().map(|p| (p.key(), p)).collect();
+        World::with_policies(namespaces, endpoints, Arc::new(map))
+    }
+
+    /// A world of these parts, sharing a policy map built before.
+    pub fn with_policies(
+        namespaces: BTreeMap<String, Labels>,
+        endpoints: impl IntoIterator<Item = Endpoint>,
+        policies: Arc<BTreeMap<String, NetworkPolicy>>,
+    ) -> World {
         let mut w = World {
             namespaces,
+            policies,
             ..World::default()
         };
         for e in endpoints {
             w.add_endpoint(e);
-        }
-        for p in policies {
-            w.policies.insert(p.key(), p);
         }
         w
     }

@@ -5,11 +5,12 @@
 //! its mesh store and writes what this module encodes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::k8s::{parse_objects, Object};
+use crate::k8s::{parse_objects, NetworkPolicy, Object};
 use crate::model::{Endpoint, World};
 use crate::selector::Labels;
 
@@ -91,8 +92,9 @@ pub struct RecordRef<'a> {
 /// The winning value of each cluster object key, with the owner of the winning record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Objects {
-    /// Key → (winning value, owner of that record).
-    pub winners: BTreeMap<String, (ObjectValue, String)>,
+    /// Key → (winning value, owner of that record); shared between builds while no
+    /// object changed.
+    pub winners: Arc<BTreeMap<String, (ObjectValue, String)>>,
 }
 
 impl Objects {
@@ -104,6 +106,12 @@ impl Objects {
             ms: now_ms.max(seen),
             node: node.to_string(),
         }
+    }
+
+    /// The label map set with `weft label` for one endpoint, if any.
+    pub fn labels_of(&self, uid: &str) -> Option<Labels> {
+        let (v, _) = self.winners.get(&labels_key(uid))?;
+        serde_json::from_value(v.object.clone()?).ok()
     }
 
     /// Label maps set with `weft label`, by endpoint uid.
@@ -154,6 +162,18 @@ pub struct Index {
     owners: BTreeMap<String, OwnerPart>,
     /// Parsed policies and namespaces by record key, with the stamp they were parsed at.
     parsed: BTreeMap<String, (Stamp, Option<Object>)>,
+    /// What the objects made at the last build, while no owner's objects changed since:
+    /// endpoints come and go far more often than objects.
+    built: Option<Built>,
+}
+
+/// The part of a build that depends on objects only.
+#[derive(Debug, Clone)]
+struct Built {
+    objects: Objects,
+    namespaces: BTreeMap<String, Labels>,
+    policies: Arc<BTreeMap<String, NetworkPolicy>>,
+    labels: BTreeMap<String, Labels>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -208,6 +228,7 @@ impl Index {
             ..OwnerPart::default()
         };
         let old = self.owners.remove(owner).unwrap_or_default();
+        let mut objects_changed = false;
         for (key, value) in records {
             let h = fnv(value);
             part.hashes.insert(key.to_string(), h);
@@ -227,22 +248,41 @@ impl Index {
                     part.endpoints.insert(uid.to_string(), v);
                 }
             } else if key.starts_with(OBJ_PREFIX) {
+                objects_changed = true;
                 if let Ok(v) = serde_json::from_slice::<ObjectValue>(value) {
                     part.objects.insert(key.to_string(), v);
                 }
             }
+        }
+        // Unchanged objects were taken over above; any other change (one added, changed
+        // or gone) makes the next build compute the objects' part again.
+        if objects_changed || part.objects.len() != old.objects.len() {
+            self.built = None;
         }
         self.owners.insert(owner.to_string(), part);
     }
 
     /// Drops an owner's part.
     pub fn remove_owner(&mut self, owner: &str) {
-        self.owners.remove(owner);
+        if self
+            .owners
+            .remove(owner)
+            .is_some_and(|p| !p.objects.is_empty())
+        {
+            self.built = None;
+        }
     }
 
     /// Drops the parts that came only from the cache.
     pub fn drop_cached(&mut self) -> bool {
         let before = self.owners.len();
+        if self
+            .owners
+            .values()
+            .any(|p| p.cached && !p.objects.is_empty())
+        {
+            self.built = None;
+        }
         self.owners.retain(|_, p| !p.cached);
         before != self.owners.len()
     }
@@ -269,6 +309,36 @@ impl Index {
     /// The winning objects and the world they make with every owner's endpoints: labels
     /// set with `weft label` replace the runtime's labels of their endpoint.
     pub fn build(&mut self) -> (World, Objects) {
+        let built = match self.built.take() {
+            Some(b) => b,
+            None => self.build_objects(),
+        };
+        let mut eps = Vec::new();
+        for p in self.owners.values() {
+            for (uid, v) in &p.endpoints {
+                eps.push(Endpoint {
+                    uid: uid.clone(),
+                    namespace: v.namespace.clone(),
+                    name: v.name.clone(),
+                    labels: built
+                        .labels
+                        .get(uid)
+                        .cloned()
+                        .unwrap_or_else(|| v.labels.clone()),
+                    ports: v.ports.clone(),
+                    addrs: v.addrs.clone(),
+                    node: p.name.clone(),
+                });
+            }
+        }
+        let world = World::with_policies(built.namespaces.clone(), eps, built.policies.clone());
+        let objects = built.objects.clone();
+        self.built = Some(built);
+        (world, objects)
+    }
+
+    /// The winning objects, and the namespaces, policies and labels they make.
+    fn build_objects(&mut self) -> Built {
         let mut winners: BTreeMap<String, (ObjectValue, String)> = BTreeMap::new();
         for (owner, p) in &self.owners {
             for (key, v) in &p.objects {
@@ -280,7 +350,9 @@ impl Index {
                 }
             }
         }
-        let objects = Objects { winners };
+        let objects = Objects {
+            winners: Arc::new(winners),
+        };
         // Parse what changed since the last build only.
         self.parsed.retain(|k, (stamp, _)| {
             objects
@@ -288,7 +360,7 @@ impl Index {
                 .get(k)
                 .is_some_and(|(v, _)| v.stamp == *stamp)
         });
-        for (k, (v, _)) in &objects.winners {
+        for (k, (v, _)) in objects.winners.iter() {
             if self.parsed.contains_key(k) || !(k.contains("/np/") || k.contains("/ns/")) {
                 continue;
             }
@@ -299,11 +371,13 @@ impl Index {
             });
             self.parsed.insert(k.clone(), (v.stamp.clone(), obj));
         }
-        let mut policies = Vec::new();
+        let mut policies = BTreeMap::new();
         let mut namespaces = BTreeMap::new();
         for (_, o) in self.parsed.values() {
             match o {
-                Some(Object::NetworkPolicy(p)) => policies.push(p.clone()),
+                Some(Object::NetworkPolicy(p)) => {
+                    policies.insert(p.key(), p.clone());
+                }
                 Some(Object::Namespace(n)) => {
                     namespaces.insert(n.name.clone(), n.labels.clone());
                 }
@@ -311,21 +385,12 @@ impl Index {
             }
         }
         let labels = objects.labels();
-        let mut eps = Vec::new();
-        for p in self.owners.values() {
-            for (uid, v) in &p.endpoints {
-                eps.push(Endpoint {
-                    uid: uid.clone(),
-                    namespace: v.namespace.clone(),
-                    name: v.name.clone(),
-                    labels: labels.get(uid).cloned().unwrap_or_else(|| v.labels.clone()),
-                    ports: v.ports.clone(),
-                    addrs: v.addrs.clone(),
-                    node: p.name.clone(),
-                });
-            }
+        Built {
+            objects,
+            namespaces,
+            policies: Arc::new(policies),
+            labels,
         }
-        (World::new(namespaces, eps, policies), objects)
     }
 }
 
@@ -410,6 +475,82 @@ mod tests {
         let again = ns_obj("x", "back", s.ms, "a");
         let (w, _) = world(vec![rec("a", &key, &again), rec("b", &key, &del)]);
         assert_eq!(w.namespaces["x"]["team"], "back");
+    }
+
+    #[test]
+    fn the_index_reuses_the_objects_part_until_an_object_changes() {
+        let ep = |ip: &str| {
+            EndpointValue {
+                namespace: "x".into(),
+                name: "a".into(),
+                labels: Default::default(),
+                ports: vec![],
+                addrs: vec![ip.parse().unwrap()],
+                aliases: vec![],
+            }
+            .encode()
+        };
+        let (nx, ny) = (ns_obj("x", "red", 1, "a"), ns_obj("y", "blue", 1, "a"));
+        let (e1, e2) = (ep("10.0.0.1"), ep("10.0.0.2"));
+        let mut ix = Index::new();
+        ix.set_owner(
+            "a",
+            "h1",
+            1,
+            false,
+            vec![(namespace_key("x").as_str(), nx.as_slice())],
+        );
+        ix.set_owner("b", "h2", 1, false, vec![("ep/c1/eth0", e1.as_slice())]);
+        let (w1, o1) = ix.build();
+        // An endpoint changes: the same objects and policy map, the new endpoint.
+        ix.set_owner("b", "h2", 2, false, vec![("ep/c1/eth0", e2.as_slice())]);
+        let (w2, o2) = ix.build();
+        assert!(Arc::ptr_eq(&o1.winners, &o2.winners));
+        assert!(Arc::ptr_eq(&w1.policies, &w2.policies));
+        assert_eq!(
+            w2.endpoints["c1/eth0"].addrs,
+            ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // An object added, changed or gone: built again.
+        ix.set_owner(
+            "a",
+            "h1",
+            2,
+            false,
+            vec![
+                (namespace_key("x").as_str(), nx.as_slice()),
+                (namespace_key("y").as_str(), ny.as_slice()),
+            ],
+        );
+        let (w3, o3) = ix.build();
+        assert!(!Arc::ptr_eq(&o2.winners, &o3.winners));
+        assert_eq!(w3.namespaces["y"]["team"], "blue");
+        let ny2 = ns_obj("y", "green", 2, "a");
+        ix.set_owner(
+            "a",
+            "h1",
+            3,
+            false,
+            vec![
+                (namespace_key("x").as_str(), nx.as_slice()),
+                (namespace_key("y").as_str(), ny2.as_slice()),
+            ],
+        );
+        assert_eq!(ix.build().0.namespaces["y"]["team"], "green");
+        ix.set_owner(
+            "a",
+            "h1",
+            4,
+            false,
+            vec![(namespace_key("x").as_str(), nx.as_slice())],
+        );
+        assert!(!ix.build().0.namespaces.contains_key("y"));
+        ix.remove_owner("a");
+        assert!(ix.build().0.namespaces.is_empty());
+        // The same answers as a build from nothing.
+        let mut fresh = Index::new();
+        fresh.set_owner("b", "h2", 2, false, vec![("ep/c1/eth0", e2.as_slice())]);
+        assert_eq!(fresh.build(), ix.build());
     }
 
     #[test]
