@@ -233,18 +233,7 @@ impl World {
                     // A block in quarantine after a take may still be claimed by
                     // the receiver of a give the taker missed; it is not used.
                     let q = ip.quarantined();
-                    let held = ip.held_blocks();
-                    let counts = (
-                        held.len() as u64,
-                        held.iter().filter(|(_, a)| *a).count() as u64,
-                    );
-                    if ip.held_counts() != counts {
-                        return Err(self.err(format!(
-                            "node {i}: held_counts {:?} but held_blocks gives {counts:?}",
-                            ip.held_counts()
-                        )));
-                    }
-                    for (k, _) in held.into_iter().filter(|(k, _)| !q.contains(k)) {
+                    for (k, _) in ip.held_blocks().into_iter().filter(|(k, _)| !q.contains(k)) {
                         if let Some(j) = holder_of.insert(k, i) {
                             return Err(self.err(format!(
                                 "block {k} held by nodes {j} and {i}{}",
@@ -311,7 +300,18 @@ impl World {
             if !ip.is_confirmed() {
                 return Err(self.err(format!("node {i} still not confirmed{}", self.dump(0))));
             }
-            for (k, _) in ip.held_blocks() {
+            let list = ip.held_blocks();
+            let counts = (
+                list.len() as u64,
+                list.iter().filter(|(_, a)| *a).count() as u64,
+            );
+            if ip.held_counts() != counts {
+                return Err(self.err(format!(
+                    "node {i}: held_counts {:?} but held_blocks gives {counts:?}",
+                    ip.held_counts()
+                )));
+            }
+            for (k, _) in list {
                 if let Some(j) = held.insert(k, i) {
                     return Err(self.err(format!("block {k} held by {j} and {i} at the end")));
                 }
