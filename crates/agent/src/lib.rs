@@ -386,8 +386,14 @@ impl Agent {
     }
 
     fn save(&mut self) {
-        let p = self.node.persisted();
-        if let Err(e) = store::save_persisted(&self.cfg.data_dir, &p, &mut self.objects_saved) {
+        let refs: Vec<weft_mesh::RecordRef> = self.node.store().records_ref(&self.id).collect();
+        let res = store::save_persisted(
+            &self.cfg.data_dir,
+            self.node.counter(),
+            &refs,
+            &mut self.objects_saved,
+        );
+        if let Err(e) = res {
             self.metrics.error(metrics::ErrorKind::Save);
             tracing::error!(target: "weft::agent", error = %e, "{e}");
         }

@@ -7,7 +7,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use weft_mesh::Persisted;
+use serde::Serialize;
+use weft_mesh::{Persisted, RecordRef};
 use weft_wire::Identity;
 
 use crate::AgentError;
@@ -99,31 +100,39 @@ const OBJECTS_PREFIX: &str = "k8s/";
 
 /// What identifies the objects' part of the own records: their number and highest
 /// version (every write takes a new version, so any change changes it).
-pub(crate) fn objects_mark(p: &Persisted) -> (usize, u64) {
-    p.records
+pub(crate) fn objects_mark(records: &[RecordRef<'_>]) -> (usize, u64) {
+    records
         .iter()
         .filter(|r| r.key.starts_with(OBJECTS_PREFIX))
         .fold((0, 0), |(n, v), r| (n + 1, v.max(r.version)))
 }
 
+/// What `mesh.json` and `objects.json` hold: a `Persisted` of borrowed records.
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    counter: u64,
+    records: Vec<RecordRef<'a>>,
+}
+
 /// Saves this node's own records and version counter: the objects' part in
 /// `objects.json` when it changed since `saved` (then `saved` is updated), written before
-/// the rest in `mesh.json`.
+/// the rest in `mesh.json`. Records are serialized where they are, not copied (a host
+/// that wrote a thousand policies saves at every ADD).
 pub(crate) fn save_persisted(
     dir: &Path,
-    p: &Persisted,
+    counter: u64,
+    records: &[RecordRef<'_>],
     saved: &mut Option<(usize, u64)>,
 ) -> Result<(), AgentError> {
-    let (objects, rest): (Vec<_>, Vec<_>) = p
-        .records
-        .iter()
-        .cloned()
-        .partition(|r| r.key.starts_with(OBJECTS_PREFIX));
-    let mark = objects_mark(p);
+    let mark = objects_mark(records);
     if *saved != Some(mark) {
-        let part = Persisted {
-            counter: p.counter,
-            records: objects,
+        let part = PersistedRef {
+            counter,
+            records: records
+                .iter()
+                .filter(|r| r.key.starts_with(OBJECTS_PREFIX))
+                .copied()
+                .collect(),
         };
         write_private(
             &dir.join("objects.json"),
@@ -131,9 +140,13 @@ pub(crate) fn save_persisted(
         )?;
         *saved = Some(mark);
     }
-    let main = Persisted {
-        counter: p.counter,
-        records: rest,
+    let main = PersistedRef {
+        counter,
+        records: records
+            .iter()
+            .filter(|r| !r.key.starts_with(OBJECTS_PREFIX))
+            .copied()
+            .collect(),
     };
     write_private(
         &dir.join("mesh.json"),
@@ -253,7 +266,8 @@ mod tests {
             records: vec![rec("name", 1), rec("k8s/np/x/a", 5), rec("ep/c/eth0", 7)],
         };
         let mut saved = None;
-        save_persisted(&dir, &p, &mut saved).unwrap();
+        let refs: Vec<RecordRef> = p.records.iter().map(Record::as_ref).collect();
+        save_persisted(&dir, p.counter, &refs, &mut saved).unwrap();
         assert!(saved.is_some());
         let back = load_persisted(&dir).unwrap().unwrap();
         assert_eq!(back.counter, 7);
@@ -262,7 +276,7 @@ mod tests {
         assert_eq!(keys, vec!["ep/c/eth0", "k8s/np/x/a", "name"]);
         // An unchanged objects part is not written again.
         fs::remove_file(dir.join("objects.json")).unwrap();
-        save_persisted(&dir, &p, &mut saved).unwrap();
+        save_persisted(&dir, p.counter, &refs, &mut saved).unwrap();
         assert!(!dir.join("objects.json").exists());
         // A crash between the two writes: the counter still covers the objects' versions.
         let newer = Persisted {

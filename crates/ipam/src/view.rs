@@ -231,14 +231,14 @@ impl View {
             if self.seen.get(&owner).is_some_and(|s| *s >= v) {
                 continue;
             }
-            for r in store.records_of(&owner) {
-                if !r.key.starts_with(prefix) {
+            // Only this engine's records, read in place (a host that wrote a thousand
+            // policies holds a thousand records of its own that IPAM has no use for).
+            let seen = self.seen.get(&owner).copied();
+            for r in store.records_with_prefix(&owner, prefix) {
+                if seen.is_some_and(|s| r.version <= s) {
                     continue;
                 }
-                if self.seen.get(&owner).is_some_and(|s| r.version <= *s) {
-                    continue;
-                }
-                if let Some(val) = &r.value {
+                if let Some(val) = r.value {
                     changed |= self.merge(&owner, &r.key[prefix.len()..], val, r.version);
                 }
             }

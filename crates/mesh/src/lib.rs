@@ -25,4 +25,4 @@ pub use message::{Message, GONE_BIT};
 pub use node::{
     decode_links, encode_links, MeshConfig, Node, Output, Persisted, Status, LINKS_KEY,
 };
-pub use store::{Record, Store, Tombstone};
+pub use store::{Record, RecordRef, Store, Tombstone};

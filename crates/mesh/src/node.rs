@@ -169,6 +169,12 @@ impl Node {
         &self.peers
     }
 
+    /// The version counter of this node's own writes (with [`Store::records_ref`] of its
+    /// own id, what [`Node::persisted`] copies).
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
     /// What to persist: own records and version counter.
     pub fn persisted(&self) -> Persisted {
         Persisted {

@@ -20,6 +20,31 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
 }
 
+impl Record {
+    /// The record as a [`RecordRef`].
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            owner: &self.owner,
+            key: &self.key,
+            version: self.version,
+            value: self.value.as_deref(),
+        }
+    }
+}
+
+/// A [`Record`] borrowed from the store; serializes exactly as the record does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecordRef<'a> {
+    /// The node that wrote the record.
+    pub owner: &'a NodeId,
+    /// The key.
+    pub key: &'a str,
+    /// The owner's version counter at the write.
+    pub version: u64,
+    /// The value, `None` for a deleted key.
+    pub value: Option<&'a [u8]>,
+}
+
 /// An owner declared gone: its records were dropped, and versions up to
 /// `version` are refused (no resurrection by a peer that still has them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +174,42 @@ impl Store {
                 })
                 .collect(),
         }
+    }
+
+    /// The records of `owner` without copying them, in key order, as they serialize: a
+    /// list of these is the JSON of a list of [`Record`]s.
+    pub fn records_ref<'a>(
+        &'a self,
+        owner: &'a NodeId,
+    ) -> impl Iterator<Item = RecordRef<'a>> + 'a {
+        self.owners.get(owner).into_iter().flat_map(move |st| {
+            st.records.iter().map(move |(k, e)| RecordRef {
+                owner,
+                key: k,
+                version: e.version,
+                value: e.value.as_deref(),
+            })
+        })
+    }
+
+    /// The records of `owner` whose keys start with `prefix` (deleted ones too), in key
+    /// order, without copying them.
+    pub fn records_with_prefix<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = RecordRef<'a>> + 'a {
+        self.owners
+            .get(owner)
+            .into_iter()
+            .flat_map(move |st| st.records.range(prefix.to_string()..))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(move |(k, e)| RecordRef {
+                owner,
+                key: k,
+                version: e.version,
+                value: e.value.as_deref(),
+            })
     }
 
     /// All records of `owner`, in key order (empty if unknown or gone).
@@ -339,6 +400,22 @@ mod tests {
         assert!(s.merge(rec(7, "c", 6, Some(b"z"))));
         assert!(s.tombstone(&o).is_none());
         assert_eq!(s.version(&o), Some(6));
+    }
+
+    #[test]
+    fn borrowed_records_serialize_as_records() {
+        let mut st = Store::default();
+        st.merge(rec(1, "a", 1, Some(b"x\"y")));
+        st.merge(rec(1, "b", 2, None));
+        let id = NodeId([1; 16]);
+        let owned = serde_json::to_string(&st.records_of(&id)).unwrap();
+        let borrowed: Vec<RecordRef> = st.records_ref(&id).collect();
+        assert_eq!(serde_json::to_string(&borrowed).unwrap(), owned);
+        let back: Vec<Record> = serde_json::from_str(&owned).unwrap();
+        assert_eq!(
+            back.iter().map(Record::as_ref).collect::<Vec<_>>(),
+            borrowed
+        );
     }
 
     #[test]

@@ -227,19 +227,20 @@ impl Index {
             cached,
             ..OwnerPart::default()
         };
-        let old = self.owners.remove(owner).unwrap_or_default();
+        let mut old = self.owners.remove(owner).unwrap_or_default();
+        let old_objects = old.objects.len();
         let mut objects_changed = false;
         for (key, value) in records {
             let h = fnv(value);
             part.hashes.insert(key.to_string(), h);
             if old.hashes.get(key) == Some(&h) {
-                // Unchanged since the last time: taken over as parsed.
+                // Unchanged since the last time: taken over as parsed (moved, not copied).
                 if let Some(uid) = key.strip_prefix(EP_PREFIX) {
-                    if let Some(v) = old.endpoints.get(uid) {
-                        part.endpoints.insert(uid.to_string(), v.clone());
+                    if let Some(v) = old.endpoints.remove(uid) {
+                        part.endpoints.insert(uid.to_string(), v);
                     }
-                } else if let Some(v) = old.objects.get(key) {
-                    part.objects.insert(key.to_string(), v.clone());
+                } else if let Some(v) = old.objects.remove(key) {
+                    part.objects.insert(key.to_string(), v);
                 }
                 continue;
             }
@@ -256,7 +257,7 @@ impl Index {
         }
         // Unchanged objects were taken over above; any other change (one added, changed
         // or gone) makes the next build compute the objects' part again.
-        if objects_changed || part.objects.len() != old.objects.len() {
+        if objects_changed || part.objects.len() != old_objects {
             self.built = None;
         }
         self.owners.insert(owner.to_string(), part);
