@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use crate::policy::{enter, pct, weft, Lab};
+use crate::policy::{enter, pct, Lab};
 
 /// What to run.
 pub struct Opts {
@@ -28,21 +28,6 @@ pub struct Opts {
 
 const LAB: &str = "bdns";
 const LAB_P: &str = "bdnsp";
-
-fn run(w: &Path, lab: &str, host: &str, pod: &str) -> Result<String, String> {
-    let out = weft(
-        w,
-        &[
-            "lab", "run", "--name", lab, "--json", host, pod, "--", "sleep", "3600",
-        ],
-        Duration::from_secs(60),
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-    v["ip"]
-        .as_str()
-        .map(String::from)
-        .ok_or_else(|| "no address".into())
-}
 
 /// dnsmasq on a lab host, ended by its pid when dropped.
 struct Dnsmasq(Child);
@@ -107,12 +92,12 @@ fn throughput(o: &Opts) -> Result<(), String> {
     for i in 0..o.names {
         let name = format!("n{i:04}");
         let host = if i % 2 == 0 { "h1" } else { "h2" };
-        let ip = run(&o.weft, LAB, host, &name)?;
+        let ip = lab.run(host, &name, "default", "bench=dns")?;
         hosts_file.push_str(&format!(
             "{ip} {name}.weft.local {name}.default.weft.local\n"
         ));
     }
-    run(&o.weft, LAB, "h1", "client")?;
+    lab.run("h1", "client", "default", "bench=dns")?;
     // Every name is answered on h1 before anything is measured.
     let want = 2 * o.names + 2;
     let ready = crate::wait_until(Duration::from_secs(30), || {
@@ -264,7 +249,7 @@ fn resolves(sock: &UdpSocket, q: &[u8]) -> bool {
 /// On a lab of `hosts`, new containers one at a time: how long until every host's agent
 /// answers each one's name, from the ADD's return.
 fn propagation(o: &Opts) -> Result<(), String> {
-    let _lab = Lab::up(&o.weft, LAB_P, o.hosts)?;
+    let lab = Lab::up(&o.weft, LAB_P, o.hosts)?;
     let mut worst = Vec::new();
     for k in 0..o.adds {
         let name = format!("new{k}");
@@ -294,7 +279,7 @@ fn propagation(o: &Opts) -> Result<(), String> {
         }
         start.wait();
         let t_add = Instant::now();
-        run(&o.weft, LAB_P, &host, &name)?;
+        lab.run(&host, &name, "default", "bench=dns")?;
         let added = Instant::now();
         let mut last = Duration::ZERO;
         for p in probes {

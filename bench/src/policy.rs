@@ -133,7 +133,13 @@ impl<'a> Lab<'a> {
         weft(self.weft, &args, limit)
     }
 
-    fn run(&self, host: &str, pod: &str, ns: &str, label: &str) -> Result<String, String> {
+    pub(crate) fn run(
+        &self,
+        host: &str,
+        pod: &str,
+        ns: &str,
+        label: &str,
+    ) -> Result<String, String> {
         let out = weft(
             self.weft,
             &[
