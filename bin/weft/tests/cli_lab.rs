@@ -110,13 +110,16 @@ fn status_json_is_the_agent_s_answer_unchanged() {
     let socket = format!("/run/weft-lab/{}/h1/weft.sock", lab.name);
     let out = weft_ok(&["status", "--socket", &socket, "--json"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    // The shape weft status --json has had (and network policy's part).
+    // The shape weft status --json has had (and network policy's and the name
+    // service's parts).
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["conflicts", "dataplane", "node", "peers", "policy"],
+        ["conflicts", "dataplane", "dns", "node", "peers", "policy"],
         "{v}"
     );
+    assert_eq!(v["dns"]["addr"], "169.254.1.1", "{v}");
+    assert!(v["dns"]["error"].is_null(), "{v}");
     for k in ["id", "name", "addr"] {
         assert!(v["node"][k].is_string(), "{v}");
     }
