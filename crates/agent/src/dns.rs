@@ -92,11 +92,7 @@ impl Agent {
             if self.dns.owners.get(o).is_some_and(|(v, _)| *v == version) {
                 continue;
             }
-            let node = store
-                .get(o, crate::NAME_KEY)
-                .flatten()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_else(|| o.to_string());
+            let node = self.name_of(o).unwrap_or_else(|| o.to_string());
             let mut sources = Vec::new();
             for (_, v) in store.live_with_prefix(o, EP_PREFIX) {
                 if let Ok(e) = serde_json::from_slice::<EndpointValue>(v) {

@@ -256,11 +256,7 @@ impl Agent {
             if self.pol.index.version(&id) == Some(version) {
                 continue;
             }
-            let name = store
-                .get(owner, crate::NAME_KEY)
-                .flatten()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
+            let name = self.name_of(owner).unwrap_or_default();
             let recs: Vec<(&str, &[u8])> = store
                 .live_with_prefix(owner, records::EP_PREFIX)
                 .chain(store.live_with_prefix(owner, records::OBJ_PREFIX))

@@ -43,11 +43,8 @@ pub fn respond(zone: &Zone, packet: &[u8], transport: Transport, seed: u64) -> A
     if req.metadata.message_type != MessageType::Query {
         return Action::Drop;
     }
-    let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
-    resp.metadata.recursion_desired = req.metadata.recursion_desired;
-    resp.metadata.recursion_available = true;
+    let mut resp = response_to(&req);
     resp.metadata.checking_disabled = req.metadata.checking_disabled;
-    resp.queries = req.queries.clone();
     let limit = match transport {
         Transport::Tcp => usize::from(u16::MAX),
         Transport::Udp => usize::from(
@@ -56,14 +53,9 @@ pub fn respond(zone: &Zone, packet: &[u8], transport: Transport, seed: u64) -> A
                 .map_or(MIN_UDP, |e| e.max_payload().clamp(MIN_UDP, MAX_UDP)),
         ),
     };
-    if let Some(e) = &req.edns {
-        let mut o = Edns::new();
-        o.set_max_payload(MAX_UDP);
-        resp.edns = Some(o);
-        if e.version() > 0 {
-            resp.metadata.response_code = ResponseCode::BADVERS;
-            return reply(resp, limit);
-        }
+    if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        resp.metadata.response_code = ResponseCode::BADVERS;
+        return reply(resp, limit);
     }
     if req.metadata.op_code != OpCode::Query {
         resp.metadata.response_code = ResponseCode::NotImp;
@@ -246,17 +238,24 @@ fn reply(mut resp: Message, limit: usize) -> Action {
     }
 }
 
-fn servfail_of(m: &Message) -> Option<Vec<u8>> {
-    let mut r = Message::response(m.metadata.id, m.metadata.op_code);
-    r.metadata.response_code = ResponseCode::ServFail;
-    r.metadata.recursion_desired = m.metadata.recursion_desired;
+/// The empty answer to `req`: its id, opcode, RD and question, recursion available, and
+/// an OPT when it had one.
+fn response_to(req: &Message) -> Message {
+    let mut r = Message::response(req.metadata.id, req.metadata.op_code);
+    r.metadata.recursion_desired = req.metadata.recursion_desired;
     r.metadata.recursion_available = true;
-    r.queries = m.queries.clone();
-    if m.edns.is_some() {
+    r.queries = req.queries.clone();
+    if req.edns.is_some() {
         let mut o = Edns::new();
         o.set_max_payload(MAX_UDP);
         r.edns = Some(o);
     }
+    r
+}
+
+fn servfail_of(m: &Message) -> Option<Vec<u8>> {
+    let mut r = response_to(m);
+    r.metadata.response_code = ResponseCode::ServFail;
     r.to_vec().ok()
 }
 
