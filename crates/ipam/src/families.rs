@@ -94,6 +94,18 @@ impl Families {
         }
     }
 
+    /// One address of the IPv6 (`v6`) or IPv4 family only, for `owner` (the same one again
+    /// if it has it): for clients that ask per family, as Docker's IPAM protocol does.
+    /// [`AllocError::Exhausted`] when the cluster has no pool of that family.
+    pub fn allocate_family(&mut self, owner: &Owner, v6: bool) -> Result<IpAddr, AllocError> {
+        let e = self
+            .engines
+            .iter_mut()
+            .find(|e| e.config().space.family(v6).is_some())
+            .ok_or(AllocError::Exhausted)?;
+        e.allocate(owner)
+    }
+
     /// True when `owner` holds an address of every family.
     pub fn is_complete(&self, owner: &Owner) -> bool {
         self.engines.iter().all(|e| e.lookup(owner).is_some())
@@ -199,6 +211,27 @@ mod tests {
         // IPv6 alone keeps the records (and state file) it had before dual stack.
         let (v6only, _) = started(&["fd32::/124"]);
         assert_eq!(v6only.engines()[0].prefix(), "ipam/");
+    }
+
+    #[test]
+    fn one_family_alone_for_clients_that_ask_per_family() {
+        let (mut f, _) = started(&["10.32.0.0/28", "fd32::/124"]);
+        let (o4, o6) = (
+            Owner::new("docker:1", "eth0"),
+            Owner::new("docker:2", "eth0"),
+        );
+        let a4 = f.allocate_family(&o4, false).unwrap();
+        let a6 = f.allocate_family(&o6, true).unwrap();
+        assert!(a4.is_ipv4() && a6.is_ipv6());
+        assert_eq!(f.lookup(&o4), vec![a4], "only the family asked");
+        assert_eq!(f.allocate_family(&o4, false).unwrap(), a4, "the same again");
+        assert_eq!(f.release(&o6), vec![a6]);
+        let (mut v4only, _) = started(&["10.32.0.0/28"]);
+        assert_eq!(
+            v4only.allocate_family(&o6, true),
+            Err(AllocError::Exhausted),
+            "no IPv6 pool"
+        );
     }
 
     #[test]

@@ -354,6 +354,42 @@ impl Netlink {
         Ok(())
     }
 
+    /// Creates a veth pair with both ends in this namespace (for a runtime that moves the
+    /// peer itself, as Docker does): the peer gets `peer_mac`, the first end `alias`.
+    pub fn create_veth_pair(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_mac: [u8; 6],
+        mtu: u32,
+        alias: &str,
+    ) -> Result<()> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes = vec![
+            LinkAttribute::IfName(peer.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::Address(peer_mac.to_vec()),
+        ];
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+            ]),
+        ];
+        self.ack(
+            &|| format!("create veth {name} (peer {peer})"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        if let Some(link) = self.link_by_name(name)? {
+            self.set_alias(link.index, alias)?;
+        }
+        Ok(())
+    }
+
     /// Sets a link's alias (`ip link set DEV alias TEXT`).
     pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
         let mut msg = LinkMessage::default();
@@ -405,7 +441,21 @@ impl Netlink {
 
     /// Adds an address to a link; `noprefixroute` suppresses the kernel's prefix route.
     pub fn add_address(&mut self, index: u32, addr: IpNet, noprefixroute: bool) -> Result<()> {
+        self.add_address_scoped(index, addr, noprefixroute, Scope::Universe)
+    }
+
+    /// As [`Netlink::add_address`], with a scope (`Scope::Link`: never the source of
+    /// packets to other links' destinations).
+    pub fn add_address_scoped(
+        &mut self,
+        index: u32,
+        addr: IpNet,
+        noprefixroute: bool,
+        scope: Scope,
+    ) -> Result<()> {
         let mut msg = AddressMessage::default();
+        msg.header.scope =
+            netlink_packet_route::address::AddressScope::from(u8::from(RouteScope::from(scope)));
         msg.header.family = family(&addr.addr());
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
@@ -534,7 +584,7 @@ impl Netlink {
         match self.ack(
             &|| format!("add local route {addr}"),
             RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_APPEND,
         ) {
             Err(e) if e.is_exists() => Ok(()),
             other => other,
