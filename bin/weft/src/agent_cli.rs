@@ -126,6 +126,15 @@ pub struct AgentArgs {
     /// re-read when the file changes) [default: /etc/resolv.conf].
     #[arg(long, value_name = "FILE")]
     dns_resolv_conf: Option<String>,
+    /// Serve Docker's network and IPAM plugin on this socket (docs/docker.md); the file's
+    /// name is the driver's: `/run/docker/plugins/weft.sock` gives
+    /// `docker network create -d weft --ipam-driver weft NAME` [default: off].
+    #[arg(long, value_name = "SOCKET|off")]
+    docker_plugin: Option<String>,
+    /// dockerd's API socket, where the names and network aliases of Docker containers
+    /// are read after they joined [default: /var/run/docker.sock].
+    #[arg(long, value_name = "SOCKET")]
+    docker_host: Option<String>,
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -208,6 +217,8 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         dns_domain: a.dns_domain,
         dns_ttl: a.dns_ttl,
         dns_resolv_conf: a.dns_resolv_conf,
+        docker_plugin: a.docker_plugin,
+        docker_host: a.docker_host,
     };
     let cfg = file.overlay(flags).validate().map_err(|e| e.to_string())?;
     weft_agent::run(cfg).map_err(|e| e.0)?;

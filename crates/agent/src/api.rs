@@ -91,10 +91,12 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, AgentError> {
 }
 
 /// Serves the API on `listener` until the agent stops.
+/// With `plugin_only`, only Docker's plugin protocol is served (the plugin socket).
 pub(crate) async fn serve(
     listener: UnixListener,
     events: mpsc::UnboundedSender<Event>,
     metrics: Arc<Metrics>,
+    plugin_only: bool,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -103,8 +105,9 @@ pub(crate) async fn serve(
         };
         let (events, metrics) = (events.clone(), metrics.clone());
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req| handle(req, events.clone(), metrics.clone()));
+            let service = hyper::service::service_fn(move |req| {
+                handle(req, events.clone(), metrics.clone(), plugin_only)
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
                 .max_buf_size(MAX_HEAD)
@@ -167,6 +170,7 @@ async fn handle(
     req: Request<Incoming>,
     events: mpsc::UnboundedSender<Event>,
     metrics: Arc<Metrics>,
+    plugin_only: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().as_str().to_string();
     let target = req
@@ -179,6 +183,13 @@ async fn handle(
         Err(refusal) => return Ok(refusal),
     };
     let path = split_query(&target).0.to_string();
+    if plugin_only && !weft_docker::is_plugin_path(&path) {
+        return Ok(answer(
+            404,
+            JSON,
+            weft_docker::Iface::Network.error(&format!("weft: {path} is not a plugin call")),
+        ));
+    }
     if (method.as_str(), path.as_str()) == ("POST", crate::metrics::CNI_REPORT) {
         let (code, body) = metrics.cni_report(&body);
         return Ok(answer(code, JSON, body));
@@ -281,7 +292,7 @@ pub fn call(
     })
 }
 
-async fn exchange(
+pub(crate) async fn exchange(
     socket: &Path,
     method: &str,
     path: &str,

@@ -25,6 +25,9 @@ use crate::{log, Agent, IpamNodeReport, IpamReport, NodeReport};
 pub(crate) struct Pending {
     owner: Owner,
     identity: Identity,
+    /// `Some(v6)`: Docker's IPAM asks one family and answers in its own form; no
+    /// endpoint is registered (that happens at `CreateEndpoint`).
+    family: Option<bool>,
     deadline: Instant,
     reason: String,
     reply: oneshot::Sender<(u16, String)>,
@@ -228,7 +231,7 @@ impl Agent {
     }
 
     /// Saves the IPAM state now.
-    fn save_ipam(&mut self) -> Result<(), String> {
+    pub(crate) fn save_ipam(&mut self) -> Result<(), String> {
         self.ipam.take_dirty();
         for e in self.ipam.engines() {
             if let Err(err) = crate::store::save_ipam(&self.cfg.data_dir, e.prefix(), e.persist()) {
@@ -326,7 +329,15 @@ impl Agent {
 
     /// Tries one allocation; persists before an address is answered, and registers the
     /// endpoint (isolating it if a policy says so) before it is answered too.
-    fn try_allocate(&mut self, owner: &Owner, identity: &Identity) -> Attempt {
+    fn try_allocate(
+        &mut self,
+        owner: &Owner,
+        identity: &Identity,
+        family: Option<bool>,
+    ) -> Attempt {
+        if let Some(v6) = family {
+            return self.try_allocate_family(owner, v6);
+        }
         if !self.ipam_started {
             return Attempt::Wait(format!(
                 "cluster IPAM is not ready: {}",
@@ -387,7 +398,7 @@ impl Agent {
         let mut allocated = false;
         let waiting = std::mem::take(&mut self.pending);
         for mut p in waiting {
-            match self.try_allocate(&p.owner, &p.identity) {
+            match self.try_allocate(&p.owner, &p.identity, p.family) {
                 Attempt::Answer(code, body) => {
                     allocated |= code == 200;
                     let _ = p.reply.send((code, body));
@@ -413,7 +424,11 @@ impl Agent {
             ALLOCATE_WAIT.as_secs(),
             p.reason
         );
-        let _ = p.reply.send((503, error_json(&msg)));
+        let answer = match p.family {
+            Some(_) => (200, weft_docker::Iface::Ipam.error(&format!("weft: {msg}"))),
+            None => (503, error_json(&msg)),
+        };
+        let _ = p.reply.send(answer);
         // The engine stops asking space for it unless another request waits for it too.
         if !self.pending.iter().any(|o| o.owner == p.owner) && !self.ipam.is_complete(&p.owner) {
             self.ipam.release(&p.owner);
@@ -430,13 +445,25 @@ impl Agent {
                 return;
             }
         };
-        match self.try_allocate(&owner, &identity) {
+        self.allocate_or_wait(owner, identity, None, reply);
+    }
+
+    /// Allocates for `owner` now or keeps the request waiting; `family` as in [`Pending`].
+    pub(crate) fn allocate_or_wait(
+        &mut self,
+        owner: Owner,
+        identity: Identity,
+        family: Option<bool>,
+        reply: oneshot::Sender<(u16, String)>,
+    ) {
+        match self.try_allocate(&owner, &identity, family) {
             Attempt::Answer(code, body) => {
                 let _ = reply.send((code, body));
             }
             Attempt::Wait(reason) => self.pending.push(Pending {
                 owner,
                 identity,
+                family,
                 deadline: Instant::now() + ALLOCATE_WAIT,
                 reason,
                 reply,
@@ -444,6 +471,32 @@ impl Agent {
         }
         // Publish the allocation, or ask for space at once.
         self.ipam_step();
+    }
+
+    /// One address of one family for Docker's IPAM, persisted before it is answered.
+    fn try_allocate_family(&mut self, owner: &Owner, v6: bool) -> Attempt {
+        let refuse = |msg: String| Attempt::Answer(200, weft_docker::Iface::Ipam.error(&msg));
+        if !self.ipam_started {
+            return Attempt::Wait(format!(
+                "cluster IPAM is not ready: {}",
+                self.ipam_not_ready().unwrap_or_default()
+            ));
+        }
+        match self.ipam.allocate_family(owner, v6) {
+            Ok(a) => {
+                if let Err(e) = self.save_ipam() {
+                    self.ipam.release(owner);
+                    return refuse(format!("weft: cannot save the allocation: {e}"));
+                }
+                Attempt::Answer(200, weft_docker::pools::address_answer(a))
+            }
+            Err(AllocError::Exhausted) => refuse(format!(
+                "weft: no free {} address in the cluster's pools ({})",
+                if v6 { "IPv6" } else { "IPv4" },
+                self.pools_text()
+            )),
+            Err(e) => Attempt::Wait(e.to_string()),
+        }
     }
 
     /// The other `/ipam` endpoints; `None` if `route` is not one of them.
@@ -519,15 +572,24 @@ impl Agent {
                 )
             }
         };
-        let valid: BTreeSet<Owner> = b
+        let mut valid: BTreeSet<Owner> = b
             .valid
             .into_iter()
             .map(|o| Owner::new(o.container_id, o.ifname))
             .collect();
+        // A CNI GC knows CNI attachments only: Docker's addresses and endpoints stay.
+        let docker = |c: &str| c.starts_with(weft_docker::endpoint::OWNER_PREFIX);
+        valid.extend(
+            self.ipam
+                .list()
+                .into_iter()
+                .map(|(_, o)| o)
+                .filter(|o| docker(&o.container_id)),
+        );
         for uid in self.policy_local_uids() {
             if let Some((c, i)) = uid.rsplit_once('/') {
                 let o = Owner::new(c.to_string(), i.to_string());
-                if !valid.contains(&o) {
+                if !valid.contains(&o) && !docker(c) {
                     self.endpoint_remove(&o);
                 }
             }

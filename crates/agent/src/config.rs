@@ -70,6 +70,20 @@ pub struct AgentConfig {
     pub log: LogConfig,
     /// The name service (docs/dns.md); `None`: off.
     pub dns: Option<DnsConfig>,
+    /// Docker's network and IPAM plugin (docs/docker.md); `None`: off.
+    pub docker: Option<DockerConfig>,
+}
+
+/// The default dockerd API socket, where Docker containers' names are read.
+pub const DEFAULT_DOCKER_HOST: &str = "/var/run/docker.sock";
+
+/// The Docker plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    /// The plugin socket: `/run/docker/plugins/weft.sock` makes the driver `weft`.
+    pub plugin: PathBuf,
+    /// dockerd's API socket.
+    pub host: PathBuf,
 }
 
 /// The default address of the name service: the containers' IPv4 gateway.
@@ -186,6 +200,10 @@ pub struct RawConfig {
     pub dns_ttl: Option<u64>,
     /// The resolv.conf of upstream servers.
     pub dns_resolv_conf: Option<String>,
+    /// Where to serve Docker's plugin protocol, or `off`.
+    pub docker_plugin: Option<String>,
+    /// dockerd's API socket.
+    pub docker_host: Option<String>,
 }
 
 /// A configuration error: which field, what was expected, what was found.
@@ -221,7 +239,7 @@ impl RawConfig {
                 .to_string();
             err(
                 &field,
-                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId, metricsAddr, logFormat, logFilter, dns, dnsAddr, dnsDomain, dnsTtl, dnsResolvConf",
+                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId, metricsAddr, logFormat, logFilter, dns, dnsAddr, dnsDomain, dnsTtl, dnsResolvConf, dockerPlugin, dockerHost",
                 msg,
             )
         })
@@ -261,7 +279,9 @@ impl RawConfig {
             dns_addr,
             dns_domain,
             dns_ttl,
-            dns_resolv_conf
+            dns_resolv_conf,
+            docker_plugin,
+            docker_host
         );
         self.peers.extend(other.peers);
         self
@@ -273,6 +293,7 @@ impl RawConfig {
         let ipam = ipam_config(&self);
         let dataplane = dataplane_config(&self);
         let dns = dns_config(&self);
+        let docker = docker_config(&self);
         let name = self
             .name
             .ok_or_else(|| err("name", "a node name", "nothing"))?;
@@ -352,6 +373,7 @@ impl RawConfig {
         let ipam = ipam?;
         let dataplane = dataplane?;
         let dns = dns?;
+        let docker = docker?;
         let metrics_given = self.metrics_addr.is_some();
         let metrics_addr = match self.metrics_addr.as_deref().unwrap_or(DEFAULT_METRICS_ADDR) {
             "off" => None,
@@ -397,8 +419,32 @@ impl RawConfig {
                 filter: self.log_filter,
             },
             dns,
+            docker,
         })
     }
+}
+
+fn docker_config(r: &RawConfig) -> Result<Option<DockerConfig>, ConfigError> {
+    let plugin = match r.docker_plugin.as_deref() {
+        None | Some("off") => return Ok(None),
+        Some(p) => PathBuf::from(p),
+    };
+    if !plugin.is_absolute() || plugin.extension().is_none_or(|e| e != "sock") {
+        return Err(err(
+            "docker-plugin",
+            "an absolute path ending in .sock, such as /run/docker/plugins/weft.sock (the file's name is the driver's), or off",
+            plugin.display(),
+        ));
+    }
+    let host = PathBuf::from(r.docker_host.as_deref().unwrap_or(DEFAULT_DOCKER_HOST));
+    if !host.is_absolute() {
+        return Err(err(
+            "docker-host",
+            "the absolute path of dockerd's API socket",
+            host.display(),
+        ));
+    }
+    Ok(Some(DockerConfig { plugin, host }))
 }
 
 fn dns_config(r: &RawConfig) -> Result<Option<DnsConfig>, ConfigError> {

@@ -15,6 +15,9 @@ mod dataplane;
 mod dns;
 mod dns_server;
 mod dns_udp;
+mod docker;
+mod docker_link;
+mod docker_names;
 mod fast;
 mod flows;
 pub mod logging;
@@ -79,6 +82,12 @@ pub(crate) enum Event {
     DialFailed { addr: SocketAddr, why: String },
     /// Packets weft's policy rules logged (NFLOG).
     PolicyLog(Vec<weft_netlink::netfilter::LoggedPacket>),
+    /// dockerd told a Docker endpoint's container name and aliases.
+    DockerNamed {
+        endpoint: String,
+        name: String,
+        aliases: Vec<String>,
+    },
     /// A local API request.
     Api {
         method: String,
@@ -143,6 +152,8 @@ struct Agent {
     pol: policy::PolicyState,
     /// The name service.
     dns: dns::DnsState,
+    /// Docker's plugin.
+    docker: docker::DockerState,
     /// What of the own cluster objects is on disk (`objects.json`).
     objects_saved: Option<(usize, u64)>,
     /// Counters and histograms for `/metrics`.
@@ -250,6 +261,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         fast: fast::Fast::default(),
         pol: policy::PolicyState::default(),
         dns: dns::DnsState::default(),
+        docker: docker::DockerState::default(),
         objects_saved: None,
         metrics: Arc::new(metrics::Metrics::default()),
         cfg,
@@ -282,6 +294,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     agent.policy_load_cache();
     agent.flows_start();
     agent.dns_start();
+    let docker_listener = agent.docker_start()?;
     for p in agent.cfg.peers.clone() {
         agent.dials.entry(p).or_default().manual = true;
     }
@@ -293,7 +306,15 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         agent.key.clone(),
         agent.metrics.clone(),
     ));
-    tokio::spawn(api::serve(api_listener, tx.clone(), agent.metrics.clone()));
+    tokio::spawn(api::serve(
+        api_listener,
+        tx.clone(),
+        agent.metrics.clone(),
+        false,
+    ));
+    if let Some(l) = docker_listener {
+        tokio::spawn(api::serve(l, tx.clone(), agent.metrics.clone(), true));
+    }
     if let Some(l) = metrics_listener {
         tokio::spawn(metrics::serve(l, tx.clone()));
     }
@@ -316,6 +337,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
     agent.save_ipam_if_needed();
     agent.policy_shutdown();
     let _ = std::fs::remove_file(&agent.cfg.socket);
+    agent.docker_stop();
     log("stopped");
     Ok(())
 }
@@ -680,14 +702,23 @@ impl Agent {
                 self.dial_failed(addr, why)
             }
             Event::PolicyLog(packets) => self.flows_logged(packets),
+            Event::DockerNamed {
+                endpoint,
+                name,
+                aliases,
+            } => self.docker_named(&endpoint, name, aliases),
             Event::Api {
                 method,
                 path,
                 body,
                 reply,
             } => {
-                if method == "POST" && api::split_query(&path).0 == "/ipam/allocate" {
+                let route = api::split_query(&path).0;
+                if method == "POST" && route == "/ipam/allocate" {
                     self.api_allocate(&body, reply);
+                } else if method == "POST" && weft_docker::is_plugin_path(route) {
+                    let route = route.to_string();
+                    self.docker_call(&route, &body, reply);
                 } else {
                     let answer = self.api(&method, &path, &body);
                     let _ = reply.send(answer);

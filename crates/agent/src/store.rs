@@ -13,7 +13,7 @@ use weft_wire::Identity;
 
 use crate::AgentError;
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .create(true)
