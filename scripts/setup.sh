@@ -18,7 +18,10 @@ pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-lin
       prometheus systemd
       # The name service's tests and benchmark: dig and nslookup, dnsmasq as an upstream
       # server and as the benchmark's anchor (the binary only, no service), dnsperf.
-      bind9-dnsutils dnsmasq-base dnsperf)
+      bind9-dnsutils dnsmasq-base dnsperf
+      # The Docker tests and benchmark: dockerd (with its containerd and runc) run only inside
+      # lab namespaces, each started by `weft lab docker`.
+      docker.io)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,7 +29,19 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
+  # Packaged services must not start while installing: docker.service would make docker0 and
+  # iptables rules in the root network namespace, which weft's lab never touches.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if [[ " ${missing[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1 || true
+  fi
   # The tests run their own Prometheus in a lab namespace: the packaged service, which the
   # package starts on a host run by systemd, is not wanted.
   if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then

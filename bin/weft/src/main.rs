@@ -8,6 +8,7 @@ mod install;
 mod policy_cli;
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -280,6 +281,40 @@ enum LabCmd {
         /// Host name.
         host: String,
         /// podman's arguments.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Run the docker CLI against a lab host's own dockerd, started on first use, e.g.
+    /// `weft lab docker h1 -- run --rm weft-busybox echo hi`.
+    #[command(
+        long_about = "Run the docker CLI (/usr/bin/docker) against the dockerd of lab host HOST, \
+            starting that dockerd on first use. The exit status is docker's.\n\n\
+            Each host has its own dockerd, running in that host's network namespace only, \
+            with its own data and exec roots, containerd and log under \
+            /run/weft-lab/LAB/HOST/docker, and a mount namespace of its own in which \
+            /run/docker/plugins is the host's plugin directory: there the host's weft agent \
+            serves the network and IPAM driver `weft`. dockerd runs with --bridge=none \
+            --iptables=false --ip6tables=false --live-restore (no docker0 bridge, no \
+            iptables rules in the host's namespace), --dns 169.254.1.1 (weft's name \
+            service: Docker's embedded resolver forwards names it does not know there) and \
+            its containers' cgroups under /weft-lab-LAB-HOST. The image weft-busybox (the machine's busybox-static) is \
+            imported on first use, no registry needed. `weft lab down` removes every \
+            container and stops every dockerd, also after a crash.\n\n\
+            Without --network a container has no network but its loopback (there is no \
+            bridge). A weft network is created on each host that uses it (Docker's networks \
+            are per host; weft's are the cluster's):\n\n  \
+            weft lab docker h1 -- network create -d weft --ipam-driver weft weftnet\n  \
+            weft lab docker h1 -- run -d --name web --network weftnet weft-busybox httpd -f -p 80\n  \
+            weft lab docker h2 -- network create -d weft --ipam-driver weft weftnet\n  \
+            weft lab docker h2 -- run --rm --network weftnet weft-busybox wget -qO- http://web/etc/hostname"
+    )]
+    Docker {
+        /// Lab name; may be left out when one lab exists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Host name.
+        host: String,
+        /// docker's arguments.
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
@@ -584,6 +619,16 @@ fn lab(cmd: LabCmd) -> Res {
         LabCmd::Podman { name, host, args } => {
             let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
             let code = weft_lab::podman(&name, &host, &args).map_err(e)?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
+        LabCmd::Docker { name, host, args } => {
+            let name = weft_lab::resolve(name.as_deref()).map_err(e)?;
+            let status = weft_lab::docker::run_docker(&name, &host, &args).map_err(e)?;
+            let code = match (status.code(), status.signal()) {
+                (Some(c), _) => c,
+                (None, Some(sig)) => 128 + sig,
+                (None, None) => 1,
+            };
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
         LabCmd::Agent { name, host, action } => {

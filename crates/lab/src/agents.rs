@@ -3,8 +3,10 @@
 //! Each host runs its agent inside its namespace, detached in its own process group, with
 //! its identity under `/run/weft-lab/LAB/HOST/agent`, its API socket at
 //! `/run/weft-lab/LAB/HOST/weft.sock`, its log at `/run/weft-lab/LAB/HOST/agent.log` and the
-//! lab's shared secret `/run/weft-lab/LAB/secret`. Its one initial peer is the host before
-//! it (h1's is h2), which every topology lets it reach; the mesh finds the rest.
+//! lab's shared secret `/run/weft-lab/LAB/secret`. It serves Docker's plugin API to the
+//! host's dockerd at `/run/weft-lab/LAB/HOST/docker/plugins/weft.sock` (see
+//! [`crate::docker`]). Its one initial peer is the host before it (h1's is h2), which every
+//! topology lets it reach; the mesh finds the rest.
 //!
 //! The lab only ever signals the pid it recorded, and only while that pid is still the
 //! process it started (its command line names this host's socket), so a recycled pid is
@@ -152,6 +154,10 @@ pub fn agent_command(plan: &LabPlan, host: &str, weft_bin: &Path) -> Option<Vec<
         ("--secret-file", secret_path(lab)),
         ("--socket", agent_socket(lab, host)),
         ("--dns-resolv-conf", agent_resolv_conf(lab, host)),
+        // Docker's plugin API for the host's dockerd (`weft lab docker`), and that
+        // dockerd's API for its containers' names.
+        ("--docker-plugin", crate::docker::plugin_socket(lab, host)),
+        ("--docker-host", crate::docker::api_socket(lab, host)),
     ] {
         cmd.push(flag.into());
         cmd.push(path.to_string_lossy().into_owned());
@@ -190,7 +196,7 @@ pub(crate) fn write_secret(lab: &str) -> Result<(), LabError> {
 }
 
 /// True while `pid` is a process that has not exited (a zombie has).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -252,7 +258,7 @@ fn spawn(a: &mut AgentState, lab: &str) -> Result<(), LabError> {
 }
 
 /// The last lines of a log, for an error message.
-fn log_tail(log: &Path) -> String {
+pub(crate) fn log_tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(10)..].join("\n    ");
@@ -509,6 +515,14 @@ mod tests {
         assert!(s.contains("--secret-file /run/weft-lab/t/secret"));
         assert!(s.contains("--socket /run/weft-lab/t/h4/weft.sock"));
         assert!(s.contains("--ipam-init 4"), "{s}");
+        assert!(
+            s.contains("--docker-plugin /run/weft-lab/t/h4/docker/plugins/weft.sock"),
+            "{s}"
+        );
+        assert!(
+            s.contains("--docker-host /run/weft-lab/t/h4/docker/docker.sock"),
+            "{s}"
+        );
         assert!(agent_command(&p, "h5", bin).is_none());
     }
 

@@ -9,9 +9,13 @@
 //! namespaces, which removes every link in them. `up` first clears what a crashed run left.
 //!
 //! Every host runs the mesh agent (`weft agent`, see [`agents`]) unless the lab is made
-//! without; `cut` and `heal` block and unblock pairs of hosts at their switches.
+//! without; `cut` and `heal` block and unblock pairs of hosts at their switches. A host's
+//! dockerd ([`docker`]) starts on the first `weft lab docker`; its process tree and its
+//! containers are found by their cgroups (`weft-lab-LAB-HOST...`), which `down` empties
+//! and removes.
 
 pub mod agents;
+pub mod docker;
 pub mod plan;
 mod runtime;
 pub mod settle;
@@ -484,8 +488,11 @@ fn attach(
 fn write_host_files(lab: &str, h: &plan::HostPlan, cluster: bool) -> Result<(), LabError> {
     let dir = host_dir(lab, &h.name);
     let netd = dir.join("net.d");
-    fs::create_dir_all(&netd)
-        .map_err(|e| LabError::new(format!("create {}: {e}", netd.display())))?;
+    // The agent serves Docker's plugin API in the docker directory's `plugins`.
+    for sub in [netd.clone(), docker::plugin_dir(lab, &h.name)] {
+        fs::create_dir_all(&sub)
+            .map_err(|e| LabError::new(format!("create {}: {e}", sub.display())))?;
+    }
     sys::write_atomic(
         &netd.join("weft.conflist"),
         host_conflist(lab, h, cluster).as_bytes(),
@@ -506,8 +513,9 @@ fn apply_filters(plan: &LabPlan, extra: &[(String, String)]) -> Result<(), LabEr
     Ok(())
 }
 
-/// Tears a lab down: every process in its namespaces, each host's podman containers, every
-/// namespace whose name starts with `weft-NAME-`, and its files. Works from whatever is
+/// Tears a lab down: each host's podman containers, each host's dockerd with its
+/// containers ([`docker::stop_dockerd`]), every process in its namespaces, every namespace
+/// whose name starts with `weft-NAME-`, and its files. Works from whatever is
 /// there, so it also clears a lab whose `up` crashed. A lab that does not exist is fine.
 pub fn down(name: &str) -> Result<(), LabError> {
     require_root()?;
@@ -522,6 +530,15 @@ pub fn down(name: &str) -> Result<(), LabError> {
             }
         }
     }
+    let mut errors = Vec::new();
+    // Each host's dockerd (`weft lab docker`) removes its containers while the hosts'
+    // agents still answer its plugin calls; then what is left of its process tree and its
+    // containers' cgroups goes, also after a crash.
+    for host in docker::hosts_to_stop(name) {
+        if let Err(e) = docker::stop_dockerd(name, &host) {
+            errors.push(e.0);
+        }
+    }
     let prefix = plan::ns_prefix(name);
     let mine: Vec<String> = sys::netns_list()
         .into_iter()
@@ -530,7 +547,6 @@ pub fn down(name: &str) -> Result<(), LabError> {
     for ns in &mine {
         sys::kill_netns_processes(ns, Duration::from_secs(2));
     }
-    let mut errors = Vec::new();
     for ns in &mine {
         if let Err(e) = sys::netns_del(ns) {
             errors.push(e.0);
@@ -897,6 +913,58 @@ pub fn ensure_busybox_image(name: &str, hp: &plan::HostPlan) -> Result<(), LabEr
     if marker.exists() {
         return Ok(());
     }
+    let tar = busybox_rootfs_tar(&dir)?;
+    let mut cmd = podman_command(name, hp)?;
+    let out = cmd
+        .args(["import", &tar.to_string_lossy(), BUSYBOX_IMAGE])
+        .output()
+        .map_err(|e| LabError::new(format!("run podman import: {e}")))?;
+    if !out.status.success() {
+        return Err(LabError::new(format!(
+            "podman import failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let _ = fs::remove_file(&tar);
+    fs::write(&marker, b"").map_err(|e| LabError::new(format!("write marker: {e}")))
+}
+
+/// The busybox applets linked in the lab's images.
+const BUSYBOX_APPLETS: &[&str] = &[
+    "sh",
+    "ping",
+    "ping6",
+    "nc",
+    "ip",
+    "sleep",
+    "cat",
+    "echo",
+    "wget",
+    "httpd",
+    "ls",
+    "traceroute",
+    "hostname",
+    "ifconfig",
+    "route",
+    "env",
+    "nslookup",
+    "true",
+    "false",
+    "grep",
+    "seq",
+    "ps",
+    "kill",
+    "mkdir",
+    "rm",
+    "sed",
+    "head",
+    "netstat",
+    "timeout",
+];
+
+/// Writes `dir/rootfs.tar`: a root filesystem holding the machine's `/bin/busybox`
+/// (Debian's busybox-static) and links to its applets in `/bin`. Returns the tar's path.
+pub(crate) fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf, LabError> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -909,27 +977,11 @@ pub fn ensure_busybox_image(name: &str, hp: &plan::HostPlan) -> Result<(), LabEr
     }
     fs::copy(busybox, root.join("bin/busybox"))
         .map_err(|e| LabError::new(format!("copy busybox: {e}")))?;
-    for applet in [
-        "sh",
-        "ping",
-        "nc",
-        "ip",
-        "sleep",
-        "cat",
-        "echo",
-        "wget",
-        "httpd",
-        "ls",
-        "traceroute",
-        "hostname",
-        "ifconfig",
-        "route",
-        "env",
-    ] {
+    for applet in BUSYBOX_APPLETS {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
     let tar = dir.join("rootfs.tar");
-    sys::run(
+    let made = sys::run(
         "tar",
         &[
             "-C",
@@ -938,21 +990,9 @@ pub fn ensure_busybox_image(name: &str, hp: &plan::HostPlan) -> Result<(), LabEr
             &tar.to_string_lossy(),
             ".",
         ],
-    )?;
-    let mut cmd = podman_command(name, hp)?;
-    let out = cmd
-        .args(["import", &tar.to_string_lossy(), BUSYBOX_IMAGE])
-        .output()
-        .map_err(|e| LabError::new(format!("run podman import: {e}")))?;
-    if !out.status.success() {
-        return Err(LabError::new(format!(
-            "podman import failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    );
     let _ = fs::remove_dir_all(&root);
-    let _ = fs::remove_file(&tar);
-    fs::write(&marker, b"").map_err(|e| LabError::new(format!("write marker: {e}")))
+    made.map(|_| tar)
 }
 
 fn podman_cleanup(name: &str, host: &str) -> Result<(), LabError> {
