@@ -286,6 +286,26 @@ fn docker_containers_of_three_hosts_reach_each_other_by_address_and_name() {
     );
     assert!(!ok && out.contains("already published"), "{out}");
     let _ = docker(&lab, "h1", &["rm", "-f", "web2"]);
+    // weft publishes fixed host ports only: a random one is refused with the way out.
+    let (ok, out) = docker(
+        &lab,
+        "h1",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web3",
+            "--network",
+            "weftnet",
+            "-p",
+            "80",
+            "weft-busybox",
+            "sleep",
+            "60",
+        ],
+    );
+    assert!(!ok && out.contains("-p HOSTPORT:80"), "{out}");
+    let _ = docker(&lab, "h1", &["rm", "-f", "web3"]);
 
     // 100 `docker run --rm` cycles leave no address and no link behind.
     let links_before = weft_links(&lab.host_ns("h3")).len();

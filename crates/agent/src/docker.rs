@@ -49,7 +49,14 @@ pub(crate) struct DockerState {
     next: u64,
     /// The last `weft_docker` table applied.
     ports_applied: Option<String>,
+    /// When unused addresses were last looked for.
+    gc_at: Option<std::time::Instant>,
 }
+
+/// How often addresses no endpoint took are looked for.
+const GC_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an address handed to dockerd may wait for its endpoint.
+const ADDRESS_GRACE_MS: u64 = 10 * 60 * 1000;
 
 fn identity(name: &str, aliases: &[String]) -> Identity {
     Identity {
@@ -195,12 +202,7 @@ impl Agent {
         }
         self.docker.next += 1;
         let o = Owner::new(
-            format!(
-                "{}{}.{}",
-                dep::OWNER_PREFIX,
-                crate::policy::wall_ms(),
-                self.docker.next
-            ),
+            dep::address_owner(crate::policy::wall_ms(), self.docker.next),
             if v6 { "v6" } else { "v4" }.to_string(),
         );
         self.allocate_or_wait(o, identity("", &[]), Some(v6), reply);
@@ -417,6 +419,46 @@ impl Agent {
                 tracing::warn!(target: "weft::docker", "docker: name endpoint {}: {e}", dep::short(endpoint))
             }
         }
+    }
+
+    /// Every minute: frees addresses handed to Docker that no endpoint took within
+    /// [`ADDRESS_GRACE_MS`].
+    pub(crate) fn docker_tick(&mut self) {
+        if self.cfg.docker.is_none() || self.docker.gc_at.is_some_and(|t| t.elapsed() < GC_EVERY) {
+            return;
+        }
+        self.docker.gc_at = Some(std::time::Instant::now());
+        let in_use = self
+            .docker
+            .endpoints
+            .values()
+            .flat_map(|e| e.addrs.iter().copied())
+            .collect();
+        let list = self.ipam.list();
+        let stale: Vec<Owner> = dep::stale_addresses(
+            list.iter().map(|(a, o)| (*a, o.container_id.as_str())),
+            &in_use,
+            crate::policy::wall_ms(),
+            ADDRESS_GRACE_MS,
+        )
+        .into_iter()
+        .filter_map(|c| {
+            list.iter()
+                .find(|(_, o)| o.container_id == c)
+                .map(|(_, o)| o.clone())
+        })
+        .collect();
+        if stale.is_empty() {
+            return;
+        }
+        for o in &stale {
+            let freed = self.ipam.release(o);
+            tracing::info!(target: "weft::docker", "docker: freed {freed:?}: handed to dockerd, taken by no endpoint");
+        }
+        if let Err(e) = self.save_ipam() {
+            tracing::warn!(target: "weft::docker", "docker: {e}");
+        }
+        self.ipam_step();
     }
 
     /// The plugin socket goes with the agent: dockerd then sees no plugin, not a dead one.

@@ -446,6 +446,7 @@ impl Agent {
         self.dp_tick();
         self.policy_tick();
         self.fast_tick();
+        self.docker_tick();
     }
 
     /// Adds the advertised addresses of known, not gone, unconnected nodes to the dial table.

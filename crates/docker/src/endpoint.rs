@@ -62,6 +62,40 @@ pub fn owner_id(endpoint_id: &str) -> String {
     format!("{OWNER_PREFIX}{endpoint_id}")
 }
 
+/// The IPAM owner of an address handed to Docker at wall-clock `ms`, the `n`th of this
+/// agent: `docker:MS.N` (an endpoint's own owner is `docker:ID`, 64 hex digits).
+pub fn address_owner(ms: u64, n: u64) -> String {
+    format!("{OWNER_PREFIX}{ms}.{n}")
+}
+
+/// When an address owner was made (`None` for owners that are not addresses').
+pub fn address_owner_ms(owner: &str) -> Option<u64> {
+    owner
+        .strip_prefix(OWNER_PREFIX)?
+        .split_once('.')?
+        .0
+        .parse()
+        .ok()
+}
+
+/// The address owners to free: handed to Docker more than `grace_ms` ago and in no
+/// endpoint (dockerd asked and then never created the endpoint, or lost it in a crash:
+/// it asks no release then, as it keeps no record of them).
+pub fn stale_addresses<'a>(
+    held: impl IntoIterator<Item = (std::net::IpAddr, &'a str)>,
+    in_use: &std::collections::BTreeSet<std::net::IpAddr>,
+    now_ms: u64,
+    grace_ms: u64,
+) -> Vec<&'a str> {
+    held.into_iter()
+        .filter(|(a, o)| {
+            !in_use.contains(a)
+                && address_owner_ms(o).is_some_and(|ms| now_ms.saturating_sub(ms) > grace_ms)
+        })
+        .map(|(_, o)| o)
+        .collect()
+}
+
 /// A Docker endpoint id: 64 hex digits. Anything else is refused before it names a link.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
@@ -108,6 +142,26 @@ mod tests {
             prop_assert_eq!(m[0] & 0x03, 0x02);
             prop_assert!(valid_id(&a));
         }
+    }
+
+    #[test]
+    fn addresses_no_endpoint_took_are_freed_after_the_grace() {
+        let a: IpAddr = "10.32.0.5".parse().unwrap();
+        let b: IpAddr = "10.32.0.6".parse().unwrap();
+        let (oa, ob) = (address_owner(1_000, 1), address_owner(1_000, 2));
+        let endpoint = owner_id("ab12");
+        assert_eq!(address_owner_ms(&oa), Some(1_000));
+        assert_eq!(address_owner_ms(&endpoint), None);
+        let in_use = [a].into_iter().collect();
+        let held = || vec![(a, oa.as_str()), (b, ob.as_str()), (b, endpoint.as_str())];
+        assert!(
+            stale_addresses(held(), &in_use, 2_000, 60_000).is_empty(),
+            "young"
+        );
+        assert_eq!(
+            stale_addresses(held(), &in_use, 70_000, 60_000),
+            vec![ob.as_str()]
+        );
     }
 
     #[test]
