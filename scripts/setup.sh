@@ -21,7 +21,9 @@ pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-lin
       bind9-dnsutils dnsmasq-base dnsperf
       # The Docker tests and benchmark: dockerd (with its containerd and runc) run only inside
       # lab namespaces, each started by `weft lab docker`.
-      docker.io)
+      docker.io
+      # The encrypted tunnel's tests capture the underlay.
+      tcpdump)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

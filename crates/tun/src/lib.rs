@@ -1,0 +1,350 @@
+//! The encrypted tunnel's Linux side (docs/encryption.md): a TUN device, a UDP socket and
+//! two threads that move packets between them through [`weft_tunnel::Tunnel`]. Packets
+//! read from the device go to the peer whose prefixes hold their destination, sealed;
+//! datagrams are opened, their sender's endpoint learned from them (a peer behind NAT is
+//! reached where its packets come from), and written to the device only if their source
+//! is one of that peer's prefixes. Whatever has no key, no peer or no route is dropped and
+//! counted, never sent in clear.
+//!
+//! This first version moves one packet per system call; the batching (IFF_VNET_HDR with
+//! TSO, UDP GSO/GRO, vectors) is the next step of the design.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use weft_tunnel::packet::{Kind, OVERHEAD};
+use weft_tunnel::{Control, Drop, Tunnel};
+
+/// A TUN device (layer 3, no packet information header).
+pub struct Tun {
+    file: File,
+    name: String,
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags.
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl Tun {
+    /// Creates (or attaches to) the TUN device `name` in the calling thread's network
+    /// namespace.
+    pub fn create(name: &str) -> std::io::Result<Tun> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name:?} is not an interface name"),
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/net/tun")?;
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one (name of
+        // IFNAMSIZ bytes, NUL-terminated as `name` is shorter, then the flags, padded to
+        // the kernel's 40 bytes) and lives across the call; the fd is open.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Tun {
+            file,
+            name: name.to_string(),
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Counters of the pump (drops also live per peer in the tunnel).
+#[derive(Debug, Default)]
+pub struct PumpCounters {
+    /// Packets read from the device with no peer for their destination.
+    pub no_route: AtomicU64,
+    /// Packets to a peer with no known endpoint.
+    pub no_endpoint: AtomicU64,
+    /// Opened packets whose source is not one of their sender's prefixes.
+    pub spoofed: AtomicU64,
+    /// Datagrams the tunnel refused (by reason in the tunnel's per-peer counters).
+    pub refused: AtomicU64,
+}
+
+/// What the threads share with their owner: the tunnel, where each peer's prefixes and
+/// endpoint are, and counters.
+pub struct Shared<P: Ord + Clone> {
+    /// The protocol state.
+    pub tunnel: Mutex<Tunnel<P>>,
+    /// (prefix, peer): the peer that holds each prefix.
+    pub routes: RwLock<Vec<(IpNet, P)>>,
+    /// Where each peer is reached (learned from its packets too).
+    pub endpoints: RwLock<BTreeMap<P, SocketAddr>>,
+    /// The pump's own counters.
+    pub counters: PumpCounters,
+    start: Instant,
+    stop: AtomicBool,
+}
+
+impl<P: Ord + Clone> Shared<P> {
+    /// An empty state around `tunnel`.
+    pub fn new(tunnel: Tunnel<P>) -> Arc<Shared<P>> {
+        Arc::new(Shared {
+            tunnel: Mutex::new(tunnel),
+            routes: RwLock::new(Vec::new()),
+            endpoints: RwLock::new(BTreeMap::new()),
+            counters: PumpCounters::default(),
+            start: Instant::now(),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Milliseconds since this state was made: the tunnel's clock.
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The tunnel's periodic work; returns the messages for the mesh.
+    pub fn tick(&self) -> Vec<(P, Control)> {
+        let now = self.now();
+        self.tunnel
+            .lock()
+            .expect("tunnel lock")
+            .tick(now, &mut random)
+    }
+
+    /// A message from peer `p` over the mesh; returns answers for the mesh.
+    pub fn control(&self, p: &P, msg: Control) -> Vec<(P, Control)> {
+        let now = self.now();
+        self.tunnel
+            .lock()
+            .expect("tunnel lock")
+            .control(now, p, msg, &mut random)
+    }
+
+    fn peer_for(&self, dst: IpAddr) -> Option<P> {
+        self.routes
+            .read()
+            .expect("routes lock")
+            .iter()
+            .filter(|(net, _)| net.contains(&dst))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, p)| p.clone())
+    }
+
+    fn owns(&self, p: &P, src: IpAddr) -> bool {
+        self.routes
+            .read()
+            .expect("routes lock")
+            .iter()
+            .any(|(net, q)| q == p && net.contains(&src))
+    }
+}
+
+/// Randomness for keys and indices: the system's.
+fn random(buf: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(buf)
+        .expect("the system's random source works");
+}
+
+/// (source, destination) of an IPv4 or IPv6 packet.
+fn addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let s: [u8; 4] = packet[12..16].try_into().ok()?;
+            let d: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some((IpAddr::from(s), IpAddr::from(d)))
+        }
+        6 if packet.len() >= 40 => {
+            let s: [u8; 16] = packet[8..24].try_into().ok()?;
+            let d: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some((IpAddr::from(s), IpAddr::from(d)))
+        }
+        _ => None,
+    }
+}
+
+/// The largest packet the device carries.
+const MAX_PACKET: usize = 65_535;
+
+/// The two threads of a running tunnel; [`Pump::stop`] ends them.
+pub struct Pump<P: Ord + Clone + Send + Sync + 'static> {
+    shared: Arc<Shared<P>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl<P: Ord + Clone + Send + Sync + 'static> Pump<P> {
+    /// Starts moving packets between `tun` and `udp`.
+    pub fn start(tun: Tun, udp: UdpSocket, shared: Arc<Shared<P>>) -> std::io::Result<Pump<P>> {
+        // The receive side wakes up now and then to see whether it should stop.
+        udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let udp_in = udp.try_clone()?;
+        let mut tun_in = tun.file.try_clone()?;
+        let mut tun_out = tun.file;
+        let (s1, s2) = (shared.clone(), shared.clone());
+        let out = std::thread::Builder::new()
+            .name("weft-tun-out".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_PACKET];
+                let mut dgram = Vec::with_capacity(MAX_PACKET + OVERHEAD);
+                while !s1.stop.load(Ordering::Relaxed) {
+                    let n = match tun_in.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    };
+                    let packet = &buf[..n];
+                    let Some(peer) = addrs(packet).and_then(|(_, d)| s1.peer_for(d)) else {
+                        s1.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let Some(to) = s1.endpoints.read().expect("lock").get(&peer).copied() else {
+                        s1.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    dgram.clear();
+                    let now = s1.now();
+                    let sealed = s1.tunnel.lock().expect("tunnel lock").seal(
+                        now,
+                        &peer,
+                        Kind::Data,
+                        packet,
+                        &mut dgram,
+                    );
+                    if sealed.is_ok() {
+                        let _ = udp.send_to(&dgram, to);
+                    }
+                }
+            })?;
+        let inn = std::thread::Builder::new()
+            .name("weft-tun-in".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_PACKET + OVERHEAD];
+                while !s2.stop.load(Ordering::Relaxed) {
+                    let (n, from) = match udp_in.recv_from(&mut buf) {
+                        Ok(x) => x,
+                        Err(_) => continue,
+                    };
+                    let opened = s2.tunnel.lock().expect("tunnel lock").open(&buf[..n]);
+                    let (peer, kind, plain) = match opened {
+                        Ok(x) => x,
+                        Err(_) => {
+                            s2.counters.refused.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
+                    // Authenticated: the peer is where this came from (NAT, roaming).
+                    {
+                        let mut eps = s2.endpoints.write().expect("lock");
+                        if eps.get(&peer) != Some(&from) {
+                            eps.insert(peer.clone(), from);
+                        }
+                    }
+                    if kind != Kind::Data {
+                        continue;
+                    }
+                    match addrs(&plain) {
+                        Some((src, _)) if s2.owns(&peer, src) => {
+                            let _ = tun_out.write(&plain);
+                        }
+                        _ => {
+                            s2.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })?;
+        Ok(Pump {
+            shared,
+            threads: vec![out, inn],
+        })
+    }
+
+    /// Sends a keepalive to every peer with an endpoint (NAT mappings stay open).
+    pub fn keepalive(&self, udp: &UdpSocket) -> Vec<(P, Drop)> {
+        let eps: Vec<(P, SocketAddr)> = self
+            .shared
+            .endpoints
+            .read()
+            .expect("lock")
+            .iter()
+            .map(|(p, a)| (p.clone(), *a))
+            .collect();
+        let mut failed = Vec::new();
+        for (p, to) in eps {
+            let mut d = Vec::new();
+            let now = self.shared.now();
+            let r = self.shared.tunnel.lock().expect("tunnel lock").seal(
+                now,
+                &p,
+                Kind::Keepalive,
+                &[],
+                &mut d,
+            );
+            match r {
+                Ok(()) => {
+                    let _ = udp.send_to(&d, to);
+                }
+                Err(e) => failed.push((p, e)),
+            }
+        }
+        failed
+    }
+
+    /// Stops the receive thread; the send thread ends when the device is closed or its
+    /// next packet arrives.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        drop(self.threads);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_addresses_of_both_families() {
+        let mut v4 = vec![0u8; 20];
+        v4[0] = 0x45;
+        v4[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        v4[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        assert_eq!(
+            addrs(&v4),
+            Some(("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()))
+        );
+        let mut v6 = vec![0u8; 40];
+        v6[0] = 0x60;
+        v6[23] = 1;
+        v6[39] = 2;
+        assert_eq!(
+            addrs(&v6),
+            Some(("::1".parse().unwrap(), "::2".parse().unwrap()))
+        );
+        assert_eq!(addrs(&v4[..19]), None);
+        assert_eq!(addrs(&[0x20; 40]), None);
+    }
+}
