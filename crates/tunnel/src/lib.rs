@@ -7,6 +7,7 @@
 //! senders refuse keys too old or used too often, and ask for a new one. Packets without
 //! a usable key are dropped and counted, never sent in clear.
 
+pub mod offload;
 pub mod packet;
 pub mod replay;
 
