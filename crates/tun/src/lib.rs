@@ -6,8 +6,12 @@
 //! is one of that peer's prefixes. Whatever has no key, no peer or no route is dropped and
 //! counted, never sent in clear.
 //!
-//! This first version moves one packet per system call; the batching (IFF_VNET_HDR with
-//! TSO, UDP GSO/GRO, vectors) is the next step of the design.
+//! With offloads (`Tun::create_with(.., true)`) the device hands over TCP superpackets
+//! (`IFF_VNET_HDR`, TSO), cut into segments that are sealed one by one and leave in one
+//! UDP GSO system call; received batches (UDP GRO) are opened and joined back into
+//! superpackets (docs/encryption.md, "Batching").
+
+mod batch;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -21,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use weft_tunnel::offload::{self, VnetHdr, VNET_HDR_LEN};
 use weft_tunnel::packet::{Kind, OVERHEAD};
 use weft_tunnel::{Control, Drop, Tunnel};
 
@@ -28,6 +33,7 @@ use weft_tunnel::{Control, Drop, Tunnel};
 pub struct Tun {
     file: File,
     name: String,
+    offload: bool,
 }
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags.
@@ -42,6 +48,13 @@ impl Tun {
     /// Creates (or attaches to) the TUN device `name` in the calling thread's network
     /// namespace.
     pub fn create(name: &str) -> std::io::Result<Tun> {
+        Tun::create_with(name, false)
+    }
+
+    /// As [`Tun::create`]; with `offload`, the device hands over and takes TCP
+    /// superpackets (`IFF_VNET_HDR`, TSO): every read and write then starts with a
+    /// `virtio_net_hdr`. Returns an error if the kernel refuses the offloads.
+    pub fn create_with(name: &str, offload: bool) -> std::io::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -55,7 +68,8 @@ impl Tun {
             .open("/dev/net/tun")?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI | if offload { libc::IFF_VNET_HDR } else { 0 })
+                as libc::c_short,
             _pad: [0; 22],
         };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
@@ -68,9 +82,25 @@ impl Tun {
         if rc < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        if offload {
+            let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+            // SAFETY: TUNSETOFFLOAD takes its flags as the argument itself; the fd is an
+            // open TUN device.
+            let rc = unsafe {
+                libc::ioctl(
+                    file.as_raw_fd(),
+                    libc::TUNSETOFFLOAD,
+                    flags as libc::c_ulong,
+                )
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         Ok(Tun {
             file,
             name: name.to_string(),
+            offload,
         })
     }
 
@@ -202,81 +232,21 @@ impl<P: Ord + Clone + Send + Sync + 'static> Pump<P> {
     pub fn start(tun: Tun, udp: UdpSocket, shared: Arc<Shared<P>>) -> std::io::Result<Pump<P>> {
         // The receive side wakes up now and then to see whether it should stop.
         udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let offload = tun.offload;
+        if offload {
+            // Without GRO the receive side still works, a datagram at a time.
+            let _ = batch::enable_gro(&udp);
+        }
         let udp_in = udp.try_clone()?;
-        let mut tun_in = tun.file.try_clone()?;
-        let mut tun_out = tun.file;
+        let tun_in = tun.file.try_clone()?;
+        let tun_out = tun.file;
         let (s1, s2) = (shared.clone(), shared.clone());
         let out = std::thread::Builder::new()
             .name("weft-tun-out".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; MAX_PACKET];
-                let mut dgram = Vec::with_capacity(MAX_PACKET + OVERHEAD);
-                while !s1.stop.load(Ordering::Relaxed) {
-                    let n = match tun_in.read(&mut buf) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
-                    };
-                    let packet = &buf[..n];
-                    let Some(peer) = addrs(packet).and_then(|(_, d)| s1.peer_for(d)) else {
-                        s1.counters.no_route.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    let Some(to) = s1.endpoints.read().expect("lock").get(&peer).copied() else {
-                        s1.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    dgram.clear();
-                    let now = s1.now();
-                    let sealed = s1.tunnel.lock().expect("tunnel lock").seal(
-                        now,
-                        &peer,
-                        Kind::Data,
-                        packet,
-                        &mut dgram,
-                    );
-                    if sealed.is_ok() {
-                        let _ = udp.send_to(&dgram, to);
-                    }
-                }
-            })?;
+            .spawn(move || outbound(s1, tun_in, udp, offload))?;
         let inn = std::thread::Builder::new()
             .name("weft-tun-in".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; MAX_PACKET + OVERHEAD];
-                while !s2.stop.load(Ordering::Relaxed) {
-                    let (n, from) = match udp_in.recv_from(&mut buf) {
-                        Ok(x) => x,
-                        Err(_) => continue,
-                    };
-                    let opened = s2.tunnel.lock().expect("tunnel lock").open(&buf[..n]);
-                    let (peer, kind, plain) = match opened {
-                        Ok(x) => x,
-                        Err(_) => {
-                            s2.counters.refused.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    };
-                    // Authenticated: the peer is where this came from (NAT, roaming).
-                    {
-                        let mut eps = s2.endpoints.write().expect("lock");
-                        if eps.get(&peer) != Some(&from) {
-                            eps.insert(peer.clone(), from);
-                        }
-                    }
-                    if kind != Kind::Data {
-                        continue;
-                    }
-                    match addrs(&plain) {
-                        Some((src, _)) if s2.owns(&peer, src) => {
-                            let _ = tun_out.write(&plain);
-                        }
-                        _ => {
-                            s2.counters.spoofed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || inbound(s2, tun_out, udp_in, offload))?;
         Ok(Pump {
             shared,
             threads: vec![out, inn],
@@ -319,6 +289,158 @@ impl<P: Ord + Clone + Send + Sync + 'static> Pump<P> {
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         drop(self.threads);
+    }
+}
+
+/// Device to network: read a packet (with offloads, a superpacket cut into segments),
+/// seal each for the peer that holds its destination, send (with offloads, the
+/// datagrams of a superpacket in one system call).
+fn outbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, offload: bool) {
+    let mut buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
+    let mut dgrams = Vec::with_capacity(2 * (MAX_PACKET + 64 * OVERHEAD));
+    let mut gso = offload;
+    while !s.stop.load(Ordering::Relaxed) {
+        let n = match tun.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let segs = if offload {
+            let Some(h) = VnetHdr::parse(&buf[..n]) else {
+                continue;
+            };
+            match offload::split(&h, &buf[VNET_HDR_LEN..n]) {
+                Ok(segs) => segs,
+                Err(_) => {
+                    s.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        } else {
+            vec![buf[..n].to_vec()]
+        };
+        let Some(first) = segs.first() else {
+            continue;
+        };
+        let Some(peer) = addrs(first).and_then(|(_, d)| s.peer_for(d)) else {
+            s.counters.no_route.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let Some(to) = s.endpoints.read().expect("lock").get(&peer).copied() else {
+            s.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        dgrams.clear();
+        let mut sizes = Vec::with_capacity(segs.len());
+        {
+            let now = s.now();
+            let mut t = s.tunnel.lock().expect("tunnel lock");
+            for seg in &segs {
+                let before = dgrams.len();
+                if t.seal(now, &peer, Kind::Data, seg, &mut dgrams).is_ok() {
+                    sizes.push(dgrams.len() - before);
+                }
+            }
+        }
+        send_all(&udp, &dgrams, &sizes, to, &mut gso);
+    }
+}
+
+/// Sends datagrams of `sizes` lying back to back in `buf`: runs of one size (the last of
+/// a run may be shorter) in one GSO system call each while `gso` holds; one by one
+/// otherwise, and from then on if the kernel refuses GSO.
+fn send_all(udp: &UdpSocket, buf: &[u8], sizes: &[usize], to: SocketAddr, gso: &mut bool) {
+    let mut at = 0;
+    let mut i = 0;
+    while i < sizes.len() {
+        let size = sizes[i];
+        let mut j = i;
+        let mut bytes = 0;
+        if *gso {
+            while j < sizes.len()
+                && j - i < batch::MAX_SEGMENTS
+                && bytes + sizes[j] <= batch::MAX_BYTES
+                && sizes[j] <= size
+            {
+                bytes += sizes[j];
+                j += 1;
+                if sizes[j - 1] < size {
+                    break;
+                }
+            }
+        }
+        if j - i > 1 {
+            match batch::send_gso(udp, &buf[at..at + bytes], size, to) {
+                Ok(()) => {
+                    at += bytes;
+                    i = j;
+                    continue;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                    *gso = false;
+                }
+                Err(_) => {}
+            }
+        }
+        let _ = udp.send_to(&buf[at..at + size], to);
+        at += size;
+        i += 1;
+    }
+}
+
+/// Network to device: receive (with GRO, many datagrams at once), open each, learn the
+/// sender's endpoint, keep what its sender may send, write (with offloads, runs of one
+/// flow joined into superpackets).
+fn inbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, offload: bool) {
+    let mut buf = vec![0u8; 2 * (MAX_PACKET + OVERHEAD)];
+    let mut frame = Vec::with_capacity(MAX_PACKET + VNET_HDR_LEN);
+    while !s.stop.load(Ordering::Relaxed) {
+        let (n, from, seg) = match batch::recv_gro(&udp, &mut buf) {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let mut plains = Vec::new();
+        {
+            let mut t = s.tunnel.lock().expect("tunnel lock");
+            for d in buf[..n].chunks(seg.max(1)) {
+                match t.open(d) {
+                    Ok((peer, kind, plain)) => {
+                        // Authenticated: the peer is where this came from (NAT, roaming).
+                        let known = s.endpoints.read().expect("lock").get(&peer) == Some(&from);
+                        if !known {
+                            s.endpoints
+                                .write()
+                                .expect("lock")
+                                .insert(peer.clone(), from);
+                        }
+                        if kind != Kind::Data {
+                            continue;
+                        }
+                        match addrs(&plain) {
+                            Some((src, _)) if s.owns(&peer, src) => plains.push(plain),
+                            _ => {
+                                s.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        s.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if offload {
+            for (h, p) in offload::coalesce(&plains, MAX_PACKET) {
+                frame.clear();
+                frame.extend_from_slice(&h.encode());
+                frame.extend_from_slice(&p);
+                let _ = tun.write(&frame);
+            }
+        } else {
+            for p in &plains {
+                let _ = tun.write(p);
+            }
+        }
     }
 }
 

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use weft_tun::{Pump, Shared, Tun};
 use weft_tunnel::{Config, Drop, Tunnel};
 
-const A: &str = "weft-tnl-a";
-const B: &str = "weft-tnl-b";
 const MARKER: &str = "7765667473656372"; // "weftsecr"
 
 fn root_or_skip() -> bool {
@@ -44,11 +42,11 @@ fn sh(args: &[&str]) -> String {
 }
 
 /// Deletes the test's namespaces when dropped (and at the start, after a crash).
-struct Namespaces;
+struct Namespaces([&'static str; 2]);
 
 impl Namespaces {
-    fn clear() {
-        for ns in [A, B] {
+    fn clear(&self) {
+        for ns in self.0 {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
@@ -56,7 +54,7 @@ impl Namespaces {
 
 impl std::ops::Drop for Namespaces {
     fn drop(&mut self) {
-        Namespaces::clear();
+        self.clear();
     }
 }
 
@@ -75,10 +73,10 @@ fn ns_file(ns: &str) -> std::fs::File {
 }
 
 /// The TUN device and UDP socket of one side, made inside its namespace.
-fn side(ns: &str, underlay: &str, me: &str, peer: &str) -> (Tun, UdpSocket) {
+fn side(ns: &str, underlay: &str, me: &str, peer: &str, offload: bool) -> (Tun, UdpSocket) {
     let (tun, udp) = weft_netlink::in_netns(&ns_file(ns), || {
         (
-            Tun::create("wt0").expect("create the TUN device"),
+            Tun::create_with("wt0", offload).expect("create the TUN device"),
             UdpSocket::bind((underlay, 6785)).expect("bind"),
         )
     })
@@ -125,24 +123,34 @@ fn payloads(pcap: &[u8]) -> Vec<(u8, Vec<u8>)> {
 
 #[test]
 fn pod_packets_cross_the_underlay_only_encrypted() {
+    run(false, ["weft-tnl-a", "weft-tnl-b"]);
+}
+
+#[test]
+fn with_offloads_too() {
+    run(true, ["weft-tnl-oa", "weft-tnl-ob"]);
+}
+
+fn run(offload: bool, names: [&'static str; 2]) {
     if !root_or_skip() {
         return;
     }
-    Namespaces::clear();
-    let _guard = Namespaces;
-    for ns in [A, B] {
+    let [ns_a, ns_b] = names;
+    let guard = Namespaces(names);
+    guard.clear();
+    for ns in [ns_a, ns_b] {
         sh(&["ip", "netns", "add", ns]);
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
     sh(&[
-        "ip", "-n", A, "link", "add", "ua", "type", "veth", "peer", "name", "ub", "netns", B,
+        "ip", "-n", ns_a, "link", "add", "ua", "type", "veth", "peer", "name", "ub", "netns", ns_b,
     ]);
-    sh(&["ip", "-n", A, "addr", "add", "10.99.0.1/24", "dev", "ua"]);
-    sh(&["ip", "-n", B, "addr", "add", "10.99.0.2/24", "dev", "ub"]);
-    sh(&["ip", "-n", A, "link", "set", "ua", "up"]);
-    sh(&["ip", "-n", B, "link", "set", "ub", "up"]);
-    let (tun_a, udp_a) = side(A, "10.99.0.1", "10.100.0.1", "10.100.0.2");
-    let (tun_b, udp_b) = side(B, "10.99.0.2", "10.100.0.2", "10.100.0.1");
+    sh(&["ip", "-n", ns_a, "addr", "add", "10.99.0.1/24", "dev", "ua"]);
+    sh(&["ip", "-n", ns_b, "addr", "add", "10.99.0.2/24", "dev", "ub"]);
+    sh(&["ip", "-n", ns_a, "link", "set", "ua", "up"]);
+    sh(&["ip", "-n", ns_b, "link", "set", "ub", "up"]);
+    let (tun_a, udp_a) = side(ns_a, "10.99.0.1", "10.100.0.1", "10.100.0.2", offload);
+    let (tun_b, udp_b) = side(ns_b, "10.99.0.2", "10.100.0.2", "10.100.0.1", offload);
 
     let mut ta = Tunnel::new(Config::default());
     ta.add_peer("b".to_string());
@@ -190,10 +198,12 @@ fn pod_packets_cross_the_underlay_only_encrypted() {
         })
     };
 
-    let pcap = std::env::temp_dir().join(format!("weft-tnl-{}.pcap", std::process::id()));
+    let pcap = std::env::temp_dir().join(format!("{ns_a}-{}.pcap", std::process::id()));
     let mut cap = Capture(
         Command::new("ip")
-            .args(["netns", "exec", B, "tcpdump", "-U", "-n", "-i", "ub", "-w"])
+            .args([
+                "netns", "exec", ns_b, "tcpdump", "-U", "-n", "-i", "ub", "-w",
+            ])
             .arg(&pcap)
             .args(["udp", "port", "6785"])
             .stderr(Stdio::piped())
@@ -219,7 +229,7 @@ fn pod_packets_cross_the_underlay_only_encrypted() {
     let ping = |args: &[&str]| {
         Command::new("ip")
             .args([
-                "netns", "exec", A, "ping", "-c", "3", "-i", "0.2", "-W", "1",
+                "netns", "exec", ns_a, "ping", "-c", "3", "-i", "0.2", "-W", "1",
             ])
             .args(args)
             .arg("10.100.0.2")
@@ -249,6 +259,62 @@ fn pod_packets_cross_the_underlay_only_encrypted() {
     drop(cap);
     let captured = std::fs::read(&pcap).unwrap();
     let _ = std::fs::remove_file(&pcap);
+    // TCP through the tunnel (with offloads: superpackets cut and joined): an iperf3
+    // transfer completes; its rate is printed, not asserted.
+    let server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns_b,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            "10.100.0.2",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    let _server = Capture(server);
+    let t0 = Instant::now();
+    let report = loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns_a,
+                "iperf3",
+                "-c",
+                "10.100.0.2",
+                "-t",
+                "2",
+                "-J",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "iperf3: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let bits = report
+        .split("\"sum_received\"")
+        .nth(1)
+        .and_then(|r| r.split("\"bits_per_second\":").nth(1))
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("iperf3's received rate");
+    assert!(bits > 0.0);
+    eprintln!(
+        "tunnel (offload {offload}): {:.2} Gbit/s single TCP stream",
+        bits / 1e9
+    );
+
     let grams = payloads(&captured);
     assert!(grams.len() >= 6, "{} datagrams captured", grams.len());
     assert!(
@@ -280,7 +346,7 @@ fn pod_packets_cross_the_underlay_only_encrypted() {
             .unwrap_or(0)
     };
     let injector =
-        weft_netlink::in_netns(&ns_file(A), || UdpSocket::bind("10.99.0.1:0").unwrap()).unwrap();
+        weft_netlink::in_netns(&ns_file(ns_a), || UdpSocket::bind("10.99.0.1:0").unwrap()).unwrap();
     let (replays, bad) = (drops(Drop::Replay), drops(Drop::BadTag));
     // A forgery with a counter never seen (the replay check passes, the tag does not).
     let mut forged = from_a.clone();
