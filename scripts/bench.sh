@@ -17,6 +17,7 @@ dp_rounds=${DP_ROUNDS:-7}
 dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --rounds "$dp_rounds")
 policy=$(./target/release/weft-bench policy --weft target/release/weft --policies 1000 --pods 100 --hosts 20)
 dns=$(./target/release/weft-bench dns --weft target/release/weft --names 50 --rounds 3 --hosts 20)
+docker=$(./target/release/weft-bench docker --weft target/release/weft --rounds 5 --runs 10)
 
 dns_intro() {
   echo "## Name service"
@@ -32,6 +33,21 @@ dns_intro() {
   echo "agent is asked for its name from that host's namespace every 5 ms; the figure is the time"
   echo "from the CNI ADD's return until the last host answers. Targets: weft ≥ 1.0 of dnsmasq's"
   echo "queries per second; every host within 1 s."
+}
+
+docker_intro() {
+  echo "## Docker"
+  echo
+  echo "Part of \`bash scripts/bench.sh\`; the command is given with the table. One 2-host lab (\`bdk\`,"
+  echo "one segment, weft's agents with their defaults: route mode), a dockerd 20.10 per host"
+  echo "(\`weft lab docker\`'s, started again without \`--live-restore\`, which swarm refuses) carrying"
+  echo "both networks: weft's (\`docker network create -d weft --ipam-driver weft wnet\` on each host)"
+  echo "and Docker's own overlay (a swarm, h1 manager and h2 worker over the underlay, and"
+  echo "\`docker network create -d overlay --attachable --subnet 10.200.1.0/24 onet\`: VXLAN, MTU 1450)."
+  echo "The weft VXLAN column: a second lab (\`bdkv\`) whose agents run with \`--mode vxlan\`, up at the"
+  echo "same time, measured in the same rounds. The tools are the machine's (iperf3, weft-bench's"
+  echo "request/response ends), run in the containers' network namespaces with \`nsenter\`. Targets:"
+  echo "weft route / overlay throughput ≥ 1.3, request/response latency lower than the overlay's."
 }
 
 {
@@ -163,5 +179,9 @@ dns_intro() {
   echo "$(dns_intro)"
   echo
   echo "$dns"
+  echo
+  echo "$(docker_intro)"
+  echo
+  echo "$docker"
 } > docs/benchmarks.md
 cat docs/benchmarks.md

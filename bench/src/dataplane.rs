@@ -60,8 +60,8 @@ pub struct Opts {
     pub ready_secs: u64,
 }
 
-const IPERF_PORT: u16 = 5201;
-const RR_PORT: u16 = 5202;
+pub(crate) const IPERF_PORT: u16 = 5201;
+pub(crate) const RR_PORT: u16 = 5202;
 
 // ---------------------------------------------------------------------------------------
 // Interruption: Ctrl-C or SIGTERM sets a flag; running commands are ended and the guards
@@ -73,7 +73,7 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn catch_signals() {
+pub(crate) fn catch_signals() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let act = SigAction::new(
         SigHandler::Handler(on_signal),
@@ -86,7 +86,7 @@ fn catch_signals() {
     }
 }
 
-fn check_interrupted() -> Result<(), String> {
+pub(crate) fn check_interrupted() -> Result<(), String> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         Err("interrupted".into())
     } else {
@@ -97,24 +97,38 @@ fn check_interrupted() -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // Commands, always bounded in time.
 
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs `prog args` with `input` on stdin, killing it (by its pid) after `limit` or when
 /// interrupted (unless `always` says to finish even then, as teardown does).
-fn exec(
+pub(crate) fn exec(
     prog: &Path,
     args: &[&str],
     input: Option<&str>,
     limit: Duration,
     always: bool,
 ) -> Result<Output, String> {
-    let shown = || format!("{} {}", prog.display(), args.join(" "));
-    let mut child = Command::new(prog)
-        .args(args)
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    let shown = format!("{} {}", prog.display(), args.join(" "));
+    exec_command(cmd, &shown, input, limit, always)
+}
+
+/// [`exec`] for a command prepared by the caller (environment and all); `shown` names it in
+/// errors.
+pub(crate) fn exec_command(
+    mut cmd: Command,
+    shown: &str,
+    input: Option<&str>,
+    limit: Duration,
+    always: bool,
+) -> Result<Output, String> {
+    let shown = || shown.to_string();
+    let mut child = cmd
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -193,7 +207,7 @@ fn run_input(
 }
 
 /// The gist of a failed command's output, on one line.
-fn first_words(stderr: &str, stdout: &str) -> String {
+pub(crate) fn first_words(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() {
         stdout
     } else {
@@ -771,7 +785,7 @@ fn ns_ip(ns: &str, family: Family) -> Option<IpAddr> {
 // Servers: started by pid in a namespace, known to listen before the client starts, and
 // killed by that pid if still there when dropped.
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     what: String,
 }
@@ -780,10 +794,24 @@ impl Server {
     /// Runs `cmd` in `ns` (`ip netns exec` execs it, so the child's pid is the server's)
     /// and waits until it listens on `addr:port`.
     fn start(ns: &str, cmd: &[&str], addr: IpAddr, port: u16) -> Result<Server, String> {
+        let mut args = vec!["netns", "exec", ns];
+        args.extend_from_slice(cmd);
         let what = format!("{} in {ns}", cmd.join(" "));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
+        Server::start_prog("ip", &args, what, addr, port)
+    }
+
+    /// Runs `prog args`, which must exec the server itself (so the child's pid is the
+    /// server's: `ip netns exec`, `nsenter`), and waits until it listens on `addr:port` in
+    /// its namespace; `what` names it in errors.
+    pub(crate) fn start_prog(
+        prog: &str,
+        args: &[&str],
+        what: String,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<Server, String> {
+        let child = Command::new(prog)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -815,7 +843,7 @@ impl Server {
     }
 
     /// Waits briefly for the server to end by itself (both are one-shot), else kills it.
-    fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(3) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -922,6 +950,11 @@ fn iperf(p: &PathRun, secs: u64) -> Result<f64, String> {
         false,
     )?;
     server.finish();
+    iperf_gbits(&out)
+}
+
+/// The receiver's throughput, Gbit/s, from `iperf3 -c ... -J`'s output.
+pub(crate) fn iperf_gbits(out: &Output) -> Result<f64, String> {
     let v: serde_json::Value = serde_json::from_str(&out.stdout)
         .map_err(|_| format!("iperf3: {}", first_words(&out.stderr, &out.stdout)))?;
     if let Some(e) = v["error"].as_str() {
@@ -1004,6 +1037,11 @@ fn rr(p: &PathRun, secs: f64, cpu: Option<usize>, me: &Path) -> Result<f64, Stri
         false,
     )?;
     server.finish();
+    rr_mean_us(&out)
+}
+
+/// The mean µs per transaction from `weft-bench rr-client`'s output.
+pub(crate) fn rr_mean_us(out: &Output) -> Result<f64, String> {
     if !out.ok {
         return Err(format!(
             "rr-client: {}",
@@ -1265,7 +1303,7 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
     }
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
+pub(crate) fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -1288,7 +1326,7 @@ struct Row {
 /// that round's drift (the rounds are interleaved for this), so the paired ratio is the
 /// steadier estimate. Only rounds both paths measured count (a failed path's values are
 /// the rounds before its failure).
-fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
+pub(crate) fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
     let mut r: Vec<f64> = a
         .iter()
         .zip(b)

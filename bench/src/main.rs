@@ -9,9 +9,14 @@
 //! `weft-bench dataplane`: pod-to-pod throughput and latency across two lab hosts, over
 //! IPv4 and IPv6, weft's route and VXLAN modes beside host to host and the same paths made
 //! by hand (see `dataplane.rs`).
+//!
+//! `weft-bench docker`: weft's Docker network beside Docker's swarm overlay network on the
+//! same two lab hosts: throughput, request/response, and `docker run` until reachable from
+//! the other host (see `docker.rs`).
 
 mod dataplane;
 mod dns;
+mod docker;
 mod policy;
 
 use std::io::Write;
@@ -138,6 +143,37 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         adds: usize,
     },
+    /// Docker: weft's Docker network (`-d weft`) beside Docker's overlay network of a swarm
+    /// on the same 2-host lab (NAME; weft's VXLAN mode on lab NAMEv): container-to-container
+    /// TCP throughput, TCP request/response, and `docker run` until the container is
+    /// reachable from the other host.
+    Docker {
+        /// The weft binary (a release build).
+        #[arg(long, default_value = "target/release/weft")]
+        weft: PathBuf,
+        /// Lab name (1 to 11 of a-z0-9); weft's VXLAN lab is NAMEv.
+        #[arg(long, default_value = "bdk")]
+        lab: String,
+        /// Rounds of throughput and request/response (networks alternate; medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// iperf3 seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// TCP request/response seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        rr_secs: f64,
+        /// Leave the request/response ends where the scheduler puts them (by default both
+        /// are pinned to one CPU).
+        #[arg(long)]
+        rr_unpinned: bool,
+        /// Containers started per network for the time until reachable.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Leave out weft's VXLAN mode (its lab NAMEv).
+        #[arg(long)]
+        no_vxlan: bool,
+    },
     /// TCP request/response server: echoes one connection's bytes (used by `dataplane`).
     #[command(hide = true)]
     RrServer {
@@ -248,6 +284,32 @@ fn main() {
                 policies,
                 pods,
                 hosts,
+            })
+        }),
+        Cmd::Docker {
+            weft,
+            lab,
+            rounds,
+            secs,
+            rr_secs,
+            rr_unpinned,
+            runs,
+            no_vxlan,
+        } => weft_binary(&weft).and_then(|weft| {
+            docker::docker_bench(&docker::Opts {
+                weft,
+                lab,
+                rounds,
+                secs,
+                rr_secs,
+                rr_cpu: if rr_unpinned {
+                    None
+                } else {
+                    dataplane::first_cpu()
+                },
+                runs,
+                vxlan: !no_vxlan,
+                command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
             })
         }),
         Cmd::RrServer { listen, cpu } => dataplane::rr_server(listen, cpu),

@@ -115,11 +115,12 @@ fn dockerd_bin() -> PathBuf {
     }
 }
 
-/// dockerd's arguments for a lab host (without the binary). Pure.
-pub fn dockerd_args(lab: &str, host: &str) -> Vec<String> {
+/// dockerd's arguments for a lab host (without the binary); `live_restore` unless the
+/// host runs swarm ([`ensure_dockerd_swarm`]). Pure.
+pub fn dockerd_args(lab: &str, host: &str, live_restore: bool) -> Vec<String> {
     let d = docker_dir(lab, host);
     let p = |name: &str| d.join(name).to_string_lossy().into_owned();
-    vec![
+    let mut args: Vec<String> = vec![
         "--config-file".into(),
         p("daemon.json"),
         "--data-root".into(),
@@ -133,14 +134,39 @@ pub fn dockerd_args(lab: &str, host: &str) -> Vec<String> {
         "--bridge=none".into(),
         "--iptables=false".into(),
         "--ip6tables=false".into(),
-        "--live-restore".into(),
         "--dns".into(),
         DOCKER_DNS.into(),
         "--exec-opt".into(),
         "native.cgroupdriver=cgroupfs".into(),
         "--cgroup-parent".into(),
         format!("/{}", container_cgroup(lab, host)),
-    ]
+    ];
+    if live_restore {
+        args.push("--live-restore".into());
+    }
+    args
+}
+
+/// The marker of a host whose dockerd runs without `--live-restore` (swarm mode refuses
+/// it).
+fn swarm_marker(lab: &str, host: &str) -> PathBuf {
+    docker_dir(lab, host).join("swarm")
+}
+
+/// As [`ensure_dockerd`], for a host that joins a swarm: its dockerd runs without
+/// `--live-restore` from now on (stopped first, with its containers, if it ran with it).
+pub fn ensure_dockerd_swarm(lab: &str, host: &str) -> Result<(), LabError> {
+    let marker = swarm_marker(lab, host);
+    if !marker.exists() {
+        if answering(&api_socket(lab, host)) || daemon_pid(lab, host).is_some() {
+            stop(lab, host)?;
+        }
+        fs::create_dir_all(docker_dir(lab, host))
+            .map_err(|e| LabError::new(format!("create {}: {e}", marker.display())))?;
+        fs::write(&marker, b"")
+            .map_err(|e| LabError::new(format!("write {}: {e}", marker.display())))?;
+    }
+    ensure_dockerd(lab, host)
 }
 
 /// dockerd's configuration file for a lab host: only where its identity key is kept (else
@@ -321,7 +347,7 @@ fn start(lab: &str, host: &str, netns: &str) -> Result<(), LabError> {
     cmd.arg(cgroup.join("cgroup.procs"))
         .arg(&d)
         .arg(dockerd_bin())
-        .args(dockerd_args(lab, host))
+        .args(dockerd_args(lab, host, !swarm_marker(lab, host).exists()))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err);
@@ -735,7 +761,8 @@ mod tests {
 
     #[test]
     fn dockerd_keeps_to_the_host_directory() {
-        let a = dockerd_args("t", "h2").join(" ");
+        let a = dockerd_args("t", "h2", true).join(" ");
+        assert!(!dockerd_args("t", "h2", false).contains(&"--live-restore".to_string()));
         for want in [
             "--data-root /run/weft-lab/t/h2/docker/data",
             "--exec-root /run/weft-lab/t/h2/docker/exec",
