@@ -927,30 +927,40 @@ fn iperf(p: &PathRun, secs: u64) -> Result<f64, String> {
         p.server,
         IPERF_PORT,
     )?;
-    let t = secs.to_string();
-    let out = exec(
-        Path::new("ip"),
-        &[
-            "netns",
-            "exec",
-            &p.client_ns,
-            "iperf3",
-            "-c",
-            &addr,
-            "-p",
-            &port,
-            "-t",
-            &t,
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ],
+    let out = iperf_client("ip", &["netns", "exec", &p.client_ns], &addr, secs)?;
+    server.finish();
+    iperf_gbits(&out)
+}
+
+/// Runs the iperf3 client towards `addr` for `secs` s through `runner prefix...` (the
+/// command that puts it in the client's namespace).
+pub(crate) fn iperf_client(
+    runner: &str,
+    prefix: &[&str],
+    addr: &str,
+    secs: u64,
+) -> Result<Output, String> {
+    let (port, t) = (IPERF_PORT.to_string(), secs.to_string());
+    let mut args: Vec<&str> = prefix.to_vec();
+    args.extend_from_slice(&[
+        "iperf3",
+        "-c",
+        addr,
+        "-p",
+        &port,
+        "-t",
+        &t,
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ]);
+    exec(
+        Path::new(runner),
+        &args,
         None,
         Duration::from_secs(secs + 20),
         false,
-    )?;
-    server.finish();
-    iperf_gbits(&out)
+    )
 }
 
 /// The receiver's throughput, Gbit/s, from `iperf3 -c ... -J`'s output.

@@ -36,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::dataplane::{
-    catch_signals, check_interrupted, exec, exec_command, first_words, iperf_gbits, median,
-    paired_ratio, rr_mean_us, Server, IPERF_PORT, RR_PORT,
+    catch_signals, check_interrupted, exec, exec_command, first_words, iperf_client, iperf_gbits,
+    median, paired_ratio, rr_mean_us, Server, IPERF_PORT, RR_PORT,
 };
 
 /// Options of `weft-bench docker`.
@@ -486,28 +486,8 @@ fn iperf(n: &Net, secs: u64) -> Result<f64, String> {
         n.server.ip,
         IPERF_PORT,
     )?;
-    let t = secs.to_string();
     let cns = n.client.netns_arg();
-    let out = exec(
-        Path::new("nsenter"),
-        &[
-            &cns,
-            "--",
-            "iperf3",
-            "-c",
-            &addr,
-            "-p",
-            &port,
-            "-t",
-            &t,
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ],
-        None,
-        Duration::from_secs(secs + 20),
-        false,
-    )?;
+    let out = iperf_client("nsenter", &[&cns, "--"], &addr, secs)?;
     server.finish();
     iperf_gbits(&out)
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use weft_docker::endpoint as dep;
 use weft_docker::pools::gateway;
-use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
+use weft_netlink::{self as nl, Netlink, Scope, WEFT_ROUTE_PROTOCOL};
 
 /// The MTU when the data plane has none yet.
 const FALLBACK_MTU: u32 = 1500;
@@ -73,20 +73,8 @@ fn program(nlh: &mut Netlink, host_if: &str, addrs: &[IpAddr], mac: [u8; 6]) -> 
     }
     nlh.set_up(host.index).map_err(nl_err)?;
     for a in addrs {
-        nlh.set_permanent_neighbour(host.index, *a, mac)
+        nlh.point_at(host.index, IpNet::from(*a), mac, WEFT_ROUTE_PROTOCOL)
             .map_err(nl_err)?;
-        nlh.add_route(
-            &nl::Route::new(
-                IpNet::from(*a),
-                None,
-                Some(host.index),
-                Scope::Link,
-                WEFT_ROUTE_PROTOCOL,
-                MAIN_TABLE,
-            ),
-            true,
-        )
-        .map_err(nl_err)?;
     }
     Ok(())
 }

@@ -326,11 +326,24 @@ impl Netlink {
         mtu: u32,
         alias: &str,
     ) -> Result<()> {
+        self.new_veth(name, peer, LinkAttribute::NetNsFd(peer_netns), mtu, alias)
+    }
+
+    /// A veth `name` with its peer `peer` (placed or set up by `peer_attr`), both of MTU
+    /// `mtu`; `name` gets `alias` unless it is empty.
+    fn new_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_attr: LinkAttribute,
+        mtu: u32,
+        alias: &str,
+    ) -> Result<()> {
         let mut peer_msg = LinkMessage::default();
         peer_msg.attributes = vec![
             LinkAttribute::IfName(peer.to_string()),
             LinkAttribute::Mtu(mtu),
-            LinkAttribute::NetNsFd(peer_netns),
+            peer_attr,
         ];
         let mut msg = LinkMessage::default();
         msg.attributes = vec![
@@ -364,30 +377,23 @@ impl Netlink {
         mtu: u32,
         alias: &str,
     ) -> Result<()> {
-        let mut peer_msg = LinkMessage::default();
-        peer_msg.attributes = vec![
-            LinkAttribute::IfName(peer.to_string()),
-            LinkAttribute::Mtu(mtu),
+        self.new_veth(
+            name,
+            peer,
             LinkAttribute::Address(peer_mac.to_vec()),
-        ];
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![
-            LinkAttribute::IfName(name.to_string()),
-            LinkAttribute::Mtu(mtu),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
-            ]),
-        ];
-        self.ack(
-            &|| format!("create veth {name} (peer {peer})"),
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )?;
-        if let Some(link) = self.link_by_name(name)? {
-            self.set_alias(link.index, alias)?;
-        }
-        Ok(())
+            mtu,
+            alias,
+        )
+    }
+
+    /// Points `addr` (a container's /32 or /128) at link `index`: a permanent neighbour
+    /// entry to `mac` and a link-scope route of protocol `protocol` in the main table.
+    pub fn point_at(&mut self, index: u32, addr: IpNet, mac: [u8; 6], protocol: u8) -> Result<()> {
+        self.set_permanent_neighbour(index, addr.addr(), mac)?;
+        self.add_route(
+            &Route::new(addr, None, Some(index), Scope::Link, protocol, MAIN_TABLE),
+            true,
+        )
     }
 
     /// Sets a link's alias (`ip link set DEV alias TEXT`).

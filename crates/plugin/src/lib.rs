@@ -364,20 +364,8 @@ impl Ctx {
         }
         nlh.set_up(host.index).map_err(nl_err)?;
         for (ip_net, _, _) in &plan {
-            nlh.set_permanent_neighbour(host.index, ip_net.addr(), cont_mac)
+            nlh.point_at(host.index, *ip_net, cont_mac, WEFT_ROUTE_PROTOCOL)
                 .map_err(nl_err)?;
-            nlh.add_route(
-                &nl::Route::new(
-                    *ip_net,
-                    None,
-                    Some(host.index),
-                    Scope::Link,
-                    WEFT_ROUTE_PROTOCOL,
-                    MAIN_TABLE,
-                ),
-                true,
-            )
-            .map_err(nl_err)?;
         }
 
         let mut result = CniResult::new(self.net.cni_version);
