@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use weft_tunnel::offload::{self, VnetHdr, VNET_HDR_LEN};
-use weft_tunnel::packet::{Kind, OVERHEAD};
+use weft_tunnel::packet::{Kind, HEADER_LEN, OVERHEAD};
 use weft_tunnel::{Control, Drop, Tunnel};
 
 /// A TUN device (layer 3, no packet information header).
@@ -297,7 +297,9 @@ impl<P: Ord + Clone + Send + Sync + 'static> Pump<P> {
 /// datagrams of a superpacket in one system call).
 fn outbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, offload: bool) {
     let mut buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
+    let mut scratch = Vec::with_capacity(MAX_PACKET);
     let mut dgrams = Vec::with_capacity(2 * (MAX_PACKET + 64 * OVERHEAD));
+    let mut sizes = Vec::with_capacity(64);
     let mut gso = offload;
     while !s.stop.load(Ordering::Relaxed) {
         let n = match tun.read(&mut buf) {
@@ -305,24 +307,16 @@ fn outbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, of
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let segs = if offload {
-            let Some(h) = VnetHdr::parse(&buf[..n]) else {
-                continue;
-            };
-            match offload::split(&h, &buf[VNET_HDR_LEN..n]) {
-                Ok(segs) => segs,
-                Err(_) => {
-                    s.counters.no_route.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+        let (hdr, packet) = if offload {
+            match VnetHdr::parse(&buf[..n]) {
+                Some(h) => (h, &buf[VNET_HDR_LEN..n]),
+                None => continue,
             }
         } else {
-            vec![buf[..n].to_vec()]
+            (VnetHdr::default(), &buf[..n])
         };
-        let Some(first) = segs.first() else {
-            continue;
-        };
-        let Some(peer) = addrs(first).and_then(|(_, d)| s.peer_for(d)) else {
+        // Every segment of a superpacket has its destination.
+        let Some(peer) = addrs(packet).and_then(|(_, d)| s.peer_for(d)) else {
             s.counters.no_route.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -331,16 +325,20 @@ fn outbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, of
             continue;
         };
         dgrams.clear();
-        let mut sizes = Vec::with_capacity(segs.len());
-        {
+        sizes.clear();
+        let cut = {
             let now = s.now();
             let mut t = s.tunnel.lock().expect("tunnel lock");
-            for seg in &segs {
+            offload::split_each(&hdr, packet, &mut scratch, |seg| {
                 let before = dgrams.len();
                 if t.seal(now, &peer, Kind::Data, seg, &mut dgrams).is_ok() {
                     sizes.push(dgrams.len() - before);
                 }
-            }
+            })
+        };
+        if cut.is_err() {
+            s.counters.no_route.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         send_all(&udp, &dgrams, &sizes, to, &mut gso);
     }
@@ -394,41 +392,48 @@ fn send_all(udp: &UdpSocket, buf: &[u8], sizes: &[usize], to: SocketAddr, gso: &
 fn inbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, offload: bool) {
     let mut buf = vec![0u8; 2 * (MAX_PACKET + OVERHEAD)];
     let mut frame = Vec::with_capacity(MAX_PACKET + VNET_HDR_LEN);
+    let mut keep: Vec<std::ops::Range<usize>> = Vec::with_capacity(64);
     while !s.stop.load(Ordering::Relaxed) {
         let (n, from, seg) = match batch::recv_gro(&udp, &mut buf) {
             Ok(x) => x,
             Err(_) => continue,
         };
-        let mut plains = Vec::new();
+        let seg = seg.max(1);
+        keep.clear();
         {
             let mut t = s.tunnel.lock().expect("tunnel lock");
-            for d in buf[..n].chunks(seg.max(1)) {
-                match t.open(d) {
-                    Ok((peer, kind, plain)) => {
-                        // Authenticated: the peer is where this came from (NAT, roaming).
-                        let known = s.endpoints.read().expect("lock").get(&peer) == Some(&from);
-                        if !known {
-                            s.endpoints
-                                .write()
-                                .expect("lock")
-                                .insert(peer.clone(), from);
-                        }
-                        if kind != Kind::Data {
-                            continue;
-                        }
-                        match addrs(&plain) {
-                            Some((src, _)) if s.owns(&peer, src) => plains.push(plain),
-                            _ => {
-                                s.counters.spoofed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
+            for (k, d) in buf[..n].chunks_mut(seg).enumerate() {
+                let (peer, kind, len) = match t.open_in_place(d) {
+                    Ok(x) => x,
                     Err(_) => {
                         s.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                // Authenticated: the peer is where this came from (NAT, roaming).
+                let known = s.endpoints.read().expect("lock").get(&peer) == Some(&from);
+                if !known {
+                    s.endpoints
+                        .write()
+                        .expect("lock")
+                        .insert(peer.clone(), from);
+                }
+                if kind != Kind::Data {
+                    continue;
+                }
+                let plain = &d[HEADER_LEN..HEADER_LEN + len];
+                match addrs(plain) {
+                    Some((src, _)) if s.owns(&peer, src) => {
+                        let start = k * seg + HEADER_LEN;
+                        keep.push(start..start + len);
+                    }
+                    _ => {
+                        s.counters.spoofed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         }
+        let plains: Vec<&[u8]> = keep.iter().map(|r| &buf[r.clone()]).collect();
         if offload {
             for (h, p) in offload::coalesce(&plains, MAX_PACKET) {
                 frame.clear();
@@ -437,7 +442,7 @@ fn inbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, off
                 let _ = tun.write(&frame);
             }
         } else {
-            for p in &plains {
+            for p in plains {
                 let _ = tun.write(p);
             }
         }

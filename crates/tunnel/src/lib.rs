@@ -358,6 +358,16 @@ impl<P: Ord + Clone> Tunnel<P> {
     /// Opens a datagram: (its sender, what it carries, the plaintext), or why it was
     /// dropped (counted on the peer when the index names one).
     pub fn open(&mut self, datagram: &[u8]) -> Result<(P, Kind, Vec<u8>), Drop> {
+        let mut d = datagram.to_vec();
+        let (p, kind, n) = self.open_in_place(&mut d)?;
+        d.truncate(HEADER_LEN + n);
+        d.drain(..HEADER_LEN);
+        Ok((p, kind, d))
+    }
+
+    /// As [`Tunnel::open`], decrypting where the datagram lies: (sender, kind, length of
+    /// the plaintext, which starts at [`HEADER_LEN`]).
+    pub fn open_in_place(&mut self, datagram: &mut [u8]) -> Result<(P, Kind, usize), Drop> {
         let header = Header::parse(datagram).ok_or(Drop::Malformed)?;
         let p = self
             .by_index
@@ -375,15 +385,15 @@ impl<P: Ord + Clone> Tunnel<P> {
         if !k.window.check(header.counter) {
             return Err(peer.count(Drop::Replay));
         }
-        let Some(plain) = k.key.open(&header, datagram) else {
+        let Some(n) = k.key.open_in_place(&header, datagram) else {
             return Err(peer.count(Drop::BadTag));
         };
         if !k.window.update(header.counter) {
             return Err(peer.count(Drop::Replay));
         }
         peer.counters.received += 1;
-        peer.counters.received_bytes += (datagram.len() - HEADER_LEN - packet::TAG_LEN) as u64;
-        Ok((p, header.kind, plain))
+        peer.counters.received_bytes += n as u64;
+        Ok((p, header.kind, n))
     }
 }
 

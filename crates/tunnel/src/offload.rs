@@ -157,21 +157,38 @@ pub fn checksums_ok(p: &[u8]) -> bool {
 /// numbers advanced, IPv4 ids counted up, FIN and PSH on the last piece only, CWR on
 /// the first only.
 pub fn split(hdr: &VnetHdr, p: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
+    let mut out = Vec::new();
+    split_each(hdr, p, &mut Vec::new(), |seg| out.push(seg.to_vec()))?;
+    Ok(out)
+}
+
+/// As [`split`], handing each packet to `f` in turn, built in `scratch` (no allocation
+/// per packet); returns how many there were.
+pub fn split_each(
+    hdr: &VnetHdr,
+    p: &[u8],
+    scratch: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
     if hdr.gso_type == GSO_NONE {
-        let mut one = p.to_vec();
-        if hdr.flags & F_NEEDS_CSUM != 0 {
-            let start = usize::from(hdr.csum_start);
-            let at = start + usize::from(hdr.csum_offset);
-            if at + 2 > one.len() || start > one.len() {
-                return Err(OffloadError::BadHeader);
-            }
-            // The field holds the pseudo-header's sum; add the rest.
-            one[at..at + 2].copy_from_slice(&[0, 0]);
-            let partial = u64::from(u16::from_be_bytes([p[at], p[at + 1]]));
-            let c = !fold(sum16(&one[start..], partial));
-            one[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        if hdr.flags & F_NEEDS_CSUM == 0 {
+            f(p);
+            return Ok(1);
         }
-        return Ok(vec![one]);
+        let start = usize::from(hdr.csum_start);
+        let at = start + usize::from(hdr.csum_offset);
+        if at + 2 > p.len() || start > p.len() {
+            return Err(OffloadError::BadHeader);
+        }
+        scratch.clear();
+        scratch.extend_from_slice(p);
+        // The field holds the pseudo-header's sum; add the rest.
+        scratch[at..at + 2].copy_from_slice(&[0, 0]);
+        let partial = u64::from(u16::from_be_bytes([p[at], p[at + 1]]));
+        let c = !fold(sum16(&scratch[start..], partial));
+        scratch[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        f(scratch);
+        return Ok(1);
     }
     let (v6, ip_len) = ip_header(p)?;
     if (hdr.gso_type & 0x7f) != if v6 { GSO_TCPV6 } else { GSO_TCPV4 } {
@@ -187,37 +204,38 @@ pub fn split(hdr: &VnetHdr, p: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
         return Err(OffloadError::BadHeader);
     }
     let payload = &p[headers..];
+    if payload.is_empty() {
+        scratch.clear();
+        scratch.extend_from_slice(p);
+        finish(scratch, v6, ip_len);
+        f(scratch);
+        return Ok(1);
+    }
     let seq = u32::from_be_bytes(p[ip_len + 4..ip_len + 8].try_into().expect("4 bytes"));
     let id = u16::from_be_bytes([p[4], p[5]]);
     let flags = p[ip_len + 13];
-    let n = payload.len().div_ceil(mss).max(1);
-    let mut out = Vec::with_capacity(n);
+    let n = payload.len().div_ceil(mss);
     for (i, chunk) in payload.chunks(mss).enumerate() {
-        let mut s = Vec::with_capacity(headers + chunk.len());
-        s.extend_from_slice(&p[..headers]);
-        s.extend_from_slice(chunk);
+        scratch.clear();
+        scratch.extend_from_slice(&p[..headers]);
+        scratch.extend_from_slice(chunk);
         let off = (i * mss) as u32;
-        s[ip_len + 4..ip_len + 8].copy_from_slice(&seq.wrapping_add(off).to_be_bytes());
-        let mut f = flags;
+        scratch[ip_len + 4..ip_len + 8].copy_from_slice(&seq.wrapping_add(off).to_be_bytes());
+        let mut fl = flags;
         if i + 1 < n {
-            f &= !(0x01 | 0x08); // FIN, PSH: the last piece's
+            fl &= !(0x01 | 0x08); // FIN, PSH: the last piece's
         }
         if i > 0 {
-            f &= !0x80; // CWR: the first piece's
+            fl &= !0x80; // CWR: the first piece's
         }
-        s[ip_len + 13] = f;
+        scratch[ip_len + 13] = fl;
         if !v6 {
-            s[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+            scratch[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
         }
-        finish(&mut s, v6, ip_len);
-        out.push(s);
+        finish(scratch, v6, ip_len);
+        f(scratch);
     }
-    if out.is_empty() {
-        let mut s = p.to_vec();
-        finish(&mut s, v6, ip_len);
-        out.push(s);
-    }
-    Ok(out)
+    Ok(n)
 }
 
 /// The flow and position of a TCP packet, for coalescing.
@@ -282,7 +300,7 @@ fn follows(a: &[u8], sa: &Seg, b: &[u8], sb: &Seg) -> bool {
 /// runs of consecutive full-size segments of one flow (the last may be shorter) become
 /// one superpacket with a GSO header; anything else goes alone with an empty header.
 /// Nothing is reordered. `max` bounds a superpacket's length (64 KB).
-pub fn coalesce(packets: &[Vec<u8>], max: usize) -> Vec<(VnetHdr, Vec<u8>)> {
+pub fn coalesce<T: AsRef<[u8]>>(packets: &[T], max: usize) -> Vec<(VnetHdr, Vec<u8>)> {
     let mut out: Vec<(VnetHdr, Vec<u8>)> = Vec::new();
     // The run being built: its first segment's info, its segment size and whether it
     // ended (a shorter segment closes it).
@@ -315,9 +333,10 @@ pub fn coalesce(packets: &[Vec<u8>], max: usize) -> Vec<(VnetHdr, Vec<u8>)> {
         }
     };
     for pkt in packets {
+        let pkt = pkt.as_ref();
         let Some(sb) = seg(pkt) else {
             close(&mut run, &mut out);
-            out.push((VnetHdr::default(), pkt.clone()));
+            out.push((VnetHdr::default(), pkt.to_vec()));
             continue;
         };
         let len_b = pkt.len() - sb.headers;
@@ -346,11 +365,11 @@ pub fn coalesce(packets: &[Vec<u8>], max: usize) -> Vec<(VnetHdr, Vec<u8>)> {
         }
         close(&mut run, &mut out);
         if len_b == 0 {
-            out.push((VnetHdr::default(), pkt.clone()));
+            out.push((VnetHdr::default(), pkt.to_vec()));
             continue;
         }
         let pushed = pkt[sb.ip_len + 13] & 0x08 != 0;
-        run = Some((sb, len_b, pushed, pkt.clone(), 1));
+        run = Some((sb, len_b, pushed, pkt.to_vec(), 1));
     }
     close(&mut run, &mut out);
     out

@@ -100,6 +100,23 @@ impl Key {
         out.extend_from_slice(tag.as_ref());
     }
 
+    /// Decrypts `datagram` (whose header is `header`) where it lies; the plaintext's
+    /// length, or `None` when the tag does not verify. The plaintext starts at
+    /// [`HEADER_LEN`].
+    pub fn open_in_place(&self, header: &Header, datagram: &mut [u8]) -> Option<usize> {
+        let h: [u8; HEADER_LEN] = datagram.get(..HEADER_LEN)?.try_into().ok()?;
+        let n = self
+            .0
+            .open_in_place(
+                nonce(header.counter),
+                Aad::from(h),
+                &mut datagram[HEADER_LEN..],
+            )
+            .ok()?
+            .len();
+        Some(n)
+    }
+
     /// The plaintext of `datagram` (whose header is `header`), or `None` when the tag
     /// does not verify.
     pub fn open(&self, header: &Header, datagram: &[u8]) -> Option<Vec<u8>> {
