@@ -300,6 +300,21 @@ pub fn status(s: SocketArg) -> Result<ExitCode, String> {
             Some(e) => println!("dns: NOT ANSWERING: {e}"),
         }
     }
+    if let Some(d) = &r.docker {
+        println!();
+        println!(
+            "docker: plugin on {} ({} endpoints, {} named from {}){}",
+            d.plugin,
+            d.endpoints,
+            d.named,
+            d.host,
+            if d.ports.is_empty() {
+                String::new()
+            } else {
+                format!("; published {}", d.ports.join(", "))
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -115,9 +115,25 @@ fn status_json_is_the_agent_s_answer_unchanged() {
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["conflicts", "dataplane", "dns", "node", "peers", "policy"],
+        [
+            "conflicts",
+            "dataplane",
+            "dns",
+            "docker",
+            "node",
+            "peers",
+            "policy"
+        ],
         "{v}"
     );
+    // Lab agents serve Docker's plugin in the host's plugin directory.
+    assert!(
+        v["docker"]["plugin"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/docker/plugins/weft.sock")),
+        "{v}"
+    );
+    assert_eq!(v["docker"]["endpoints"], 0, "{v}");
     assert_eq!(v["dns"]["addr"], "169.254.1.1", "{v}");
     assert!(v["dns"]["error"].is_null(), "{v}");
     for k in ["id", "name", "addr"] {

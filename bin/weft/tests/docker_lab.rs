@@ -306,6 +306,13 @@ fn docker_containers_of_three_hosts_reach_each_other_by_address_and_name() {
     );
     assert!(!ok && out.contains("-p HOSTPORT:80"), "{out}");
     let _ = docker(&lab, "h1", &["rm", "-f", "web3"]);
+    // `weft status` shows the plugin, its endpoint and the port it publishes.
+    let sock = format!("/run/weft-lab/{}/h1/weft.sock", lab.name);
+    let st: Value =
+        serde_json::from_str(&weft_ok(&["status", "--socket", &sock, "--json"])).unwrap();
+    assert_eq!(st["docker"]["endpoints"], 1, "{st}");
+    assert_eq!(st["docker"]["named"], 1, "{st}");
+    assert_eq!(st["docker"]["ports"][0], "8080/tcp -> web:80", "{st}");
 
     // 100 `docker run --rm` cycles leave no address and no link behind.
     let links_before = weft_links(&lab.host_ns("h3")).len();

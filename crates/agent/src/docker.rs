@@ -461,6 +461,27 @@ impl Agent {
         self.ipam_step();
     }
 
+    /// The plugin's part of `weft status`.
+    pub(crate) fn docker_report(&self) -> Option<crate::DockerReport> {
+        let cfg = self.cfg.docker.as_ref()?;
+        let eps = &self.docker.endpoints;
+        Some(crate::DockerReport {
+            plugin: cfg.plugin.display().to_string(),
+            host: cfg.host.display().to_string(),
+            endpoints: eps.len(),
+            named: eps.values().filter(|e| e.name.is_some()).count(),
+            ports: eps
+                .values()
+                .flat_map(|e| {
+                    let who = e.name.clone().unwrap_or_else(|| "?".into());
+                    e.ports
+                        .iter()
+                        .map(move |m| format!("{m} -> {who}:{}", m.port))
+                })
+                .collect(),
+        })
+    }
+
     /// The plugin socket goes with the agent: dockerd then sees no plugin, not a dead one.
     pub(crate) fn docker_stop(&self) {
         if let Some(cfg) = &self.cfg.docker {

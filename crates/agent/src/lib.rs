@@ -855,6 +855,7 @@ impl Agent {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
             }),
+            docker: self.docker_report(),
         }
     }
 
@@ -921,6 +922,24 @@ pub struct StatusReport {
     /// The name service on this host (None: off).
     #[serde(default)]
     pub dns: Option<DnsReport>,
+    /// Docker's plugin on this host (None: off).
+    #[serde(default)]
+    pub docker: Option<DockerReport>,
+}
+
+/// Docker's plugin in a status report.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct DockerReport {
+    /// The plugin socket (its file name is the driver's name).
+    pub plugin: String,
+    /// dockerd's API socket, where names are read.
+    pub host: String,
+    /// Docker endpoints on this host.
+    pub endpoints: usize,
+    /// Of them, named from dockerd.
+    pub named: usize,
+    /// Host ports published (`-p`).
+    pub ports: Vec<String>,
 }
 
 /// The name service in a status report.
