@@ -1016,31 +1016,47 @@ fn parse_ping_avg(out: &str) -> Option<f64> {
 
 /// TCP request/response: mean µs per 1-byte transaction.
 fn rr(p: &PathRun, secs: f64, cpu: Option<usize>, me: &Path) -> Result<f64, String> {
-    let listen = SocketAddr::new(p.server, RR_PORT).to_string();
+    rr_between(
+        "ip",
+        &["netns", "exec", &p.server_ns],
+        &["netns", "exec", &p.client_ns],
+        p.server,
+        secs,
+        cpu,
+        me,
+    )
+}
+
+/// TCP request/response between weft-bench's own ends (`me rr-server` at `server`, `me
+/// rr-client`), each run as `runner PREFIX...` (the command that puts it in its
+/// namespace), pinned to `cpu` if given: the mean µs per transaction.
+pub(crate) fn rr_between(
+    runner: &str,
+    server_prefix: &[&str],
+    client_prefix: &[&str],
+    server: IpAddr,
+    secs: f64,
+    cpu: Option<usize>,
+    me: &Path,
+) -> Result<f64, String> {
+    let listen = SocketAddr::new(server, RR_PORT).to_string();
     let me_s = me.to_string_lossy().to_string();
     let cpu_s = cpu.map(|c| c.to_string());
     let pin: Vec<&str> = match &cpu_s {
         Some(c) => vec!["--cpu", c],
         None => vec![],
     };
-    let mut server_cmd = vec![me_s.as_str(), "rr-server", "--listen", &listen];
+    let mut server_cmd = server_prefix.to_vec();
+    server_cmd.extend_from_slice(&[me_s.as_str(), "rr-server", "--listen", &listen]);
     server_cmd.extend_from_slice(&pin);
-    let server = Server::start(&p.server_ns, &server_cmd, p.server, RR_PORT)?;
+    let what = format!("rr-server ({} {})", runner, server_prefix.join(" "));
+    let server = Server::start_prog(runner, &server_cmd, what, server, RR_PORT)?;
     let s = format!("{secs}");
-    let mut client_cmd = vec![
-        "netns",
-        "exec",
-        &p.client_ns,
-        &me_s,
-        "rr-client",
-        "--connect",
-        &listen,
-        "--secs",
-        &s,
-    ];
+    let mut client_cmd = client_prefix.to_vec();
+    client_cmd.extend_from_slice(&[&me_s, "rr-client", "--connect", &listen, "--secs", &s]);
     client_cmd.extend_from_slice(&pin);
     let out = exec(
-        Path::new("ip"),
+        Path::new(runner),
         &client_cmd,
         None,
         Duration::from_secs_f64(secs + 20.0),

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::dataplane::{
     catch_signals, check_interrupted, exec, exec_command, first_words, iperf_client, iperf_gbits,
-    median, paired_ratio, rr_mean_us, Server, IPERF_PORT, RR_PORT,
+    median, paired_ratio, rr_between, Server, IPERF_PORT,
 };
 
 /// Options of `weft-bench docker`.
@@ -493,45 +493,16 @@ fn iperf(n: &Net, secs: u64) -> Result<f64, String> {
 }
 
 fn rr(n: &Net, secs: f64, cpu: Option<usize>, me: &Path) -> Result<f64, String> {
-    let listen = SocketAddr::new(n.server.ip, RR_PORT).to_string();
-    let me = me.to_string_lossy().to_string();
-    let cpu = cpu.map(|c| c.to_string());
-    let pin: Vec<&str> = match &cpu {
-        Some(c) => vec!["--cpu", c],
-        None => vec![],
-    };
-    let sns = n.server.netns_arg();
-    let mut server_cmd = vec![sns.as_str(), "--", &me, "rr-server", "--listen", &listen];
-    server_cmd.extend_from_slice(&pin);
-    let server = Server::start_prog(
+    let (sns, cns) = (n.server.netns_arg(), n.client.netns_arg());
+    rr_between(
         "nsenter",
-        &server_cmd,
-        format!("rr-server in {}'s server container", n.label),
+        &[&sns, "--"],
+        &[&cns, "--"],
         n.server.ip,
-        RR_PORT,
-    )?;
-    let s = format!("{secs}");
-    let cns = n.client.netns_arg();
-    let mut client_cmd = vec![
-        cns.as_str(),
-        "--",
-        &me,
-        "rr-client",
-        "--connect",
-        &listen,
-        "--secs",
-        &s,
-    ];
-    client_cmd.extend_from_slice(&pin);
-    let out = exec(
-        Path::new("nsenter"),
-        &client_cmd,
-        None,
-        Duration::from_secs_f64(secs + 20.0),
-        false,
-    )?;
-    server.finish();
-    rr_mean_us(&out)
+        secs,
+        cpu,
+        me,
+    )
 }
 
 /// One `docker run -d` on h1 until the client container on h2 gets an answer from the new

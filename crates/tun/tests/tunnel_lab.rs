@@ -121,12 +121,20 @@ fn payloads(pcap: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-/// One iperf3 TCP stream of 2 s from `ns` to `to`, retried until the server listens (10 s
-/// from `t0`): the receiver's bits per second.
-fn iperf(ns: &str, to: &str, t0: Instant) -> f64 {
+/// One iperf3 TCP stream of 2 s from namespace `from` to a server at `to` in namespace
+/// `at`, retried for up to 10 s until the server listens (before, the client's report
+/// says "connection refused"): the receiver's bits per second.
+fn iperf(from: &str, at: &str, to: &str) -> f64 {
+    let server = Command::new("ip")
+        .args(["netns", "exec", at, "iperf3", "-s", "-1", "-B", to])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    let _server = Capture(server);
+    let t0 = Instant::now();
     loop {
         let out = Command::new("ip")
-            .args(["netns", "exec", ns, "iperf3", "-c", to, "-t", "2", "-J"])
+            .args(["netns", "exec", from, "iperf3", "-c", to, "-t", "2", "-J"])
             .output()
             .unwrap();
         let report = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -279,42 +287,10 @@ fn run(offload: bool, names: [&'static str; 2]) {
     let _ = std::fs::remove_file(&pcap);
     // TCP through the tunnel (with offloads: superpackets cut and joined): an iperf3
     // transfer completes; its rate is printed, not asserted.
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns_b,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            "10.100.0.2",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    let _server = Capture(server);
-    let t0 = Instant::now();
-    // Until the server listens, the client's report says "connection refused".
-    let bits = iperf(ns_a, "10.100.0.2", t0);
+    let bits = iperf(ns_a, ns_b, "10.100.0.2");
     assert!(bits > 0.0);
     // The underlay itself, for scale (printed, not asserted).
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns_b,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            "10.99.0.2",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    let _server2 = Capture(server);
-    let plain = iperf(ns_a, "10.99.0.2", Instant::now());
+    let plain = iperf(ns_a, ns_b, "10.99.0.2");
     eprintln!(
         "tunnel (offload {offload}): {:.2} Gbit/s single TCP stream; the underlay veth {:.2}: {:.2} of it",
         bits / 1e9,
