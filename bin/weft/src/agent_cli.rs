@@ -12,8 +12,9 @@ use weft_agent::{api, RawConfig};
 pub struct AgentArgs {
     /// A JSON config file (keys: name, listen, advertise, peers, dataDir, secretFile, socket,
     /// maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit,
-    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId,
-    /// metricsAddr, logFormat, logFilter);
+    /// ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort,
+    /// vxlanId, encrypt, tunnelPort, tunnelOffload, tunnelRotateSecs, metricsAddr, logFormat,
+    /// logFilter);
     /// flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -93,6 +94,26 @@ pub struct AgentArgs {
     /// VXLAN network identifier; the same on every node [default: 6783].
     #[arg(long, value_name = "VNI")]
     vxlan_id: Option<u64>,
+    /// Encrypt container traffic between hosts in weft's userspace tunnel (TUN and UDP,
+    /// AES-256-GCM, keys from the nodes' mesh identities, rotated every 2 minutes):
+    /// `off`, `on` (every peer) or `cross-subnet` (peers across a router; peers on this
+    /// host's segment keep plain routes). With it on, nothing to another host's containers
+    /// leaves in clear: without a key, packets are dropped and counted. Peers behind NAT
+    /// are reached through the tunnel even with `off` [default: off].
+    #[arg(long, value_name = "off|on|cross-subnet")]
+    encrypt: Option<String>,
+    /// UDP port of the encrypted tunnel; the same on every node [default: 6785].
+    #[arg(long, value_name = "PORT")]
+    tunnel_port: Option<u64>,
+    /// The tunnel's offloads (TCP superpackets from the TUN device, UDP GSO and GRO):
+    /// on or off [default: on]. Where the kernel refuses them the tunnel goes without,
+    /// and `weft status` says which are in use.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    tunnel_offload: Option<bool>,
+    /// How often a node gives each peer a new key to send with, seconds, 1 to 120
+    /// [default: 120]. Shorter only to test rotation.
+    #[arg(long, value_name = "SECS")]
+    tunnel_rotate_secs: Option<u64>,
     /// Where Prometheus scrapes `GET /metrics` (OpenMetrics text), IP:PORT, or `off`
     /// [default: 127.0.0.1:6782]. The API socket serves `/metrics` too.
     #[arg(long, value_name = "IP:PORT|off")]
@@ -209,6 +230,10 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         fast_path: a.fast_path,
         vxlan_port: a.vxlan_port,
         vxlan_id: a.vxlan_id,
+        encrypt: a.encrypt,
+        tunnel_port: a.tunnel_port,
+        tunnel_offload: a.tunnel_offload,
+        tunnel_rotate_secs: a.tunnel_rotate_secs,
         metrics_addr: a.metrics_addr,
         log_format: a.log_format,
         log_filter: a.log_filter,
@@ -318,6 +343,49 @@ pub fn status(s: SocketArg) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_tunnel(t: &weft_agent::TunnelReport) {
+    let Some(dev) = &t.device else {
+        println!("encryption: {} (no tunnel device)", t.encrypt);
+        return;
+    };
+    let on = |b: bool| if b { "on" } else { "off" };
+    println!(
+        "encryption: {}; tunnel {dev}, UDP port {}, offloads: TSO {}, GSO {}, GRO {}; dropped: no route {}, no endpoint {}, spoofed source {}, refused datagrams {}",
+        t.encrypt,
+        t.port,
+        on(t.offload.tso),
+        on(t.offload.gso),
+        on(t.offload.gro),
+        t.no_route,
+        t.no_endpoint,
+        t.spoofed,
+        t.refused
+    );
+    if !t.nat.is_empty() {
+        println!("behind NAT: {}", t.nat.join(", "));
+    }
+    for p in &t.peers {
+        let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!(
+            "  tunnel to {} at {}: encrypted, key age {}, sent {} packets ({} bytes), received {} ({} bytes){}",
+            p.name.as_deref().unwrap_or(&p.id),
+            p.endpoint.as_deref().unwrap_or("(not known yet)"),
+            p.send_key_age_ms
+                .map(|a| format!("{:.1} s", a as f64 / 1000.0))
+                .unwrap_or_else(|| "- (no key yet)".into()),
+            p.sent,
+            p.sent_bytes,
+            p.received,
+            p.received_bytes,
+            if drops.is_empty() {
+                String::new()
+            } else {
+                format!("; dropped: {}", drops.join(", "))
+            }
+        );
+    }
+}
+
 fn print_dataplane(d: &weft_agent::DataplaneReport) {
     println!();
     if d.mode == "off" {
@@ -351,6 +419,9 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     }
     if let Some(e) = &f.error {
         println!("fast path ERROR: {e}");
+    }
+    if let Some(t) = &d.tunnel {
+        print_tunnel(t);
     }
     println!(
         "{:<20} {:<6} {:<16} {:<12} mtu",

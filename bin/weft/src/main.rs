@@ -184,6 +184,16 @@ enum LabCmd {
         /// [default: on].
         #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
         fast_path: Option<String>,
+        /// The agents' encryption of container traffic between hosts: off, on (every
+        /// peer) or cross-subnet (only across the router of `subnets`) [default: off].
+        #[arg(long, value_name = "off|on|cross-subnet", value_parser = ["off", "on", "cross-subnet"])]
+        encrypt: Option<String>,
+        /// The agents' tunnel offloads: on or off [default: on].
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        tunnel_offload: Option<String>,
+        /// The agents' key rotation interval, seconds [default: 120].
+        #[arg(long, value_name = "SECS")]
+        tunnel_rotate_secs: Option<String>,
         /// The agents' cluster address pools, comma-separated CIDRs [default:
         /// 10.32.0.0/12]. With an IPv4 and an IPv6 pool (10.32.0.0/12,fd32::/48) every
         /// container gets an address of each family.
@@ -474,6 +484,9 @@ fn lab(cmd: LabCmd) -> Res {
             mode,
             nat,
             fast_path,
+            encrypt,
+            tunnel_offload,
+            tunnel_rotate_secs,
             ipam_pools,
             metrics_addr,
             underlay,
@@ -484,6 +497,9 @@ fn lab(cmd: LabCmd) -> Res {
                 ("--mode", mode),
                 ("--nat", nat),
                 ("--fast-path", fast_path),
+                ("--encrypt", encrypt),
+                ("--tunnel-offload", tunnel_offload),
+                ("--tunnel-rotate-secs", tunnel_rotate_secs),
                 ("--ipam-pools", ipam_pools),
                 ("--metrics-addr", metrics_addr),
             ] {

@@ -116,6 +116,8 @@ pub struct LogConfig {
 
 /// Default UDP port of weft's VXLAN (next to the peer port).
 pub const DEFAULT_VXLAN_PORT: u16 = 6784;
+/// Default UDP port of the encrypted tunnel.
+pub const DEFAULT_TUNNEL_PORT: u16 = 6785;
 /// Default VXLAN network identifier.
 pub const DEFAULT_VXLAN_ID: u32 = 6783;
 
@@ -133,6 +135,14 @@ pub struct DataplaneConfig {
     pub vxlan_port: u16,
     /// VXLAN network identifier.
     pub vxlan_id: u32,
+    /// Which peers the encrypted tunnel carries (docs/encryption.md).
+    pub encrypt: weft_dataplane::Encrypt,
+    /// The tunnel's UDP port.
+    pub tunnel_port: u16,
+    /// TUN and UDP offloads (superpackets, GSO, GRO) when the kernel has them.
+    pub tunnel_offload: bool,
+    /// A tunnel receiver offers a new key this often, seconds.
+    pub tunnel_rotate_secs: u64,
 }
 
 /// The raw form, as in the config file (every field optional; flags fill in).
@@ -184,6 +194,14 @@ pub struct RawConfig {
     pub vxlan_port: Option<u64>,
     /// VXLAN network identifier.
     pub vxlan_id: Option<u64>,
+    /// Encryption: off, on or cross-subnet.
+    pub encrypt: Option<String>,
+    /// The tunnel's UDP port.
+    pub tunnel_port: Option<u64>,
+    /// Tunnel offloads: on or off.
+    pub tunnel_offload: Option<bool>,
+    /// Key rotation interval, seconds.
+    pub tunnel_rotate_secs: Option<u64>,
     /// Metrics address, IP:PORT, or `off`.
     pub metrics_addr: Option<String>,
     /// Log format: text or json.
@@ -239,7 +257,7 @@ impl RawConfig {
                 .to_string();
             err(
                 &field,
-                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId, metricsAddr, logFormat, logFilter, dns, dnsAddr, dnsDomain, dnsTtl, dnsResolvConf, dockerPlugin, dockerHost",
+                "a JSON object with the keys name, listen, advertise, peers, dataDir, secretFile, socket, maxPeers, tickMs, downAfterSecs, ipamPools, ipamBlockV4, ipamBlockV6, ipamInit, ipamGraceMs, ipamReclaimAfterMs, ipamRequestTimeoutMs, mode, nat, fastPath, vxlanPort, vxlanId, encrypt, tunnelPort, tunnelOffload, tunnelRotateSecs, metricsAddr, logFormat, logFilter, dns, dnsAddr, dnsDomain, dnsTtl, dnsResolvConf, dockerPlugin, dockerHost",
                 msg,
             )
         })
@@ -272,6 +290,10 @@ impl RawConfig {
             fast_path,
             vxlan_port,
             vxlan_id,
+            encrypt,
+            tunnel_port,
+            tunnel_offload,
+            tunnel_rotate_secs,
             metrics_addr,
             log_format,
             log_filter,
@@ -516,7 +538,39 @@ fn dataplane_config(r: &RawConfig) -> Result<DataplaneConfig, ConfigError> {
     if !(1..(1 << 24)).contains(&vxlan_id) {
         return Err(err("vxlan-id", "1 to 16777215", vxlan_id));
     }
+    let encrypt = match r.encrypt.as_deref().unwrap_or("off") {
+        "off" => weft_dataplane::Encrypt::Off,
+        "on" => weft_dataplane::Encrypt::On,
+        "cross-subnet" => weft_dataplane::Encrypt::CrossSubnet,
+        other => {
+            return Err(err(
+                "encrypt",
+                "off, on or cross-subnet",
+                format!("{other:?}"),
+            ))
+        }
+    };
+    let tunnel_port = r.tunnel_port.unwrap_or(DEFAULT_TUNNEL_PORT.into());
+    if !(1..=65535).contains(&tunnel_port) || tunnel_port == vxlan_port {
+        return Err(err(
+            "tunnel-port",
+            "a UDP port, 1 to 65535, not the VXLAN port",
+            tunnel_port,
+        ));
+    }
+    let tunnel_rotate_secs = r.tunnel_rotate_secs.unwrap_or(120);
+    if !(1..=120).contains(&tunnel_rotate_secs) {
+        return Err(err(
+            "tunnel-rotate-secs",
+            "1 to 120 seconds (keys live at most 2 minutes)",
+            tunnel_rotate_secs,
+        ));
+    }
     Ok(DataplaneConfig {
+        encrypt,
+        tunnel_port: tunnel_port as u16,
+        tunnel_offload: r.tunnel_offload.unwrap_or(true),
+        tunnel_rotate_secs,
         mode,
         nat: r.nat.unwrap_or(true),
         fast_path: r.fast_path.unwrap_or(true),
@@ -739,6 +793,38 @@ mod tests {
         assert_eq!(c.ipam.space.total_blocks(), 16 + 16);
         assert_eq!(c.ipam.init, 3);
         assert_eq!(c.ipam.reclaim_after_ms, 0);
+    }
+
+    #[test]
+    fn encryption_fields_are_checked_and_named() {
+        let c = raw().validate().unwrap();
+        let d = &c.dataplane;
+        assert_eq!(d.encrypt, weft_dataplane::Encrypt::Off);
+        assert_eq!(
+            (d.tunnel_port, d.tunnel_offload, d.tunnel_rotate_secs),
+            (6785, true, 120)
+        );
+        fn with(f: impl FnOnce(&mut RawConfig)) -> Result<DataplaneConfig, ConfigError> {
+            let mut r = raw();
+            f(&mut r);
+            r.validate().map(|c| c.dataplane)
+        }
+        let d = with(|r| r.encrypt = Some("cross-subnet".into())).unwrap();
+        assert_eq!(d.encrypt, weft_dataplane::Encrypt::CrossSubnet);
+        let e = with(|r| r.encrypt = Some("yes".into())).unwrap_err();
+        assert_eq!(e.field, "encrypt");
+        let e = with(|r| r.tunnel_port = Some(6784)).unwrap_err();
+        assert_eq!(e.field, "tunnel-port", "the VXLAN port is taken");
+        let e = with(|r| r.tunnel_port = Some(70_000)).unwrap_err();
+        assert_eq!(e.field, "tunnel-port");
+        for bad in [0, 121] {
+            let e = with(|r| r.tunnel_rotate_secs = Some(bad)).unwrap_err();
+            assert_eq!(e.field, "tunnel-rotate-secs");
+        }
+        // Keys in a file use camelCase.
+        let f = RawConfig::from_json(r#"{"encrypt":"on","tunnelOffload":false}"#).unwrap();
+        assert_eq!(f.encrypt.as_deref(), Some("on"));
+        assert_eq!(f.tunnel_offload, Some(false));
     }
 
     #[test]

@@ -45,7 +45,7 @@ const HOLD: Duration = Duration::from_secs(5);
 
 /// The data plane's state in the owner task.
 pub(crate) struct Dataplane {
-    cfg: DataplaneConfig,
+    pub(crate) cfg: DataplaneConfig,
     started: Instant,
     /// The local side, once the underlay interface was found.
     local: Option<Local>,
@@ -125,6 +125,9 @@ pub struct DataplaneReport {
     pub error: Option<String>,
     /// The BPF fast path for pod-to-pod traffic.
     pub fast_path: crate::FastReport,
+    /// The encrypted tunnel.
+    #[serde(default)]
+    pub tunnel: Option<crate::tunnel::TunnelReport>,
 }
 
 /// One route of the data plane.
@@ -132,7 +135,7 @@ pub struct DataplaneReport {
 pub struct RouteReport {
     /// Destination prefix.
     pub dst: String,
-    /// `route` or `vxlan`.
+    /// `route`, `vxlan` or `tunnel`.
     pub mode: String,
     /// The next hop's underlay address.
     pub via: String,
@@ -152,21 +155,35 @@ fn mode_str(m: Option<Mode>) -> &'static str {
 }
 
 /// The kernel form of a plan route.
-fn kernel_route(r: &weft_dataplane::Route, underlay_if: u32, vx_if: u32) -> nl::Route {
+fn kernel_route(
+    r: &weft_dataplane::Route,
+    underlay_if: u32,
+    vx_if: u32,
+    tun_if: Option<u32>,
+) -> Result<nl::Route, String> {
     let (gateway, oif, onlink) = match r.via {
-        Via::Direct(ip) => (ip, underlay_if, false),
-        Via::Vxlan(v6) => (IpAddr::V6(v6), vx_if, true),
+        Via::Direct(ip) => (Some(ip), underlay_if, false),
+        Via::Vxlan(v6) => (Some(IpAddr::V6(v6)), vx_if, true),
+        Via::Tunnel(_) => (
+            None,
+            tun_if.ok_or("a route into the tunnel, but no tunnel device")?,
+            false,
+        ),
     };
-    nl::Route {
+    Ok(nl::Route {
         dst: r.dst,
-        gateway: Some(gateway),
+        gateway,
         oif: Some(oif),
-        scope: Scope::Universe,
+        scope: if gateway.is_some() {
+            Scope::Universe
+        } else {
+            Scope::Link
+        },
         protocol: WEFT_ROUTE_PROTOCOL,
         table: MAIN_TABLE,
         mtu: Some(r.mtu),
         onlink,
-    }
+    })
 }
 
 /// What identifies a weft route and what must match for it to be left alone.
@@ -296,6 +313,7 @@ impl Agent {
                 underlay,
                 next_hop: hops.get(owner).copied(),
                 prefixes: p,
+                nat: self.tunnel_nat(owner),
             });
         }
         peers
@@ -341,6 +359,8 @@ impl Agent {
                         underlay_mtu: mtu,
                         mode: self.dp.cfg.mode.unwrap_or_default(),
                         ipv6_pools: self.cfg.ipam.space.pools.iter().any(|p| p.addr().is_ipv6()),
+                        encrypt: self.dp.cfg.encrypt,
+                        pools: self.cfg.ipam.space.pools.clone(),
                     });
                 }
                 Err(e) => return self.dp.set_error(Some(e), &self.metrics),
@@ -382,6 +402,8 @@ impl Agent {
             ));
         }
         let vx = self.dp_vxlan_device(nlh, local)?;
+        let tun = self.tunnel_device(nlh, local, want)?;
+        self.tunnel_sync(want);
 
         // VXLAN neighbours and forwarding entries first, so new routes resolve at once.
         let want_neigh: BTreeSet<(IpAddr, [u8; 6])> = want
@@ -405,12 +427,14 @@ impl Agent {
             nlh.add_fdb(vx, *mac, *dst).map_err(e)?;
         }
 
-        // Routes: weft's are protocol 119 with a gateway.
+        // Routes: weft's are protocol 119 with a gateway, or into the tunnel device (the
+        // plugin's own routes to containers have neither).
         let mut have: BTreeMap<IpNet, nl::Route> = BTreeMap::new();
         let mut foreign: BTreeSet<IpNet> = BTreeSet::new();
         for v6 in [false, true] {
             for r in nlh.routes(v6, MAIN_TABLE).map_err(e)? {
-                if r.protocol == WEFT_ROUTE_PROTOCOL && r.gateway.is_some() {
+                let into_tunnel = tun.is_some() && r.oif == tun;
+                if r.protocol == WEFT_ROUTE_PROTOCOL && (r.gateway.is_some() || into_tunnel) {
                     have.insert(r.dst, r);
                 } else {
                     foreign.insert(r.dst);
@@ -420,8 +444,8 @@ impl Agent {
         let wanted: BTreeMap<IpNet, nl::Route> = want
             .routes
             .iter()
-            .map(|r| (r.dst, kernel_route(r, underlay.index, vx)))
-            .collect();
+            .map(|r| Ok((r.dst, kernel_route(r, underlay.index, vx, tun)?)))
+            .collect::<Result<_, String>>()?;
         let mut conflicts = BTreeSet::new();
         if settled {
             for (dst, r) in &have {
@@ -549,6 +573,25 @@ impl Agent {
                             .unwrap_or(IpAddr::V6(v6));
                         ("vxlan", u, o)
                     }
+                    Via::Tunnel(h) if h == self.id => {
+                        // The pools' catch-all: dropped in the tunnel, never sent in clear.
+                        routes.push(RouteReport {
+                            dst: r.dst.to_string(),
+                            mode: "tunnel".into(),
+                            via: "drop".into(),
+                            via_name: None,
+                            mtu: r.mtu,
+                        });
+                        continue;
+                    }
+                    Via::Tunnel(h) => {
+                        let u = self
+                            .tunnel_endpoint(&h)
+                            .map(|a| a.ip())
+                            .or_else(|| addr_owner.iter().find(|(_, o)| **o == h).map(|(a, _)| *a))
+                            .unwrap_or(IpAddr::from([0u8; 4]));
+                        ("tunnel", u, Some(h))
+                    }
                 };
                 routes.push(RouteReport {
                     dst: r.dst.to_string(),
@@ -580,12 +623,13 @@ impl Agent {
             conflicts: self.dp.conflicts.iter().map(|c| c.to_string()).collect(),
             error: self.dp.error.clone(),
             fast_path: self.fast_report(),
+            tunnel: Some(self.tunnel_report()),
         }
     }
 }
 
 /// A delete that found nothing to delete did what it was for.
-fn already_gone(res: nl::Result<()>) -> Result<(), String> {
+pub(crate) fn already_gone(res: nl::Result<()>) -> Result<(), String> {
     match res {
         Err(e) if !e.is_not_found() => Err(e.to_string()),
         _ => Ok(()),

@@ -25,6 +25,7 @@ mod metrics;
 mod policy;
 mod policy_api;
 mod store;
+mod tunnel;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub use fast::FastReport;
 pub use flows::{FlowReport, FlowsAnswer};
 pub use policy::PolicyReport;
 pub use policy_api::EndpointReport;
+pub use tunnel::{OffloadReport, TunnelPeerReport, TunnelReport};
 
 /// Keys of the records every node publishes.
 pub const NAME_KEY: &str = "name";
@@ -147,6 +149,7 @@ struct Agent {
     ipam_state_logged: Option<String>,
     /// The kernel data plane.
     dp: dataplane::Dataplane,
+    tunnel: tunnel::TunnelState,
     fast: fast::Fast,
     /// Network policy.
     pol: policy::PolicyState,
@@ -258,6 +261,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         names: BTreeMap::new(),
         ipam_state_logged: None,
         dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
+        tunnel: tunnel::TunnelState::default(),
         fast: fast::Fast::default(),
         pol: policy::PolicyState::default(),
         dns: dns::DnsState::default(),
@@ -444,6 +448,7 @@ impl Agent {
         self.remember_names();
         self.ipam_tick();
         self.dp_tick();
+        self.tunnel_tick();
         self.policy_tick();
         self.fast_tick();
         self.docker_tick();
@@ -657,6 +662,16 @@ impl Agent {
                     let outs = self.node.peer_connected(peer, now);
                     self.perform(outs);
                     self.save();
+                }
+                self.tunnel_connected(peer);
+            }
+            Event::Message {
+                conn,
+                peer,
+                msg: Message::Tunnel(bytes),
+            } => {
+                if self.conns.get(&peer).is_some_and(|c| c.id == conn) {
+                    self.tunnel_message(peer, &bytes);
                 }
             }
             Event::Message { conn, peer, msg } => {

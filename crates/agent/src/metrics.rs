@@ -150,7 +150,7 @@ fn records_in(msg: &Message) -> u64 {
     match msg {
         Message::Update(r) => r.len() as u64,
         Message::Delta { records, .. } => records.len() as u64,
-        Message::Digest(_) | Message::Vector(_) => 0,
+        Message::Digest(_) | Message::Vector(_) | Message::Tunnel(_) => 0,
     }
 }
 

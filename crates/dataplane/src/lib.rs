@@ -24,6 +24,39 @@ pub fn vxlan_overhead(underlay: IpAddr) -> u32 {
     }
 }
 
+/// weft's encrypted tunnel costs 60 bytes over an IPv4 underlay (outer IPv4 20, UDP 8,
+/// the tunnel's header 16 and tag 16: docs/encryption.md); over IPv6, 80.
+pub fn tunnel_overhead(underlay: IpAddr) -> u32 {
+    match underlay {
+        IpAddr::V4(_) => 60,
+        IpAddr::V6(_) => 80,
+    }
+}
+
+/// Which peers are reached through the encrypted tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encrypt {
+    /// None (but a peer behind NAT still is: the kernel paths cannot reach it).
+    #[default]
+    Off,
+    /// Every peer.
+    On,
+    /// Peers off this host's segment (across a router).
+    CrossSubnet,
+}
+
+impl Encrypt {
+    /// `off`, `on` or `cross-subnet`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encrypt::Off => "off",
+            Encrypt::On => "on",
+            Encrypt::CrossSubnet => "cross-subnet",
+        }
+    }
+}
+
 /// How packets reach peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +87,11 @@ pub struct Local {
     pub ipv6_pools: bool,
     /// The configured mode.
     pub mode: Mode,
+    /// Which peers the encrypted tunnel carries.
+    pub encrypt: Encrypt,
+    /// The cluster's pools: with encryption, whatever of them has no more specific route
+    /// goes into the tunnel device, which drops it (never out in clear by a default route).
+    pub pools: Vec<IpNet>,
 }
 
 /// What is known of another node.
@@ -68,6 +106,9 @@ pub struct Peer {
     pub next_hop: Option<NodeId>,
     /// Prefixes routed to it: its active blocks and the addresses it borrows.
     pub prefixes: Vec<IpNet>,
+    /// The kernel paths cannot reach it or it cannot reach this host (a NAT between
+    /// them): only the tunnel, whose endpoints are learned from authenticated packets.
+    pub nat: bool,
 }
 
 /// Where a route sends packets.
@@ -77,6 +118,9 @@ pub enum Via {
     Direct(IpAddr),
     /// Into the VXLAN device, towards the VTEP of a host.
     Vxlan(Ipv6Addr),
+    /// Into the encrypted tunnel's device, towards a node (this node itself: the pools'
+    /// catch-all, dropped by the tunnel).
+    Tunnel(NodeId),
 }
 
 /// One route of the plan (protocol weft, main table).
@@ -126,6 +170,10 @@ pub struct Plan {
     /// Next hops that `mode = route` could not reach directly (off the segment): they
     /// are reached by VXLAN and reported.
     pub forced_vxlan: BTreeSet<NodeId>,
+    /// Next hops reached through the encrypted tunnel (they need keys and endpoints).
+    pub tunnel: BTreeSet<NodeId>,
+    /// The tunnel device is needed.
+    pub tunnel_device: bool,
 }
 
 /// The VTEP address of a node: `fe80::` and the first 8 bytes of its id.
@@ -148,8 +196,12 @@ pub fn mac_of(id: &NodeId) -> [u8; 6] {
 /// The plan of `local` towards `peers`.
 pub fn plan(local: &Local, peers: &[Peer]) -> Plan {
     let by_id: BTreeMap<NodeId, &Peer> = peers.iter().map(|p| (p.id, p)).collect();
-    let overhead = vxlan_overhead(local.underlay.addr());
-    let vx_mtu = local.underlay_mtu.saturating_sub(overhead);
+    let vx_mtu = local
+        .underlay_mtu
+        .saturating_sub(vxlan_overhead(local.underlay.addr()));
+    let tun_mtu = local
+        .underlay_mtu
+        .saturating_sub(tunnel_overhead(local.underlay.addr()));
     let mut out = Plan {
         pod_mtu: local.underlay_mtu,
         ..Plan::default()
@@ -166,13 +218,33 @@ pub fn plan(local: &Local, peers: &[Peer]) -> Plan {
             }
             continue;
         };
-        let Some(hop_addr) = by_id.get(&hop).and_then(|h| h.underlay) else {
+        let hop_peer = by_id.get(&hop);
+        let nat = hop_peer.is_some_and(|h| h.nat);
+        let Some(hop_addr) = hop_peer.and_then(|h| h.underlay) else {
             if !p.prefixes.is_empty() {
                 out.skipped.insert(p.id, Skip::NoAddress);
             }
             continue;
         };
         let on_segment = local.underlay.contains(&hop_addr);
+        let encrypted = nat
+            || match local.encrypt {
+                Encrypt::Off => false,
+                Encrypt::On => true,
+                Encrypt::CrossSubnet => !on_segment,
+            };
+        if encrypted {
+            out.tunnel.insert(hop);
+            out.pod_mtu = out.pod_mtu.min(tun_mtu);
+            for dst in &p.prefixes {
+                out.routes.insert(Route {
+                    dst: dst.trunc(),
+                    via: Via::Tunnel(hop),
+                    mtu: tun_mtu,
+                });
+            }
+            continue;
+        }
         let direct = match local.mode {
             Mode::Auto => on_segment,
             Mode::Route => {
@@ -217,6 +289,21 @@ pub fn plan(local: &Local, peers: &[Peer]) -> Plan {
     if local.mode == Mode::Vxlan || (local.ipv6_pools && local.underlay.addr().is_ipv4()) {
         out.pod_mtu = out.pod_mtu.min(vx_mtu);
     }
+    if local.encrypt != Encrypt::Off {
+        // Fail closed: pod addresses without a more specific route go into the tunnel,
+        // which drops them, rather than out by a default route in clear.
+        for pool in &local.pools {
+            out.routes.insert(Route {
+                dst: pool.trunc(),
+                via: Via::Tunnel(local.id),
+                mtu: tun_mtu,
+            });
+        }
+    }
+    if local.encrypt == Encrypt::On {
+        out.pod_mtu = out.pod_mtu.min(tun_mtu);
+    }
+    out.tunnel_device = !out.tunnel.is_empty() || local.encrypt != Encrypt::Off;
     out
 }
 
@@ -264,6 +351,8 @@ mod tests {
             underlay_mtu: 1500,
             mode,
             ipv6_pools: false,
+            encrypt: Encrypt::Off,
+            pools: vec![net("10.32.0.0/12")],
         }
     }
 
@@ -273,7 +362,106 @@ mod tests {
             underlay: Some(addr.parse().unwrap()),
             next_hop: hop.map(id),
             prefixes: blocks.iter().map(|b| net(b)).collect(),
+            nat: false,
         }
+    }
+
+    fn encrypted(mode: Encrypt, underlay: &str) -> Local {
+        Local {
+            encrypt: mode,
+            ..local(Mode::Auto, underlay)
+        }
+    }
+
+    #[test]
+    fn encryption_on_sends_every_peer_through_the_tunnel_and_the_rest_of_the_pools_too() {
+        let l = encrypted(Encrypt::On, "172.30.0.1/24");
+        let peers = [
+            peer(2, "172.30.0.2", Some(2), &["10.32.1.0/26"]),
+            peer(3, "172.30.1.3", Some(3), &["10.32.2.0/26"]),
+            // Reached through 2 (a relay): the tunnel's peer is the next hop.
+            peer(4, "172.30.2.4", Some(2), &["10.32.3.0/26"]),
+        ];
+        let p = plan(&l, &peers);
+        let via: BTreeMap<String, Via> = p
+            .routes
+            .iter()
+            .map(|r| (r.dst.to_string(), r.via))
+            .collect();
+        assert_eq!(via["10.32.1.0/26"], Via::Tunnel(id(2)));
+        assert_eq!(via["10.32.2.0/26"], Via::Tunnel(id(3)));
+        assert_eq!(via["10.32.3.0/26"], Via::Tunnel(id(2)));
+        assert_eq!(
+            via["10.32.0.0/12"],
+            Via::Tunnel(id(1)),
+            "the catch-all drops"
+        );
+        assert!(p.routes.iter().all(|r| r.mtu == 1440));
+        assert_eq!(p.tunnel, BTreeSet::from([id(2), id(3)]));
+        assert!(p.tunnel_device && !p.vxlan_device && p.vxlan.is_empty());
+        assert_eq!(p.pod_mtu, 1440);
+        // Alone, the MTU is already the tunnel's; over IPv6 the tunnel costs 80 bytes.
+        assert_eq!(plan(&l, &[]).pod_mtu, 1440);
+        let mut l6 = encrypted(Encrypt::On, "fd30::1/64");
+        l6.ipv6_pools = true;
+        let p6 = plan(&l6, &[peer(2, "fd30::2", Some(2), &["fd32::/122"])]);
+        assert_eq!(p6.pod_mtu, 1420);
+        // IPv6 pods over an IPv4 underlay need no VXLAN: the tunnel carries both.
+        let mut dual = encrypted(Encrypt::On, "172.30.0.1/24");
+        dual.ipv6_pools = true;
+        let pd = plan(
+            &dual,
+            &[peer(
+                2,
+                "172.30.0.2",
+                Some(2),
+                &["10.32.1.0/26", "fd32::/122"],
+            )],
+        );
+        assert!(pd.vxlan.is_empty());
+        assert!(pd.routes.iter().all(|r| matches!(r.via, Via::Tunnel(_))));
+        assert_eq!(pd.pod_mtu, 1440);
+    }
+
+    #[test]
+    fn cross_subnet_encrypts_only_across_the_router_and_a_peer_behind_nat_always() {
+        let l = encrypted(Encrypt::CrossSubnet, "172.30.0.1/24");
+        let mut behind = peer(4, "192.168.9.2", Some(4), &["10.32.3.0/26"]);
+        behind.nat = true;
+        let peers = [
+            peer(2, "172.30.0.2", Some(2), &["10.32.1.0/26"]),
+            peer(3, "172.30.1.3", Some(3), &["10.32.2.0/26"]),
+            behind.clone(),
+        ];
+        let p = plan(&l, &peers);
+        let via: BTreeMap<String, Via> = p
+            .routes
+            .iter()
+            .map(|r| (r.dst.to_string(), r.via))
+            .collect();
+        assert_eq!(
+            via["10.32.1.0/26"],
+            Via::Direct("172.30.0.2".parse().unwrap())
+        );
+        assert_eq!(via["10.32.2.0/26"], Via::Tunnel(id(3)));
+        assert_eq!(via["10.32.3.0/26"], Via::Tunnel(id(4)));
+        assert_eq!(p.pod_mtu, 1440);
+        // Without encryption, only the peer behind NAT takes the tunnel; no catch-all.
+        let off = plan(&local(Mode::Auto, "172.30.0.1/24"), &peers);
+        assert_eq!(off.tunnel, BTreeSet::from([id(4)]));
+        assert!(off.tunnel_device);
+        assert!(!off.routes.iter().any(|r| r.dst == net("10.32.0.0/12")));
+        assert!(matches!(
+            off.routes
+                .iter()
+                .find(|r| r.dst == net("10.32.2.0/26"))
+                .unwrap()
+                .via,
+            Via::Vxlan(_)
+        ));
+        // No NAT, no encryption: no tunnel at all.
+        let plain = plan(&local(Mode::Auto, "172.30.0.1/24"), &peers[..2]);
+        assert!(!plain.tunnel_device && plain.tunnel.is_empty());
     }
 
     #[test]

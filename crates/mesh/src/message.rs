@@ -39,6 +39,10 @@ pub enum Message {
         /// The records, all versions above their owner's base.
         records: Vec<Record>,
     },
+    /// A message for the nodes' encrypted tunnel (its own encoding, `weft_tunnel::Control`):
+    /// the mesh only carries it between the two connected nodes, inside their Noise
+    /// session, and never stores or forwards it.
+    Tunnel(Vec<u8>),
 }
 
 impl Message {
@@ -49,6 +53,7 @@ impl Message {
             Message::Digest(_) => "digest",
             Message::Vector(_) => "vector",
             Message::Delta { .. } => "delta",
+            Message::Tunnel(_) => "tunnel",
         }
     }
 }

@@ -329,6 +329,8 @@ impl Node {
             Message::Vector(v) => self.on_vector(from, v, now),
             Message::Update(records) => self.on_update(from, records),
             Message::Delta { base, records } => self.on_delta(from, base, records),
+            // The agent's tunnel takes these before the mesh sees them.
+            Message::Tunnel(_) => Vec::new(),
         }
     }
 

@@ -101,14 +101,22 @@ pub fn send_gso(sock: &UdpSocket, buf: &[u8], size: usize, to: SocketAddr) -> st
 
 /// Asks the kernel to coalesce received datagrams of one flow (`UDP_GRO`).
 pub fn enable_gro(sock: &UdpSocket) -> std::io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from a live local.
+    set_int(sock, libc::SOL_UDP, UDP_GRO, 1)
+}
+
+fn set_int(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads an int from a live local; the fd is an open socket.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_GRO,
-            &on as *const _ as *const libc::c_void,
+            level,
+            opt,
+            &v as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -116,6 +124,21 @@ pub fn enable_gro(sock: &UdpSocket) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Socket buffers of `bytes` each way: a burst of superpackets arrives faster than one
+/// thread opens it, and a full receive buffer drops datagrams (TCP then retransmits).
+/// Beyond the system's limits when privileged (`SO_RCVBUFFORCE`), else up to them.
+pub fn set_buffers(sock: &UdpSocket, bytes: usize) {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if set_int(sock, libc::SOL_SOCKET, force, v).is_err() {
+            let _ = set_int(sock, libc::SOL_SOCKET, plain, v);
+        }
+    }
 }
 
 /// Receives into `buf`: (bytes, sender, the size of each datagram in it when the kernel

@@ -108,6 +108,30 @@ impl Tun {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Whether the device hands over superpackets (`IFF_VNET_HDR` and TSO are on).
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// With `persist`, the device outlives this file descriptor (and the process): its
+    /// routes stay and, with no reader, the kernel drops what they carry instead of
+    /// sending it elsewhere. A later [`Tun::create_with`] of the same name attaches to it.
+    pub fn set_persist(&self, persist: bool) -> std::io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its flag as the argument itself; the fd is an open
+        // TUN device.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                libc::c_ulong::from(persist),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Counters of the pump (drops also live per peer in the tunnel).
@@ -134,6 +158,10 @@ pub struct Shared<P: Ord + Clone> {
     pub endpoints: RwLock<BTreeMap<P, SocketAddr>>,
     /// The pump's own counters.
     pub counters: PumpCounters,
+    /// UDP GSO is used on send (off when the kernel refused it).
+    pub gso: AtomicBool,
+    /// UDP GRO is on for the socket.
+    pub gro: AtomicBool,
     start: Instant,
     stop: AtomicBool,
 }
@@ -146,6 +174,8 @@ impl<P: Ord + Clone> Shared<P> {
             routes: RwLock::new(Vec::new()),
             endpoints: RwLock::new(BTreeMap::new()),
             counters: PumpCounters::default(),
+            gso: AtomicBool::new(false),
+            gro: AtomicBool::new(false),
             start: Instant::now(),
             stop: AtomicBool::new(false),
         })
@@ -218,6 +248,9 @@ fn addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
     }
 }
 
+/// Each way of the UDP socket (wireguard-go uses 7 MiB).
+const SOCKET_BUFFER: usize = 8 << 20;
+
 /// The largest packet the device carries.
 const MAX_PACKET: usize = 65_535;
 
@@ -232,11 +265,14 @@ impl<P: Ord + Clone + Send + Sync + 'static> Pump<P> {
     pub fn start(tun: Tun, udp: UdpSocket, shared: Arc<Shared<P>>) -> std::io::Result<Pump<P>> {
         // The receive side wakes up now and then to see whether it should stop.
         udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+        batch::set_buffers(&udp, SOCKET_BUFFER);
         let offload = tun.offload;
         if offload {
             // Without GRO the receive side still works, a datagram at a time.
-            let _ = batch::enable_gro(&udp);
+            let gro = batch::enable_gro(&udp).is_ok();
+            shared.gro.store(gro, Ordering::Relaxed);
         }
+        shared.gso.store(offload, Ordering::Relaxed);
         let udp_in = udp.try_clone()?;
         let tun_in = tun.file.try_clone()?;
         let tun_out = tun.file;
@@ -341,6 +377,9 @@ fn outbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, of
             continue;
         }
         send_all(&udp, &dgrams, &sizes, to, &mut gso);
+        if !gso && offload {
+            s.gso.store(false, Ordering::Relaxed);
+        }
     }
 }
 

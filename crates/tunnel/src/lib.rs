@@ -57,6 +57,38 @@ pub enum Control {
     Request,
 }
 
+impl Control {
+    /// Its bytes on the mesh: `1 | index (BE) | key` or `2`.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Control::Offer { index, key } => {
+                let mut v = Vec::with_capacity(37);
+                v.push(1);
+                v.extend_from_slice(&index.to_be_bytes());
+                v.extend_from_slice(key);
+                v
+            }
+            Control::Request => vec![2],
+        }
+    }
+
+    /// Parses [`Control::encode`]'s bytes; anything else is `None`.
+    pub fn decode(b: &[u8]) -> Option<Control> {
+        match b {
+            [2] => Some(Control::Request),
+            [1, rest @ ..] if rest.len() == 36 => {
+                let index = u32::from_be_bytes(rest[..4].try_into().ok()?);
+                if index == 0 {
+                    return None;
+                }
+                let key: [u8; 32] = rest[4..].try_into().ok()?;
+                Some(Control::Offer { index, key })
+            }
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -215,9 +247,13 @@ impl<P: Ord + Clone> Tunnel<P> {
         }
     }
 
-    /// Adds a peer (no keys yet: its first [`Tunnel::tick`] offers one).
+    /// Adds a peer (no keys yet: its first [`Tunnel::tick`] offers one, and asks the peer
+    /// for one, in case the peer's own offer came before this node knew it).
     pub fn add_peer(&mut self, p: P) {
-        self.peers.entry(p).or_default();
+        self.peers.entry(p).or_insert_with(|| Peer {
+            request_due: true,
+            ..Peer::default()
+        });
     }
 
     /// Forgets a peer and its keys.
@@ -226,6 +262,20 @@ impl<P: Ord + Clone> Tunnel<P> {
             for k in peer.rx {
                 self.by_index.remove(&k.index);
             }
+        }
+    }
+
+    /// The peers, in order.
+    pub fn peers(&self) -> impl Iterator<Item = (&P, &Peer)> {
+        self.peers.iter()
+    }
+
+    /// Offers peer `p` a new key at the next [`Tunnel::tick`] (its mesh connection came
+    /// back: an offer may have been lost with the old one, or the peer restarted and
+    /// holds none of this node's keys). The sender side asks again by itself.
+    pub fn reoffer(&mut self, p: &P) {
+        if let Some(peer) = self.peers.get_mut(p) {
+            peer.asked = true;
         }
     }
 

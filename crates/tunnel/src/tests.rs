@@ -110,6 +110,16 @@ fn nothing_is_sent_before_keys_and_everything_after() {
 }
 
 #[test]
+fn a_new_peer_is_offered_a_key_and_asked_for_one_at_the_first_tick() {
+    let mut p = Pair::new(Config::default());
+    let out = p.a.tick(0, &mut p.ra);
+    assert!(out.iter().any(|(_, m)| *m == Control::Request), "{out:?}");
+    assert!(out.iter().any(|(_, m)| matches!(m, Control::Offer { .. })));
+    // Said once: the next tick has nothing to say.
+    assert!(p.a.tick(1, &mut p.ra).is_empty());
+}
+
+#[test]
 fn a_sender_without_a_key_asks_at_most_every_second() {
     let mut p = Pair::new(Config::default());
     for t in [0, 10, 20] {
@@ -243,8 +253,12 @@ fn reordered_packets_within_the_window_all_arrive_once() {
 #[test]
 fn a_resent_offer_does_not_reset_the_counter_and_a_removed_peer_gets_nothing() {
     let mut p = Pair::new(Config::default());
-    let offers = p.b.tick(0, &mut p.rb);
-    let (_, offer) = offers[0].clone();
+    let out = p.b.tick(0, &mut p.rb);
+    let (_, offer) = out
+        .iter()
+        .find(|(_, m)| matches!(m, Control::Offer { .. }))
+        .cloned()
+        .unwrap();
     p.a.control(0, &"b", offer.clone(), &mut p.ra);
     assert!(p.a_to_b(1, b"x").is_ok());
     p.a.control(2, &"b", offer, &mut p.ra);
@@ -252,4 +266,73 @@ fn a_resent_offer_does_not_reset_the_counter_and_a_removed_peer_gets_nothing() {
     assert_eq!(Header::parse(&d).unwrap().counter, 1, "no nonce reuse");
     p.b.remove_peer(&"a");
     assert_eq!(p.b.open(&d), Err(Drop::UnknownKey));
+}
+
+#[test]
+fn control_messages_survive_their_encoding_and_garbage_is_refused() {
+    let offer = Control::Offer {
+        index: 0xdead_beef,
+        key: [7; 32],
+    };
+    assert_eq!(Control::decode(&offer.encode()), Some(offer));
+    assert_eq!(
+        Control::decode(&Control::Request.encode()),
+        Some(Control::Request)
+    );
+    let mut zero_index = Control::Offer {
+        index: 1,
+        key: [1; 32],
+    }
+    .encode();
+    zero_index[1..5].copy_from_slice(&[0; 4]);
+    for bad in [&[][..], &[3], &[2, 0], &[1; 36], &[1; 38], &zero_index] {
+        assert_eq!(Control::decode(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn a_restarted_peer_is_reached_again_once_the_connection_returns() {
+    let mut p = Pair::new(Config::default());
+    p.tick(0);
+    let d = p.a_to_b(10, b"before").unwrap();
+    assert!(p.b.open(&d).is_ok());
+    // b restarts: it has no keys; a still sends with the key b chose before.
+    p.b = Tunnel::new(Config::default());
+    p.b.add_peer("a");
+    let d = p.a_to_b(20, b"lost").unwrap();
+    assert_eq!(p.b.open(&d).unwrap_err(), Drop::UnknownKey);
+    // b's first tick offers a key; the mesh connection is back, so a offers too.
+    p.a.reoffer(&"b");
+    p.tick(30);
+    let d = p.a_to_b(40, b"after").unwrap();
+    assert_eq!(p.b.open(&d).unwrap().2, b"after");
+    let d = p.b.seal_for_test(40, "a", b"back");
+    assert_eq!(p.a.open(&d).unwrap().2, b"back");
+}
+
+#[test]
+fn a_lost_offer_is_made_good_by_reoffering() {
+    let mut p = Pair::new(Config::default());
+    p.tick(0);
+    // b rotates but the offer is lost with the connection; b drops its old key later.
+    let cfg = Config::default();
+    let lost = p.b.tick(cfg.rotate_after_ms, &mut p.rb);
+    assert_eq!(lost.len(), 1);
+    p.b.tick(cfg.rotate_after_ms + cfg.keep_old_ms, &mut p.rb);
+    let now = cfg.rotate_after_ms + cfg.keep_old_ms + 1;
+    let d = p.a_to_b(now, b"stale").unwrap();
+    assert_eq!(p.b.open(&d).unwrap_err(), Drop::UnknownKey);
+    // The connection comes back: b offers again.
+    p.b.reoffer(&"a");
+    p.tick(now);
+    let d = p.a_to_b(now, b"fresh").unwrap();
+    assert_eq!(p.b.open(&d).unwrap().2, b"fresh");
+}
+
+impl Tunnel<&'static str> {
+    fn seal_for_test(&mut self, now: u64, p: &'static str, msg: &[u8]) -> Vec<u8> {
+        let mut d = Vec::new();
+        self.seal(now, &p, Kind::Data, msg, &mut d).unwrap();
+        d
+    }
 }

@@ -300,15 +300,19 @@ pub fn dp_routes(lab: &Lab, host: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// The block of `ip` in `host`'s data plane routes, with its mode and next hop.
+/// The route of `ip` in `host`'s data plane routes, with its mode and next hop.
 pub fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
     let ip: std::net::IpAddr = ip.parse().ok()?;
+    // The longest match, as the kernel picks (with encryption the pools' catch-all
+    // holds every address too).
     dp_routes(lab, host)
         .into_iter()
-        .find_map(|(dst, mode, via)| {
+        .filter_map(|(dst, mode, via)| {
             let net: ipnet::IpNet = dst.parse().ok()?;
-            net.contains(&ip).then_some((mode, via))
+            net.contains(&ip).then_some((net.prefix_len(), mode, via))
         })
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, mode, via)| (mode, via))
 }
 
 /// How many of 3 pings from `src` to `dst` the netfilter FORWARD hook of `src`'s host saw:

@@ -2,6 +2,7 @@
 //! and the plugin, and snapshots of the root network namespace.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod dp;
 pub mod truth;
 
