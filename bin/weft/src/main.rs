@@ -165,7 +165,8 @@ enum LabCmd {
         #[arg(long, default_value_t = 3)]
         hosts: usize,
         /// mesh: one L2 segment; subnets: two segments joined by a router;
-        /// partial: as mesh, but the last host reaches only the one before it.
+        /// partial: as mesh, but the last host reaches only the one before it; nat: the
+        /// last host alone behind a router that masquerades it and lets nothing in.
         #[arg(long, default_value = "mesh")]
         topology: weft_lab::Topology,
         /// Do not start the mesh agent on the hosts (start one with `weft lab agent HOST

@@ -6,7 +6,9 @@
 //! `--encrypt off` and neither with `on`; a captured datagram sent again is dropped as a
 //! replay, a changed one as a bad tag; an encrypted TCP connection survives agent
 //! restarts; keys rotating every 2 s under an iperf3 transfer drop nothing; offloads off
-//! gives the same results.
+//! gives the same results; a node with another cluster's secret gets no connection, no
+//! key and no route; on `nat` (the last host behind a masquerading router) the host behind
+//! NAT is reached through the tunnel whatever the setting, over IPv4 and IPv6 underlays.
 
 mod common;
 use std::net::{IpAddr, SocketAddr};
@@ -95,6 +97,74 @@ fn underlay_of(lab: &Lab, host: &str) -> IpAddr {
         .parse::<SocketAddr>()
         .unwrap()
         .ip()
+}
+
+/// An agent in the lab's `out` namespace with a secret of its own and `--encrypt on`,
+/// dialling h1; a process this test starts and ends by its pid.
+struct Rogue {
+    child: std::process::Child,
+    dir: String,
+}
+
+impl Rogue {
+    fn start(lab: &Lab) -> Rogue {
+        let dir = format!("/run/weft-lab/{}/rogue", lab.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/secret"), "not the cluster's secret at all\n").unwrap();
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("weft-{}-out", lab.name),
+                WEFT,
+                "agent",
+            ])
+            .args(["--name", "rogue", "--listen", "172.30.0.250:6783"])
+            .args(["--peer", "172.30.0.1:6783", "--encrypt", "on"])
+            .args(["--ipam-pools", "10.32.0.0/12,fd32::/48"])
+            .arg("--secret-file")
+            .arg(format!("{dir}/secret"))
+            .arg("--data-dir")
+            .arg(format!("{dir}/data"))
+            .arg("--socket")
+            .arg(format!("{dir}/weft.sock"))
+            .args([
+                "--docker-plugin",
+                "off",
+                "--metrics-addr",
+                "off",
+                "--dns",
+                "off",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(format!("{dir}/agent.log")).unwrap())
+            .spawn()
+            .expect("start the rogue agent");
+        Rogue { child, dir }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let sock = format!("{}/weft.sock", self.dir);
+        let out = std::process::Command::new(WEFT)
+            .args(["status", "--json", "--socket", &sock])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "rogue status: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                std::fs::read_to_string(format!("{}/agent.log", self.dir)).unwrap_or_default()
+            )
+        })
+    }
+}
+
+impl Drop for Rogue {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -211,6 +281,31 @@ fn mesh_encrypted_carries_everything_leaks_nothing_refuses_replays_and_survives_
             "{p}"
         );
     }
+
+    // A node of another cluster (its own secret) next to h1 gets nothing: no mesh
+    // connection, so no key; no route to it; nothing it sends is opened.
+    let rogue = Rogue::start(&lab);
+    std::thread::sleep(Duration::from_secs(4));
+    let s1 = status(&lab, "h1");
+    let names: Vec<&str> = s1["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["h2", "h3"], "{s1}");
+    let rs = rogue.status();
+    assert!(
+        rs["peers"].as_array().unwrap().is_empty(),
+        "the rogue learned of the cluster: {rs}"
+    );
+    assert!(
+        rs["dataplane"]["tunnel"]["peers"]
+            .as_array()
+            .is_none_or(|p| p.is_empty()),
+        "{rs}"
+    );
+    drop(rogue);
 
     // An encrypted TCP connection outlives both agents' restarts (the tunnel device
     // persists, keys are offered again as the mesh reconnects).
@@ -347,4 +442,65 @@ fn cross_subnet_over_an_ipv6_underlay_encrypts_only_across_the_router() {
         "across the router: encrypted"
     );
     assert!(!across.iter().any(|f| in_pools(&f.src) || in_pools(&f.dst)));
+}
+
+#[test]
+fn a_host_behind_nat_is_reached_through_the_tunnel_even_without_encryption() {
+    if !root_or_skip("a host behind NAT") {
+        return;
+    }
+    let lab = lab("enn", 3, "nat", &["--encrypt", "off"]);
+    let www = www(&lab);
+    let pods = pods(&lab, 3, &www);
+    all_reach_all(&lab, &pods);
+    let (h2, h3) = (pod(&pods, "h2"), pod(&pods, "h3"));
+    // Between public hosts the kernel's paths; to and from h3 only the tunnel.
+    assert_eq!(route_to(&lab, "h1", &h2.ip).unwrap().0, "route");
+    for ip in [h3.ip.as_str(), h3.ip6.as_deref().unwrap()] {
+        assert_eq!(
+            route_to(&lab, "h1", ip),
+            Some(("tunnel".into(), "h3".into()))
+        );
+    }
+    for (dst, mode, _) in dp_routes(&lab, "h3") {
+        assert_eq!(mode, "tunnel", "{dst}");
+    }
+    // h1 saw h3's connection come from the router and learned h3's endpoint from its
+    // packets: the router's public address, not the private one h3 advertises.
+    let s = status(&lab, "h1");
+    let t = &s["dataplane"]["tunnel"];
+    assert_eq!(t["nat"], serde_json::json!(["h3"]), "{t}");
+    let ep = t["peers"][0]["endpoint"].as_str().unwrap_or_default();
+    assert!(ep.starts_with("172.30.1.254:"), "{t}");
+}
+
+#[test]
+fn a_host_behind_nat_over_an_ipv6_underlay_is_reached_encrypted() {
+    if !root_or_skip("a host behind NAT66, encrypted") {
+        return;
+    }
+    let lab = lab("en6", 3, "nat", &["--encrypt", "on", "--underlay", "ipv6"]);
+    let www = www(&lab);
+    let pods = pods(&lab, 3, &www);
+    all_reach_all(&lab, &pods);
+    for h in ["h1", "h2", "h3"] {
+        for (dst, mode, _) in dp_routes(&lab, h) {
+            assert_eq!(mode, "tunnel", "{h}: {dst}");
+        }
+    }
+    let s = status(&lab, "h2");
+    let t = &s["dataplane"]["tunnel"];
+    let to_h3 = t["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "h3")
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(
+        to_h3["endpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("[fd30:1::fe]:"),
+        "{t}"
+    );
 }

@@ -198,9 +198,15 @@ impl Agent {
             .ok_or_else(|| format!("{TUNNEL_DEV} vanished"))?;
         nlh.set_alias(link.index, TUNNEL_ALIAS).map_err(e)?;
         nlh.set_mtu(link.index, mtu).map_err(e)?;
-        for fam in ["ipv4", "ipv6"] {
-            let path = format!("/proc/sys/net/{fam}/conf/{TUNNEL_DEV}/forwarding");
-            std::fs::write(&path, b"1").map_err(|e| format!("write {path}: {e}"))?;
+        // Forwarding both ways; no link-local address, so the kernel sends no router
+        // solicitations or MLD reports into the tunnel (they would be dropped, counted).
+        for (key, value) in [
+            ("ipv4/conf/{}/forwarding", "1"),
+            ("ipv6/conf/{}/forwarding", "1"),
+            ("ipv6/conf/{}/addr_gen_mode", "1"),
+        ] {
+            let path = format!("/proc/sys/net/{}", key.replace("{}", TUNNEL_DEV));
+            std::fs::write(&path, value).map_err(|e| format!("write {path}: {e}"))?;
         }
         nlh.set_up(link.index).map_err(e)?;
         let port = self.dp.cfg.tunnel_port;

@@ -363,6 +363,13 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
         if ipv6_on() {
             sys::netns_sysctl(rt, "net.ipv6.conf.all.forwarding", "1")?;
         }
+        if plan.topology == plan::Topology::Nat {
+            sys::run_input(
+                "ip",
+                &["netns", "exec", rt, "nft", "-f", "-"],
+                Some(NAT_RULES),
+            )?;
+        }
     }
     for h in &plan.hosts {
         let v4 = (!h.v6_only).then_some(h.underlay);
@@ -418,6 +425,22 @@ fn build(plan: &LabPlan, weft_bin: &Path, opts: &UpOptions) -> Result<(), LabErr
     state.complete = true;
     save(&state)
 }
+
+/// The router of the `nat` topology: what the private segment (`eth2`) sends out of the
+/// public one (`eth1`) leaves from the router's address, and nothing comes in that the
+/// private side did not start, over both families.
+const NAT_RULES: &str = "table inet weftlab_nat {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    iifname \"eth1\" oifname \"eth2\" ct state established,related accept
+    iifname \"eth1\" oifname \"eth2\" drop
+  }
+  chain postrouting {
+    type nat hook postrouting priority 100;
+    iifname \"eth2\" oifname \"eth1\" masquerade
+  }
+}
+";
 
 /// The kernel has IPv6 (not booted with `ipv6.disable=1`).
 fn ipv6_on() -> bool {

@@ -21,6 +21,10 @@ pub enum Topology {
     Subnets,
     /// One L2 segment, but host N reaches only host N-1 directly (as across a firewall).
     Partial,
+    /// The last host sits alone on a private segment behind a router that masquerades
+    /// its traffic and lets nothing in that it did not start (a home or cloud NAT); the
+    /// other hosts share the public segment and have no route to the private one.
+    Nat,
 }
 
 impl fmt::Display for Topology {
@@ -29,6 +33,7 @@ impl fmt::Display for Topology {
             Topology::Mesh => "mesh",
             Topology::Subnets => "subnets",
             Topology::Partial => "partial",
+            Topology::Nat => "nat",
         })
     }
 }
@@ -40,8 +45,9 @@ impl FromStr for Topology {
             "mesh" => Ok(Topology::Mesh),
             "subnets" => Ok(Topology::Subnets),
             "partial" => Ok(Topology::Partial),
+            "nat" => Ok(Topology::Nat),
             other => Err(format!(
-                "unknown topology {other:?}: expected mesh, subnets or partial"
+                "unknown topology {other:?}: expected mesh, subnets, partial or nat"
             )),
         }
     }
@@ -241,20 +247,32 @@ pub fn plan_with(
     if hosts == 0 || hosts > MAX_HOSTS {
         return Err(format!("--hosts {hosts}: a lab has 1 to {MAX_HOSTS} hosts"));
     }
-    if topology == Topology::Subnets && hosts < 2 {
-        return Err("the subnets topology needs at least 2 hosts".into());
+    let routed = matches!(topology, Topology::Subnets | Topology::Nat);
+    if routed && hosts < 2 {
+        return Err(format!("the {topology} topology needs at least 2 hosts"));
     }
     let p = ns_prefix(name);
     let mut switches = vec![format!("{p}sw1")];
     let mut router = None;
-    if topology == Topology::Subnets {
+    if routed {
         switches.push(format!("{p}sw2"));
         router = Some(format!("{p}rt"));
     }
     let first_half = hosts.div_ceil(2);
     let host_plans = (1..=hosts)
         .map(|i| {
-            let (switch, segment, gateway) = if topology == Topology::Subnets {
+            let (switch, segment, gateway) = if topology == Topology::Nat {
+                // The public side has no route to the private segment.
+                if i < hosts {
+                    (switches[0].clone(), 1u8, None)
+                } else {
+                    (
+                        switches[1].clone(),
+                        2u8,
+                        Some(Ipv4Addr::new(172, 30, 2, 254)),
+                    )
+                }
+            } else if topology == Topology::Subnets {
                 if i <= first_half {
                     (
                         switches[0].clone(),
@@ -285,7 +303,7 @@ pub fn plan_with(
             }
         })
         .collect();
-    let seg = if topology == Topology::Subnets { 1 } else { 0 };
+    let seg = if routed { 1 } else { 0 };
     let outside = OutsidePlan {
         netns: format!("{p}{OUTSIDE}"),
         switch: switches[0].clone(),
@@ -461,6 +479,24 @@ mod tests {
         assert_eq!(p.hosts[2].underlay, Ipv4Addr::new(172, 30, 2, 3));
         assert_eq!(p.hosts[2].gateway, Some(Ipv4Addr::new(172, 30, 2, 254)));
         assert!(plan("t", 1, Topology::Subnets).is_err());
+    }
+
+    #[test]
+    fn nat_puts_only_the_last_host_behind_the_router() {
+        let p = plan_with("t", 3, Topology::Nat, Underlay::Dual).unwrap();
+        assert_eq!(p.router.as_deref(), Some("weft-t-rt"));
+        for h in &p.hosts[..2] {
+            assert_eq!(h.switch, "weft-t-sw1");
+            assert_eq!((h.gateway, h.gateway6), (None, None), "no route inside");
+        }
+        let last = &p.hosts[2];
+        assert_eq!(last.switch, "weft-t-sw2");
+        assert_eq!(last.gateway, Some(Ipv4Addr::new(172, 30, 2, 254)));
+        assert_eq!(last.gateway6, Some(underlay6(2, 0xfe)));
+        assert_eq!(p.outside.switch, "weft-t-sw1");
+        assert_eq!(p.outside.gateway, None);
+        assert!(plan("t", 1, Topology::Nat).is_err());
+        assert_eq!("nat".parse::<Topology>(), Ok(Topology::Nat));
     }
 
     #[test]

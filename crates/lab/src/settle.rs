@@ -15,8 +15,8 @@ use crate::LabError;
 
 /// What is not settled yet in the output of `ip -j addr show` (None: all settled). A link
 /// that is administratively up must have its carrier, an IPv6 link-local address (unless
-/// IPv6 is off on it: `ipv6` is false) and no tentative address. `lo` has no link-local
-/// address; links that are down are left as they are.
+/// IPv6 is off on it: `ipv6` is false, or it is point-to-point) and no tentative address.
+/// `lo` has no link-local address; links that are down are left as they are.
 pub fn unsettled(addr_json: &str, ipv6: bool) -> Result<Option<String>, String> {
     let links: Vec<Value> =
         serde_json::from_str(addr_json).map_err(|e| format!("`ip -j addr` output: {e}"))?;
@@ -45,7 +45,9 @@ pub fn unsettled(addr_json: &str, ipv6: bool) -> Result<Option<String>, String> 
         let link_local = addrs
             .iter()
             .any(|a| a["family"] == "inet6" && a["scope"] == "link");
-        if ipv6 && !link_local {
+        // A point-to-point device (weft's tunnel) may be made without one: it has no
+        // neighbours to announce itself to.
+        if ipv6 && !link_local && !flags.contains(&"POINTOPOINT") {
             return Ok(Some(format!("{name} has no IPv6 link-local address yet")));
         }
     }
@@ -123,6 +125,16 @@ mod tests {
             serde_json::json!([{"family":"inet6","local":"fe80::1","scope":"link","tentative":true}]),
         )]);
         assert!(tentative.unwrap().contains("tentative"));
+    }
+
+    #[test]
+    fn a_point_to_point_link_needs_no_link_local() {
+        let tun = link(
+            "weft.tun",
+            &["POINTOPOINT", "NOARP", "UP", "LOWER_UP"],
+            serde_json::json!([]),
+        );
+        assert_eq!(check(vec![tun]), None);
     }
 
     #[test]
