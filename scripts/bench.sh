@@ -8,6 +8,21 @@ bash scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release --quiet -p weft -p weft-bench
 
+# The encryption benchmark's anchors (benchmark only, not the tests): Debian's wireguard-go
+# (with wg to configure it) and nebula, and boringtun-cli built from crates.io.
+anchors=(wireguard-go wireguard-tools nebula)
+missing=()
+for p in "${anchors[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -x target/anchors/bin/boringtun-cli ]; then
+  cargo install --quiet --locked --root target/anchors boringtun-cli --version 0.7.1
+fi
+
 containers=${CONTAINERS:-200}
 cni_rounds=${CNI_ROUNDS:-5}
 cni=$(./target/release/weft-bench cni --containers "$containers" --rounds "$cni_rounds" --weft target/release/weft)
@@ -18,6 +33,7 @@ dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --r
 policy=$(./target/release/weft-bench policy --weft target/release/weft --policies 1000 --pods 100 --hosts 20)
 dns=$(./target/release/weft-bench dns --weft target/release/weft --names 50 --rounds 3 --hosts 20)
 docker=$(./target/release/weft-bench docker --weft target/release/weft --rounds 5 --runs 10)
+encrypt=$(./target/release/weft-bench encrypt --weft target/release/weft --rounds 3)
 
 dns_intro() {
   echo "## Name service"
@@ -48,6 +64,21 @@ docker_intro() {
   echo "same time, measured in the same rounds. The tools are the machine's (iperf3, weft-bench's"
   echo "request/response ends), run in the containers' network namespaces with \`nsenter\`. Targets:"
   echo "weft route / overlay throughput ≥ 1.3, request/response latency lower than the overlay's."
+}
+
+encrypt_intro() {
+  echo "## Encryption"
+  echo
+  echo "Part of \`bash scripts/bench.sh\`; the command is given with the table. Three 2-host \`mesh\`"
+  echo "labs up together: weft's agents with \`--mode vxlan\`, with \`--encrypt on\` (defaults: TUN"
+  echo "superpackets, UDP GSO and GRO) and with \`--encrypt on --tunnel-offload off\`; one container per"
+  echo "host, measured container to container. The anchors run on the VXLAN lab's two hosts, each"
+  echo "with its own device and port, measured host to host over their tunnel addresses: Debian's"
+  echo "wireguard-go and boringtun-cli 0.7.1 from crates.io (both configured with \`wg\`), Debian's"
+  echo "nebula (a CA and a certificate per host from \`nebula-cert\`, a static host map, MTU 1300)."
+  echo "Every round measures every path, the order rotating. CPU: the whole machine's busy time"
+  echo "(\`/proc/stat\`, both cores: sender, receiver, tunnels, kernel) during the iperf3 run, per GB"
+  echo "delivered. Target: weft encrypted ≥ 0.25 of weft VXLAN mode (stretch 0.5)."
 }
 
 {
@@ -183,5 +214,9 @@ docker_intro() {
   echo "$(docker_intro)"
   echo
   echo "$docker"
+  echo
+  echo "$(encrypt_intro)"
+  echo
+  echo "$encrypt"
 } > docs/benchmarks.md
 cat docs/benchmarks.md

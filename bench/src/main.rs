@@ -17,6 +17,7 @@
 mod dataplane;
 mod dns;
 mod docker;
+mod encrypt;
 mod policy;
 
 use std::io::Write;
@@ -174,6 +175,30 @@ enum Cmd {
         #[arg(long)]
         no_vxlan: bool,
     },
+    /// Encryption: weft's encrypted tunnel (defaults, and offloads off) beside weft's VXLAN
+    /// mode, Debian's wireguard-go, boringtun-cli from crates.io and Debian's nebula, on
+    /// 2-host labs in one run: single-stream TCP throughput, TCP request/response and the
+    /// machine's CPU seconds per GB.
+    Encrypt {
+        /// The weft binary (a release build).
+        #[arg(long, default_value = "target/release/weft")]
+        weft: PathBuf,
+        /// Lab name prefix (1 to 11 of a-z0-9): labs NAMEv, NAMEe and NAMEo.
+        #[arg(long, default_value = "ben")]
+        lab: String,
+        /// Rounds (paths alternate; medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// iperf3 seconds per measurement.
+        #[arg(long, default_value_t = 8)]
+        secs: u64,
+        /// TCP request/response seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        rr_secs: f64,
+        /// boringtun-cli (scripts/bench.sh builds it from crates.io).
+        #[arg(long, default_value = "target/anchors/bin/boringtun-cli")]
+        boringtun: PathBuf,
+    },
     /// TCP request/response server: echoes one connection's bytes (used by `dataplane`).
     #[command(hide = true)]
     RrServer {
@@ -309,6 +334,32 @@ fn main() {
                 },
                 runs,
                 vxlan: !no_vxlan,
+                command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+            })
+        }),
+        Cmd::Encrypt {
+            weft,
+            lab,
+            rounds,
+            secs,
+            rr_secs,
+            boringtun,
+        } => weft_binary(&weft).and_then(|weft| {
+            let boringtun = std::fs::canonicalize(&boringtun).map_err(|e| {
+                format!(
+                    "{}: {e} (scripts/bench.sh builds it: cargo install --root target/anchors \
+                     boringtun-cli)",
+                    boringtun.display()
+                )
+            })?;
+            encrypt::encrypt_bench(&encrypt::Opts {
+                weft,
+                lab,
+                rounds,
+                secs,
+                rr_secs,
+                rr_cpu: dataplane::first_cpu(),
+                boringtun,
                 command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
             })
         }),
