@@ -433,7 +433,9 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
             r.dst,
             r.mode,
             r.via,
-            r.via_name.as_deref().unwrap_or("?"),
+            r.via_name
+                .as_deref()
+                .unwrap_or(if r.via == "drop" { "-" } else { "?" }),
             r.mtu
         );
     }
