@@ -332,7 +332,17 @@ fn docker_containers_of_three_hosts_reach_each_other_by_address_and_name() {
                 "ip -4 -o addr show eth0",
             ],
         );
-        assert!(out.contains("inet 10.3"), "cycle {i}: {out}");
+        // An address of the cluster's pool (10.32.0.0/12: 10.32.x.x to 10.47.x.x).
+        let pool: ipnet::Ipv4Net = "10.32.0.0/12".parse().unwrap();
+        let addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.parse::<ipnet::Ipv4Net>().ok());
+        assert!(
+            addr.is_some_and(|a| pool.contains(&a.addr())),
+            "cycle {i}: {out}"
+        );
     }
     assert_eq!(weft_links(&lab.host_ns("h3")).len(), links_before);
     assert_eq!(docker_allocations(&lab, "h3"), held_before);

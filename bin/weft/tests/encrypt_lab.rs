@@ -335,9 +335,16 @@ fn partial_relays_encrypted_and_rotation_under_load_with_offloads_off_drops_noth
             "2",
         ],
     );
-    let www = www(&lab);
+    let www = www_with_marker(&lab);
     let pods = pods(&lab, 4, &www);
     all_reach_all(&lab, &pods);
+    // Without offloads, the same on the underlay: no marker, no pod address.
+    let frames = transfer_captured(&lab, "sw1", pod(&pods, "h1"), pod(&pods, "h2"));
+    assert!(
+        !seen(&frames, MARKER.as_bytes()),
+        "the marker crossed in clear"
+    );
+    assert!(!frames.iter().any(|f| in_pools(&f.src) || in_pools(&f.dst)));
     let s = status(&lab, "h1");
     let off = &s["dataplane"]["tunnel"]["offload"];
     assert_eq!(
