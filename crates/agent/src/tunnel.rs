@@ -139,23 +139,25 @@ impl Agent {
     ) -> Result<Option<u32>, String> {
         let e = |e: weft_netlink::Error| e.to_string();
         let existing = nlh.link_by_name(TUNNEL_DEV).map_err(e)?;
-        if let Some(l) = &existing {
-            if l.alias.as_deref() != Some(TUNNEL_ALIAS) && self.tunnel.running.is_none() {
-                return Err(format!(
-                    "{TUNNEL_DEV} exists but is not weft's (no alias {TUNNEL_ALIAS:?}); remove \
-                     it or rename it"
-                ));
-            }
-        }
+        let ours = existing
+            .as_ref()
+            .is_some_and(|l| l.alias.as_deref() == Some(TUNNEL_ALIAS));
         if !want.tunnel_device {
             if let Some(r) = self.tunnel.running.take() {
                 r.pump.stop();
                 log(format!("tunnel: {TUNNEL_DEV} no longer needed"));
             }
-            if let Some(l) = existing {
+            // Someone else's device of that name is left alone.
+            if let Some(l) = existing.filter(|_| ours) {
                 crate::dataplane::already_gone(nlh.delete_link(l.index))?;
             }
             return Ok(None);
+        }
+        if existing.is_some() && !ours && self.tunnel.running.is_none() {
+            return Err(format!(
+                "{TUNNEL_DEV} exists but is not weft's (no alias {TUNNEL_ALIAS:?}); remove it or \
+                 rename it"
+            ));
         }
         let mtu = local
             .underlay_mtu
