@@ -434,7 +434,7 @@ impl Agent {
         let s = &r.shared;
         rep.device = Some(format!("{TUNNEL_DEV} mtu {}", r.mtu));
         rep.offload = OffloadReport {
-            tso: r.offload,
+            tso: r.offload && s.tso.load(Ordering::Relaxed),
             gso: s.gso.load(Ordering::Relaxed),
             gro: s.gro.load(Ordering::Relaxed),
         };

@@ -162,6 +162,8 @@ pub struct Shared<P: Ord + Clone> {
     pub gso: AtomicBool,
     /// UDP GRO is on for the socket.
     pub gro: AtomicBool,
+    /// The device takes superpackets (off when it refused one).
+    pub tso: AtomicBool,
     start: Instant,
     stop: AtomicBool,
 }
@@ -176,6 +178,7 @@ impl<P: Ord + Clone> Shared<P> {
             counters: PumpCounters::default(),
             gso: AtomicBool::new(false),
             gro: AtomicBool::new(false),
+            tso: AtomicBool::new(false),
             start: Instant::now(),
             stop: AtomicBool::new(false),
         })
@@ -273,6 +276,7 @@ impl<P: Ord + Clone + Send + Sync + 'static> Pump<P> {
             shared.gro.store(gro, Ordering::Relaxed);
         }
         shared.gso.store(offload, Ordering::Relaxed);
+        shared.tso.store(offload, Ordering::Relaxed);
         let udp_in = udp.try_clone()?;
         let tun_in = tun.file.try_clone()?;
         let tun_out = tun.file;
@@ -432,6 +436,9 @@ fn inbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, off
     let mut buf = vec![0u8; 2 * (MAX_PACKET + OVERHEAD)];
     let mut frame = Vec::with_capacity(MAX_PACKET + VNET_HDR_LEN);
     let mut keep: Vec<std::ops::Range<usize>> = Vec::with_capacity(64);
+    let mut join = true;
+    let mut scratch = Vec::with_capacity(MAX_PACKET);
+    let mut single = Vec::with_capacity(MAX_PACKET + VNET_HDR_LEN);
     while !s.stop.load(Ordering::Relaxed) {
         let (n, from, seg) = match batch::recv_gro(&udp, &mut buf) {
             Ok(x) => x,
@@ -473,12 +480,27 @@ fn inbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, off
             }
         }
         let plains: Vec<&[u8]> = keep.iter().map(|r| &buf[r.clone()]).collect();
-        if offload {
+        if offload && join {
             for (h, p) in offload::coalesce(&plains, MAX_PACKET) {
                 frame.clear();
                 frame.extend_from_slice(&h.encode());
                 frame.extend_from_slice(&p);
-                let _ = tun.write(&frame);
+                match tun.write(&frame) {
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
+                        // The device refuses superpackets: this one goes in pieces, and
+                        // from now on every packet alone.
+                        join = false;
+                        s.tso.store(false, Ordering::Relaxed);
+                        let _ = offload::split_each(&h, &p, &mut scratch, |seg| {
+                            write_plain(&mut tun, &mut single, seg);
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        } else if offload {
+            for p in plains {
+                write_plain(&mut tun, &mut single, p);
             }
         } else {
             for p in plains {
@@ -486,6 +508,14 @@ fn inbound<P: Ord + Clone>(s: Arc<Shared<P>>, mut tun: File, udp: UdpSocket, off
             }
         }
     }
+}
+
+/// Writes one packet to a device with `IFF_VNET_HDR`: behind an empty header.
+fn write_plain(tun: &mut File, frame: &mut Vec<u8>, packet: &[u8]) {
+    frame.clear();
+    frame.extend_from_slice(&VnetHdr::default().encode());
+    frame.extend_from_slice(packet);
+    let _ = tun.write(frame);
 }
 
 #[cfg(test)]
