@@ -184,7 +184,7 @@ fn reader(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<S
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn run(prog: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+pub(crate) fn run(prog: &str, args: &[&str], limit: Duration) -> Result<String, String> {
     run_input(prog, args, None, limit)
 }
 

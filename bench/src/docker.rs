@@ -78,7 +78,7 @@ const REACH_LIMIT: Duration = Duration::from_secs(30);
 // Labs.
 
 /// A lab taken down when dropped (or by [`LabGuard::down`], which reports failure).
-struct LabGuard {
+pub(crate) struct LabGuard {
     name: String,
     down: bool,
 }
@@ -86,7 +86,11 @@ struct LabGuard {
 impl LabGuard {
     /// Clears what an earlier run left under `name` and brings up a 2-host mesh lab whose
     /// agents get `agent_args`. The guard exists before `up` runs.
-    fn up(weft: &Path, name: &str, agent_args: &[&str]) -> (LabGuard, Result<(), String>) {
+    pub(crate) fn up(
+        weft: &Path,
+        name: &str,
+        agent_args: &[&str],
+    ) -> (LabGuard, Result<(), String>) {
         let g = LabGuard {
             name: name.to_string(),
             down: false,
@@ -104,7 +108,7 @@ impl LabGuard {
 
     fn down(mut self) -> Result<(), String> {
         self.down = true;
-        eprintln!("docker: taking lab {} down", self.name);
+        eprintln!("bench: taking lab {} down", self.name);
         weft_lab::down(&self.name)
             .map_err(|e| format!("weft lab down --name {}: {}", self.name, e.0))
     }
@@ -115,15 +119,15 @@ impl Drop for LabGuard {
         if self.down {
             return;
         }
-        eprintln!("docker: taking lab {} down", self.name);
+        eprintln!("bench: taking lab {} down", self.name);
         if let Err(e) = weft_lab::down(&self.name) {
-            eprintln!("docker: weft lab down --name {}: {}", self.name, e.0);
+            eprintln!("bench: weft lab down --name {}: {}", self.name, e.0);
         }
     }
 }
 
 /// A lab host's underlay address and network namespace.
-fn host_plan(lab: &str, host: &str) -> Result<(IpAddr, String), String> {
+pub(crate) fn host_plan(lab: &str, host: &str) -> Result<(IpAddr, String), String> {
     let state = weft_lab::load(lab).map_err(|e| e.0)?;
     let hp = state
         .plan

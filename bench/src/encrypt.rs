@@ -27,6 +27,7 @@ use crate::dataplane::{
     catch_signals, check_interrupted, exec, first_words, iperf_client, median, rr_between, Server,
     IPERF_PORT,
 };
+use crate::docker::{host_plan, LabGuard};
 
 /// Options of `weft-bench encrypt`.
 pub struct Opts {
@@ -49,18 +50,6 @@ pub struct Opts {
 }
 
 const SHORT: Duration = Duration::from_secs(30);
-
-/// A lab taken down when dropped.
-struct LabGuard(String);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        eprintln!("encrypt: taking lab {} down", self.0);
-        if let Err(e) = weft_lab::down(&self.0) {
-            eprintln!("encrypt: weft lab down --name {}: {}", self.0, e.0);
-        }
-    }
-}
 
 /// A process of this benchmark (an anchor daemon), ended by its pid when dropped.
 struct Daemon {
@@ -92,16 +81,7 @@ impl Drop for Daemon {
 }
 
 fn run(prog: &str, args: &[&str]) -> Result<String, String> {
-    let out = exec(Path::new(prog), args, None, SHORT, false)?;
-    if out.ok {
-        Ok(out.stdout.trim().to_string())
-    } else {
-        Err(format!(
-            "`{prog} {}` failed: {}",
-            args.join(" "),
-            first_words(&out.stderr, &out.stdout)
-        ))
-    }
+    crate::dataplane::run(prog, args, SHORT).map(|o| o.trim().to_string())
 }
 
 fn netns(ns: &str, args: &[&str]) -> Result<String, String> {
@@ -241,15 +221,6 @@ fn container(weft: &Path, lab: &str, host: &str) -> Result<(String, IpAddr), Str
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("weft lab run: no address in {out}"))?;
     Ok((weft_lab::plan::container_netns(lab, host, "bench"), ip))
-}
-
-fn host(lab: &str, h: &str) -> Result<(IpAddr, String), String> {
-    let state = weft_lab::load(lab).map_err(|e| e.0)?;
-    let hp = state
-        .plan
-        .host(h)
-        .ok_or_else(|| format!("lab {lab} has no host {h}"))?;
-    Ok((hp.agent_addr(), hp.netns.clone()))
 }
 
 /// Pings until `to` answers from `ns` (keys exchanged, routes in place).
@@ -432,21 +403,16 @@ pub fn encrypt_bench(o: &Opts) -> Result<(), String> {
     let mut guards = Vec::new();
     let mut paths = Vec::new();
     for (name, args, label) in &labs {
-        guards.push(LabGuard(name.clone()));
-        let opts = weft_lab::UpOptions {
-            agent_args: args.iter().map(|a| a.to_string()).collect(),
-            ..weft_lab::UpOptions::default()
-        };
-        weft_lab::down(name)
-            .and_then(|()| weft_lab::up_with(name, 2, weft_lab::Topology::Mesh, &o.weft, opts))
-            .map_err(|e| format!("lab {name}: {}", e.0))?;
+        let (guard, up) = LabGuard::up(&o.weft, name, args);
+        guards.push(guard);
+        up?;
         let (server_ns, server) = container(&o.weft, name, "h1")?;
         let (client_ns, _) = container(&o.weft, name, "h2")?;
         reachable(&client_ns, server)?;
         paths.push(PathRun::new(label, client_ns, server_ns, server));
     }
     let vx = &labs[0].0;
-    let hosts = [host(vx, "h1")?, host(vx, "h2")?];
+    let hosts = [host_plan(vx, "h1")?, host_plan(vx, "h2")?];
     let dir = weft_lab::lab_dir(vx).join("anchors");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut daemons = Vec::new();

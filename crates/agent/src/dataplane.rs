@@ -7,7 +7,7 @@
 //! Design: docs/dataplane.md.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -18,7 +18,7 @@ use weft_mesh::NodeId;
 use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 
 use crate::config::DataplaneConfig;
-use crate::{Agent, ADDR_KEY};
+use crate::Agent;
 
 /// An event of target `weft::dataplane`.
 fn log(msg: impl std::fmt::Display) {
@@ -302,15 +302,9 @@ impl Agent {
                     }
                 }
             }
-            let underlay = store
-                .get(owner, ADDR_KEY)
-                .flatten()
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|s| s.parse::<SocketAddr>().ok())
-                .map(|a| a.ip());
             peers.push(Peer {
                 id: *owner,
-                underlay,
+                underlay: self.underlay_of(owner),
                 next_hop: hops.get(owner).copied(),
                 prefixes: p,
                 nat: self.tunnel_nat(owner),

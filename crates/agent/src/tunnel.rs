@@ -283,7 +283,8 @@ impl Agent {
         }
     }
 
-    fn underlay_of(&self, id: &NodeId) -> Option<IpAddr> {
+    /// A node's underlay address: the IP of the address it advertises.
+    pub(crate) fn underlay_of(&self, id: &NodeId) -> Option<IpAddr> {
         self.addr_of(id)
             .and_then(|s| s.parse::<SocketAddr>().ok())
             .map(|a| a.ip())
