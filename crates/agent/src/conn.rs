@@ -174,6 +174,13 @@ async fn pump(
     // Only a successful read moves the deadline: our own sends must not keep a silent peer.
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
+    // The agent's owner task sends a digest every tick; while it is busy (an `nft` run of
+    // a thousand policies on a loaded host takes seconds) this connection's own task sends
+    // one in its place, so the peer does not take a busy node for a dead one. A digest
+    // that matches nothing only makes the peer answer with its vector.
+    let keepalive = idle / 3;
+    let quiet = tokio::time::sleep(keepalive);
+    tokio::pin!(quiet);
     loop {
         // Whole frames already buffered first.
         loop {
@@ -209,21 +216,35 @@ async fn pump(
             out = rx.recv() => match out {
                 None => return "replaced by another connection".into(),
                 Some(msg) => {
-                    metrics.message(true, &msg);
-                    let bytes = serde_json::to_vec(&msg).expect("json");
-                    let frames = match transport.seal(&bytes) {
-                        Ok(f) => f,
-                        Err(e) => return format!("seal: {e}"),
-                    };
-                    for f in frames {
-                        let frame = encode_frame(&f).expect("sealed frames fit");
-                        if let Err(e) = stream.write_all(&frame).await {
-                            return e.to_string();
-                        }
-                        metrics.sent_bytes(frame.len());
+                    if let Err(e) = send(stream, transport, &msg, metrics).await {
+                        return e;
                     }
+                    quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
                 }
             },
+            _ = &mut quiet => {
+                if let Err(e) = send(stream, transport, &Message::Digest(0), metrics).await {
+                    return e;
+                }
+                quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
+            }
         }
     }
+}
+
+async fn send(
+    stream: &mut TcpStream,
+    transport: &mut Transport,
+    msg: &Message,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    metrics.message(true, msg);
+    let bytes = serde_json::to_vec(msg).expect("json");
+    let frames = transport.seal(&bytes).map_err(|e| format!("seal: {e}"))?;
+    for f in frames {
+        let frame = encode_frame(&f).expect("sealed frames fit");
+        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+        metrics.sent_bytes(frame.len());
+    }
+    Ok(())
 }

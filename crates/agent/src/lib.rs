@@ -166,7 +166,10 @@ struct Agent {
 /// Runs the agent until SIGTERM or SIGINT, logging as its config says.
 pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     logging::init(&cfg.log);
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // The owner task (`main_loop`) runs on this thread; connections run on two workers, so
+    // they go on reading and sending keepalives while the owner waits for `nft`.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| AgentError(format!("start the runtime: {e}")))?;
@@ -659,6 +662,7 @@ impl Agent {
                         "connected to {peer} at {addr} ({how})"
                     );
                     let now = self.now();
+                    self.first_link_at.get_or_insert(now);
                     let outs = self.node.peer_connected(peer, now);
                     self.perform(outs);
                     self.save();

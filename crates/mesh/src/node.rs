@@ -13,6 +13,57 @@ pub const LINKS_KEY: &str = "links";
 /// Records per update message when many are written at once.
 pub const BATCH: usize = 256;
 
+/// Cuts a delta into messages of about `budget` bytes of records each (one record alone
+/// may be more). Each message is itself a delta a receiver can take: an owner's records
+/// go in version order, and an owner continued in a later message has the last version
+/// of the one before as its base there (the receiver holds it by then: messages on one
+/// connection arrive in order). Between two such messages a receiver holds the owner
+/// complete up to that version, except keys rewritten after it, which the next one
+/// brings.
+pub fn deltas(base: &BTreeMap<NodeId, u64>, records: Vec<Record>, budget: usize) -> Vec<Message> {
+    let mut by_owner: BTreeMap<NodeId, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        by_owner.entry(r.owner).or_default().push(r);
+    }
+    let mut out = Vec::new();
+    let mut cur_base = BTreeMap::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for (owner, mut rs) in by_owner {
+        rs.sort_by_key(|r| r.version);
+        // The base of the owner's next message, and whether the current one has it.
+        let mut start = base.get(&owner).copied();
+        let mut in_cur = false;
+        for r in rs {
+            let n = r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 32;
+            if !cur.is_empty() && size + n > budget {
+                out.push(Message::Delta {
+                    base: std::mem::take(&mut cur_base),
+                    records: std::mem::take(&mut cur),
+                });
+                size = 0;
+                in_cur = false;
+            }
+            if !in_cur {
+                if let Some(b) = start {
+                    cur_base.insert(owner, b);
+                }
+                in_cur = true;
+            }
+            start = Some(r.version);
+            size += n;
+            cur.push(r);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(Message::Delta {
+            base: cur_base,
+            records: cur,
+        });
+    }
+    out
+}
+
 /// Encodes a set of NodeIds as the value of a `links` record: their 16 bytes
 /// each, concatenated in order.
 pub fn encode_links<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> Vec<u8> {
@@ -41,6 +92,10 @@ pub struct MeshConfig {
     pub gc_after_ms: u64,
     /// Anti-entropy period: digests are sent at most this often (default 1 s).
     pub ae_period_ms: u64,
+    /// The size a delta message is cut at (estimated bytes of its records; default
+    /// 1 MiB): a node's whole state may be far beyond what one frame of the wire may
+    /// carry (16 MiB), so a snapshot travels as several deltas, each a complete range.
+    pub delta_bytes: usize,
 }
 
 impl Default for MeshConfig {
@@ -49,6 +104,7 @@ impl Default for MeshConfig {
             down_after_ms: 5 * 60 * 1000,
             gc_after_ms: 24 * 60 * 60 * 1000,
             ae_period_ms: 1000,
+            delta_bytes: 1 << 20,
         }
     }
 }
@@ -377,13 +433,10 @@ impl Node {
                 }
             }
         }
-        let mut out = Vec::new();
-        if !records.is_empty() {
-            out.push(Output::Send {
-                to: from,
-                msg: Message::Delta { base, records },
-            });
-        }
+        let mut out: Vec<Output> = deltas(&base, records, self.config.delta_bytes)
+            .into_iter()
+            .map(|msg| Output::Send { to: from, msg })
+            .collect();
         let lacking = theirs.iter().any(|(owner, &e)| {
             if e & GONE_BIT != 0 {
                 return false;
@@ -470,10 +523,17 @@ impl Node {
             }
         }
         self.after_merge(&accepted);
-        self.forward(from, &accepted, move |records| Message::Delta {
-            base: fwd_base.clone(),
-            records,
-        })
+        let msgs = deltas(&fwd_base, accepted, self.config.delta_bytes);
+        self.peers
+            .iter()
+            .filter(|p| **p != from)
+            .flat_map(|p| {
+                msgs.iter().map(|m| Output::Send {
+                    to: *p,
+                    msg: m.clone(),
+                })
+            })
+            .collect()
     }
 
     fn after_merge(&mut self, accepted: &[Record]) {
@@ -585,6 +645,7 @@ mod tests {
             down_after_ms: 1_000,
             gc_after_ms: 5_000,
             ae_period_ms: 100,
+            delta_bytes: 1 << 20,
         }
     }
 
@@ -944,5 +1005,74 @@ mod tests {
         one.on_message(id(2), delta, 1_000);
         one.tick(1_100);
         assert_eq!(one.status(&id(3)), Status::Up);
+    }
+
+    #[test]
+    fn a_state_beyond_one_message_travels_as_deltas_a_fresh_node_takes_whole() {
+        let small = MeshConfig {
+            delta_bytes: 10_000,
+            ..cfg()
+        };
+        let mut a = Node::new(id(1), small, None);
+        a.peer_connected(id(2), 0);
+        // 300 records of 1 KB of its own, rewritten in part (gaps in the versions), and a
+        // third node's records merged from elsewhere.
+        let big: Vec<(String, Option<Vec<u8>>)> = (0..300)
+            .map(|i| (format!("k/{i:03}"), Some(vec![i as u8; 1000])))
+            .collect();
+        a.set_local_many(big, 0);
+        a.set_local_many(
+            (0..50).map(|i| (format!("k/{:03}", i * 3), None)).collect(),
+            0,
+        );
+        let third: Vec<Record> = (1..=40)
+            .map(|v| Record {
+                owner: id(3),
+                key: format!("t/{v}"),
+                version: v,
+                value: Some(vec![7; 700]),
+            })
+            .collect();
+        a.on_message(id(2), Message::Update(third), 0);
+
+        let mut b = Node::new(id(2), small, None);
+        b.peer_connected(id(1), 0);
+        let out = a.on_message(id(2), Message::Vector(BTreeMap::new()), 0);
+        let msgs: Vec<Message> = out
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send { to, msg } if to == id(2) => Some(msg),
+                _ => None,
+            })
+            .collect();
+        assert!(msgs.len() > 20, "cut into {} messages", msgs.len());
+        for m in &msgs {
+            let Message::Delta { records, .. } = m else {
+                panic!("not a delta: {}", m.kind());
+            };
+            let bytes: usize = records
+                .iter()
+                .map(|r| r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 32)
+                .sum();
+            assert!(bytes <= 10_000, "a delta of {bytes} bytes");
+        }
+        for m in msgs {
+            b.on_message(id(1), m, 0);
+        }
+        for owner in [id(1), id(3)] {
+            assert_eq!(b.store().version(&owner), a.store().version(&owner));
+            assert_eq!(
+                b.store().records_after(&owner, 0),
+                a.store().records_after(&owner, 0),
+                "owner {owner}"
+            );
+        }
+        // Nothing more to send (a only asks for b's own links, which it lacks).
+        let out = a.on_message(id(2), Message::Vector(b.store().vector()), 0);
+        assert!(
+            sends(&out).iter().all(|(_, kind)| *kind == "vector"),
+            "{:?}",
+            sends(&out)
+        );
     }
 }

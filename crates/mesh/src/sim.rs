@@ -111,6 +111,8 @@ impl SimConfig {
                 down_after_ms: 3_000,
                 gc_after_ms: 15_000,
                 ae_period_ms: 100,
+                // Small, so snapshots travel cut into many deltas in every run.
+                delta_bytes: 2000,
             },
             quiet_limit_ticks: 3_000,
             count_bytes: false,
