@@ -110,6 +110,31 @@ fn echoes(s: &mut TcpStream, line: &str) -> bool {
 }
 
 /// Polls until `f` holds; the time it took.
+/// Object records a host holds as its own that another node wrote (copies it made so
+/// that an object outlives its writer), from the agent's `objects.json`.
+fn copies_held(lab: &Lab, host: &str) -> usize {
+    let path = format!("/run/weft-lab/{}/{host}/agent/objects.json", lab.name);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return 0;
+    };
+    let v: Value = serde_json::from_str(&text).expect("objects.json");
+    let records = v["records"].as_array().cloned().unwrap_or_default();
+    records
+        .iter()
+        .filter(|r| {
+            let Some(bytes) = r["value"].as_array() else {
+                return false; // deleted
+            };
+            let raw: Vec<u8> = bytes
+                .iter()
+                .filter_map(|b| b.as_u64().map(|b| b as u8))
+                .collect();
+            let obj: Value = serde_json::from_slice(&raw).unwrap_or_default();
+            obj["stamp"]["node"] != r["owner"]
+        })
+        .count()
+}
+
 fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let t = Instant::now();
     while t.elapsed() < limit {
@@ -406,6 +431,29 @@ spec:
     assert!(
         echoes(&mut conn_f, "f4\n"),
         "f's connection died across the restarts"
+    );
+    // Nobody wrote the policy again while its writer was up: a restarted agent sees every
+    // other node down until its peers are heard from (3 s after the first connection),
+    // and decides nothing before. With h1, the writer, stopped, the lowest node up keeps
+    // it (writes it again); once h1 is back, that copy is dropped.
+    std::thread::sleep(Duration::from_secs(6));
+    for h in ["h1", "h2", "h3"] {
+        assert_eq!(
+            copies_held(&lab, h),
+            0,
+            "{h} wrote again objects whose writer is up"
+        );
+    }
+    dp::agent(&lab, "h1", "stop");
+    let others = || copies_held(&lab, "h2") + copies_held(&lab, "h3");
+    assert!(
+        until(Duration::from_secs(30), || others() > 0).is_some(),
+        "with its writer stopped, no host kept the policy"
+    );
+    dp::agent(&lab, "h1", "start");
+    assert!(
+        until(Duration::from_secs(30), || others() == 0).is_some(),
+        "the copies stayed after the writer came back"
     );
 
     // A connection opened under the policy is tracked from its first packet; when a

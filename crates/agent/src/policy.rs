@@ -40,9 +40,13 @@ pub(crate) struct PolicyState {
     pub(crate) due: Option<Instant>,
     /// How long the last apply took (the next waits at least as long).
     last_apply: Duration,
+    /// When the last apply ended.
+    last_apply_end: Option<Instant>,
     /// The cache of the last run is still in use (until the mesh has had time to bring
     /// every owner's records).
     cache_live: bool,
+    /// The mesh digest and the nodes up when objects were last adopted or released.
+    adopt_seen: Option<(u64, BTreeSet<NodeId>)>,
     cache_saved: Option<Instant>,
     cache_dirty: bool,
     /// The last failure to apply, if the kernel refused.
@@ -54,8 +58,10 @@ pub(crate) struct PolicyState {
 
 /// How long changes are gathered before they are applied, at least: a burst of mesh
 /// updates (a thousand policies arrive in many messages) is applied once. After a slow
-/// apply (a big table through `nft`) the wait is as long as that apply took, so the
-/// agent spends at most about half its time applying and the updates meanwhile gather.
+/// apply (a big table through `nft`) the wait is as long as that apply took less the
+/// time since it ended, so under a stream of changes the agent spends at most about half
+/// its time applying and the updates meanwhile gather, while a change after a quiet time
+/// is applied at once.
 const COALESCE: Duration = Duration::from_millis(50);
 
 /// The longest wait, however slow the last apply was.
@@ -333,7 +339,18 @@ impl Agent {
 
     fn policy_after(&mut self, least: Duration) {
         if self.pol.due.is_none() {
-            let wait = self.pol.last_apply.clamp(least, COALESCE_MAX);
+            // As long as the last apply took, less the time since it ended: changes
+            // arriving during a stream of slow applies gather, a lone change after a
+            // quiet time waits only `least`.
+            let since = self
+                .pol
+                .last_apply_end
+                .map_or(Duration::MAX, |t| t.elapsed());
+            let wait = self
+                .pol
+                .last_apply
+                .saturating_sub(since)
+                .clamp(least, COALESCE_MAX);
             self.pol.due = Some(Instant::now() + wait);
         }
     }
@@ -397,6 +414,7 @@ impl Agent {
         }
         self.fast_isolate(&new.isolated)?;
         self.pol.last_apply = t0.elapsed();
+        self.pol.last_apply_end = Some(Instant::now());
         let changed = self.pol.applied.as_ref() != Some(&new);
         self.pol.table = active;
         self.pol.applied = Some(new);
@@ -589,41 +607,44 @@ impl Agent {
     }
 
     /// Objects whose winning record belongs to a node that is not up are written again by
-    /// the lowest live node, with the same stamp: they outlive their writer.
+    /// the lowest live node, with the same stamp: they outlive their writer. Copies made
+    /// so are dropped again once the writer (or a lower node) is up with the object.
+    /// Nothing is decided while the cache of the last run is in use: until the peers are
+    /// heard from, every other node looks down.
     fn policy_adopt(&mut self) {
-        let me = self.id;
-        let reachable = self.node.reachable();
-        if reachable.iter().any(|n| *n < me) {
+        if self.pol.cache_live {
             return;
         }
-        let mine = me.to_string();
-        let orphans: Vec<(String, ObjectValue)> = self
+        let digest = self.node.digest();
+        let reachable = self.node.reachable();
+        if self
             .pol
-            .objects
-            .winners
-            .iter()
-            .filter(|(_, (_, owner))| *owner != mine)
-            .filter(|(_, (_, owner))| {
-                owner
-                    .parse::<NodeId>()
-                    .map(|o| self.node.status(&o) != Status::Up)
-                    .unwrap_or(false)
-            })
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
-            .collect();
-        let mut recs = Vec::new();
-        for (key, v) in orphans {
-            let held = self
-                .node
-                .store()
-                .get(&me, &key)
-                .flatten()
-                .and_then(|b| serde_json::from_slice::<ObjectValue>(b).ok());
-            if held.as_ref().is_some_and(|h| h.stamp >= v.stamp) {
-                continue;
-            }
-            recs.push((key, Some(v.encode())));
+            .adopt_seen
+            .as_ref()
+            .is_some_and(|(d, r)| *d == digest && *r == reachable)
+        {
+            return;
         }
+        self.pol.adopt_seen = Some((digest, reachable.clone()));
+        let me = self.id;
+        let lowest = !reachable.iter().any(|n| *n < me);
+        let mut up: BTreeSet<String> = reachable.iter().map(NodeId::to_string).collect();
+        up.insert(me.to_string());
+        let (adopt, release) =
+            self.pol
+                .index
+                .adoption(&me.to_string(), &up, lowest, &self.pol.objects.winners);
+        let mut recs: Vec<(String, Option<Vec<u8>>)> = adopt
+            .into_iter()
+            .map(|(key, v)| (key, Some(v.encode())))
+            .collect();
+        if !release.is_empty() {
+            log(format!(
+                "policy: {} object(s) held by their writer again; dropping this node's copies",
+                release.len()
+            ));
+        }
+        recs.extend(release.into_iter().map(|key| (key, None)));
         if !recs.is_empty() {
             let now = self.now();
             let outs = self.node.set_local_many(recs, now);

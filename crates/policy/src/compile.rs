@@ -124,6 +124,44 @@ fn group_chain(dir: Dir, policies: &[String]) -> String {
     format!("g_{}_{}", short_hash(&policies.join(",")), dir.short())
 }
 
+/// Groups of more policies than this jump to them through bucket chains.
+const BUCKET_OVER: usize = 32;
+
+/// The bucket chains of a large group: a policy's bucket is fixed by its key.
+const BUCKETS: u64 = 64;
+
+/// The jumps at the head of a group chain: to each policy's chain, or, for a large group,
+/// to bucket chains that jump to them. Chains are named by their contents, so a policy
+/// added to or removed from a large group changes the group's chain (64 jumps at most)
+/// and its own bucket's (a sixty-fourth of the group), and every other bucket chain is
+/// the same chain as before: a change among a thousand policies does not rewrite a
+/// thousand rules on every host.
+fn group_jumps(c: &mut Compiled, dir: Dir, pols: &[String]) -> Vec<String> {
+    if pols.len() <= BUCKET_OVER {
+        return pols
+            .iter()
+            .map(|k| format!("jump {}", policy_chain(k, dir)))
+            .collect();
+    }
+    let mut buckets: BTreeMap<u64, Vec<&String>> = BTreeMap::new();
+    for k in pols {
+        let h = u64::from_str_radix(&short_hash(k), 16).unwrap_or(0);
+        buckets.entry(h % BUCKETS).or_default().push(k);
+    }
+    let mut jumps = Vec::new();
+    for keys in buckets.values() {
+        let joined: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        let name = format!("b_{}_{}", short_hash(&joined.join(",")), dir.short());
+        c.chains.entry(name.clone()).or_insert_with(|| {
+            keys.iter()
+                .map(|k| format!("jump {}", policy_chain(k, dir)))
+                .collect()
+        });
+        jumps.push(format!("jump {name}"));
+    }
+    jumps
+}
+
 /// Compiles `world` for the endpoints `local` says are this host's.
 pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
     let mut c = Compiled::default();
@@ -148,10 +186,7 @@ pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
                     .insert(*a, g.clone());
             }
             if !c.chains.contains_key(&g) {
-                let mut rules: Vec<String> = pols
-                    .iter()
-                    .map(|k| format!("jump {}", policy_chain(k, dir)))
-                    .collect();
+                let mut rules = group_jumps(&mut c, dir, &pols);
                 rules.push(format!(
                     "limit rate {DROP_LOG_RATE}/second burst 100 packets log prefix \"{LOG_PREFIX} D {} {g}\" group {LOG_GROUP}",
                     dir.short()

@@ -4,7 +4,7 @@
 //! last-writer-wins registers by their stamps. Pure: the agent hands in the records of
 //! its mesh store and writes what this module encodes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -286,6 +286,62 @@ impl Index {
         }
         self.owners.retain(|_, p| !p.cached);
         before != self.owners.len()
+    }
+
+    /// What `me` writes of the cluster objects so that each outlives its writer, and
+    /// no more: `adopt` are winning records whose holders are all down (nodes not in
+    /// `up`), which `me` writes again with the same stamp when it is the lowest node up
+    /// (`lowest`); `release` are copies `me` holds of another node's write that a node
+    /// up holds too, newer, or as the writer itself, or as a lower node: `me` drops
+    /// them. Call it only once the view of who is up has settled: at a start, before
+    /// the peers are heard from, every other node looks down, and every node would
+    /// write every object again (each owner then holding a copy of all of them).
+    pub fn adoption(
+        &self,
+        me: &str,
+        up: &BTreeSet<String>,
+        lowest: bool,
+        winners: &BTreeMap<String, (ObjectValue, String)>,
+    ) -> (Vec<(String, ObjectValue)>, Vec<String>) {
+        let held = |node: &str, key: &str| -> Option<&Stamp> {
+            self.owners
+                .get(node)
+                .filter(|p| !p.cached)
+                .and_then(|p| p.objects.get(key))
+                .map(|v| &v.stamp)
+        };
+        let mut adopt = Vec::new();
+        if lowest {
+            for (key, (v, owner)) in winners {
+                if up.contains(owner) {
+                    continue;
+                }
+                if up
+                    .iter()
+                    .any(|n| held(n, key).is_some_and(|s| *s >= v.stamp))
+                {
+                    continue;
+                }
+                adopt.push((key.clone(), v.clone()));
+            }
+        }
+        let mut release = Vec::new();
+        if let Some(mine) = self.owners.get(me).filter(|p| !p.cached) {
+            for (key, v) in &mine.objects {
+                let s = &v.stamp;
+                if s.node == me {
+                    continue;
+                }
+                let redundant = up.iter().filter(|n| n.as_str() != me).any(|n| {
+                    held(n, key)
+                        .is_some_and(|t| t > s || (t == s && (*n == s.node || n.as_str() < me)))
+                });
+                if redundant {
+                    release.push(key.clone());
+                }
+            }
+        }
+        (adopt, release)
     }
 
     /// Owners held, with whether each is from the cache.
@@ -580,5 +636,71 @@ mod tests {
         assert_eq!(w.endpoints.len(), 1);
         assert_eq!(w.endpoints["c1/eth0"].labels["pod"], "z");
         assert_eq!(w.endpoints["c1/eth0"].node, "n");
+    }
+
+    #[test]
+    fn objects_are_written_again_by_the_lowest_node_up_once_and_released_when_held_elsewhere() {
+        let x = namespace_key("x");
+        let y = namespace_key("y");
+        // "c" wrote x and y; "b" holds a copy of x (it adopted it while c was down).
+        let x_c = ns_obj("x", "blue", 5, "c");
+        let y_c = ns_obj("y", "red", 6, "c");
+        let mut ix = Index::new();
+        ix.set_owner(
+            "c",
+            "h3",
+            2,
+            false,
+            vec![(x.as_str(), x_c.as_slice()), (y.as_str(), y_c.as_slice())],
+        );
+        ix.set_owner("b", "h2", 1, false, vec![(x.as_str(), x_c.as_slice())]);
+        ix.set_owner("a", "h1", 1, false, Vec::<(&str, &[u8])>::new());
+        let (_, o) = ix.build();
+        let up = |ns: &[&str]| ns.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        // c down: a, lowest up, writes y again; x is held by b, up: not again.
+        let (adopt, release) = ix.adoption("a", &up(&["a", "b"]), true, &o.winners);
+        assert_eq!(
+            adopt.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            vec![y.as_str()]
+        );
+        assert_eq!(adopt[0].1.stamp.node, "c", "the same stamp");
+        assert!(release.is_empty());
+        // Not the lowest up: nothing.
+        assert!(ix
+            .adoption("b", &up(&["a", "b"]), false, &o.winners)
+            .0
+            .is_empty());
+        // b keeps its copy while c is down and no lower node holds x...
+        assert!(ix
+            .adoption("b", &up(&["a", "b"]), false, &o.winners)
+            .1
+            .is_empty());
+        // ...and releases it once c, the writer, is up again.
+        assert_eq!(
+            ix.adoption("b", &up(&["a", "b", "c"]), false, &o.winners).1,
+            vec![x.clone()]
+        );
+        // Two adopters of the same stamp, writer down: the higher one releases.
+        ix.set_owner("a", "h1", 2, false, vec![(x.as_str(), x_c.as_slice())]);
+        assert_eq!(
+            ix.adoption("b", &up(&["a", "b"]), false, &o.winners).1,
+            vec![x.clone()]
+        );
+        assert!(ix
+            .adoption("a", &up(&["a", "b"]), true, &o.winners)
+            .1
+            .is_empty());
+        // A newer write elsewhere makes an adopted copy useless.
+        let x_new = ns_obj("x", "green", 9, "d");
+        ix.set_owner("d", "h4", 1, false, vec![(x.as_str(), x_new.as_slice())]);
+        assert_eq!(
+            ix.adoption("a", &up(&["a", "d"]), true, &o.winners).1,
+            vec![x.clone()]
+        );
+        // A node's own writes are never released.
+        assert!(ix
+            .adoption("c", &up(&["a", "b", "c", "d"]), false, &o.winners)
+            .1
+            .is_empty());
     }
 }
