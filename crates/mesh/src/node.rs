@@ -13,13 +13,13 @@ pub const LINKS_KEY: &str = "links";
 /// Records per update message when many are written at once.
 pub const BATCH: usize = 256;
 
-/// Cuts a delta into messages of about `budget` bytes of records each (one record alone
-/// may be more). Each message is itself a delta a receiver can take: an owner's records
-/// go in version order, and an owner continued in a later message has the last version
-/// of the one before as its base there (the receiver holds it by then: messages on one
-/// connection arrive in order). Between two such messages a receiver holds the owner
-/// complete up to that version, except keys rewritten after it, which the next one
-/// brings.
+/// Cuts a delta into messages of about `budget` bytes of records each, between owners:
+/// an owner's range always travels whole in one message (one owner alone may be more than
+/// the budget), so every message is itself a delta a receiver can take, and a receiver
+/// holds each owner complete up to its version at all times. Cutting within an owner's
+/// range broke that (a receiver between two parts would hold the owner at the first
+/// part's last version without the keys rewritten later), and the IPAM simulation found
+/// an address handed out twice.
 pub fn deltas(base: &BTreeMap<NodeId, u64>, records: Vec<Record>, budget: usize) -> Vec<Message> {
     let mut by_owner: BTreeMap<NodeId, Vec<Record>> = BTreeMap::new();
     for r in records {
@@ -29,31 +29,23 @@ pub fn deltas(base: &BTreeMap<NodeId, u64>, records: Vec<Record>, budget: usize)
     let mut cur_base = BTreeMap::new();
     let mut cur = Vec::new();
     let mut size = 0;
-    for (owner, mut rs) in by_owner {
-        rs.sort_by_key(|r| r.version);
-        // The base of the owner's next message, and whether the current one has it.
-        let mut start = base.get(&owner).copied();
-        let mut in_cur = false;
-        for r in rs {
-            let n = r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 32;
-            if !cur.is_empty() && size + n > budget {
-                out.push(Message::Delta {
-                    base: std::mem::take(&mut cur_base),
-                    records: std::mem::take(&mut cur),
-                });
-                size = 0;
-                in_cur = false;
-            }
-            if !in_cur {
-                if let Some(b) = start {
-                    cur_base.insert(owner, b);
-                }
-                in_cur = true;
-            }
-            start = Some(r.version);
-            size += n;
-            cur.push(r);
+    for (owner, rs) in by_owner {
+        let n: usize = rs
+            .iter()
+            .map(|r| r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 32)
+            .sum();
+        if !cur.is_empty() && size + n > budget {
+            out.push(Message::Delta {
+                base: std::mem::take(&mut cur_base),
+                records: std::mem::take(&mut cur),
+            });
+            size = 0;
         }
+        if let Some(b) = base.get(&owner) {
+            cur_base.insert(owner, *b);
+        }
+        size += n;
+        cur.extend(rs);
     }
     if !cur.is_empty() {
         out.push(Message::Delta {
@@ -1008,32 +1000,34 @@ mod tests {
     }
 
     #[test]
-    fn a_state_beyond_one_message_travels_as_deltas_a_fresh_node_takes_whole() {
+    fn a_state_beyond_one_message_travels_as_deltas_of_whole_owners() {
         let small = MeshConfig {
-            delta_bytes: 10_000,
+            delta_bytes: 25_000,
             ..cfg()
         };
         let mut a = Node::new(id(1), small, None);
         a.peer_connected(id(2), 0);
-        // 300 records of 1 KB of its own, rewritten in part (gaps in the versions), and a
-        // third node's records merged from elsewhere.
-        let big: Vec<(String, Option<Vec<u8>>)> = (0..300)
+        // Its own 30 records of 1 KB, rewritten in part (gaps in the versions), and twelve
+        // other owners' 10 records of 1 KB each, merged from elsewhere.
+        let own: Vec<(String, Option<Vec<u8>>)> = (0..30)
             .map(|i| (format!("k/{i:03}"), Some(vec![i as u8; 1000])))
             .collect();
-        a.set_local_many(big, 0);
+        a.set_local_many(own, 0);
         a.set_local_many(
-            (0..50).map(|i| (format!("k/{:03}", i * 3), None)).collect(),
+            (0..10).map(|i| (format!("k/{:03}", i * 3), None)).collect(),
             0,
         );
-        let third: Vec<Record> = (1..=40)
-            .map(|v| Record {
-                owner: id(3),
-                key: format!("t/{v}"),
-                version: v,
-                value: Some(vec![7; 700]),
-            })
-            .collect();
-        a.on_message(id(2), Message::Update(third), 0);
+        for o in 3..15u8 {
+            let recs: Vec<Record> = (1..=10)
+                .map(|v| Record {
+                    owner: id(o),
+                    key: format!("t/{v}"),
+                    version: v,
+                    value: Some(vec![o; 1000]),
+                })
+                .collect();
+            a.on_message(id(2), Message::Update(recs), 0);
+        }
 
         let mut b = Node::new(id(2), small, None);
         b.peer_connected(id(1), 0);
@@ -1045,26 +1039,35 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(msgs.len() > 20, "cut into {} messages", msgs.len());
+        assert!(msgs.len() >= 6, "cut into {} messages", msgs.len());
+        let mut seen = BTreeSet::new();
         for m in &msgs {
             let Message::Delta { records, .. } = m else {
                 panic!("not a delta: {}", m.kind());
             };
+            let owners: BTreeSet<NodeId> = records.iter().map(|r| r.owner).collect();
+            for o in &owners {
+                assert!(seen.insert(*o), "owner {o} cut over two messages");
+            }
             let bytes: usize = records
                 .iter()
                 .map(|r| r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 32)
                 .sum();
-            assert!(bytes <= 10_000, "a delta of {bytes} bytes");
+            assert!(
+                bytes <= 25_000 || owners.len() == 1,
+                "a delta of {bytes} bytes over {} owners",
+                owners.len()
+            );
         }
         for m in msgs {
             b.on_message(id(1), m, 0);
         }
-        for owner in [id(1), id(3)] {
-            assert_eq!(b.store().version(&owner), a.store().version(&owner));
+        for o in [1u8, 3, 9, 14] {
+            assert_eq!(b.store().version(&id(o)), a.store().version(&id(o)));
             assert_eq!(
-                b.store().records_after(&owner, 0),
-                a.store().records_after(&owner, 0),
-                "owner {owner}"
+                b.store().records_after(&id(o), 0),
+                a.store().records_after(&id(o), 0),
+                "owner {o}"
             );
         }
         // Nothing more to send (a only asks for b's own links, which it lacks).
