@@ -105,14 +105,19 @@ pub struct Compiled {
     pub info: BTreeMap<String, ChainInfo>,
 }
 
-/// 48 bits of FNV-1a 64 as 12 hex digits: stable names for chains and sets.
-fn short_hash(s: &str) -> String {
+/// 48 bits of FNV-1a 64: stable names for chains and sets, and policies' buckets.
+fn hash48(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{:012x}", h >> 16)
+    h >> 16
+}
+
+/// [`hash48`] as 12 hex digits.
+fn short_hash(s: &str) -> String {
+    format!("{:012x}", hash48(s))
 }
 
 /// The chain of a policy's rules in one direction.
@@ -120,8 +125,14 @@ pub fn policy_chain(key: &str, dir: Dir) -> String {
     format!("p_{}_{}", short_hash(key), dir.short())
 }
 
+/// A chain named by the policies it jumps to (`kind` `g`: a group, `b`: a bucket).
+fn named_by<S: AsRef<str>>(kind: char, dir: Dir, policies: &[S]) -> String {
+    let keys: Vec<&str> = policies.iter().map(AsRef::as_ref).collect();
+    format!("{kind}_{}_{}", short_hash(&keys.join(",")), dir.short())
+}
+
 fn group_chain(dir: Dir, policies: &[String]) -> String {
-    format!("g_{}_{}", short_hash(&policies.join(",")), dir.short())
+    named_by('g', dir, policies)
 }
 
 /// Groups of more policies than this jump to them through bucket chains.
@@ -137,29 +148,26 @@ const BUCKETS: u64 = 64;
 /// the same chain as before: a change among a thousand policies does not rewrite a
 /// thousand rules on every host.
 fn group_jumps(c: &mut Compiled, dir: Dir, pols: &[String]) -> Vec<String> {
-    if pols.len() <= BUCKET_OVER {
-        return pols
-            .iter()
+    let jumps = |keys: &[&String]| -> Vec<String> {
+        keys.iter()
             .map(|k| format!("jump {}", policy_chain(k, dir)))
-            .collect();
+            .collect()
+    };
+    let all: Vec<&String> = pols.iter().collect();
+    if pols.len() <= BUCKET_OVER {
+        return jumps(&all);
     }
     let mut buckets: BTreeMap<u64, Vec<&String>> = BTreeMap::new();
-    for k in pols {
-        let h = u64::from_str_radix(&short_hash(k), 16).unwrap_or(0);
-        buckets.entry(h % BUCKETS).or_default().push(k);
+    for k in all {
+        buckets.entry(hash48(k) % BUCKETS).or_default().push(k);
     }
-    let mut jumps = Vec::new();
+    let mut out = Vec::new();
     for keys in buckets.values() {
-        let joined: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-        let name = format!("b_{}_{}", short_hash(&joined.join(",")), dir.short());
-        c.chains.entry(name.clone()).or_insert_with(|| {
-            keys.iter()
-                .map(|k| format!("jump {}", policy_chain(k, dir)))
-                .collect()
-        });
-        jumps.push(format!("jump {name}"));
+        let name = named_by('b', dir, keys);
+        c.chains.entry(name.clone()).or_insert_with(|| jumps(keys));
+        out.push(format!("jump {name}"));
     }
-    jumps
+    out
 }
 
 /// Compiles `world` for the endpoints `local` says are this host's.

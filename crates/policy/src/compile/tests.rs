@@ -510,3 +510,37 @@ fn endpoints_coming_and_going_are_element_changes_and_policy_changes_are_not() {
     // Nothing differs: nothing to do.
     assert_eq!(diff_elements(&c2, &c2), Some(vec![]));
 }
+
+#[test]
+fn a_large_group_jumps_through_buckets_and_one_change_rewrites_one_bucket() {
+    let one = |i: usize| {
+        format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p{i}\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from:\n    - podSelector: {{matchLabels: {{pod: b}}}}\n    ports: [{{port: {}}}]\n", 80 + i % 2)
+    };
+    let all: String = (0..40).map(one).collect();
+    let w1 = world_of(&all);
+    let c1 = compile(&w1, |_| true);
+    assert!(
+        c1.chains.keys().any(|n| n.starts_with("b_")),
+        "no bucket chains"
+    );
+    check_against_engine(&w1, "40 policies through buckets");
+    // One policy less: a new group chain, one bucket chain changed, the others kept.
+    let fewer: String = (0..40).filter(|i| *i != 7).map(one).collect();
+    let w2 = world_of(&fewer);
+    let c2 = compile(&w2, |_| true);
+    check_against_engine(&w2, "39 policies through buckets");
+    let buckets = |c: &Compiled| -> BTreeSet<String> {
+        c.chains
+            .keys()
+            .filter(|n| n.starts_with("b_"))
+            .cloned()
+            .collect()
+    };
+    let (b1, b2) = (buckets(&c1), buckets(&c2));
+    assert!(b1.difference(&b2).count() <= 1, "{b1:?} {b2:?}");
+    assert!(b2.difference(&b1).count() <= 1, "{b1:?} {b2:?}");
+    assert!(b1.intersection(&b2).count() >= b1.len() - 1);
+    let d = diff_script(&c1, &c2);
+    let rules = d.lines().filter(|l| l.starts_with("add rule")).count();
+    assert!(rules < 40, "{rules} rules rewritten:\n{d}");
+}
