@@ -305,7 +305,19 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
         NFNL_SUBSYS_NFTABLES,
         &[],
     ));
-    let s = open(&op)?;
+    // One socket for the process, kept open: the kernel frees what a transaction deleted
+    // after an RCU grace period, and closing a netfilter socket waits for that (some 10 ms
+    // here), which every CNI DEL's element deletions would pay. A socket that saw an error
+    // is closed (it may hold answers not read); one of another network namespace than the
+    // calling thread's is not used.
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|e| Error::new(&op, e))?;
+    let mut kept = ELEMENTS_SOCKET.lock().unwrap_or_else(|p| p.into_inner());
+    let s = match kept.take() {
+        Some((ns, s)) if ns == netns => s,
+        _ => open(&op)?,
+    };
     s.send_to(&batch, &SocketAddr::new(0, 0), 0)
         .map_err(|e| Error::new(&op, e))?;
     // One acknowledgement per element message; the first error aborts the transaction.
@@ -322,8 +334,13 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
             acks += 1;
         }
     }
+    *kept = Some((netns, s));
     Ok(())
 }
+
+/// The socket [`nft_add_elements`] keeps between calls, with its network namespace's
+/// inode.
+static ELEMENTS_SOCKET: std::sync::Mutex<Option<(u64, Socket)>> = std::sync::Mutex::new(None);
 
 /// A packet that a `log group N` rule sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
