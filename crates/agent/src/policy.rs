@@ -27,6 +27,9 @@ pub(crate) struct PolicyState {
     /// The table as applied since this agent started (None: the next apply replaces it
     /// whole).
     applied: Option<Compiled>,
+    /// The groups of endpoint kinds under the current policies (a CNI ADD's isolation
+    /// looks its kind up instead of matching every policy again).
+    kinds: compile::Groups,
     /// The kernel has weft's policy table (as this agent made it).
     table: bool,
     index: Index,
@@ -513,7 +516,9 @@ impl Agent {
         };
         self.pol.world.add_endpoint(endpoint.clone());
         let quick = match (&mut self.pol.applied, self.pol.table) {
-            (Some(applied), true) => compile::isolate_one(applied, &self.pol.world, &endpoint),
+            (Some(applied), true) => {
+                compile::isolate_one(applied, &mut self.pol.kinds, &self.pol.world, &endpoint)
+            }
             _ => None,
         };
         let res = match quick {

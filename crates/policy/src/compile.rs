@@ -8,11 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::engine::{isolating, peer_matches, selects, Dir};
 use crate::k8s::{NetworkPolicy, PortValue, Protocol, Rule};
 use crate::model::{Endpoint, World};
 use crate::ranges::{addr_num, cidr_span, show_addr_interval, Intervals};
+use crate::selector::Labels;
 
 /// The table's family and name.
 pub const TABLE: &str = "inet weft_policy";
@@ -135,6 +137,42 @@ fn group_chain(dir: Dir, policies: &[String]) -> String {
     named_by('g', dir, policies)
 }
 
+/// An endpoint's group in one direction: its chain and the policies that isolate it.
+pub type Group = (String, Vec<String>);
+
+/// The groups of endpoint kinds. Which policies isolate an endpoint depends only on its
+/// namespace and labels (and the policies), so the pods of one kind (a deployment's
+/// replicas) share one computation, which with a thousand policies selecting them costs
+/// more than the rest of a CNI ADD's isolation. Valid for one policy map, which it holds
+/// so that a new map is never mistaken for it (`World::policies` is shared, not copied,
+/// while no object changes).
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    policies: Option<Arc<BTreeMap<String, NetworkPolicy>>>,
+    kinds: BTreeMap<(Dir, String, Labels), Option<Group>>,
+}
+
+impl Groups {
+    /// `e`'s group in `dir`; None when no policy isolates it that way.
+    pub fn of(&mut self, world: &World, e: &Endpoint, dir: Dir) -> Option<&Group> {
+        if !self
+            .policies
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, &world.policies))
+        {
+            self.kinds.clear();
+            self.policies = Some(world.policies.clone());
+        }
+        self.kinds
+            .entry((dir, e.namespace.clone(), e.labels.clone()))
+            .or_insert_with(|| {
+                let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
+                (!pols.is_empty()).then(|| (group_chain(dir, &pols), pols))
+            })
+            .as_ref()
+    }
+}
+
 /// Groups of more policies than this jump to them through bucket chains.
 const BUCKET_OVER: usize = 32;
 
@@ -175,17 +213,17 @@ pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
     let mut c = Compiled::default();
     let mut used: BTreeSet<(String, Dir)> = BTreeSet::new();
     let locals: Vec<&Endpoint> = world.endpoints.values().filter(|e| local(e)).collect();
+    let mut groups = Groups::default();
     // Chains for the groups of every endpoint of the cluster, dispatch for the local ones:
     // a new pod whose group has a member anywhere is isolated by the ADD's quick step
     // (elements over netlink), not by a compile that runs `nft` (docs/policy.md).
     for e in world.endpoints.values() {
         let is_local = local(e);
         for dir in [Dir::Ingress, Dir::Egress] {
-            let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
-            if pols.is_empty() {
+            let Some((g, pols)) = groups.of(world, e, dir) else {
                 continue;
-            }
-            let g = group_chain(dir, &pols);
+            };
+            let (g, pols) = (g.clone(), pols.clone());
             for a in e.addrs.iter().filter(|_| is_local) {
                 c.isolated.insert(*a);
                 c.dispatch
@@ -398,16 +436,19 @@ fn weft_table_family(a: &IpAddr) -> TableFamily {
 /// missing: the caller compiles the whole world. The endpoint's place in other rules'
 /// peer sets (and named-port sets) is left to that whole compile: allow rules may
 /// follow, isolation may not.
-pub fn isolate_one(applied: &mut Compiled, world: &World, e: &Endpoint) -> Option<Vec<ElementOp>> {
+pub fn isolate_one(
+    applied: &mut Compiled,
+    kinds: &mut Groups,
+    world: &World,
+    e: &Endpoint,
+) -> Option<Vec<ElementOp>> {
     let mut groups = Vec::new();
     for dir in [Dir::Ingress, Dir::Egress] {
-        let pols: Vec<String> = isolating(world, e, dir).iter().map(|p| p.key()).collect();
-        if !pols.is_empty() {
-            let g = group_chain(dir, &pols);
-            if !applied.chains.contains_key(&g) {
+        if let Some((g, _)) = kinds.of(world, e, dir) {
+            if !applied.chains.contains_key(g) {
                 return None;
             }
-            groups.push((dir, g));
+            groups.push((dir, g.clone()));
         }
     }
     let mut out = Vec::new();
@@ -696,13 +737,58 @@ fn weft_family(v6: bool) -> &'static str {
 /// Declarations of weft's `isolated` sets (created if missing, merged if present).
 fn declare_isolated(s: &mut String) {
     for v6 in [false, true] {
-        let t = if v6 { "ipv6_addr" } else { "ipv4_addr" };
         let _ = writeln!(
             s,
-            "table {} {{\n  set {ISOLATED_SET} {{ type {t}; }}\n}}",
-            weft_family(v6)
+            "table {} {{\n  set {ISOLATED_SET} {{ {} }}\n}}",
+            weft_family(v6),
+            addr_decl(v6)
         );
     }
+}
+
+/// The declaration of a plain set of addresses of one family.
+fn addr_decl(v6: bool) -> &'static str {
+    if v6 {
+        "type ipv6_addr;"
+    } else {
+        "type ipv4_addr;"
+    }
+}
+
+/// The declaration of a dispatch map.
+fn vmap_decl(v6: bool) -> &'static str {
+    if v6 {
+        "type ipv6_addr : verdict;"
+    } else {
+        "type ipv4_addr : verdict;"
+    }
+}
+
+/// `{ DECL elements = { ... } }`: a set's body with its elements inline. Elements are
+/// always written this way, never with `add element` or `delete element`: before running
+/// those, `nft` reads the whole ruleset (some 100 ms with a thousand policies, however
+/// small the change), before a declaration it does not. Declaring a set that exists adds
+/// the elements to it; after a `flush` in the same transaction, replaces them.
+fn body(decl: &str, elements: &[String]) -> String {
+    if elements.is_empty() {
+        format!("{{ {decl} }}")
+    } else {
+        format!("{{ {decl} elements = {{ {} }} }}", elements.join(", "))
+    }
+}
+
+/// The addresses of one family.
+fn of_family(addrs: &BTreeSet<IpAddr>, v6: bool) -> Vec<String> {
+    addrs
+        .iter()
+        .filter(|a| a.is_ipv6() == v6)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// A dispatch map's elements.
+fn dispatch_elements(m: &BTreeMap<IpAddr, String>) -> Vec<String> {
+    m.iter().map(|(a, g)| format!("{a} : jump {g}")).collect()
 }
 
 /// The script that replaces the whole table with `c` (one transaction: the old rules
@@ -716,21 +802,27 @@ pub fn full_script(c: &Compiled) -> String {
         "  comment \"weft: network policy (egress at the source's host, ingress at the destination's)\""
     );
     let _ = writeln!(s, "  counter drop_in {{ }}\n  counter drop_out {{ }}");
-    let _ = writeln!(
-        s,
-        "  set iso4 {{ type ipv4_addr; }}\n  set iso6 {{ type ipv6_addr; }}"
-    );
+    for name in c.chains.keys() {
+        let _ = writeln!(s, "  chain {name} {{ }}");
+    }
+    for v6 in [false, true] {
+        let iso = of_family(&c.isolated, v6);
+        let _ = writeln!(s, "  set {} {}", iso_name(v6), body(addr_decl(v6), &iso));
+    }
+    let empty = BTreeMap::new();
     for dir in [Dir::Ingress, Dir::Egress] {
         for v6 in [false, true] {
-            let t = if v6 { "ipv6_addr" } else { "ipv4_addr" };
-            let _ = writeln!(s, "  map {} {{ type {t} : verdict; }}", vmap_name(dir, v6));
+            let els = dispatch_elements(c.dispatch.get(&(dir, v6)).unwrap_or(&empty));
+            let _ = writeln!(
+                s,
+                "  map {} {}",
+                vmap_name(dir, v6),
+                body(vmap_decl(v6), &els)
+            );
         }
     }
     for (name, set) in &c.sets {
-        let _ = writeln!(s, "  set {name} {{ {} }}", set.kind.decl());
-    }
-    for name in c.chains.keys() {
-        let _ = writeln!(s, "  chain {name} {{ }}");
+        let _ = writeln!(s, "  set {name} {}", body(set.kind.decl(), &set.elements));
     }
     let keep = format!("ct state established,related ct mark & {PICKUP_MARK:#010x} == 0 accept");
     let pickup = |fam: &str, field: &str, set: &str| {
@@ -751,81 +843,59 @@ pub fn full_script(c: &Compiled) -> String {
         "  chain ingress {{\n    type filter hook forward priority filter; policy accept;\n    {keep}\n    ip daddr vmap @in4\n    ip6 daddr vmap @in6\n  }}"
     );
     let _ = writeln!(s, "}}");
-    for (name, set) in &c.sets {
-        add_elements(&mut s, name, &set.elements);
-    }
     for (name, rules) in &c.chains {
         for r in rules {
             let _ = writeln!(s, "add rule {TABLE} {name} {r}");
         }
     }
-    for v6 in [false, true] {
-        let iso: Vec<String> = c
-            .isolated
-            .iter()
-            .filter(|a| a.is_ipv6() == v6)
-            .map(|a| a.to_string())
-            .collect();
-        add_elements(&mut s, if v6 { "iso6" } else { "iso4" }, &iso);
-    }
-    for ((dir, v6), m) in &c.dispatch {
-        let els: Vec<String> = m.iter().map(|(a, g)| format!("{a} : jump {g}")).collect();
-        add_elements(&mut s, &vmap_name(*dir, *v6), &els);
-    }
     declare_isolated(&mut s);
     for v6 in [false, true] {
-        let _ = writeln!(s, "flush set {} {ISOLATED_SET}", weft_family(v6));
-        let els: Vec<String> = c
-            .isolated
-            .iter()
-            .filter(|a| a.is_ipv6() == v6)
-            .map(|a| a.to_string())
-            .collect();
-        if !els.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element {} {ISOLATED_SET} {{ {} }}",
-                weft_family(v6),
-                els.join(", ")
-            );
-        }
+        refill_isolated(&mut s, v6, &c.isolated);
     }
     s
 }
 
-fn add_elements(s: &mut String, set: &str, elements: &[String]) {
-    if !elements.is_empty() {
-        let _ = writeln!(s, "add element {TABLE} {set} {{ {} }}", elements.join(", "));
-    }
-}
-
-fn delete_elements(s: &mut String, set: &str, elements: &[String]) {
-    if !elements.is_empty() {
+/// Replaces the elements of weft's `isolated` set of one family.
+fn refill_isolated(s: &mut String, v6: bool, isolated: &BTreeSet<IpAddr>) {
+    let fam = weft_family(v6);
+    let _ = writeln!(s, "flush set {fam} {ISOLATED_SET}");
+    let els = of_family(isolated, v6);
+    if !els.is_empty() {
         let _ = writeln!(
             s,
-            "delete element {TABLE} {set} {{ {} }}",
-            elements.join(", ")
+            "add set {fam} {ISOLATED_SET} {}",
+            body(addr_decl(v6), &els)
         );
     }
 }
 
+fn iso_name(v6: bool) -> &'static str {
+    if v6 {
+        "iso6"
+    } else {
+        "iso4"
+    }
+}
+
 /// The script that turns `old` (applied before, as a whole or by earlier diffs) into
-/// `new`, in one transaction; empty when nothing differs.
+/// `new`, in one transaction; empty when nothing differs. A set or map whose elements
+/// changed is emptied and declared again with all of them (see [`body`]).
 pub fn diff_script(old: &Compiled, new: &Compiled) -> String {
     let mut s = String::new();
-    // 1. Sets: new ones made and filled, changed ones refilled.
+    // 1. Sets: new ones made with their elements, changed ones refilled.
     for (name, set) in &new.sets {
         match old.sets.get(name) {
-            None => {
-                let _ = writeln!(s, "add set {TABLE} {name} {{ {} }}", set.kind.decl());
-                add_elements(&mut s, name, &set.elements);
-            }
-            Some(o) if o != set => {
+            Some(o) if o == set => continue,
+            Some(_) => {
                 let _ = writeln!(s, "flush set {TABLE} {name}");
-                add_elements(&mut s, name, &set.elements);
             }
-            Some(_) => {}
+            None => {}
         }
+        let _ = writeln!(
+            s,
+            "add set {TABLE} {name} {}",
+            body(set.kind.decl(), &set.elements)
+        );
     }
     // 2. Chains: new ones declared first (rules may jump to them), then filled.
     for name in new.chains.keys() {
@@ -845,44 +915,30 @@ pub fn diff_script(old: &Compiled, new: &Compiled) -> String {
             let _ = writeln!(s, "add rule {TABLE} {name} {r}");
         }
     }
-    // 3. Isolation and dispatch: added before they are used, removed after.
+    // 3. Isolation and dispatch, refilled where they changed (the chains they jump to
+    //    exist by now; the chains they no longer jump to go in step 4).
+    let mut weft = String::new();
     for v6 in [false, true] {
-        let name = if v6 { "iso6" } else { "iso4" };
-        let (add, del) = set_delta(&old.isolated, &new.isolated, v6);
-        add_elements(&mut s, name, &add);
-        delete_elements(&mut s, name, &del);
+        let iso = of_family(&new.isolated, v6);
+        if of_family(&old.isolated, v6) != iso {
+            let name = iso_name(v6);
+            let _ = writeln!(s, "flush set {TABLE} {name}");
+            let _ = writeln!(s, "add set {TABLE} {name} {}", body(addr_decl(v6), &iso));
+            refill_isolated(&mut weft, v6, &new.isolated);
+        }
     }
     let empty = BTreeMap::new();
     for dir in [Dir::Ingress, Dir::Egress] {
         for v6 in [false, true] {
             let o = old.dispatch.get(&(dir, v6)).unwrap_or(&empty);
             let n = new.dispatch.get(&(dir, v6)).unwrap_or(&empty);
-            let map = vmap_name(dir, v6);
-            // A changed element is deleted, then added with its new group.
-            let gone: Vec<String> = o
-                .iter()
-                .filter(|(a, g)| n.get(*a) != Some(*g))
-                .map(|(a, _)| a.to_string())
-                .collect();
-            delete_elements(&mut s, &map, &gone);
-            let added: Vec<String> = n
-                .iter()
-                .filter(|(a, g)| o.get(*a) != Some(*g))
-                .map(|(a, g)| format!("{a} : jump {g}"))
-                .collect();
-            add_elements(&mut s, &map, &added);
-        }
-    }
-    let mut weft = String::new();
-    for v6 in [false, true] {
-        let (add, del) = set_delta(&old.isolated, &new.isolated, v6);
-        for (verb, els) in [("add", add), ("delete", del)] {
-            if !els.is_empty() {
+            if o != n {
+                let map = vmap_name(dir, v6);
+                let _ = writeln!(s, "flush map {TABLE} {map}");
                 let _ = writeln!(
-                    weft,
-                    "{verb} element {} {ISOLATED_SET} {{ {} }}",
-                    weft_family(v6),
-                    els.join(", ")
+                    s,
+                    "add map {TABLE} {map} {}",
+                    body(vmap_decl(v6), &dispatch_elements(n))
                 );
             }
         }
@@ -910,24 +966,6 @@ pub fn diff_script(old: &Compiled, new: &Compiled) -> String {
         }
     }
     s
-}
-
-fn set_delta(
-    old: &BTreeSet<IpAddr>,
-    new: &BTreeSet<IpAddr>,
-    v6: bool,
-) -> (Vec<String>, Vec<String>) {
-    let add = new
-        .difference(old)
-        .filter(|a| a.is_ipv6() == v6)
-        .map(|a| a.to_string())
-        .collect();
-    let del = old
-        .difference(new)
-        .filter(|a| a.is_ipv6() == v6)
-        .map(|a| a.to_string())
-        .collect();
-    (add, del)
 }
 
 /// The script that removes weft's policy from the kernel (no policy is left). With

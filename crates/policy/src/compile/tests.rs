@@ -285,16 +285,23 @@ fn diff_scripts_touch_only_what_changed_and_clean_up_after_themselves() {
     });
     let c2 = compile(&w2, |_| true);
     let d = diff_script(&c1, &c2);
+    // Changed sets and maps are emptied and declared again with their elements inline.
+    let line = |d: &str, head: &str| -> String {
+        d.lines()
+            .find(|l| l.starts_with(head))
+            .unwrap_or_else(|| panic!("no line {head}: {d}"))
+            .to_string()
+    };
+    assert!(d.contains("flush map inet weft_policy in4\n"), "{d}");
+    let in4 = line(&d, "add map inet weft_policy in4 { type ipv4_addr : verdict; elements = {");
+    assert!(in4.contains("10.32.0.9 : jump g_"), "{in4}");
+    assert!(!d.contains("in6"), "{d}");
+    let iso4 = line(&d, "add set inet weft_policy iso4 { type ipv4_addr; elements = {");
+    assert!(iso4.contains("10.32.0.9"), "{iso4}");
+    let weft = line(&d, "add set ip weft isolated { type ipv4_addr; elements = {");
+    assert!(weft.contains("10.32.0.9"), "{weft}");
     assert!(
-        d.contains("add element inet weft_policy in4 { 10.32.0.9 : jump g_"),
-        "{d}"
-    );
-    assert!(
-        d.contains("add element inet weft_policy iso4 { 10.32.0.9 }"),
-        "{d}"
-    );
-    assert!(
-        d.contains("add element ip weft isolated { 10.32.0.9 }"),
+        d.find("flush set ip weft isolated").unwrap() < d.find(&weft).unwrap(),
         "{d}"
     );
     assert!(d.contains("flush set inet weft_policy p_"), "{d}");
@@ -305,7 +312,13 @@ fn diff_scripts_touch_only_what_changed_and_clean_up_after_themselves() {
     let flush = d.find("flush chain").unwrap();
     let delete = d.find("delete chain").unwrap();
     assert!(flush < delete);
-    assert!(d.contains("delete element ip weft isolated"));
+    assert!(d.contains("flush set ip weft isolated\n"), "{d}");
+    assert!(!d.contains("add set ip weft isolated"), "{d}");
+    // Elements are never added or deleted on their own (`nft` would read the whole
+    // ruleset first).
+    for script in [diff_script(&c1, &c2), d.clone(), full_script(&c2)] {
+        assert!(!script.contains(" element "), "{script}");
+    }
     for name in c2.chains.keys() {
         assert!(
             d.contains(&format!("delete chain inet weft_policy {name}\n")),
@@ -342,6 +355,7 @@ fn dump_scripts_for_manual_check() {
         let yaml2 = gen::policies(8, 4, &all_addrs());
         let c2 = compile(&world_of(&yaml2), |_| true);
         std::fs::write(format!("{dir}/diff.nft"), diff_script(&c, &c2)).unwrap();
+        std::fs::write(format!("{dir}/full2.nft"), full_script(&c2)).unwrap();
         std::fs::write(format!("{dir}/remove.nft"), remove_script(true)).unwrap();
     }
 }
@@ -362,10 +376,14 @@ fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees()
     };
     let mut w2 = w1.clone();
     w2.add_endpoint(e.clone());
-    let adds = isolate_one(&mut applied, &w2, &e).expect("its group exists");
+    let adds =
+        isolate_one(&mut applied, &mut Groups::default(), &w2, &e).expect("its group exists");
     let s = elements_script(&adds);
     // Twice changes nothing (the elements are there).
-    assert_eq!(isolate_one(&mut applied.clone(), &w2, &e), Some(vec![]));
+    assert_eq!(
+        isolate_one(&mut applied.clone(), &mut Groups::default(), &w2, &e),
+        Some(vec![])
+    );
     assert!(
         s.contains("add element inet weft_policy in4 { 10.32.0.9 : jump g_"),
         "{s}"
@@ -383,12 +401,22 @@ fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees()
     assert_eq!(applied.isolated, full.isolated);
     assert_eq!(applied.dispatch, full.dispatch);
     // An endpoint in a namespace without policy needs nothing; one needing a new group
-    // needs the whole compile.
+    // needs the whole compile. The groups of kinds are remembered for one policy map
+    // only: the same kind under another map (a policy added) is looked at again.
     let mut y = e.clone();
     y.namespace = "y".into();
-    assert_eq!(isolate_one(&mut applied, &w2, &y), Some(vec![]));
+    let mut kinds = Groups::default();
+    assert_eq!(isolate_one(&mut applied, &mut kinds, &w2, &y), Some(vec![]));
     let w3 = world_of(&format!("{deny}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: e\n  namespace: y\nspec:\n  podSelector: {{}}\n"));
-    assert_eq!(isolate_one(&mut applied, &w3, &y), None);
+    assert_eq!(isolate_one(&mut applied, &mut kinds, &w3, &y), None);
+    let mut w4 = w3.clone();
+    w4.add_endpoint(y.clone());
+    let in_y = kinds
+        .of(&w4, &y, Dir::Ingress)
+        .cloned()
+        .expect("e isolates y");
+    assert_eq!(in_y.1, vec!["y/e".to_string()]);
+    assert!(kinds.of(&w4, &y, Dir::Egress).is_none());
 }
 
 /// What `ops` do to the kernel's elements, simulated on `c`'s isolation and dispatch; a
@@ -499,7 +527,8 @@ fn endpoints_coming_and_going_are_element_changes_and_policy_changes_are_not() {
     assert!(ops.iter().any(|o| o.delete && o.set == "in4"), "{ops:?}");
     // The quick step of an ADD does the same on top of what is applied.
     let mut applied = c2.clone();
-    let quick = isolate_one(&mut applied, &w3, &like_e).expect("groups exist");
+    let quick =
+        isolate_one(&mut applied, &mut Groups::default(), &w3, &like_e).expect("groups exist");
     let mut sim = c2.clone();
     apply_ops(&mut sim, &quick);
     assert_eq!(sim.dispatch, applied.dispatch);
