@@ -64,21 +64,36 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         }
         let t = format!("{fam} {NFT_TABLE}");
         let chains = [
-            ("raw_prerouting", "type filter hook prerouting priority raw"),
-            ("raw_output", "type filter hook output priority raw"),
-            ("forward", "type filter hook forward priority filter"),
-            ("postrouting", "type nat hook postrouting priority srcnat"),
+            (
+                "raw_prerouting",
+                "type filter hook prerouting priority raw; policy accept;",
+            ),
+            (
+                "raw_output",
+                "type filter hook output priority raw; policy accept;",
+            ),
+            ("raw_pods", ""),
+            (
+                "forward",
+                "type filter hook forward priority filter; policy accept;",
+            ),
+            (
+                "postrouting",
+                "type nat hook postrouting priority srcnat; policy accept;",
+            ),
         ];
         s.push_str(&format!(
             "table {t} {{\n  comment \"weft: outbound NAT of container traffic, none between containers\"\n  set pools {{ type {addr_type}; flags interval; }}\n  set translated {{ type {addr_type} . inet_proto . inet_service; flags dynamic, timeout; timeout {TRANSLATED_TIMEOUT}; size {TRANSLATED_SIZE}; }}\n  set isolated {{ type {addr_type}; }}\n"
         ));
         for (c, hook) in chains {
-            s.push_str(&format!("  chain {c} {{ {hook}; policy accept; }}\n"));
+            s.push_str(&format!("  chain {c} {{ {hook} }}\n"));
         }
         s.push_str("}\n");
+        // The pools inline in a declaration (`nft` reads the whole ruleset before a
+        // separate `add element`, a thousand policy chains included).
         s.push_str(&format!("flush set {t} pools\n"));
         s.push_str(&format!(
-            "add element {t} pools {{ {} }}\n",
+            "add set {t} pools {{ type {addr_type}; flags interval; elements = {{ {} }} }}\n",
             nets.join(", ")
         ));
         for (c, _) in chains {
@@ -86,22 +101,30 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         }
         let between = format!("{fam} saddr @pools {fam} daddr @pools");
         let ports = "meta l4proto { tcp, udp, sctp }";
+        // Every packet a host forwards or sends passes these chains, so each address is
+        // looked up once: traffic between pools goes to `raw_pods`, which decides; weft's
+        // VXLAN packets (between underlay addresses) are not tracked; the rest is.
         for c in ["raw_prerouting", "raw_output"] {
             for rule in [
-                // Replies to a translated connection's client socket: tracked, so
-                // conntrack translates them back.
+                format!("{between} goto raw_pods"),
                 format!(
-                    "{between} {ports} {fam} daddr . meta l4proto . th dport @translated return"
+                    "udp dport {vxlan_port} {fam} saddr != @pools {fam} daddr != @pools notrack"
                 ),
-                format!("{between} {icmp_errors} return"),
-                // Pods a network policy isolates: their connections are tracked.
-                format!("{fam} saddr @isolated return"),
-                format!("{fam} daddr @isolated return"),
-                format!("{between} notrack"),
-                format!("udp dport {vxlan_port} notrack"),
             ] {
                 s.push_str(&format!("add rule {t} {c} {rule}\n"));
             }
+        }
+        for rule in [
+            // Replies to a translated connection's client socket: tracked, so conntrack
+            // translates them back.
+            format!("{ports} {fam} daddr . meta l4proto . th dport @translated accept"),
+            format!("{icmp_errors} accept"),
+            // Pods a network policy isolates: their connections are tracked.
+            format!("{fam} saddr @isolated accept"),
+            format!("{fam} daddr @isolated accept"),
+            "notrack".to_string(),
+        ] {
+            s.push_str(&format!("add rule {t} raw_pods {rule}\n"));
         }
         s.push_str(&format!(
             "add rule {t} forward ct status dnat ct direction original {between} {ports} update @translated {{ {fam} saddr . meta l4proto . th sport }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
@@ -245,27 +268,45 @@ mod tests {
             assert!(s.contains(&format!("flush chain {t} raw_prerouting")));
             assert!(s.contains(&format!("flush set {t} pools")));
         }
-        assert!(s.contains("add element ip weft pools { 10.32.0.0/12 }"));
-        assert!(s.contains("add element ip6 weft pools { fd32::/48 }"));
+        assert!(s.contains(
+            "add set ip weft pools { type ipv4_addr; flags interval; elements = { 10.32.0.0/12 } }"
+        ));
+        assert!(s.contains(
+            "add set ip6 weft pools { type ipv6_addr; flags interval; elements = { fd32::/48 } }"
+        ));
+        assert!(!s.contains(" element "), "{s}");
         assert!(s.contains("ip saddr @pools ip daddr != @pools masquerade"));
         assert!(s.contains("ip6 saddr @pools ip6 daddr != @pools masquerade"));
-        assert!(s.contains("udp dport 6784 notrack"));
+        // weft's VXLAN packets, between underlay addresses, are not tracked; a pod's
+        // packets to that port are (its masquerade needs them tracked).
+        assert!(s.contains(
+            "add rule ip weft raw_prerouting udp dport 6784 ip saddr != @pools ip daddr != @pools notrack"
+        ));
     }
 
     #[test]
     fn replies_to_translated_sockets_and_icmp_errors_are_exempt_before_notrack() {
         let s = nft_script(&pools(), true, false, 6784);
-        let chain: Vec<&str> = s
-            .lines()
-            .filter(|l| l.starts_with("add rule ip weft raw_prerouting"))
-            .collect();
-        assert_eq!(chain.len(), 6, "{s}");
-        assert!(chain[0].contains("ip daddr . meta l4proto . th dport @translated return"));
-        assert!(chain[1].contains("icmp type {") && chain[1].ends_with("return"));
+        let rules = |c: &str| -> Vec<String> {
+            s.lines()
+                .filter_map(|l| l.strip_prefix(&format!("add rule ip weft {c} ")))
+                .map(str::to_string)
+                .collect()
+        };
+        // Both raw chains send traffic between pools to one chain that decides.
+        for c in ["raw_prerouting", "raw_output"] {
+            let chain = rules(c);
+            assert_eq!(chain.len(), 2, "{s}");
+            assert_eq!(chain[0], "ip saddr @pools ip daddr @pools goto raw_pods");
+        }
+        let chain = rules("raw_pods");
+        assert_eq!(chain.len(), 5, "{s}");
+        assert!(chain[0].ends_with("ip daddr . meta l4proto . th dport @translated accept"));
+        assert!(chain[1].starts_with("icmp type {") && chain[1].ends_with("accept"));
         // Pods a policy isolates are tracked.
-        assert!(chain[2].ends_with("ip saddr @isolated return"));
-        assert!(chain[3].ends_with("ip daddr @isolated return"));
-        assert!(chain[4].ends_with("ip saddr @pools ip daddr @pools notrack"));
+        assert_eq!(chain[2], "ip saddr @isolated accept");
+        assert_eq!(chain[3], "ip daddr @isolated accept");
+        assert_eq!(chain[4], "notrack");
         // The forward rule learns the client socket of every DNAT'd pod-to-pod packet
         // and marks it for the fast path's egress program.
         assert!(s.contains(
@@ -282,7 +323,7 @@ mod tests {
         // A policy keeps the table (and its notrack exemptions), without masquerade.
         let pol = nft_script(&pools(), false, true, 6784);
         assert!(!pol.contains("delete table"), "{pol}");
-        assert!(pol.contains("ip saddr @isolated return"));
+        assert!(pol.contains("ip saddr @isolated accept"));
         assert!(!pol.contains("masquerade"), "{pol}");
         let v4only = nft_script(&pools()[..1], true, false, 6784);
         assert!(v4only.contains("delete table ip6 weft"));
