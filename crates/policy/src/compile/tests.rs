@@ -293,12 +293,21 @@ fn diff_scripts_touch_only_what_changed_and_clean_up_after_themselves() {
             .to_string()
     };
     assert!(d.contains("flush map inet weft_policy in4\n"), "{d}");
-    let in4 = line(&d, "add map inet weft_policy in4 { type ipv4_addr : verdict; elements = {");
+    let in4 = line(
+        &d,
+        "add map inet weft_policy in4 { type ipv4_addr : verdict; elements = {",
+    );
     assert!(in4.contains("10.32.0.9 : jump g_"), "{in4}");
     assert!(!d.contains("in6"), "{d}");
-    let iso4 = line(&d, "add set inet weft_policy iso4 { type ipv4_addr; elements = {");
+    let iso4 = line(
+        &d,
+        "add set inet weft_policy iso4 { type ipv4_addr; elements = {",
+    );
     assert!(iso4.contains("10.32.0.9"), "{iso4}");
-    let weft = line(&d, "add set ip weft isolated { type ipv4_addr; elements = {");
+    let weft = line(
+        &d,
+        "add set ip weft isolated { type ipv4_addr; elements = {",
+    );
     assert!(weft.contains("10.32.0.9"), "{weft}");
     assert!(
         d.find("flush set ip weft isolated").unwrap() < d.find(&weft).unwrap(),
