@@ -89,7 +89,7 @@ const CACHE_SAVE_EVERY: Duration = Duration::from_secs(2);
 /// The file of the cache.
 const CACHE_FILE: &str = "policy.json";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct CacheFile {
     records: Vec<CachedRecord>,
 }
@@ -110,7 +110,7 @@ struct CachedRecordOut<'a> {
     value: &'a serde_json::value::RawValue,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct CachedRecord {
     owner: String,
     name: String,

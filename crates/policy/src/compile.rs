@@ -418,7 +418,7 @@ pub fn diff_elements(old: &Compiled, new: &Compiled) -> Option<Vec<ElementOp>> {
 }
 
 fn iso_set(a: &IpAddr) -> String {
-    if a.is_ipv6() { "iso6" } else { "iso4" }.into()
+    iso_name(a.is_ipv6()).into()
 }
 
 fn weft_table_family(a: &IpAddr) -> TableFamily {
@@ -764,9 +764,10 @@ fn vmap_decl(v6: bool) -> &'static str {
     }
 }
 
-/// `{ DECL elements = { ... } }`: a set's body with its elements inline. Elements are
-/// always written this way, never with `add element` or `delete element`: before running
-/// those, `nft` reads the whole ruleset (some 100 ms with a thousand policies, however
+/// `{ DECL elements = { ... } }`: a set's body with its elements inline. The whole and
+/// difference scripts write elements only this way, never with `add element` or `delete
+/// element` (only [`elements_script`], the rare fallback of the netlink element path,
+/// does): before running those, `nft` reads the whole ruleset (some 100 ms with a thousand policies, however
 /// small the change), before a declaration it does not. Declaring a set that exists adds
 /// the elements to it; after a `flush` in the same transaction, replaces them.
 fn body(decl: &str, elements: &[String]) -> String {
