@@ -826,9 +826,12 @@ pub fn full_script(c: &Compiled) -> String {
         let _ = writeln!(s, "  set {name} {}", body(set.kind.decl(), &set.elements));
     }
     let keep = format!("ct state established,related ct mark & {PICKUP_MARK:#010x} == 0 accept");
+    // The set lookup last: a rule's expressions run in order, so the untracked packets of
+    // unisolated pods (which a receiving host's stack still passes here) stop at the
+    // `ct state` test.
     let pickup = |fam: &str, field: &str, set: &str| {
         format!(
-            "{fam} {field} @{set} ct state new meta l4proto tcp tcp flags & (syn | ack) != syn ct mark set ct mark | {PICKUP_MARK:#010x}"
+            "ct state new meta l4proto tcp tcp flags & (syn | ack) != syn {fam} {field} @{set} ct mark set ct mark | {PICKUP_MARK:#010x}"
         )
     };
     let _ = writeln!(

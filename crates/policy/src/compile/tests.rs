@@ -349,7 +349,10 @@ fn the_full_script_replaces_the_table_in_one_go() {
     assert!(s.starts_with("table inet weft_policy\ndelete table inet weft_policy\n"));
     assert!(s.contains("type filter hook forward priority filter - 1; policy accept;"));
     assert!(s.contains("ct state established,related ct mark & 0x02000000 == 0 accept"));
-    assert!(s.contains("tcp flags & (syn | ack) != syn ct mark set ct mark | 0x02000000"));
+    // The pickup rule tests the state first and looks the isolated set up last.
+    assert!(s.contains(
+        "ct state new meta l4proto tcp tcp flags & (syn | ack) != syn ip saddr @iso4 ct mark set ct mark | 0x02000000"
+    ));
     assert!(s.contains("flush set ip weft isolated"));
     assert!(s.contains("counter name \"drop_in\" drop"));
 }
