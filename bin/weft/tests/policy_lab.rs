@@ -367,6 +367,15 @@ fn fill(yaml: &str, pods: &[Pod]) -> String {
 
 const LIMIT: Duration = Duration::from_secs(15);
 
+/// Whether `host`'s raw chains (both families' `raw_pods`) look up isolated pods.
+fn raw_looks_up_isolated(lab: &Lab, host: &str) -> bool {
+    ["ip", "ip6"].iter().all(|fam| {
+        let (ok, chain) = lab.exec(host, &["nft", "list", "chain", fam, "weft", "raw_pods"]);
+        assert!(ok, "{host}: no raw_pods chain in {fam} weft: {chain}");
+        chain.contains("saddr @isolated accept") && chain.contains("daddr @isolated accept")
+    })
+}
+
 fn check(
     pods: &[Pod],
     servers: &truth::Servers,
@@ -400,14 +409,22 @@ fn the_truth_table_of_every_case_matches_the_reference_engine() {
     let pods = truth::start_pods(&lab);
     let servers = truth::serve(&pods);
     truth::apply(&lab, "h1", &truth::namespaces_yaml(), false);
-    // No policy: everything reaches everything, both families, all protocols.
+    // No policy: everything reaches everything, both families, all protocols; the raw
+    // chains have no isolated pods to look up.
     check(&pods, &servers, &truth::world(&pods, ""), "no policy", true);
+    assert!(!raw_looks_up_isolated(&lab, "h1"));
     let mut slowest = Duration::ZERO;
     for (k, c) in CASES.iter().enumerate() {
         let yaml = fill(c.yaml, &pods);
         // Applied on a different host each time; the isolated pods live on all of them.
         let host = format!("h{}", k % 3 + 1);
         truth::apply(&lab, &host, &yaml, false);
+        // Written before the policy's table, so before `weft apply` returns.
+        assert!(
+            raw_looks_up_isolated(&lab, &host),
+            "{}: {host}'s raw chains do not track isolated pods",
+            c.name
+        );
         let w = truth::world(&pods, &yaml);
         // IPv6 on every other case (each family's table takes one probing round).
         let t = check(&pods, &servers, &w, c.name, k % 2 == 0);
@@ -422,6 +439,18 @@ fn the_truth_table_of_every_case_matches_the_reference_engine() {
         "after every case was deleted",
         false,
     );
+    // With the last policy gone, every host's raw chains drop the lookups again.
+    for h in ["h1", "h2", "h3"] {
+        let mut gone = false;
+        for _ in 0..100 {
+            gone = !raw_looks_up_isolated(&lab, h);
+            if gone {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(gone, "{h}'s raw chains still look up isolated pods");
+    }
     eprintln!(
         "policy truth table: {} cases matched the engine; the slowest took {} ms to match",
         CASES.len(),

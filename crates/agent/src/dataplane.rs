@@ -476,7 +476,16 @@ impl Agent {
             }
         }
 
-        // NAT.
+        self.dp_nat_sync()
+    }
+
+    /// Makes weft's own nftables tables (NAT, the `notrack` exemptions, the isolated pods'
+    /// tracking) what the pools, NAT and whether a policy is in force say; runs `nft` only
+    /// when that changed. Also called by the policy code before a policy isolates a pod.
+    pub(crate) fn dp_nat_sync(&mut self) -> Result<(), String> {
+        if self.dp.cfg.mode.is_none() {
+            return Ok(());
+        }
         let script = weft_dataplane::stateful::nft_script(
             &self.cfg.ipam.space.pools,
             self.dp.cfg.nat,

@@ -410,6 +410,10 @@ impl Agent {
         // exist, and forwards them again only after they are gone.
         let union: BTreeSet<IpAddr> = before.union(&new.isolated).copied().collect();
         self.fast_isolate(&union)?;
+        if active {
+            // The raw chains exempt isolated pods from `notrack` before any is isolated.
+            self.dp_nat_sync()?;
+        }
         let t1 = Instant::now();
         if let Some(ops) = &ops {
             if let Err(e) = add_elements(ops) {
@@ -431,6 +435,10 @@ impl Agent {
             ));
         }
         self.fast_isolate(&new.isolated)?;
+        if !active {
+            // Nothing is isolated any more: the raw chains drop their lookups.
+            self.dp_nat_sync()?;
+        }
         self.pol.last_apply = t0.elapsed();
         self.pol.last_apply_end = Some(Instant::now());
         let changed = self.pol.applied.as_ref() != Some(&new);

@@ -27,13 +27,16 @@ pub const TRANSLATED_SIZE: u32 = 262_144;
 /// as a set, masquerade of traffic leaving the pools, `notrack` of traffic between pools
 /// and of weft's VXLAN packets, except replies to client sockets of translated connections
 /// (the `translated` set, filled at `forward` from `ct status dnat` by packets of the
-/// original direction only: a reply there still has the backend's source) and ICMP errors. The
+/// original direction only: a reply there still has the backend's source) and ICMP errors.
+/// A family with one pool has its prefix written into the rules (see [`pool_match`]). The
 /// table is changed in place (chains flushed and refilled), never deleted and re-made, so
 /// the `translated` set survives an agent restart or a change of the pools. With `policy`
 /// (a network policy is in force here), the table exists without `nat` too, and the
 /// addresses in its set `isolated` (pods a policy isolates, filled by the policy's own
-/// script, docs/policy.md) are not `notrack`ed: their connections are tracked. Without
-/// `nat` or `policy`, or without pools of a family, that family's table is deleted.
+/// script, docs/policy.md) are not `notrack`ed: their connections are tracked (without
+/// `policy` those two lookups are left out, so the caller must write this script with
+/// `policy` before a policy isolates its first pod). Without `nat` or `policy`, or without
+/// pools of a family, that family's table is deleted.
 pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> String {
     let mut s = String::new();
     for v6 in [false, true] {
@@ -99,7 +102,8 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         for (c, _) in chains {
             s.push_str(&format!("flush chain {t} {c}\n"));
         }
-        let between = format!("{fam} saddr @pools {fam} daddr @pools");
+        let pool = |field: &str, op: &str| pool_match(fam, field, op, &nets);
+        let between = format!("{} {}", pool("saddr", ""), pool("daddr", ""));
         let ports = "meta l4proto { tcp, udp, sctp }";
         // Every packet a host forwards or sends passes these chains, so each address is
         // looked up once: traffic between pools goes to `raw_pods`, which decides; weft's
@@ -108,22 +112,30 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
             for rule in [
                 format!("{between} goto raw_pods"),
                 format!(
-                    "udp dport {vxlan_port} {fam} saddr != @pools {fam} daddr != @pools notrack"
+                    "udp dport {vxlan_port} {} {} notrack",
+                    pool("saddr", "!= "),
+                    pool("daddr", "!= ")
                 ),
             ] {
                 s.push_str(&format!("add rule {t} {c} {rule}\n"));
             }
         }
-        for rule in [
-            // Replies to a translated connection's client socket: tracked, so conntrack
-            // translates them back.
-            format!("{ports} {fam} daddr . meta l4proto . th dport @translated accept"),
+        // Replies to a translated connection's client socket: tracked, so conntrack
+        // translates them back. (No protocol test first: the set holds only TCP, UDP and
+        // SCTP sockets, so another protocol's key never matches.)
+        let mut pods = vec![
+            format!("{fam} daddr . meta l4proto . th dport @translated accept"),
             format!("{icmp_errors} accept"),
-            // Pods a network policy isolates: their connections are tracked.
-            format!("{fam} saddr @isolated accept"),
-            format!("{fam} daddr @isolated accept"),
-            "notrack".to_string(),
-        ] {
+        ];
+        if policy {
+            // Pods a network policy isolates: their connections are tracked. Without a
+            // policy the rules are left out (two lookups less for every packet); the
+            // agent writes them before a policy's first isolated pod (docs/policy.md).
+            pods.push(format!("{fam} saddr @isolated accept"));
+            pods.push(format!("{fam} daddr @isolated accept"));
+        }
+        pods.push("notrack".to_string());
+        for rule in pods {
             s.push_str(&format!("add rule {t} raw_pods {rule}\n"));
         }
         s.push_str(&format!(
@@ -131,11 +143,23 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         ));
         if nat {
             s.push_str(&format!(
-                "add rule {t} postrouting {fam} saddr @pools {fam} daddr != @pools masquerade\n"
+                "add rule {t} postrouting {} {} masquerade\n",
+                pool("saddr", ""),
+                pool("daddr", "!= ")
             ));
         }
     }
     s
+}
+
+/// `FAM FIELD [!= ]POOLS`: with one pool the prefix itself, which the kernel compares in
+/// the rule (a mask and a compare); with several, the `pools` set (a lookup per packet in
+/// an interval set, measurably slower on the path every forwarded packet takes).
+fn pool_match(fam: &str, field: &str, op: &str, nets: &[String]) -> String {
+    match nets {
+        [one] => format!("{fam} {field} {op}{one}"),
+        _ => format!("{fam} {field} {op}@pools"),
+    }
 }
 
 /// A client socket: address, IP protocol number, port.
@@ -275,18 +299,36 @@ mod tests {
             "add set ip6 weft pools { type ipv6_addr; flags interval; elements = { fd32::/48 } }"
         ));
         assert!(!s.contains(" element "), "{s}");
-        assert!(s.contains("ip saddr @pools ip daddr != @pools masquerade"));
-        assert!(s.contains("ip6 saddr @pools ip6 daddr != @pools masquerade"));
+        // One pool per family: its prefix is compared in the rules, no set lookup.
+        assert!(s.contains("ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade"));
+        assert!(s.contains("ip6 saddr fd32::/48 ip6 daddr != fd32::/48 masquerade"));
         // weft's VXLAN packets, between underlay addresses, are not tracked; a pod's
         // packets to that port are (its masquerade needs them tracked).
         assert!(s.contains(
-            "add rule ip weft raw_prerouting udp dport 6784 ip saddr != @pools ip daddr != @pools notrack"
+            "add rule ip weft raw_prerouting udp dport 6784 ip saddr != 10.32.0.0/12 ip daddr != 10.32.0.0/12 notrack"
         ));
     }
 
     #[test]
+    fn several_pools_of_a_family_are_matched_through_the_set() {
+        let mut p = pools();
+        p.push("10.64.0.0/16".parse().unwrap());
+        let s = nft_script(&p, true, false, 6784);
+        assert!(
+            s.contains("elements = { 10.32.0.0/12, 10.64.0.0/16 }"),
+            "{s}"
+        );
+        assert!(s.contains(
+            "add rule ip weft raw_prerouting ip saddr @pools ip daddr @pools goto raw_pods"
+        ));
+        assert!(s.contains("ip saddr @pools ip daddr != @pools masquerade"));
+        // The other family still has one pool.
+        assert!(s.contains("add rule ip6 weft raw_prerouting ip6 saddr fd32::/48 ip6 daddr fd32::/48 goto raw_pods"));
+    }
+
+    #[test]
     fn replies_to_translated_sockets_and_icmp_errors_are_exempt_before_notrack() {
-        let s = nft_script(&pools(), true, false, 6784);
+        let s = nft_script(&pools(), true, true, 6784);
         let rules = |c: &str| -> Vec<String> {
             s.lines()
                 .filter_map(|l| l.strip_prefix(&format!("add rule ip weft {c} ")))
@@ -297,20 +339,31 @@ mod tests {
         for c in ["raw_prerouting", "raw_output"] {
             let chain = rules(c);
             assert_eq!(chain.len(), 2, "{s}");
-            assert_eq!(chain[0], "ip saddr @pools ip daddr @pools goto raw_pods");
+            assert_eq!(
+                chain[0],
+                "ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 goto raw_pods"
+            );
         }
         let chain = rules("raw_pods");
         assert_eq!(chain.len(), 5, "{s}");
-        assert!(chain[0].ends_with("ip daddr . meta l4proto . th dport @translated accept"));
+        assert_eq!(
+            chain[0],
+            "ip daddr . meta l4proto . th dport @translated accept"
+        );
         assert!(chain[1].starts_with("icmp type {") && chain[1].ends_with("accept"));
         // Pods a policy isolates are tracked.
         assert_eq!(chain[2], "ip saddr @isolated accept");
         assert_eq!(chain[3], "ip daddr @isolated accept");
         assert_eq!(chain[4], "notrack");
+        // Without a policy there is nothing isolated to look up.
+        let none = nft_script(&pools(), true, false, 6784);
+        assert!(!none.contains("@isolated"), "{none}");
+        assert!(none.contains("add rule ip weft raw_pods icmp type {"));
+        assert!(none.contains("add rule ip weft raw_pods notrack"));
         // The forward rule learns the client socket of every DNAT'd pod-to-pod packet
         // and marks it for the fast path's egress program.
         assert!(s.contains(
-            "add rule ip weft forward ct status dnat ct direction original ip saddr @pools ip daddr @pools meta l4proto { tcp, udp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000"
+            "add rule ip weft forward ct status dnat ct direction original ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto { tcp, udp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000"
         ));
         assert!(s.contains("icmpv6 type { destination-unreachable, packet-too-big"));
     }
