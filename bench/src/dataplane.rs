@@ -906,7 +906,7 @@ fn measure(p: &mut PathRun, kind: Kind, o: &Opts, me: &Path) -> Result<(), Strin
             p.gbits.push(v);
         }
         Kind::Ping => {
-            let v = ping(p, o.pings)?;
+            let v = ping(p, o.pings, o.rr_cpu)?;
             p.ping_us.push(v);
         }
         Kind::Rr => {
@@ -976,28 +976,25 @@ pub(crate) fn iperf_gbits(out: &Output) -> Result<f64, String> {
         .ok_or_else(|| "iperf3: no end.sum_received.bits_per_second in its report".into())
 }
 
-/// Average ping round trip, µs.
-fn ping(p: &PathRun, n: usize) -> Result<f64, String> {
+/// Average ping round trip, µs; the pinging process pinned to `cpu` if given (then the
+/// echo, its reply and the wake-up all run on that CPU: a packet stays on the CPU that
+/// sent it through veths and bridges).
+fn ping(p: &PathRun, n: usize, cpu: Option<usize>) -> Result<f64, String> {
     let count = n.to_string();
     // A deadline well past the pings' own time bounds a path that drops them.
     let deadline = (n / 100 + 10).to_string();
     let addr = p.server.to_string();
+    let cpu_s = cpu.map(|c| c.to_string());
+    let mut args = vec!["netns", "exec", &p.client_ns];
+    if let Some(c) = &cpu_s {
+        args.extend_from_slice(&["taskset", "-c", c]);
+    }
+    args.extend_from_slice(&[
+        "ping", "-c", &count, "-i", "0.01", "-q", "-w", &deadline, &addr,
+    ]);
     let out = exec(
         Path::new("ip"),
-        &[
-            "netns",
-            "exec",
-            &p.client_ns,
-            "ping",
-            "-c",
-            &count,
-            "-i",
-            "0.01",
-            "-q",
-            "-w",
-            &deadline,
-            &addr,
-        ],
+        &args,
         None,
         Duration::from_secs(n as u64 / 50 + 30),
         false,
@@ -1373,8 +1370,8 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
         o.rr_secs,
         match o.rr_cpu {
             Some(c) => format!(
-                " (both ends pinned to CPU {c}: cross-CPU wake-ups, slow and erratic in a VM, \
-                 would drown the paths' own cost)"
+                " (the pinging process and both request/response ends pinned to CPU {c}: \
+                 cross-CPU wake-ups, slow and erratic in a VM, would drown the paths' own cost)"
             ),
             None => String::new(),
         }

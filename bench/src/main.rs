@@ -96,8 +96,9 @@ enum Cmd {
         /// TCP request/response seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         rr_secs: f64,
-        /// Leave the request/response ends where the scheduler puts them (by default both
-        /// are pinned to one CPU).
+        /// Leave ping and the request/response ends where the scheduler puts them (by
+        /// default the pinging process and both request/response ends are pinned to one
+        /// CPU, so the packets' whole path runs there).
         #[arg(long)]
         rr_unpinned: bool,
         /// Seconds a weft lab's containers may take to reach each other.
