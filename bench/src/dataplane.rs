@@ -29,7 +29,7 @@
 //! also on error or Ctrl-C. A weft mode that cannot be set up is reported as such; the
 //! other rows are still measured.
 //!
-//! Measurements: `iperf3` TCP throughput, `ping -i 0.01` average round trip, and a TCP
+//! Measurements: `iperf3` TCP throughput, `ping -i 0.01` median round trip, and a TCP
 //! request/response test of this binary (`rr-server` / `rr-client`: 1-byte ping-pong on one
 //! connection with TCP_NODELAY).
 
@@ -976,9 +976,11 @@ pub(crate) fn iperf_gbits(out: &Output) -> Result<f64, String> {
         .ok_or_else(|| "iperf3: no end.sum_received.bits_per_second in its report".into())
 }
 
-/// Average ping round trip, µs; the pinging process pinned to `cpu` if given (then the
+/// The median ping round trip, µs; the pinging process pinned to `cpu` if given (then the
 /// echo, its reply and the wake-up all run on that CPU: a packet stays on the CPU that
-/// sent it through veths and bridges).
+/// sent it through veths and bridges). The median, not ping's average: in these VMs a few
+/// round trips of the hundreds take milliseconds (a vCPU descheduled by the hypervisor),
+/// and the average followed them more than the path.
 fn ping(p: &PathRun, n: usize, cpu: Option<usize>) -> Result<f64, String> {
     let count = n.to_string();
     // A deadline well past the pings' own time bounds a path that drops them.
@@ -990,7 +992,7 @@ fn ping(p: &PathRun, n: usize, cpu: Option<usize>) -> Result<f64, String> {
         args.extend_from_slice(&["taskset", "-c", c]);
     }
     args.extend_from_slice(&[
-        "ping", "-c", &count, "-i", "0.01", "-q", "-w", &deadline, &addr,
+        "ping", "-c", &count, "-i", "0.01", "-n", "-w", &deadline, &addr,
     ]);
     let out = exec(
         Path::new("ip"),
@@ -999,16 +1001,25 @@ fn ping(p: &PathRun, n: usize, cpu: Option<usize>) -> Result<f64, String> {
         Duration::from_secs(n as u64 / 50 + 30),
         false,
     )?;
-    parse_ping_avg(&out.stdout)
+    parse_ping_median(&out.stdout)
         .map(|ms| ms * 1000.0)
         .ok_or_else(|| format!("ping: {}", first_words(&out.stderr, &out.stdout)))
 }
 
-/// The average of `rtt min/avg/max/mdev = a/b/c/d ms`, in ms.
-fn parse_ping_avg(out: &str) -> Option<f64> {
-    let line = out.lines().find(|l| l.contains("min/avg/max"))?;
-    let nums = line.split('=').nth(1)?.split_whitespace().next()?;
-    nums.split('/').nth(1)?.parse().ok()
+/// The median of the replies' `time=X ms`, in ms; `None` without replies.
+fn parse_ping_median(out: &str) -> Option<f64> {
+    let mut times: Vec<f64> = out
+        .lines()
+        .filter_map(|l| {
+            l.split_once("time=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    median(&mut times)
 }
 
 /// TCP request/response: mean µs per 1-byte transaction.
@@ -1361,7 +1372,7 @@ pub(crate) fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
 
 fn report(o: &Opts, paths: &mut [PathRun]) {
     let rounds = format!(
-        "median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms, TCP RR 1-byte ping-pong on one \
+        "median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms (each round's median round trip), TCP RR 1-byte ping-pong on one \
          connection for {} s{}",
         o.rounds,
         if o.rounds == 1 { "" } else { "s" },
@@ -1404,7 +1415,7 @@ fn report_family(o: &Opts, paths: &mut [PathRun], family: Family) {
             .map(|(_, v)| v.as_slice())
             .unwrap_or(&[])
     };
-    println!("| path | throughput Gbit/s | ping avg µs | TCP RR µs/txn |");
+    println!("| path | throughput Gbit/s | ping median µs | TCP RR µs/txn |");
     println!("|---|---|---|---|");
     let mut rows = Vec::new();
     let mut mtus = Vec::new();
@@ -1617,11 +1628,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ping_average() {
-        let out = "--- 10.99.2.2 ping statistics ---\n300 packets transmitted, 300 received, \
-                   0% packet loss, time 3120ms\nrtt min/avg/max/mdev = 0.031/0.058/0.210/0.014 ms\n";
-        assert_eq!(parse_ping_avg(out), Some(0.058));
-        assert_eq!(parse_ping_avg("100% packet loss"), None);
+    fn ping_median_of_the_replies() {
+        let out = "PING 10.99.2.2 (10.99.2.2) 56(84) bytes of data.\n\
+                   64 bytes from 10.99.2.2: icmp_seq=1 ttl=63 time=0.061 ms\n\
+                   64 bytes from 10.99.2.2: icmp_seq=2 ttl=63 time=4.20 ms\n\
+                   64 bytes from 10.99.2.2: icmp_seq=3 ttl=63 time=0.058 ms\n\n\
+                   --- 10.99.2.2 ping statistics ---\n3 packets transmitted, 3 received, \
+                   0% packet loss, time 20ms\nrtt min/avg/max/mdev = 0.058/1.440/4.200/1.950 ms\n";
+        // One stall of 4.2 ms moves the average to 1.44 ms; the median stays the path's.
+        assert_eq!(parse_ping_median(out), Some(0.061));
+        assert_eq!(
+            parse_ping_median("3 packets transmitted, 0 received, 100% packet loss"),
+            None
+        );
     }
 
     #[test]
