@@ -153,8 +153,8 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
 }
 
 /// `FAM FIELD [!= ]POOLS`: with one pool the prefix itself, which the kernel compares in
-/// the rule (a mask and a compare); with several, the `pools` set (a lookup per packet in
-/// an interval set, measurably slower on the path every forwarded packet takes).
+/// the rule (a mask and a compare); with several, the `pools` set (a lookup in an interval
+/// set, a tree walk, on the path every forwarded packet takes).
 fn pool_match(fam: &str, field: &str, op: &str, nets: &[String]) -> String {
     match nets {
         [one] => format!("{fam} {field} {op}{one}"),
