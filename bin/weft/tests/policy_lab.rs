@@ -441,15 +441,13 @@ fn the_truth_table_of_every_case_matches_the_reference_engine() {
     );
     // With the last policy gone, every host's raw chains drop the lookups again.
     for h in ["h1", "h2", "h3"] {
-        let mut gone = false;
-        for _ in 0..100 {
-            gone = !raw_looks_up_isolated(&lab, h);
-            if gone {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(gone, "{h}'s raw chains still look up isolated pods");
+        let gone = common::dp::wait_for(Duration::from_secs(10), || {
+            (!raw_looks_up_isolated(&lab, h)).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{h}'s raw chains still look up isolated pods"
+        );
     }
     eprintln!(
         "policy truth table: {} cases matched the engine; the slowest took {} ms to match",
