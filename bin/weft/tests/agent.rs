@@ -49,7 +49,7 @@ fn wrong_secret_is_refused_and_garbage_is_dropped() {
     if !root_or_skip("agent_refusals") {
         return;
     }
-    let lab = Lab::up("agw", 2, "mesh");
+    let lab = Lab::up_args("agw", 2, "mesh", &["--no-agents"]);
     let dir = format!("/run/weft-lab/{}", lab.name);
     let good = format!("{dir}/t-good.secret");
     let bad = format!("{dir}/t-bad.secret");
@@ -190,7 +190,7 @@ fn connect_at_run_time_and_a_duplicate_name_is_reported() {
     if !root_or_skip("agent_connect_and_conflict") {
         return;
     }
-    let lab = Lab::up("agc", 3, "mesh");
+    let lab = Lab::up_args("agc", 3, "mesh", &["--no-agents"]);
     let secret = format!("/run/weft-lab/{}/t.secret", lab.name);
     std::fs::write(&secret, "s").unwrap();
     let a = start_agent(&lab, "h1", "alpha", 7000, "172.30.0.2:7000", &secret);

@@ -49,7 +49,7 @@ fn two_agents_share_a_pool_and_keep_it_across_a_restart() {
     if !root_or_skip("ipam_two_agents") {
         return;
     }
-    let lab = Lab::up("ipa", 2, "mesh");
+    let lab = Lab::up_args("ipa", 2, "mesh", &["--no-agents"]);
     let n1 = start_agent(&lab, "h1", "n1", Some("172.30.0.2:7000"), 2);
     let mut n2 = start_agent(&lab, "h2", "n2", Some("172.30.0.1:7000"), 2);
     wait_for("both agents ready", &[&n1, &n2], || {
@@ -223,7 +223,7 @@ fn the_plugin_takes_cluster_addresses_from_the_agent() {
     if !root_or_skip("ipam_plugin_agent") {
         return;
     }
-    let lab = Lab::up("ipp", 1, "mesh");
+    let lab = Lab::up_args("ipp", 1, "mesh", &["--no-agents"]);
     let data = format!("/run/weft-lab/{}/t-plugin", lab.name);
     let host = lab.host_ns("h1");
     let netns = lab.netns("c1");

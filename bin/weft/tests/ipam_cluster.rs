@@ -104,7 +104,7 @@ fn three_hosts_share_a_pool_through_concurrency_partition_and_removal() {
         return;
     }
     const POOL: &str = "10.96.0.0/22"; // 16 blocks of /26, 1022 usable addresses
-    let lab = Lab::up("icl", 3, "mesh");
+    let lab = Lab::up_args("icl", 3, "mesh", &["--no-agents"]);
     let agents = three_agents(&lab, POOL, &["--ipam-block-v4", "26"]);
     let all: Vec<&Agent> = agents.iter().collect();
     let pool = Cidr::parse(POOL);
@@ -411,7 +411,7 @@ fn ten_thousand_add_del_cycles_leave_nothing_behind() {
         return;
     }
     const POOL: &str = "10.95.0.0/24";
-    let lab = Lab::up("icy", 3, "mesh");
+    let lab = Lab::up_args("icy", 3, "mesh", &["--no-agents"]);
     let agents = three_agents(
         &lab,
         POOL,

@@ -254,6 +254,20 @@ pub fn spawn_agent(
     secret: &str,
     args: &[&str],
 ) -> Agent {
+    // Two agents on one host fight over its devices, tables, DNS and metrics addresses:
+    // a test's own agents need a lab made with `--no-agents`.
+    let status = weft(&["lab", "status", "--name", &lab.name, "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let lab_agent = status[0]["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["host"] == host && a["running"] == true);
+    assert!(
+        !lab_agent,
+        "lab {} runs its own agent on {host}: make the lab with --no-agents",
+        lab.name
+    );
     let dir = format!("/run/weft-lab/{}/t-{host}-{name}", lab.name);
     std::fs::create_dir_all(&dir).unwrap();
     let ip = format!("172.30.0.{}", host.trim_start_matches('h'));
