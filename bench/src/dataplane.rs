@@ -17,8 +17,9 @@
 //!
 //! IPv6 rows beside them, measured in the same rounds: host to host, hand routes and hand
 //! VXLAN with IPv6 pods (a /128 address, a default route through `fe80::1`), and weft's
-//! route and VXLAN modes with its defaults and dual-stack pools, between the containers'
-//! IPv6 addresses. Their labs have an IPv6-only underlay (`--underlay ipv6`): there weft
+//! route and VXLAN modes with its defaults and dual-stack pools (route mode also with
+//! `--nat off` and with `--fast-path off`, as for IPv4), between the containers' IPv6
+//! addresses. Their labs have an IPv6-only underlay (`--underlay ipv6`): there weft
 //! routes IPv6 blocks directly on the segment (on an IPv4 underlay IPv6 blocks always take
 //! VXLAN, so a route-mode row would measure VXLAN), and VXLAN runs over IPv6 (MTU 1430).
 //!
@@ -1204,6 +1205,24 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             0,
         ),
         ("route", "on", "on", "6r", "weft route mode", Family::V6, 0),
+        (
+            "route",
+            "off",
+            "on",
+            "6rn",
+            "weft route mode, NAT off",
+            Family::V6,
+            0,
+        ),
+        (
+            "route",
+            "on",
+            "off",
+            "6rs",
+            "weft route mode, no fast path",
+            Family::V6,
+            0,
+        ),
         ("vxlan", "on", "on", "6v", "weft VXLAN mode", Family::V6, 0),
         (
             "route",
