@@ -256,12 +256,18 @@ pub fn spawn_agent(
 ) -> Agent {
     // Two agents on one host fight over its devices, tables, DNS and metrics addresses:
     // a test's own agents need a lab made with `--no-agents`.
-    let status = weft(&["lab", "status", "--name", &lab.name, "--json"]);
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let out = weft(&["lab", "status", "--name", &lab.name, "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "weft lab status --name {} --json: {e}: {}",
+            lab.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     let lab_agent = status[0]["agents"]
         .as_array()
-        .into_iter()
-        .flatten()
+        .unwrap_or_else(|| panic!("no agents list in the lab's status: {status}"))
+        .iter()
         .any(|a| a["host"] == host && a["running"] == true);
     assert!(
         !lab_agent,
