@@ -181,6 +181,15 @@ async fn pump(
     let keepalive = idle / 3;
     let quiet = tokio::time::sleep(keepalive);
     tokio::pin!(quiet);
+    // Sealed frames not yet taken by the socket. They are written a piece at a time beside
+    // the reads and the silence deadline, never awaited whole: a peer cut off by the
+    // network stops acknowledging, the socket's buffer fills and a whole-message write
+    // would wait for TCP to give up (some 15 minutes), the silence never noticed; and two
+    // peers sending each other large states at once would each wait for the other to read.
+    // The next message is taken only when these are written, so they stay one message.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut written = 0;
+    let (mut rd, mut wr) = stream.split();
     loop {
         // Whole frames already buffered first.
         loop {
@@ -202,9 +211,10 @@ async fn pump(
                 Err(e) => return format!("bad framing: {e}"),
             }
         }
+        let idle_out = pending.is_empty();
         tokio::select! {
             _ = &mut silence => return format!("silent for {} s", idle.as_secs()),
-            read = stream.read(&mut buf) => match read {
+            read = rd.read(&mut buf) => match read {
                 Err(e) => return e.to_string(),
                 Ok(0) => return "closed by peer".into(),
                 Ok(n) => {
@@ -213,17 +223,29 @@ async fn pump(
                     silence.as_mut().reset(tokio::time::Instant::now() + idle);
                 }
             },
-            out = rx.recv() => match out {
+            w = wr.write(&pending[written..]), if !idle_out => match w {
+                Err(e) => return e.to_string(),
+                Ok(0) => return "the socket takes no more".into(),
+                Ok(n) => {
+                    metrics.sent_bytes(n);
+                    written += n;
+                    if written == pending.len() {
+                        pending.clear();
+                        written = 0;
+                    }
+                }
+            },
+            out = rx.recv(), if idle_out => match out {
                 None => return "replaced by another connection".into(),
                 Some(msg) => {
-                    if let Err(e) = send(stream, transport, &msg, metrics).await {
+                    if let Err(e) = seal(&mut pending, transport, &msg, metrics) {
                         return e;
                     }
                     quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
                 }
             },
-            _ = &mut quiet => {
-                if let Err(e) = send(stream, transport, &Message::Digest(0), metrics).await {
+            _ = &mut quiet, if idle_out => {
+                if let Err(e) = seal(&mut pending, transport, &Message::Digest(0), metrics) {
                     return e;
                 }
                 quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
@@ -232,8 +254,9 @@ async fn pump(
     }
 }
 
-async fn send(
-    stream: &mut TcpStream,
+/// Seals `msg` into frames appended to `out`, to be written in order.
+fn seal(
+    out: &mut Vec<u8>,
     transport: &mut Transport,
     msg: &Message,
     metrics: &Metrics,
@@ -242,9 +265,57 @@ async fn send(
     let bytes = serde_json::to_vec(msg).expect("json");
     let frames = transport.seal(&bytes).map_err(|e| format!("seal: {e}"))?;
     for f in frames {
-        let frame = encode_frame(&f).expect("sealed frames fit");
-        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-        metrics.sent_bytes(frame.len());
+        out.extend_from_slice(&encode_frame(&f).expect("sealed frames fit"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that reads nothing (a cut link acknowledges nothing) while this end has far
+    /// more to send than the sockets hold: the connection still ends as silent after the
+    /// idle limit, instead of waiting in a write until TCP gives up (it never does here:
+    /// the peer's kernel keeps answering with a closed window).
+    #[test]
+    fn a_peer_that_reads_nothing_is_found_silent_while_a_send_waits() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let key = ClusterKey::from_secret(b"the conn test secret").unwrap();
+            let metrics = Metrics::default();
+            let (a_id, b_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+            let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            let (mut a, mut b) = (dialled.unwrap(), accepted.unwrap().0);
+            let (mut ra, mut rb) = (FrameReader::new(), FrameReader::new());
+            let (ta, tb) = tokio::join!(
+                handshake(&mut a, &mut ra, Role::Initiator, &a_id, &key, &metrics),
+                handshake(&mut b, &mut rb, Role::Responder, &b_id, &key, &metrics),
+            );
+            let (mut ta, _tb) = (ta.unwrap(), tb.unwrap());
+            let peer = NodeId(ta.remote_node_id());
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            // 16 messages of 1 MiB (twice that as JSON): more than both sockets' buffers.
+            for _ in 0..16 {
+                tx.send(Message::Tunnel(vec![7; 1 << 20])).unwrap();
+            }
+            let (events, _events_rx) = mpsc::unbounded_channel();
+            let why = tokio::time::timeout(
+                Duration::from_secs(120),
+                pump(
+                    &mut a, &mut ra, &mut ta, &mut rx, 1, peer, &events, &metrics,
+                ),
+            )
+            .await
+            .expect("the connection never ended: a waiting write hid the silence");
+            assert!(why.starts_with("silent for"), "{why}");
+            // The peer's end was open (and unread) all along.
+            drop((b, tx));
+        });
+    }
 }
