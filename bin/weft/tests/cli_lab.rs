@@ -165,7 +165,7 @@ fn status_json_is_the_agent_s_answer_unchanged() {
         x
     };
     let mut last = (serde_json::Value::Null, serde_json::Value::Null);
-    for _ in 0..40 {
+    common::dp::wait_for(std::time::Duration::from_secs(10), || {
         let cli = weft_ok(&["status", "--socket", &socket, "--json"]);
         assert_eq!(cli.lines().count(), 1, "{cli}");
         let (code, raw) = weft_agent::api::call(
@@ -180,11 +180,8 @@ fn status_json_is_the_agent_s_answer_unchanged() {
         let cli: serde_json::Value = serde_json::from_str(cli.trim()).unwrap();
         let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
         last = (normalised(cli), normalised(raw));
-        if last.0 == last.1 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+        (last.0 == last.1).then_some(())
+    });
     assert_eq!(last.0, last.1);
 }
 
