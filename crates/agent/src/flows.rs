@@ -244,7 +244,12 @@ impl Agent {
             } else {
                 let v = weft_policy::local_verdict(world, &flow, |e| local.contains(&e.uid));
                 let mut reason = v.explain(world, &flow);
-                if v.allowed {
+                if chain.starts_with("held_") {
+                    // Isolated by its ADD, its dispatch element not added yet.
+                    reason = format!(
+                        "held: isolated before its allow rules were in place; now {reason}"
+                    );
+                } else if v.allowed {
                     // The world changed since the packet was dropped, or this was a TCP
                     // packet of a connection opened before its pod was isolated.
                     reason = format!(

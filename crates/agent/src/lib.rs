@@ -339,6 +339,8 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
+        // After the event's answer: what an ADD left for later.
+        agent.policy_dispatch();
     }
     agent.save();
     agent.save_ipam_if_needed();

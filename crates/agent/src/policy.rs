@@ -32,6 +32,9 @@ pub(crate) struct PolicyState {
     kinds: compile::Groups,
     /// The kernel has weft's policy table (as this agent made it).
     table: bool,
+    /// Dispatch elements of endpoints isolated by their ADD, added after the answer
+    /// ([`compile::Quick`]); `applied` counts them in already.
+    dispatch: Vec<compile::ElementOp>,
     index: Index,
     /// The mesh digest the index was last brought up to.
     indexed: Option<u64>,
@@ -375,6 +378,7 @@ impl Agent {
 
     /// Compiles the world for this host and applies the difference to the kernel.
     pub(crate) fn policy_apply(&mut self) -> Result<(), String> {
+        self.policy_dispatch();
         let t0 = Instant::now();
         self.policy_index();
         let local = self.policy_local();
@@ -545,19 +549,23 @@ impl Agent {
             _ => None,
         };
         let res = match quick {
-            Some(adds) if adds.is_empty() => Ok(()),
-            Some(adds) => {
+            Some(q) if q.is_empty() => Ok(()),
+            Some(q) => {
                 let iso = self
                     .pol
                     .applied
                     .as_ref()
                     .map(|a| a.isolated.clone())
                     .unwrap_or_default();
+                // Isolated (dropped) before the answer; let in by its group's rules just
+                // after it, in the loop's next turn (`policy_dispatch`).
                 self.fast_isolate(&iso)
-                    .and_then(|()| add_elements(&adds))
+                    .and_then(|()| add_elements(&q.isolate))
+                    .map(|()| self.pol.dispatch.extend(q.dispatch))
                     .inspect_err(|_| {
                         // Not applied: the next apply starts from a whole table.
                         self.pol.applied = None;
+                        self.pol.dispatch.clear();
                     })
             }
             None => self.policy_apply(),
@@ -574,6 +582,23 @@ impl Agent {
                 self.endpoint_remove(owner);
                 Err(format!("cannot apply the network policy for it: {e}"))
             }
+        }
+    }
+
+    /// Adds the dispatch elements that ADDs left for after their answers (the agent's loop
+    /// calls this after every event). Until then those pods are isolated and nothing is
+    /// let in; should the kernel refuse, the next apply writes the whole table.
+    pub(crate) fn policy_dispatch(&mut self) {
+        if self.pol.dispatch.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pol.dispatch);
+        if let Err(e) = add_elements(&ops) {
+            log(format!(
+                "policy: dispatch of new endpoints: {e}; writing the whole table"
+            ));
+            self.pol.applied = None;
+            self.policy_after(Duration::ZERO);
         }
     }
 

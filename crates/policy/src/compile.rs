@@ -381,8 +381,28 @@ pub fn diff_elements(old: &Compiled, new: &Compiled) -> Option<Vec<ElementOp>> {
                         None,
                     ));
                 }
+                if !n.contains_key(a) {
+                    out.push(op(
+                        true,
+                        TableFamily::Inet,
+                        TABLE_NAME,
+                        held_name(dir, v6),
+                        *a,
+                        None,
+                    ));
+                }
             }
             for (a, g) in n {
+                if !o.contains_key(a) {
+                    out.push(op(
+                        false,
+                        TableFamily::Inet,
+                        TABLE_NAME,
+                        held_name(dir, v6),
+                        *a,
+                        None,
+                    ));
+                }
                 if o.get(a) != Some(g) {
                     out.push(op(
                         false,
@@ -429,19 +449,41 @@ fn weft_table_family(a: &IpAddr) -> TableFamily {
     }
 }
 
+/// What an ADD's quick step changes, in two transactions: `isolate` before the answer
+/// (plain set elements: the endpoint's addresses are dropped in each direction a policy
+/// isolates it), `dispatch` after it (the verdict map elements that send its packets to
+/// its group's allow rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quick {
+    /// Isolation: `iso4`/`iso6`, weft's `isolated` sets and the held sets.
+    pub isolate: Vec<ElementOp>,
+    /// Dispatch: a `jump` element per address and direction.
+    pub dispatch: Vec<ElementOp>,
+}
+
+impl Quick {
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.isolate.is_empty() && self.dispatch.is_empty()
+    }
+}
+
 /// Isolates one new local endpoint on top of `applied` at once, when the group chains it
 /// needs are there already: returns the element changes (none when no policy isolates
 /// it) and records them in `applied`; an address still dispatched to another group (its
-/// last owner's DEL not applied yet) is moved to the new one. None when a group chain is
-/// missing: the caller compiles the whole world. The endpoint's place in other rules'
-/// peer sets (and named-port sets) is left to that whole compile: allow rules may
-/// follow, isolation may not.
+/// last owner's DEL not applied yet) is taken out of it with the isolation and put in
+/// the new one with the dispatch. None when a group chain is missing: the caller compiles
+/// the whole world. The endpoint's place in other rules' peer sets (and named-port sets)
+/// is left to that whole compile: allow rules may follow, isolation may not. Adding a
+/// `jump` element makes the kernel check the whole table's jump graph when it commits
+/// (about 0.7 ms with a thousand policies; a plain element 0.1 ms), which is why the
+/// dispatch is a second transaction, after the answer (docs/policy.md, "Applying").
 pub fn isolate_one(
     applied: &mut Compiled,
     kinds: &mut Groups,
     world: &World,
     e: &Endpoint,
-) -> Option<Vec<ElementOp>> {
+) -> Option<Quick> {
     let mut groups = Vec::new();
     for dir in [Dir::Ingress, Dir::Egress] {
         if let Some((g, _)) = kinds.of(world, e, dir) {
@@ -451,14 +493,14 @@ pub fn isolate_one(
             groups.push((dir, g.clone()));
         }
     }
-    let mut out = Vec::new();
+    let mut out = Quick::default();
     if groups.is_empty() {
         return Some(out);
     }
     for a in &e.addrs {
         let v6 = a.is_ipv6();
         if applied.isolated.insert(*a) {
-            out.push(ElementOp {
+            out.isolate.push(ElementOp {
                 delete: false,
                 family: TableFamily::Inet,
                 table: TABLE_NAME,
@@ -466,7 +508,7 @@ pub fn isolate_one(
                 key: *a,
                 jump: None,
             });
-            out.push(ElementOp {
+            out.isolate.push(ElementOp {
                 delete: false,
                 family: weft_table_family(a),
                 table: "weft",
@@ -488,7 +530,7 @@ pub fn isolate_one(
                 continue;
             }
             if old.is_some() {
-                out.push(ElementOp {
+                out.isolate.push(ElementOp {
                     delete: true,
                     family: TableFamily::Inet,
                     table: TABLE_NAME,
@@ -496,8 +538,17 @@ pub fn isolate_one(
                     key: *a,
                     jump: None,
                 });
+            } else {
+                out.isolate.push(ElementOp {
+                    delete: false,
+                    family: TableFamily::Inet,
+                    table: TABLE_NAME,
+                    set: held_name(*dir, v6),
+                    key: *a,
+                    jump: None,
+                });
             }
-            out.push(ElementOp {
+            out.dispatch.push(ElementOp {
                 delete: false,
                 family: TableFamily::Inet,
                 table: TABLE_NAME,
@@ -726,6 +777,23 @@ fn vmap_name(dir: Dir, v6: bool) -> String {
     format!("{}{}", dir.short(), if v6 { 6 } else { 4 })
 }
 
+/// The set of local addresses isolated in `dir` (the dispatch map's keys): an address in
+/// it without its dispatch element yet is dropped (fail closed), by the held chain.
+fn held_name(dir: Dir, v6: bool) -> String {
+    format!("{}_held", vmap_name(dir, v6))
+}
+
+/// The chain that drops (logged, counted) the packets of an address isolated in `dir`
+/// whose dispatch element is not there yet.
+fn held_chain(dir: Dir) -> String {
+    format!("held_{}", dir.short())
+}
+
+/// The dispatch map's keys, as set elements.
+fn held_elements(m: &BTreeMap<IpAddr, String>) -> Vec<String> {
+    m.keys().map(ToString::to_string).collect()
+}
+
 fn weft_family(v6: bool) -> &'static str {
     if v6 {
         "ip6 weft"
@@ -813,14 +881,28 @@ pub fn full_script(c: &Compiled) -> String {
     let empty = BTreeMap::new();
     for dir in [Dir::Ingress, Dir::Egress] {
         for v6 in [false, true] {
-            let els = dispatch_elements(c.dispatch.get(&(dir, v6)).unwrap_or(&empty));
+            let m = c.dispatch.get(&(dir, v6)).unwrap_or(&empty);
             let _ = writeln!(
                 s,
                 "  map {} {}",
                 vmap_name(dir, v6),
-                body(vmap_decl(v6), &els)
+                body(vmap_decl(v6), &dispatch_elements(m))
+            );
+            let _ = writeln!(
+                s,
+                "  set {} {}",
+                held_name(dir, v6),
+                body(addr_decl(v6), &held_elements(m))
             );
         }
+        let _ = writeln!(
+            s,
+            "  chain {} {{\n    limit rate {DROP_LOG_RATE}/second burst 100 packets log prefix \"{LOG_PREFIX} D {} {}\" group {LOG_GROUP}\n    counter name \"drop_{}\" drop\n  }}",
+            held_chain(dir),
+            dir.short(),
+            held_chain(dir),
+            dir.short()
+        );
     }
     for (name, set) in &c.sets {
         let _ = writeln!(s, "  set {name} {}", body(set.kind.decl(), &set.elements));
@@ -834,17 +916,29 @@ pub fn full_script(c: &Compiled) -> String {
             "ct state new meta l4proto tcp tcp flags & (syn | ack) != syn {fam} {field} @{set} ct mark set ct mark | {PICKUP_MARK:#010x}"
         )
     };
+    // After the dispatch, whose group chains end in a verdict: an address isolated in the
+    // direction whose dispatch element is not there yet (the ADD's second transaction).
+    let held = |dir: Dir, field: &str| {
+        format!(
+            "ip {field} @{} goto {c}\n    ip6 {field} @{} goto {c}",
+            held_name(dir, false),
+            held_name(dir, true),
+            c = held_chain(dir)
+        )
+    };
     let _ = writeln!(
         s,
-        "  chain egress {{\n    type filter hook forward priority filter - 1; policy accept;\n    {keep}\n    {}\n    {}\n    {}\n    {}\n    ip saddr vmap @out4\n    ip6 saddr vmap @out6\n  }}",
+        "  chain egress {{\n    type filter hook forward priority filter - 1; policy accept;\n    {keep}\n    {}\n    {}\n    {}\n    {}\n    ip saddr vmap @out4\n    ip6 saddr vmap @out6\n    {}\n  }}",
         pickup("ip", "saddr", "iso4"),
         pickup("ip", "daddr", "iso4"),
         pickup("ip6", "saddr", "iso6"),
         pickup("ip6", "daddr", "iso6"),
+        held(Dir::Egress, "saddr"),
     );
     let _ = writeln!(
         s,
-        "  chain ingress {{\n    type filter hook forward priority filter; policy accept;\n    {keep}\n    ip daddr vmap @in4\n    ip6 daddr vmap @in6\n  }}"
+        "  chain ingress {{\n    type filter hook forward priority filter; policy accept;\n    {keep}\n    ip daddr vmap @in4\n    ip6 daddr vmap @in6\n    {}\n  }}",
+        held(Dir::Ingress, "daddr"),
     );
     let _ = writeln!(s, "}}");
     for (name, rules) in &c.chains {
@@ -943,6 +1037,15 @@ pub fn diff_script(old: &Compiled, new: &Compiled) -> String {
                     s,
                     "add map {TABLE} {map} {}",
                     body(vmap_decl(v6), &dispatch_elements(n))
+                );
+            }
+            if o.keys().ne(n.keys()) {
+                let held = held_name(dir, v6);
+                let _ = writeln!(s, "flush set {TABLE} {held}");
+                let _ = writeln!(
+                    s,
+                    "add set {TABLE} {held} {}",
+                    body(addr_decl(v6), &held_elements(n))
                 );
             }
         }

@@ -298,6 +298,13 @@ fn diff_scripts_touch_only_what_changed_and_clean_up_after_themselves() {
         "add map inet weft_policy in4 { type ipv4_addr : verdict; elements = {",
     );
     assert!(in4.contains("10.32.0.9 : jump g_"), "{in4}");
+    // The held set follows the dispatch map's keys.
+    assert!(d.contains("flush set inet weft_policy in4_held\n"), "{d}");
+    let held = line(
+        &d,
+        "add set inet weft_policy in4_held { type ipv4_addr; elements = {",
+    );
+    assert!(held.contains("10.32.0.9"), "{held}");
     assert!(!d.contains("in6"), "{d}");
     let iso4 = line(
         &d,
@@ -355,6 +362,13 @@ fn the_full_script_replaces_the_table_in_one_go() {
     ));
     assert!(s.contains("flush set ip weft isolated"));
     assert!(s.contains("counter name \"drop_in\" drop"));
+    // An address isolated but not dispatched yet is dropped, after the dispatch.
+    let ingress = &s[s.find("chain ingress {").unwrap()..];
+    let vmap = ingress.find("ip6 daddr vmap @in6").unwrap();
+    let held = ingress.find("ip6 daddr @in6_held goto held_in").unwrap();
+    assert!(vmap < held, "{ingress}");
+    assert!(s.contains("ip saddr @out4_held goto held_out"));
+    assert!(s.contains("chain held_out {"));
 }
 
 #[test]
@@ -388,26 +402,44 @@ fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees()
     };
     let mut w2 = w1.clone();
     w2.add_endpoint(e.clone());
-    let adds =
-        isolate_one(&mut applied, &mut Groups::default(), &w2, &e).expect("its group exists");
-    let s = elements_script(&adds);
+    let before = applied.clone();
+    let q = isolate_one(&mut applied, &mut Groups::default(), &w2, &e).expect("its group exists");
     // Twice changes nothing (the elements are there).
     assert_eq!(
         isolate_one(&mut applied.clone(), &mut Groups::default(), &w2, &e),
-        Some(vec![])
+        Some(Quick::default())
+    );
+    // Before the answer, plain elements only (no jump: no check of the whole table's
+    // jump graph); the held sets drop it in both directions until the dispatch.
+    assert!(q.isolate.iter().all(|o| o.jump.is_none()), "{q:?}");
+    let s = elements_script(&q.isolate);
+    for line in [
+        "add element ip6 weft isolated { fd32::9 }",
+        "add element inet weft_policy in4_held { 10.32.0.9 }",
+        "add element inet weft_policy out6_held { fd32::9 }",
+        "add element inet weft_policy iso4 { 10.32.0.9 }",
+    ] {
+        assert!(s.contains(line), "{line} in {s}");
+    }
+    let d = elements_script(&q.dispatch);
+    assert!(
+        d.contains("add element inet weft_policy in4 { 10.32.0.9 : jump g_"),
+        "{d}"
     );
     assert!(
-        s.contains("add element inet weft_policy in4 { 10.32.0.9 : jump g_"),
-        "{s}"
+        d.contains("add element inet weft_policy out6 { fd32::9 : jump g_"),
+        "{d}"
     );
-    assert!(
-        s.contains("add element inet weft_policy out6 { fd32::9 : jump g_"),
-        "{s}"
-    );
-    assert!(
-        s.contains("add element ip6 weft isolated { fd32::9 }"),
-        "{s}"
-    );
+    assert_eq!(q.dispatch.len(), 4, "{d}");
+    // Between the two, the endpoint is held: isolated, dispatched nowhere.
+    let mut sim = Sim::of(&before);
+    sim.apply(&q.isolate);
+    assert!(sim.c.isolated.contains(&e.addrs[0]));
+    assert!(sim.held.contains(&(Dir::Ingress, e.addrs[0])));
+    assert!(!sim.c.dispatch.values().any(|m| m.contains_key(&e.addrs[0])));
+    sim.apply(&q.dispatch);
+    assert_eq!(sim.c.dispatch, applied.dispatch);
+    sim.check();
     // What the quick step did is what the whole compile wants: nothing left for isolation.
     let full = compile(&w2, |_| true);
     assert_eq!(applied.isolated, full.isolated);
@@ -418,7 +450,10 @@ fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees()
     let mut y = e.clone();
     y.namespace = "y".into();
     let mut kinds = Groups::default();
-    assert_eq!(isolate_one(&mut applied, &mut kinds, &w2, &y), Some(vec![]));
+    assert_eq!(
+        isolate_one(&mut applied, &mut kinds, &w2, &y),
+        Some(Quick::default())
+    );
     let w3 = world_of(&format!("{deny}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: e\n  namespace: y\nspec:\n  podSelector: {{}}\n"));
     assert_eq!(isolate_one(&mut applied, &mut kinds, &w3, &y), None);
     let mut w4 = w3.clone();
@@ -431,12 +466,54 @@ fn a_new_endpoint_joins_an_existing_group_at_once_and_the_whole_compile_agrees()
     assert!(kinds.of(&w4, &y, Dir::Egress).is_none());
 }
 
-/// What `ops` do to the kernel's elements, simulated on `c`'s isolation and dispatch; a
-/// delete of an element that is not there fails, as the kernel refuses it.
-fn apply_ops(c: &mut Compiled, ops: &[ElementOp]) {
+/// The kernel's elements of isolation and dispatch, simulated: a delete of an element
+/// that is not there fails, and so does an add of one that is, as the kernel refuses them.
+struct Sim {
+    c: Compiled,
+    /// The held sets: (direction, address).
+    held: BTreeSet<(Dir, IpAddr)>,
+}
+
+impl Sim {
+    fn of(c: &Compiled) -> Sim {
+        let held = c
+            .dispatch
+            .iter()
+            .flat_map(|((dir, _), m)| m.keys().map(|a| (*dir, *a)))
+            .collect();
+        Sim { c: c.clone(), held }
+    }
+
+    fn apply(&mut self, ops: &[ElementOp]) {
+        apply_ops(&mut self.c, &mut self.held, ops);
+    }
+
+    /// Once all is applied, the held sets are the dispatch maps' keys.
+    fn check(&self) {
+        assert_eq!(self.held, Sim::of(&self.c).held);
+    }
+}
+
+fn apply_ops(c: &mut Compiled, held: &mut BTreeSet<(Dir, IpAddr)>, ops: &[ElementOp]) {
     for op in ops {
         let (a, v6) = (op.key, op.key.is_ipv6());
         match (op.table, op.set.as_str()) {
+            ("weft_policy", set) if set.ends_with("_held") => {
+                let dir = if set.starts_with("in") {
+                    Dir::Ingress
+                } else {
+                    Dir::Egress
+                };
+                assert_eq!(set.starts_with("in6") || set.starts_with("out6"), v6);
+                if op.delete {
+                    assert!(
+                        held.remove(&(dir, a)),
+                        "{a} deleted from {set} but not there"
+                    );
+                } else {
+                    assert!(held.insert((dir, a)), "{a} added to {set} twice");
+                }
+            }
             ("weft_policy", "iso4" | "iso6") => {
                 assert_eq!(op.set == "iso6", v6);
                 if op.delete {
@@ -500,10 +577,11 @@ fn endpoints_coming_and_going_are_element_changes_and_policy_changes_are_not() {
     w2.add_endpoint(pod("e", "x", 5));
     let c2 = compile(&w2, |_| true);
     let ops = diff_elements(&c1, &c2).expect("only elements differ");
-    let mut sim = c1.clone();
-    apply_ops(&mut sim, &ops);
-    assert_eq!(sim.isolated, c2.isolated);
-    assert_eq!(sim.dispatch, c2.dispatch);
+    let mut sim = Sim::of(&c1);
+    sim.apply(&ops);
+    sim.check();
+    assert_eq!(sim.c.isolated, c2.isolated);
+    assert_eq!(sim.c.dispatch, c2.dispatch);
     assert!(ops.iter().any(|o| o.delete) && ops.iter().any(|o| !o.delete));
     let script = elements_script(&ops);
     assert!(
@@ -533,17 +611,25 @@ fn endpoints_coming_and_going_are_element_changes_and_policy_changes_are_not() {
     w3.add_endpoint(pod("e", "x", 5));
     let c3 = compile(&w3, |_| true);
     let ops = diff_elements(&c2, &c3).expect("only elements differ");
-    let mut sim = c2.clone();
-    apply_ops(&mut sim, &ops);
-    assert_eq!(sim.dispatch, c3.dispatch);
+    let mut sim = Sim::of(&c2);
+    sim.apply(&ops);
+    sim.check();
+    assert_eq!(sim.c.dispatch, c3.dispatch);
     assert!(ops.iter().any(|o| o.delete && o.set == "in4"), "{ops:?}");
-    // The quick step of an ADD does the same on top of what is applied.
+    // The quick step of an ADD does the same on top of what is applied: the element of
+    // the other group out before the answer (held meanwhile), its own after.
     let mut applied = c2.clone();
     let quick =
         isolate_one(&mut applied, &mut Groups::default(), &w3, &like_e).expect("groups exist");
-    let mut sim = c2.clone();
-    apply_ops(&mut sim, &quick);
-    assert_eq!(sim.dispatch, applied.dispatch);
+    assert!(
+        quick.isolate.iter().any(|o| o.delete && o.set == "in4"),
+        "{quick:?}"
+    );
+    let mut sim = Sim::of(&c2);
+    sim.apply(&quick.isolate);
+    sim.apply(&quick.dispatch);
+    sim.check();
+    assert_eq!(sim.c.dispatch, applied.dispatch);
     assert_eq!(applied.dispatch, c3.dispatch);
     // A policy that changes is not an element change.
     let w4 = world_of(deny);
