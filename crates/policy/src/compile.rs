@@ -437,6 +437,18 @@ pub fn diff_elements(old: &Compiled, new: &Compiled) -> Option<Vec<ElementOp>> {
     Some(out)
 }
 
+/// An element change in weft's policy table.
+fn policy_op(delete: bool, set: String, key: IpAddr, jump: Option<String>) -> ElementOp {
+    ElementOp {
+        delete,
+        family: TableFamily::Inet,
+        table: TABLE_NAME,
+        set,
+        key,
+        jump,
+    }
+}
+
 fn iso_set(a: &IpAddr) -> String {
     iso_name(a.is_ipv6()).into()
 }
@@ -500,14 +512,7 @@ pub fn isolate_one(
     for a in &e.addrs {
         let v6 = a.is_ipv6();
         if applied.isolated.insert(*a) {
-            out.isolate.push(ElementOp {
-                delete: false,
-                family: TableFamily::Inet,
-                table: TABLE_NAME,
-                set: iso_set(a),
-                key: *a,
-                jump: None,
-            });
+            out.isolate.push(policy_op(false, iso_set(a), *a, None));
             out.isolate.push(ElementOp {
                 delete: false,
                 family: weft_table_family(a),
@@ -529,33 +534,14 @@ pub fn isolate_one(
             if old.as_ref() == Some(g) {
                 continue;
             }
-            if old.is_some() {
-                out.isolate.push(ElementOp {
-                    delete: true,
-                    family: TableFamily::Inet,
-                    table: TABLE_NAME,
-                    set: vmap_name(*dir, v6),
-                    key: *a,
-                    jump: None,
-                });
+            // Out of the other group, or held, before the answer; in its own after it.
+            out.isolate.push(if old.is_some() {
+                policy_op(true, vmap_name(*dir, v6), *a, None)
             } else {
-                out.isolate.push(ElementOp {
-                    delete: false,
-                    family: TableFamily::Inet,
-                    table: TABLE_NAME,
-                    set: held_name(*dir, v6),
-                    key: *a,
-                    jump: None,
-                });
-            }
-            out.dispatch.push(ElementOp {
-                delete: false,
-                family: TableFamily::Inet,
-                table: TABLE_NAME,
-                set: vmap_name(*dir, v6),
-                key: *a,
-                jump: Some(g.clone()),
+                policy_op(false, held_name(*dir, v6), *a, None)
             });
+            out.dispatch
+                .push(policy_op(false, vmap_name(*dir, v6), *a, Some(g.clone())));
         }
     }
     Some(out)
