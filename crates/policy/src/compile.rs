@@ -336,34 +336,11 @@ pub fn diff_elements(old: &Compiled, new: &Compiled) -> Option<Vec<ElementOp>> {
     if old.chains != new.chains || old.sets != new.sets {
         return None;
     }
-    let op = |delete, family, table, set: String, key, jump| ElementOp {
-        delete,
-        family,
-        table,
-        set,
-        key,
-        jump,
-    };
     let mut out = Vec::new();
     // Isolated before dispatched, dispatched elements replaced in place, and isolation
     // lifted last: the same order as diff_script, all in one transaction anyway.
     for a in new.isolated.difference(&old.isolated) {
-        out.push(op(
-            false,
-            TableFamily::Inet,
-            TABLE_NAME,
-            iso_set(a),
-            *a,
-            None,
-        ));
-        out.push(op(
-            false,
-            weft_table_family(a),
-            "weft",
-            ISOLATED_SET.into(),
-            *a,
-            None,
-        ));
+        out.extend(isolation_ops(false, *a));
     }
     let empty = BTreeMap::new();
     for dir in [Dir::Ingress, Dir::Egress] {
@@ -372,67 +349,24 @@ pub fn diff_elements(old: &Compiled, new: &Compiled) -> Option<Vec<ElementOp>> {
             let n = new.dispatch.get(&(dir, v6)).unwrap_or(&empty);
             for (a, g) in o {
                 if n.get(a) != Some(g) {
-                    out.push(op(
-                        true,
-                        TableFamily::Inet,
-                        TABLE_NAME,
-                        vmap_name(dir, v6),
-                        *a,
-                        None,
-                    ));
+                    out.push(policy_op(true, vmap_name(dir, v6), *a, None));
                 }
                 if !n.contains_key(a) {
-                    out.push(op(
-                        true,
-                        TableFamily::Inet,
-                        TABLE_NAME,
-                        held_name(dir, v6),
-                        *a,
-                        None,
-                    ));
+                    out.push(policy_op(true, held_name(dir, v6), *a, None));
                 }
             }
             for (a, g) in n {
                 if !o.contains_key(a) {
-                    out.push(op(
-                        false,
-                        TableFamily::Inet,
-                        TABLE_NAME,
-                        held_name(dir, v6),
-                        *a,
-                        None,
-                    ));
+                    out.push(policy_op(false, held_name(dir, v6), *a, None));
                 }
                 if o.get(a) != Some(g) {
-                    out.push(op(
-                        false,
-                        TableFamily::Inet,
-                        TABLE_NAME,
-                        vmap_name(dir, v6),
-                        *a,
-                        Some(g.clone()),
-                    ));
+                    out.push(policy_op(false, vmap_name(dir, v6), *a, Some(g.clone())));
                 }
             }
         }
     }
     for a in old.isolated.difference(&new.isolated) {
-        out.push(op(
-            true,
-            TableFamily::Inet,
-            TABLE_NAME,
-            iso_set(a),
-            *a,
-            None,
-        ));
-        out.push(op(
-            true,
-            weft_table_family(a),
-            "weft",
-            ISOLATED_SET.into(),
-            *a,
-            None,
-        ));
+        out.extend(isolation_ops(true, *a));
     }
     Some(out)
 }
@@ -447,6 +381,22 @@ fn policy_op(delete: bool, set: String, key: IpAddr, jump: Option<String>) -> El
         key,
         jump,
     }
+}
+
+/// An address into (or out of) the isolated sets: the policy table's `iso4`/`iso6` and
+/// weft's `isolated` set of its family.
+fn isolation_ops(delete: bool, a: IpAddr) -> [ElementOp; 2] {
+    [
+        policy_op(delete, iso_set(&a), a, None),
+        ElementOp {
+            delete,
+            family: weft_table_family(&a),
+            table: "weft",
+            set: ISOLATED_SET.into(),
+            key: a,
+            jump: None,
+        },
+    ]
 }
 
 fn iso_set(a: &IpAddr) -> String {
@@ -512,20 +462,12 @@ pub fn isolate_one(
     for a in &e.addrs {
         let v6 = a.is_ipv6();
         if applied.isolated.insert(*a) {
-            out.isolate.push(policy_op(false, iso_set(a), *a, None));
-            out.isolate.push(ElementOp {
-                delete: false,
-                family: weft_table_family(a),
-                table: "weft",
-                set: ISOLATED_SET.into(),
-                key: *a,
-                jump: None,
-            });
+            out.isolate.extend(isolation_ops(false, *a));
         }
         for (dir, g) in &groups {
             // The address may still be dispatched for an endpoint just gone (its DEL not
             // applied yet; IPAM hands the address out again): the same group stays, another
-            // is replaced in the same transaction.
+            // is left in the first batch and the new one joined in the second.
             let old = applied
                 .dispatch
                 .entry((*dir, v6))
