@@ -193,6 +193,26 @@ fn key(r: &nl::Route) -> RouteKey {
     (r.dst, r.gateway, r.oif, r.mtu)
 }
 
+/// How many connections the host namespace tracks (absent while nothing in the namespace
+/// uses conntrack).
+const CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
+
+/// The host namespace's tracked connections, listed over ctnetlink. A listing that fails
+/// while conntrack tracks nothing (not loaded) is an empty table; otherwise the error.
+pub(crate) fn conntrack_table() -> Result<Vec<weft_dataplane::stateful::Conn>, String> {
+    weft_netlink::netfilter::conntrack_list(0).or_else(|e| {
+        let tracked = std::fs::read_to_string(CONNTRACK_COUNT)
+            .ok()
+            .and_then(|c| c.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if tracked == 0 {
+            Ok(Vec::new())
+        } else {
+            Err(format!("{tracked} tracked connections, but {e}"))
+        }
+    })
+}
+
 pub(crate) fn run_nft(script: &str) -> Result<(), String> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")

@@ -42,13 +42,6 @@ pub(crate) struct Fast {
 /// program's LRU map keeps those of idle connections.
 const TRANSLATED_REFRESH: Duration = Duration::from_secs(30);
 
-/// Where the host namespace's connection tracking table is (absent while nothing in the
-/// namespace uses conntrack: then nothing is translated).
-const CONNTRACK: &str = "/proc/net/nf_conntrack";
-
-/// How many connections the host namespace tracks.
-const CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
-
 /// Removes the filters an earlier agent left on container veths (it crashed, or ran with
 /// the fast path on when this one cannot or must not).
 fn remove_all_leftovers() {
@@ -60,29 +53,12 @@ fn remove_all_leftovers() {
 }
 
 /// Tells the program the client sockets of every translated connection conntrack has.
+/// Without the table weft cannot seed, and says so rather than forward translated replies
+/// untranslated.
 fn remember_translated(f: &mut FastPath, pools: &[ipnet::IpNet]) -> Result<(), String> {
-    let text = match std::fs::read_to_string(CONNTRACK) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // No table to read: fine while nothing here is tracked; with tracked
-            // connections (a kernel without CONFIG_NF_CONNTRACK_PROCFS) weft cannot seed,
-            // and says so rather than forward translated replies untranslated.
-            let tracked = std::fs::read_to_string(CONNTRACK_COUNT)
-                .ok()
-                .and_then(|c| c.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            if tracked > 0 {
-                return Err(format!(
-                    "fast path: {tracked} tracked connections but no {CONNTRACK} to read \
-                     them from (kernel without CONFIG_NF_CONNTRACK_PROCFS): container veths \
-                     stay on the stack"
-                ));
-            }
-            return Ok(());
-        }
-        Err(e) => return Err(format!("fast path: read {CONNTRACK}: {e}")),
-    };
-    f.remember(&weft_dataplane::stateful::translated_clients(&text, pools))
+    let conns = crate::dataplane::conntrack_table()
+        .map_err(|e| format!("fast path: {e}: container veths stay on the stack"))?;
+    f.remember(&weft_dataplane::stateful::translated_clients(&conns, pools))
 }
 
 /// `GET /status` part: the fast path.

@@ -59,6 +59,9 @@ pub(crate) struct PolicyState {
     pub(crate) error: Option<String>,
     /// Tracked connections cut because the policy no longer allows them.
     pub(crate) cut: u64,
+    /// Why the connections the policy no longer allows could not be cut (tried again on
+    /// every tick until it works).
+    cut_error: Option<String>,
     pub(crate) flows: Flows,
 }
 
@@ -349,6 +352,10 @@ impl Agent {
                 self.pol.error = Some(e);
             }
         }
+        if self.pol.cut_error.is_some() {
+            let local = self.policy_local();
+            self.policy_cut(&local);
+        }
         self.policy_save_cache(false);
     }
 
@@ -462,17 +469,33 @@ impl Agent {
     /// longer allows; their next packets are judged again (docs/policy.md,
     /// "Connections").
     fn policy_cut(&mut self, local: &BTreeSet<String>) {
+        let none_isolated = (self.pol.applied.as_ref()).is_none_or(|a| a.isolated.is_empty());
+        if none_isolated {
+            // Nothing of this host is isolated: nothing to cut.
+            self.pol.cut_error = None;
+            return;
+        }
+        let table = match crate::dataplane::conntrack_table() {
+            Ok(t) => t,
+            Err(e) => {
+                // Connections the policy no longer allows may still run: said loudly (in
+                // the log and as the policy's error), and tried again on every tick.
+                let e = format!("cannot cut connections the policy no longer allows: {e}");
+                if self.pol.cut_error.as_deref() != Some(e.as_str()) {
+                    log(format!("policy: {e}"));
+                }
+                self.pol.cut_error = Some(e);
+                return;
+            }
+        };
+        if self.pol.cut_error.take().is_some() {
+            log("policy: connections can be cut again");
+        }
         let Some(applied) = &self.pol.applied else {
             return;
         };
-        if applied.isolated.is_empty() {
-            return;
-        }
-        let Ok(text) = std::fs::read_to_string("/proc/net/nf_conntrack") else {
-            return;
-        };
         let iso = &applied.isolated;
-        let conns = weft_dataplane::stateful::tracked(&text, |a| iso.contains(&a));
+        let conns = weft_dataplane::stateful::tracked(&table, |a| iso.contains(&a));
         let mut cut = 0;
         for c in conns {
             let flow = Flow {
@@ -710,7 +733,7 @@ impl Agent {
         let local = self.policy_local();
         let (din, dout) = crate::flows::drop_counters().unwrap_or((0, 0));
         PolicyReport {
-            state: if self.pol.error.is_some() {
+            state: if self.pol.error.is_some() || self.pol.cut_error.is_some() {
                 "error"
             } else if self.policy_active() {
                 "on"
@@ -738,7 +761,11 @@ impl Agent {
             dropped_ingress: din,
             dropped_egress: dout,
             connections_cut: self.pol.cut,
-            error: self.pol.error.clone(),
+            error: self
+                .pol
+                .error
+                .clone()
+                .or_else(|| self.pol.cut_error.clone()),
         }
     }
 

@@ -165,48 +165,31 @@ fn pool_match(fam: &str, field: &str, op: &str, nets: &[String]) -> String {
 /// A client socket: address, IP protocol number, port.
 pub type Socket = (IpAddr, u8, u16);
 
-/// The client sockets of translated connections in the text of `/proc/net/nf_conntrack`:
-/// connections whose original source is in `pools` and whose reply does not come from the
-/// original destination (someone DNAT'd them), TCP, UDP or SCTP. Lines it cannot read are
-/// skipped.
-pub fn translated_clients(conntrack: &str, pools: &[IpNet]) -> Vec<Socket> {
-    let mut out = Vec::new();
-    for line in conntrack.lines() {
-        let mut words = line.split_whitespace();
-        // "ipv4 2 tcp 6 431999 ESTABLISHED src=..."
-        let proto: Option<u8> = words.nth(3).and_then(|w| w.parse().ok());
-        let Some(proto) = proto.filter(|p| [6, 17, 132].contains(p)) else {
-            continue;
-        };
-        let mut fields: Vec<(&str, &str)> = Vec::new();
-        for w in line.split_whitespace() {
-            if let Some((k, v)) = w.split_once('=') {
-                if ["src", "dst", "sport", "dport"].contains(&k) {
-                    fields.push((k, v));
-                }
-            }
-        }
-        // The original tuple's four fields, then the reply's.
-        if fields.len() < 8 {
-            continue;
-        }
-        let get = |i: usize, k: &str| (fields[i].0 == k).then_some(fields[i].1);
-        let parsed = (|| {
-            let src: IpAddr = get(0, "src")?.parse().ok()?;
-            let dst = get(1, "dst")?;
-            let sport: u16 = get(2, "sport")?.parse().ok()?;
-            let dport = get(3, "dport")?;
-            let rsrc = get(4, "src")?;
-            let rsport = get(6, "sport")?;
-            let dnat = rsrc != dst || rsport != dport;
-            Some((src, sport, dnat))
-        })();
-        if let Some((src, sport, true)) = parsed {
-            if pools.iter().any(|p| p.contains(&src)) {
-                out.push((src, proto, sport));
-            }
-        }
-    }
+/// One direction of a tracked connection: source, destination, source port, destination
+/// port (ports 0 for protocols without them).
+pub type Ends = (IpAddr, IpAddr, u16, u16);
+
+/// A tracked connection as conntrack lists it: IP protocol number, original tuple (as the
+/// opener sent it), reply tuple (as the answer is expected).
+pub type Conn = (u8, Ends, Ends);
+
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, 6 | 17 | 132)
+}
+
+/// The client sockets of translated connections among `conns`: connections whose original
+/// source is in `pools` and whose reply does not come from the original destination
+/// (someone DNAT'd them), TCP, UDP or SCTP.
+pub fn translated_clients(conns: &[Conn], pools: &[IpNet]) -> Vec<Socket> {
+    let mut out: Vec<Socket> = conns
+        .iter()
+        .filter(|&&(proto, (src, dst, _, dport), (rsrc, _, rsport, _))| {
+            has_ports(proto)
+                && (rsrc != dst || rsport != dport)
+                && pools.iter().any(|p| p.contains(&src))
+        })
+        .map(|&(proto, (src, _, sport, _), _)| (src, proto, sport))
+        .collect();
     out.sort();
     out.dedup();
     out
@@ -227,47 +210,20 @@ pub struct Tracked {
     pub dport: u16,
 }
 
-/// The TCP, UDP and SCTP connections in the text of `/proc/net/nf_conntrack` whose
-/// original source or destination `wanted` accepts (lines it cannot read are skipped).
-pub fn tracked(conntrack: &str, wanted: impl Fn(IpAddr) -> bool) -> Vec<Tracked> {
-    let mut out = Vec::new();
-    for line in conntrack.lines() {
-        let mut words = line.split_whitespace();
-        let proto: Option<u8> = words.nth(3).and_then(|w| w.parse().ok());
-        let Some(proto) = proto.filter(|p| [6, 17, 132].contains(p)) else {
-            continue;
-        };
-        let mut f: [Option<&str>; 4] = [None; 4];
-        for w in line.split_whitespace() {
-            let Some((k, v)) = w.split_once('=') else {
-                continue;
-            };
-            let i = match k {
-                "src" => 0,
-                "dst" => 1,
-                "sport" => 2,
-                "dport" => 3,
-                _ => continue,
-            };
-            // The first of each is the original direction's.
-            if f[i].is_none() {
-                f[i] = Some(v);
-            }
-        }
-        let parsed = (|| {
-            Some(Tracked {
-                proto,
-                src: f[0]?.parse().ok()?,
-                dst: f[1]?.parse().ok()?,
-                sport: f[2]?.parse().ok()?,
-                dport: f[3]?.parse().ok()?,
-            })
-        })();
-        if let Some(t) = parsed.filter(|t| wanted(t.src) || wanted(t.dst)) {
-            out.push(t);
-        }
-    }
-    out
+/// The TCP, UDP and SCTP connections among `conns` whose original source or destination
+/// `wanted` accepts.
+pub fn tracked(conns: &[Conn], wanted: impl Fn(IpAddr) -> bool) -> Vec<Tracked> {
+    conns
+        .iter()
+        .filter(|&&(proto, (src, dst, _, _), _)| has_ports(proto) && (wanted(src) || wanted(dst)))
+        .map(|&(proto, (src, dst, sport, dport), _)| Tracked {
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -383,21 +339,63 @@ mod tests {
         assert!(!v4only.contains("delete table ip weft"));
     }
 
-    const CT: &str = "\
-ipv4     2 tcp      6 431999 ESTABLISHED src=10.32.0.2 dst=10.96.0.10 sport=40000 dport=80 src=10.32.1.5 dst=10.32.0.2 sport=80 dport=40000 [ASSURED] mark=0 zone=0 use=2
-ipv4     2 udp      17 29 src=10.32.0.3 dst=10.96.0.53 sport=5353 dport=53 [UNREPLIED] src=10.32.1.9 dst=10.32.0.3 sport=53 dport=5353 mark=0 zone=0 use=2
-ipv4     2 tcp      6 117 TIME_WAIT src=10.32.0.2 dst=1.1.1.1 sport=41000 dport=443 src=1.1.1.1 dst=172.30.1.1 sport=443 dport=41000 [ASSURED] mark=0 zone=0 use=2
-ipv4     2 tcp      6 300 ESTABLISHED src=172.30.1.2 dst=172.30.1.1 sport=50000 dport=8080 src=10.32.0.7 dst=172.30.1.2 sport=80 dport=50000 mark=0 zone=0 use=2
-ipv4     2 icmp     1 29 src=10.32.0.2 dst=10.96.0.10 type=8 code=0 id=7 src=10.32.1.5 dst=10.32.0.2 type=0 code=0 id=7 mark=0 use=1
-ipv6     10 tcp      6 431999 ESTABLISHED src=fd32::2 dst=fd96::10 sport=40001 dport=80 src=fd32:0:0:1::5 dst=fd32::2 sport=80 dport=40001 [ASSURED] mark=0 zone=0 use=2
-ipv4     2 tcp      6 300 ESTABLISHED src=10.32.0.4 dst=10.32.1.4 sport=45000 dport=80 src=10.32.1.4 dst=10.32.0.4 sport=80 dport=45000 mark=0 use=1
-garbage line
-";
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// A table as conntrack lists it (what `/proc/net/nf_conntrack` would show first).
+    fn ct() -> Vec<Conn> {
+        let (c2, c3, c4, c7) = (
+            ip("10.32.0.2"),
+            ip("10.32.0.3"),
+            ip("10.32.0.4"),
+            ip("10.32.0.7"),
+        );
+        let host = ip("172.30.1.2");
+        vec![
+            // A Service VIP DNAT'd to a pod, TCP and UDP (not answered yet).
+            (
+                6,
+                (c2, ip("10.96.0.10"), 40000, 80),
+                (ip("10.32.1.5"), c2, 80, 40000),
+            ),
+            (
+                17,
+                (c3, ip("10.96.0.53"), 5353, 53),
+                (ip("10.32.1.9"), c3, 53, 5353),
+            ),
+            // Masqueraded only.
+            (
+                6,
+                (c2, ip("1.1.1.1"), 41000, 443),
+                (ip("1.1.1.1"), ip("172.30.1.1"), 443, 41000),
+            ),
+            // A hostPort reached from a host (the client is outside the pools).
+            (
+                6,
+                (host, ip("172.30.1.1"), 50000, 8080),
+                (c7, host, 80, 50000),
+            ),
+            // ICMP, DNAT'd.
+            (1, (c2, ip("10.96.0.10"), 0, 0), (ip("10.32.1.5"), c2, 0, 0)),
+            (
+                6,
+                (ip("fd32::2"), ip("fd96::10"), 40001, 80),
+                (ip("fd32:0:0:1::5"), ip("fd32::2"), 80, 40001),
+            ),
+            // Plain pod to pod.
+            (
+                6,
+                (c4, ip("10.32.1.4"), 45000, 80),
+                (ip("10.32.1.4"), c4, 80, 45000),
+            ),
+        ]
+    }
 
     #[test]
     fn tracked_connections_are_read_by_their_original_tuple() {
         let a: IpAddr = "10.32.0.4".parse().unwrap();
-        let got = tracked(CT, |x| x == a);
+        let got = tracked(&ct(), |x| x == a);
         assert_eq!(
             got,
             vec![Tracked {
@@ -408,13 +406,14 @@ garbage line
                 dport: 80
             }]
         );
-        // ICMP and garbage are skipped; every TCP/UDP line is read.
-        assert_eq!(tracked(CT, |_| true).len(), 6);
+        // ICMP is skipped; every TCP/UDP connection is taken, by source or destination.
+        assert_eq!(tracked(&ct(), |_| true).len(), 6);
+        assert_eq!(tracked(&ct(), |x| x == ip("10.32.1.4")), got);
     }
 
     #[test]
     fn translated_clients_are_dnatd_connections_from_pool_addresses() {
-        let got = translated_clients(CT, &pools());
+        let got = translated_clients(&ct(), &pools());
         assert_eq!(
             got,
             vec![
@@ -429,9 +428,10 @@ garbage line
 
     #[test]
     fn a_port_only_dnat_is_translated_too() {
-        let ct = "ipv4 2 tcp 6 300 ESTABLISHED src=10.32.0.2 dst=10.32.1.4 sport=1 dport=8080 src=10.32.1.4 dst=10.32.0.2 sport=80 dport=1 mark=0 use=1\n";
+        let (a, b) = (ip("10.32.0.2"), ip("10.32.1.4"));
+        let ct = [(6, (a, b, 1, 8080), (b, a, 80, 1))];
         assert_eq!(
-            translated_clients(ct, &pools()),
+            translated_clients(&ct, &pools()),
             vec![("10.32.0.2".parse().unwrap(), 6, 1)]
         );
     }

@@ -1,7 +1,8 @@
-//! Two small pieces of netfilter's netlink (`NETLINK_NETFILTER`), written out by hand:
-//! receiving the packets nftables' `log group N` sends to userspace (nfnetlink_log), and
-//! deleting one connection tracking entry by its original tuple (ctnetlink). Both work in
-//! the namespace the socket was opened in.
+//! Small pieces of netfilter's netlink (`NETLINK_NETFILTER`), written out by hand:
+//! receiving the packets nftables' `log group N` sends to userspace (nfnetlink_log),
+//! listing the connection tracking table and deleting one entry by its original tuple
+//! (ctnetlink), and changing nftables set elements. All work in the namespace the socket
+//! was opened in.
 
 use std::net::IpAddr;
 
@@ -11,6 +12,8 @@ use crate::{Error, Result};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const NFNL_SUBSYS_ULOG: u16 = 4;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NFULNL_MSG_PACKET: u16 = 0;
 const NFULNL_MSG_CONFIG: u16 = 1;
@@ -21,6 +24,7 @@ const NFULNL_COPY_PACKET: u8 = 2;
 const NFULA_PAYLOAD: u16 = 9;
 const NFULA_PREFIX: u16 = 10;
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -32,11 +36,51 @@ const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
 
 fn align4(n: usize) -> usize {
     (n + 3) & !3
+}
+
+/// The attributes (type without its flag bits, payload) in `buf`; stops at the first one
+/// that does not fit.
+fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> + '_ {
+    let mut a = 0;
+    std::iter::from_fn(move || {
+        if a + 4 > buf.len() {
+            return None;
+        }
+        let alen = u16::from_ne_bytes([buf[a], buf[a + 1]]) as usize;
+        let akind = u16::from_ne_bytes([buf[a + 2], buf[a + 3]]) & 0x3fff;
+        if alen < 4 || a + alen > buf.len() {
+            return None;
+        }
+        let data = &buf[a + 4..a + alen];
+        a += align4(alen);
+        Some((akind, data))
+    })
+}
+
+/// The netlink messages (type, payload after the 16-byte header) in one received buffer;
+/// stops at the first one that does not fit.
+fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> + '_ {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 16 > buf.len() {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < 16 || off + len > buf.len() {
+            return None;
+        }
+        let body = &buf[off + 16..off + len];
+        off += align4(len);
+        Some((kind, body))
+    })
 }
 
 /// Appends one attribute (type, payload), padded.
@@ -114,24 +158,9 @@ fn request_ack(s: &mut Socket, msg: &[u8], op: &str) -> Result<bool> {
 /// The error codes of the acknowledgements (`NLMSG_ERROR` messages; 0 is success) in one
 /// received buffer of netlink messages, in order.
 fn ack_codes(buf: &[u8]) -> impl Iterator<Item = i32> + '_ {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        while off + 16 <= buf.len() {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
-            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > buf.len() {
-                return None;
-            }
-            let at = off;
-            off += align4(len);
-            if kind == NLMSG_ERROR && len >= 20 {
-                return Some(i32::from_ne_bytes(
-                    buf[at + 16..at + 20].try_into().unwrap_or_default(),
-                ));
-            }
-        }
-        None
-    })
+    messages(buf)
+        .filter(|&(kind, body)| kind == NLMSG_ERROR && body.len() >= 4)
+        .map(|(_, body)| i32::from_ne_bytes(body[..4].try_into().unwrap_or_default()))
 }
 
 /// Deletes the connection tracking entry whose original tuple is `src:sport -> dst:dport`
@@ -411,41 +440,153 @@ impl NfLog {
 /// The packets in one datagram of nfnetlink_log messages.
 pub fn parse_packets(buf: &[u8]) -> Vec<LoggedPacket> {
     let mut out = Vec::new();
-    let mut off = 0;
-    while off + 20 <= buf.len() {
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
-        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        if len < 20 || off + len > buf.len() {
-            break;
+    for (kind, body) in messages(buf) {
+        if kind != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET || body.len() < 4 {
+            continue;
         }
-        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
-            let mut p = LoggedPacket {
-                prefix: String::new(),
-                payload: Vec::new(),
-            };
-            let mut a = off + 20;
-            while a + 4 <= off + len {
-                let alen = u16::from_ne_bytes([buf[a], buf[a + 1]]) as usize;
-                let akind = u16::from_ne_bytes([buf[a + 2], buf[a + 3]]) & 0x3fff;
-                if alen < 4 || a + alen > off + len {
-                    break;
+        let mut p = LoggedPacket {
+            prefix: String::new(),
+            payload: Vec::new(),
+        };
+        for (akind, data) in attrs(&body[4..]) {
+            match akind {
+                NFULA_PREFIX => {
+                    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                    p.prefix = String::from_utf8_lossy(&data[..end]).into_owned();
                 }
-                let data = &buf[a + 4..a + alen];
-                match akind {
-                    NFULA_PREFIX => {
-                        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                        p.prefix = String::from_utf8_lossy(&data[..end]).into_owned();
-                    }
-                    NFULA_PAYLOAD => p.payload = data.to_vec(),
-                    _ => {}
-                }
-                a += align4(alen);
+                NFULA_PAYLOAD => p.payload = data.to_vec(),
+                _ => {}
             }
-            out.push(p);
         }
-        off += align4(len);
+        out.push(p);
     }
     out
+}
+
+/// One direction of a tracked connection as conntrack keeps it: source, destination,
+/// source port, destination port (ports 0 for protocols without them).
+pub type CtEnds = (IpAddr, IpAddr, u16, u16);
+
+/// A tracked connection: IP protocol number, its original tuple (as the opener sent it)
+/// and its reply tuple (as the answer is expected: a translated connection's differs from
+/// the original's reverse).
+pub type CtEntry = (u8, CtEnds, CtEnds);
+
+/// Lists the connection tracking table of the calling thread's network namespace over
+/// ctnetlink (what `conntrack -L` does): every entry of `family` (`libc::AF_INET`,
+/// `AF_INET6`, or 0 for both). Unlike `/proc/net/nf_conntrack` this needs no
+/// `CONFIG_NF_CONNTRACK_PROCFS` and sends binary records, not formatted text.
+pub fn conntrack_list(family: u8) -> Result<Vec<CtEntry>> {
+    let op = "list the tracked connections (ctnetlink)";
+    let msg = message(
+        NFNL_SUBSYS_CTNETLINK,
+        IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        family,
+        0,
+        &[],
+    );
+    let s = open(op)?;
+    s.send_to(&msg, &SocketAddr::new(0, 0), 0)
+        .map_err(|e| Error::new(op, e))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = s
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|e| Error::new(op, e))?;
+        match parse_conntrack(&buf[..n], &mut out) {
+            Dump::More => {}
+            Dump::Done => return Ok(out),
+            Dump::Failed(errno) => {
+                return Err(Error::new(op, std::io::Error::from_raw_os_error(errno)))
+            }
+        }
+    }
+}
+
+/// Where a dump stands after one received buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Dump {
+    More,
+    Done,
+    Failed(i32),
+}
+
+/// Appends the entries of one buffer of a ctnetlink dump to `out` (an entry without a
+/// whole original and reply tuple is skipped).
+fn parse_conntrack(buf: &[u8], out: &mut Vec<CtEntry>) -> Dump {
+    for (kind, body) in messages(buf) {
+        match kind {
+            NLMSG_DONE => return Dump::Done,
+            NLMSG_ERROR => {
+                let code = body
+                    .get(..4)
+                    .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()))
+                    .unwrap_or(-libc::EIO);
+                return if code == 0 {
+                    Dump::Done
+                } else {
+                    Dump::Failed(-code)
+                };
+            }
+            k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && body.len() >= 4 => {
+                let (mut orig, mut reply) = (None, None);
+                for (akind, data) in attrs(&body[4..]) {
+                    match akind {
+                        CTA_TUPLE_ORIG => orig = ct_tuple(data),
+                        CTA_TUPLE_REPLY => reply = ct_tuple(data),
+                        _ => {}
+                    }
+                }
+                if let (Some((proto, o)), Some((_, r))) = (orig, reply) {
+                    out.push((proto, o, r));
+                }
+            }
+            _ => {}
+        }
+    }
+    Dump::More
+}
+
+/// A `CTA_TUPLE_*` attribute's protocol and ends.
+fn ct_tuple(buf: &[u8]) -> Option<(u8, CtEnds)> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0, 0);
+    for (kind, data) in attrs(buf) {
+        match kind {
+            CTA_TUPLE_IP => {
+                for (k, a) in attrs(data) {
+                    let addr = match (k, a.len()) {
+                        (CTA_IP_V4_SRC | CTA_IP_V4_DST, 4) => {
+                            IpAddr::from(<[u8; 4]>::try_from(a).ok()?)
+                        }
+                        (CTA_IP_V6_SRC | CTA_IP_V6_DST, 16) => {
+                            IpAddr::from(<[u8; 16]>::try_from(a).ok()?)
+                        }
+                        _ => continue,
+                    };
+                    if matches!(k, CTA_IP_V4_SRC | CTA_IP_V6_SRC) {
+                        src = Some(addr);
+                    } else {
+                        dst = Some(addr);
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (k, a) in attrs(data) {
+                    match (k, a.len()) {
+                        (CTA_PROTO_NUM, 1) => proto = Some(a[0]),
+                        (CTA_PROTO_SRC_PORT, 2) => sport = u16::from_be_bytes([a[0], a[1]]),
+                        (CTA_PROTO_DST_PORT, 2) => dport = u16::from_be_bytes([a[0], a[1]]),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((proto?, (src?, dst?, sport, dport)))
 }
 
 #[cfg(test)]
@@ -469,5 +610,82 @@ mod tests {
         for cut in 0..m.len() {
             let _ = parse_packets(&m[..cut]);
         }
+    }
+
+    /// A dump record as ctnetlink sends it: the tuples of both directions, and the
+    /// status and timeout attributes a parser must step over.
+    fn ct_record(proto: u8, orig: CtEnds, reply: CtEnds) -> Vec<u8> {
+        let tuple = |t: &mut Vec<u8>, (src, dst, sport, dport): CtEnds| {
+            nested(t, CTA_TUPLE_IP, |ip| match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    attr(ip, CTA_IP_V4_SRC, &s.octets());
+                    attr(ip, CTA_IP_V4_DST, &d.octets());
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    attr(ip, CTA_IP_V6_SRC, &s.octets());
+                    attr(ip, CTA_IP_V6_DST, &d.octets());
+                }
+                _ => unreachable!(),
+            });
+            nested(t, CTA_TUPLE_PROTO, |p| {
+                attr(p, CTA_PROTO_NUM, &[proto]);
+                if sport != 0 {
+                    attr(p, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
+                    attr(p, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+                }
+            });
+        };
+        let mut a = Vec::new();
+        nested(&mut a, CTA_TUPLE_ORIG, |t| tuple(t, orig));
+        nested(&mut a, CTA_TUPLE_REPLY, |t| tuple(t, reply));
+        attr(&mut a, 3, &8u32.to_be_bytes());
+        attr(&mut a, 7, &120u32.to_be_bytes());
+        message(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW, 2, 9, 2, 0, &a)
+    }
+
+    #[test]
+    fn a_conntrack_dump_is_read_back_whole_and_ends_at_done() {
+        let a: IpAddr = "10.32.0.5".parse().unwrap();
+        let vip: IpAddr = "10.96.0.10".parse().unwrap();
+        let b: IpAddr = "10.40.0.7".parse().unwrap();
+        let a6: IpAddr = "fd32::5".parse().unwrap();
+        let b6: IpAddr = "fd32:0:0:1::7".parse().unwrap();
+        // A DNAT'd TCP connection, a UDP one over IPv6, an ICMP echo (no ports).
+        let tcp = (6, (a, vip, 40000, 80), (b, a, 8080, 40000));
+        let udp = (17, (a6, b6, 5353, 53), (b6, a6, 53, 5353));
+        let icmp = (1, (a, b, 0, 0), (b, a, 0, 0));
+        let mut buf = Vec::new();
+        for (p, o, r) in [tcp, udp, icmp] {
+            buf.extend(ct_record(p, o, r));
+        }
+        let mut got = Vec::new();
+        assert_eq!(parse_conntrack(&buf, &mut got), Dump::More);
+        assert_eq!(got, vec![tcp, udp, icmp]);
+        // The dump's end, in the same buffer as the last records or alone.
+        buf.extend(raw_message(NLMSG_DONE, 2, 9, 0, 0, &[]));
+        let mut again = Vec::new();
+        assert_eq!(parse_conntrack(&buf, &mut again), Dump::Done);
+        assert_eq!(again, got);
+        // An error ends it with the kernel's errno.
+        let mut err = raw_message(NLMSG_ERROR, 0, 9, 0, 0, &[]);
+        err.truncate(16);
+        err.extend_from_slice(&(-libc::EPERM).to_ne_bytes());
+        err[..4].copy_from_slice(&20u32.to_ne_bytes());
+        assert_eq!(
+            parse_conntrack(&err, &mut Vec::new()),
+            Dump::Failed(libc::EPERM)
+        );
+        // Truncated input yields what is whole, never a panic.
+        for cut in 0..buf.len() {
+            let _ = parse_conntrack(&buf[..cut], &mut Vec::new());
+        }
+        // A record whose reply tuple is cut off is skipped, not half read.
+        let mut half = ct_record(tcp.0, tcp.1, tcp.2);
+        let orig_len = 20 + u16::from_ne_bytes([half[20], half[21]]) as usize;
+        half.truncate(orig_len);
+        half[..4].copy_from_slice(&(orig_len as u32).to_ne_bytes());
+        let mut none = Vec::new();
+        parse_conntrack(&half, &mut none);
+        assert!(none.is_empty(), "{none:?}");
     }
 }
