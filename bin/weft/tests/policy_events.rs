@@ -146,6 +146,13 @@ fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
+/// Whether a host's policy table is hooked in (None: it has none).
+fn hooked(lab: &Lab, host: &str) -> Option<bool> {
+    let (ok, text) = lab.exec(host, &["nft", "list", "table", "inet", "weft_policy"]);
+    let head: String = text.lines().take(3).collect::<Vec<_>>().join("\n");
+    ok.then(|| !head.contains("flags dormant"))
+}
+
 fn apply(lab: &Lab, host: &str, yaml: &str) {
     common::truth::apply(lab, host, yaml, false);
 }
@@ -203,6 +210,18 @@ spec:
   - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: locked}}, podSelector: {matchLabels: {app: client}}}]
 ",
     );
+    // h1 and h3 have no isolated pod yet: their policy tables are there (srv on h2 is
+    // isolated) but hooked out; the ADDs below hook them in before their answers.
+    for host in ["h1", "h3"] {
+        assert!(
+            until(Duration::from_secs(10), || hooked(&lab, host)
+                == Some(false))
+            .is_some(),
+            "{host}'s policy table was not hooked out with no isolated pod there: {:?}",
+            hooked(&lab, host)
+        );
+    }
+    assert_eq!(hooked(&lab, "h2"), Some(true), "srv's host must enforce");
     // Egress at the first instant: the pod's own first packets (a ping started by the
     // runtime right after ADD) go nowhere; the same ping from an unisolated pod arrives.
     let to = other.v4.to_string();
@@ -219,6 +238,7 @@ spec:
         log.contains("0 packets received") || log.contains(" 0 received"),
         "an isolated pod's first ping got through: {log}"
     );
+    assert_eq!(hooked(&lab, "h1"), Some(true), "h1 isolates a pod now");
     start(
         &lab,
         "h1",

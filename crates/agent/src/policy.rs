@@ -32,6 +32,9 @@ pub(crate) struct PolicyState {
     kinds: compile::Groups,
     /// The kernel has weft's policy table (as this agent made it).
     table: bool,
+    /// Whether that table is hooked in (not dormant), as this agent last set it; None
+    /// after a script that may have made it anew or removed it.
+    awake: Option<bool>,
     /// Dispatch elements of endpoints isolated by their ADD, added after the answer
     /// ([`compile::Quick`]); `applied` counts them in already.
     dispatch: Vec<compile::ElementOp>,
@@ -425,15 +428,37 @@ impl Agent {
             // The raw chains exempt isolated pods from `notrack` before any is isolated.
             self.dp_nat_sync()?;
         }
+        if !new.isolated.is_empty() && self.pol.table && self.pol.applied.is_some() {
+            // A table changed in place is hooked in before anything is isolated in it;
+            // one that cannot be is written whole at the next try.
+            if let Err(e) = self.policy_hook(true) {
+                self.pol.applied = None;
+                return Err(e);
+            }
+        }
         let t1 = Instant::now();
         if let Some(ops) = &ops {
             if let Err(e) = add_elements(ops) {
                 // The kernel's table is not what `applied` says: write it whole.
                 log(format!("policy: {e}; writing the whole table"));
+                self.pol.awake = None;
                 crate::dataplane::run_nft(&compile::full_script(&new))?;
             }
         } else if !script.is_empty() {
+            self.pol.awake = None;
             crate::dataplane::run_nft(&script)?;
+        }
+        if active {
+            // A table made anew is hooked in; one with nothing isolated is hooked out only
+            // after the change that emptied it.
+            if let Err(e) = self.policy_hook(!new.isolated.is_empty()) {
+                if !new.isolated.is_empty() {
+                    // Not enforced: the next try writes the table whole.
+                    self.pol.applied = None;
+                    return Err(e);
+                }
+                log(format!("policy: {e}"));
+            }
         }
         let t_nft = t1.elapsed();
         if t0.elapsed() > Duration::from_millis(200) {
@@ -583,6 +608,7 @@ impl Agent {
                 // Isolated (dropped) before the answer; let in by its group's rules just
                 // after it, in the loop's next turn (`policy_dispatch`).
                 self.fast_isolate(&iso)
+                    .and_then(|()| self.policy_hook(true))
                     .and_then(|()| add_elements(&q.isolate))
                     .map(|()| self.pol.dispatch.extend(q.dispatch))
                     .inspect_err(|_| {
@@ -606,6 +632,23 @@ impl Agent {
                 Err(format!("cannot apply the network policy for it: {e}"))
             }
         }
+    }
+
+    /// Hooks weft's policy table in (`awake`) or out (dormant). It is dormant while no pod
+    /// of this host is isolated: its base chains would only accept then, and every packet
+    /// the host forwards would still walk them (docs/policy.md, "Applying").
+    fn policy_hook(&mut self, awake: bool) -> Result<(), String> {
+        if self.pol.awake == Some(awake) {
+            return Ok(());
+        }
+        weft_netlink::netfilter::nft_table_dormant(
+            weft_netlink::netfilter::NFPROTO_INET,
+            compile::TABLE_NAME,
+            !awake,
+        )
+        .map_err(|e| e.to_string())?;
+        self.pol.awake = Some(awake);
+        Ok(())
     }
 
     /// Adds the dispatch elements that ADDs left for after their answers (the agent's loop

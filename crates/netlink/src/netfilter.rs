@@ -220,8 +220,11 @@ pub fn conntrack_delete(
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -280,6 +283,67 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
         elems.len(),
         elems.len() - dels
     );
+    let msgs: Vec<(u16, u16, u8, Vec<u8>)> = elems
+        .iter()
+        .map(|e| {
+            let mut attrs = Vec::new();
+            attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &cstr(e.table));
+            attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &cstr(e.set));
+            nested(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                nested(l, NFTA_LIST_ELEM, |el| {
+                    nested(el, NFTA_SET_ELEM_KEY, |k| {
+                        let key = match e.key {
+                            IpAddr::V4(a) => a.octets().to_vec(),
+                            IpAddr::V6(a) => a.octets().to_vec(),
+                        };
+                        attr(k, NFTA_DATA_VALUE, &key);
+                    });
+                    if let (Some(chain), false) = (e.jump, e.delete) {
+                        nested(el, NFTA_SET_ELEM_DATA, |d| {
+                            nested(d, NFTA_DATA_VERDICT, |v| {
+                                attr(v, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                                attr(v, NFTA_VERDICT_CHAIN, &cstr(chain));
+                            });
+                        });
+                    }
+                });
+            });
+            let (kind, flags) = if e.delete {
+                (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+            } else {
+                (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+            };
+            (kind, flags, e.family, attrs)
+        })
+        .collect();
+    nft_transaction(&msgs, &op)
+}
+
+/// Hooks an existing nftables table out (`dormant`: none of its base chains sees a
+/// packet) or back in, as `nft add table T { flags dormant; }` and its reverse do, in a
+/// transaction of its own. Fails (ENOENT) when there is no such table: it never creates
+/// one.
+pub fn nft_table_dormant(family: u8, table: &str, dormant: bool) -> Result<()> {
+    let op = format!(
+        "{} nftables table {table}",
+        if dormant { "hook out" } else { "hook in" }
+    );
+    let mut attrs = Vec::new();
+    attr(&mut attrs, NFTA_TABLE_NAME, &cstr(table));
+    attr(
+        &mut attrs,
+        NFTA_TABLE_FLAGS,
+        &u32::from(dormant).to_be_bytes(),
+    );
+    nft_transaction(
+        &[(NFT_MSG_NEWTABLE, NLM_F_REQUEST | NLM_F_ACK, family, attrs)],
+        &op,
+    )
+}
+
+/// Sends nftables messages (type, flags, family, attributes) as one transaction (all or
+/// none, in order) and waits for each one's acknowledgement.
+fn nft_transaction(msgs: &[(u16, u16, u8, Vec<u8>)], op: &str) -> Result<()> {
     let mut batch = raw_message(
         NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
@@ -288,48 +352,21 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
         NFNL_SUBSYS_NFTABLES,
         &[],
     );
-    for (i, e) in elems.iter().enumerate() {
-        let mut attrs = Vec::new();
-        attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &cstr(e.table));
-        attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &cstr(e.set));
-        nested(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-            nested(l, NFTA_LIST_ELEM, |el| {
-                nested(el, NFTA_SET_ELEM_KEY, |k| {
-                    let key = match e.key {
-                        IpAddr::V4(a) => a.octets().to_vec(),
-                        IpAddr::V6(a) => a.octets().to_vec(),
-                    };
-                    attr(k, NFTA_DATA_VALUE, &key);
-                });
-                if let (Some(chain), false) = (e.jump, e.delete) {
-                    nested(el, NFTA_SET_ELEM_DATA, |d| {
-                        nested(d, NFTA_DATA_VERDICT, |v| {
-                            attr(v, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-                            attr(v, NFTA_VERDICT_CHAIN, &cstr(chain));
-                        });
-                    });
-                }
-            });
-        });
-        let (kind, flags) = if e.delete {
-            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
-        } else {
-            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
-        };
+    for (i, (kind, flags, family, attrs)) in msgs.iter().enumerate() {
         batch.extend(message(
             NFNL_SUBSYS_NFTABLES,
-            kind,
-            flags,
+            *kind,
+            *flags,
             2 + i as u32,
-            e.family,
+            *family,
             0,
-            &attrs,
+            attrs,
         ));
     }
     batch.extend(raw_message(
         NFNL_MSG_BATCH_END,
         NLM_F_REQUEST,
-        2 + elems.len() as u32,
+        2 + msgs.len() as u32,
         0,
         NFNL_SUBSYS_NFTABLES,
         &[],
@@ -341,21 +378,21 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
     // calling thread's is not used.
     let netns = std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .map_err(|e| Error::new(&op, e))?;
+        .map_err(|e| Error::new(op, e))?;
     let mut kept = ELEMENTS_SOCKET.lock().unwrap_or_else(|p| p.into_inner());
     let s = match kept.take() {
         Some((ns, s)) if ns == netns => s,
-        _ => open(&op)?,
+        _ => open(op)?,
     };
     s.send_to(&batch, &SocketAddr::new(0, 0), 0)
-        .map_err(|e| Error::new(&op, e))?;
-    // One acknowledgement per element message; the first error aborts the transaction.
+        .map_err(|e| Error::new(op, e))?;
+    // One acknowledgement per message; the first error aborts the transaction.
     let mut acks = 0;
     let mut buf = vec![0u8; 8192];
-    while acks < elems.len() {
+    while acks < msgs.len() {
         let n = s
             .recv(&mut &mut buf[..], 0)
-            .map_err(|e| Error::new(&op, e))?;
+            .map_err(|e| Error::new(op, e))?;
         for code in ack_codes(&buf[..n]) {
             if code != 0 {
                 return Err(Error::new(op, std::io::Error::from_raw_os_error(-code)));

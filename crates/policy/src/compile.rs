@@ -19,7 +19,7 @@ use crate::selector::Labels;
 /// The table's family and name.
 pub const TABLE: &str = "inet weft_policy";
 /// The policy table's name alone.
-const TABLE_NAME: &str = "weft_policy";
+pub const TABLE_NAME: &str = "weft_policy";
 
 /// The set of isolated addresses in weft's `ip weft` / `ip6 weft` tables (exempt from
 /// their `notrack`).
