@@ -1,8 +1,8 @@
 //! Small pieces of netfilter's netlink (`NETLINK_NETFILTER`), written out by hand:
 //! receiving the packets nftables' `log group N` sends to userspace (nfnetlink_log),
 //! listing the connection tracking table and deleting one entry by its original tuple
-//! (ctnetlink), and changing nftables set elements. All work in the namespace the socket
-//! was opened in.
+//! (ctnetlink), and changing nftables set elements and a table's dormant flag. All work
+//! in the namespace the socket was opened in.
 
 use std::net::IpAddr;
 
