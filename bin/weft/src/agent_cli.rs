@@ -423,19 +423,21 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     if let Some(t) = &d.tunnel {
         print_tunnel(t);
     }
+    // `via host`: the next hop's name; `owner`: whose block the destination is (another
+    // node's when the next hop relays).
     println!(
-        "{:<20} {:<6} {:<16} {:<12} mtu",
-        "destination", "mode", "via", "host"
+        "{:<20} {:<6} {:<16} {:<12} {:<12} mtu",
+        "destination", "mode", "via", "via host", "owner"
     );
     for r in &d.routes {
+        let unknown = if r.via == "drop" { "-" } else { "?" };
         println!(
-            "{:<20} {:<6} {:<16} {:<12} {}",
+            "{:<20} {:<6} {:<16} {:<12} {:<12} {}",
             r.dst,
             r.mode,
             r.via,
-            r.via_name
-                .as_deref()
-                .unwrap_or(if r.via == "drop" { "-" } else { "?" }),
+            r.via_name.as_deref().unwrap_or(unknown),
+            r.owner.as_deref().unwrap_or(unknown),
             r.mtu
         );
     }

@@ -73,6 +73,13 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
         (route_to(&lab, "h1", &h3.ip) == Some(("route".into(), "h2".into()))).then_some(())
     });
     assert!(relayed.is_some(), "{:?}", dp_routes(&lab, "h1"));
+    // `weft status` names both ends: the relay as the next hop, h3 as the block's owner.
+    assert_eq!(
+        route_owner(&lab, "h1", &h3.ip).as_deref(),
+        Some("h3"),
+        "{}",
+        status(&lab, "h1")["dataplane"]["routes"]
+    );
     all_reach_all(&lab, &pods);
     weft_ok(&["lab", "heal", "--name", &lab.name, "h1", "h3"]);
     assert!(

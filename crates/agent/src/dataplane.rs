@@ -141,6 +141,10 @@ pub struct RouteReport {
     pub via: String,
     /// The next hop's name, when known.
     pub via_name: Option<String>,
+    /// The name of the node whose block (or borrowed address) the destination is, when
+    /// known: the next hop's own, or another's that the next hop relays to.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Path MTU.
     pub mtu: u32,
 }
@@ -578,10 +582,14 @@ impl Agent {
                 .owners()
                 .map(|o| (weft_dataplane::vtep_of(o), *o))
                 .collect();
-            let addr_owner: BTreeMap<IpAddr, NodeId> = self
-                .dp_peers_now()
-                .into_iter()
+            let peers = self.dp_peers_now();
+            let addr_owner: BTreeMap<IpAddr, NodeId> = peers
+                .iter()
                 .filter_map(|p| p.underlay.map(|u| (u, p.id)))
+                .collect();
+            let holder: BTreeMap<IpNet, NodeId> = peers
+                .iter()
+                .flat_map(|p| p.prefixes.iter().map(move |n| (*n, p.id)))
                 .collect();
             for r in &p.routes {
                 let (mode, via, owner) = match r.via {
@@ -603,6 +611,7 @@ impl Agent {
                             mode: "tunnel".into(),
                             via: "drop".into(),
                             via_name: None,
+                            owner: None,
                             mtu: r.mtu,
                         });
                         continue;
@@ -621,6 +630,7 @@ impl Agent {
                     mode: mode.into(),
                     via: via.to_string(),
                     via_name: owner.and_then(|o| self.name_of(&o)),
+                    owner: holder.get(&r.dst).and_then(|o| self.name_of(o)),
                     mtu: r.mtu,
                 });
             }

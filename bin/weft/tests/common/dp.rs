@@ -315,6 +315,23 @@ pub fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
         .map(|(_, mode, via)| (mode, via))
 }
 
+/// Whose block holds `ip`, as `host`'s status names it (its longest matching route's
+/// `owner`): the other end of a relayed route, not the relay.
+pub fn route_owner(lab: &Lab, host: &str, ip: &str) -> Option<String> {
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let s = status(lab, host);
+    s["dataplane"]["routes"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| {
+            let net: ipnet::IpNet = r["dst"].as_str()?.parse().ok()?;
+            net.contains(&ip)
+                .then(|| (net.prefix_len(), r["owner"].as_str().map(String::from)))
+        })
+        .max_by_key(|(len, _)| *len)
+        .and_then(|(_, owner)| owner)
+}
+
 /// How many of 3 pings from `src` to `dst` the netfilter FORWARD hook of `src`'s host saw:
 /// a counting chain of the test's own, in the lab host's namespace, made and removed here.
 /// The fast path forwards a container's packets itself (0); the kernel's stack passes
