@@ -243,41 +243,55 @@ pub fn get(a: GetArgs) -> Res {
             let eps: Vec<EndpointReport> = serde_json::from_value(v["endpoints"].clone())
                 .map_err(|e| format!("bad answer: {e}"))?;
             println!(
-                "{:<12} {:<16} {:<8} {:<28} {:<24} isolation",
-                "namespace", "name", "node", "addresses", "labels"
+                "{:<12} {:<16} {:<8} {:<28} {:<24} {:<16} isolation",
+                "namespace", "name", "node", "addresses", "labels", "ports"
             );
             for e in eps {
-                let addrs: Vec<String> = e.addrs.iter().map(|a| a.to_string()).collect();
-                let labels: Vec<String> =
-                    e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let mut iso = Vec::new();
-                if !e.ingress_isolated_by.is_empty() {
-                    iso.push(format!("ingress by {}", e.ingress_isolated_by.join(" ")));
-                }
-                if !e.egress_isolated_by.is_empty() {
-                    iso.push(format!("egress by {}", e.egress_isolated_by.join(" ")));
-                }
-                println!(
-                    "{:<12} {:<16} {:<8} {:<28} {:<24} {}",
-                    e.namespace,
-                    e.name,
-                    e.node,
-                    addrs.join(","),
-                    if labels.is_empty() {
-                        "<none>".into()
-                    } else {
-                        labels.join(",")
-                    },
-                    if iso.is_empty() {
-                        "none".into()
-                    } else {
-                        iso.join("; ")
-                    }
-                );
+                println!("{}", endpoint_row(&e));
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `weft get endpoints`: namespace, name, node, addresses, labels, named
+/// ports, and the policies isolating it per direction.
+fn endpoint_row(e: &EndpointReport) -> String {
+    let list = |v: Vec<String>, sep: &str| {
+        if v.is_empty() {
+            "<none>".to_string()
+        } else {
+            v.join(sep)
+        }
+    };
+    let mut iso = Vec::new();
+    if !e.ingress_isolated_by.is_empty() {
+        iso.push(format!("ingress by {}", e.ingress_isolated_by.join(" ")));
+    }
+    if !e.egress_isolated_by.is_empty() {
+        iso.push(format!("egress by {}", e.egress_isolated_by.join(" ")));
+    }
+    format!(
+        "{:<12} {:<16} {:<8} {:<28} {:<24} {:<16} {}",
+        e.namespace,
+        e.name,
+        e.node,
+        e.addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        list(
+            e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ","
+        ),
+        list(e.ports.clone(), ","),
+        if iso.is_empty() {
+            "none".into()
+        } else {
+            iso.join("; ")
+        }
+    )
 }
 
 /// `weft label`.
@@ -433,5 +447,43 @@ pub fn print_status(p: &PolicyReport) {
     }
     if let Some(e) = &p.error {
         println!("network policy ERROR: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(ports: &[&str], ingress: &[&str]) -> EndpointReport {
+        serde_json::from_value(json!({
+            "namespace": "shop", "name": "web", "uid": "c/eth0", "node": "h2",
+            "labels": {"app": "web", "tier": "front"},
+            "ports": ports, "addrs": ["10.32.0.1", "fd32::1"],
+            "ingress_isolated_by": ingress, "egress_isolated_by": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_endpoint_row_shows_its_named_ports_and_isolation() {
+        let row = endpoint_row(&ep(&["http=80/TCP", "dns=53/UDP"], &["shop/deny-all"]));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "shop",
+                "web",
+                "h2",
+                "10.32.0.1,fd32::1",
+                "app=web,tier=front",
+                "http=80/TCP,dns=53/UDP",
+                "ingress",
+                "by",
+                "shop/deny-all"
+            ],
+            "{row}"
+        );
+        let row = endpoint_row(&ep(&[], &[]));
+        assert!(row.ends_with("<none>           none"), "{row}");
     }
 }
