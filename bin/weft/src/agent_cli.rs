@@ -199,6 +199,40 @@ impl SocketArg {
 }
 
 pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
+    let cfg = config_of(a)?;
+    weft_agent::run(cfg).map_err(|e| e.0)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks `weft agent` flags as the agent would at its start, without starting one: `weft
+/// lab up` asks this before it makes anything, so a bad flag leaves nothing to undo.
+pub fn check_flags(flags: &[String]) -> Result<(), String> {
+    #[derive(clap::Parser)]
+    #[command(name = "weft agent")]
+    struct Check {
+        #[command(flatten)]
+        a: AgentArgs,
+    }
+    // What the lab gives each agent itself (a name, an address to listen on) stands in;
+    // only `flags` are the caller's.
+    let argv = [
+        "weft agent",
+        "--name",
+        "check",
+        "--listen",
+        "127.0.0.1:6783",
+        "--secret-file",
+        "/run/weft/secret",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(flags.iter().cloned());
+    let c = <Check as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
+    config_of(c.a).map(|_| ())
+}
+
+/// The agent's config: its `--config` file, overridden by its flags, validated.
+fn config_of(a: AgentArgs) -> Result<weft_agent::AgentConfig, String> {
     let file = match &a.config {
         Some(p) => {
             let text =
@@ -245,9 +279,7 @@ pub fn agent(a: AgentArgs) -> Result<ExitCode, String> {
         docker_plugin: a.docker_plugin,
         docker_host: a.docker_host,
     };
-    let cfg = file.overlay(flags).validate().map_err(|e| e.to_string())?;
-    weft_agent::run(cfg).map_err(|e| e.0)?;
-    Ok(ExitCode::SUCCESS)
+    file.overlay(flags).validate().map_err(|e| e.to_string())
 }
 
 pub(crate) fn call(
@@ -596,4 +628,32 @@ pub fn rmpeer(s: SocketArg, peer: &str) -> Result<ExitCode, String> {
         println!("{}", v["message"].as_str().unwrap_or(&text));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn agent_flags_are_checked_as_the_agent_checks_them() {
+        assert_eq!(
+            check_flags(&flags(&[
+                "--ipam-pools",
+                "10.32.0.0/12,fd32::/48",
+                "--nat",
+                "off"
+            ])),
+            Ok(())
+        );
+        let e = check_flags(&flags(&["--ipam-pools", "10.0.0.0/33"])).unwrap_err();
+        assert!(e.contains("ipam-pools") && e.contains("10.0.0.0/33"), "{e}");
+        let e = check_flags(&flags(&["--tunnel-rotate-secs", "500"])).unwrap_err();
+        assert!(e.contains("tunnel-rotate-secs"), "{e}");
+        let e = check_flags(&flags(&["--metrics-addr", "nowhere"])).unwrap_err();
+        assert!(e.contains("metrics"), "{e}");
+    }
 }

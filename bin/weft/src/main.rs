@@ -508,6 +508,11 @@ fn lab(cmd: LabCmd) -> Res {
                     agent_args.extend([flag.to_string(), v]);
                 }
             }
+            if !no_agents {
+                // Before anything is made: a flag the agents would refuse at their start
+                // fails here, with the agent's own message.
+                agent_cli::check_flags(&agent_args)?;
+            }
             let opts = weft_lab::UpOptions {
                 agents: !no_agents,
                 agent_args,

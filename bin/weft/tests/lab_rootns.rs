@@ -170,4 +170,23 @@ fn lab_refuses_bad_input_with_clear_errors() {
         assert!(!out.status.success(), "weft {args:?} should fail");
         assert!(err.contains(want), "weft {args:?}: {err:?} lacks {want:?}");
     }
+    // Flags for the agents are checked as the agents check them, before the lab makes
+    // anything: the agent's own message, no agent started, no namespace left.
+    for (flag, value) in [
+        ("--ipam-pools", "10.0.0.0/33"),
+        ("--tunnel-rotate-secs", "500"),
+    ] {
+        let args = ["lab", "up", "--name", "rbad", "--hosts", "2", flag, value];
+        let out = weft(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "weft {args:?} should fail");
+        let field = flag.trim_start_matches("--");
+        assert!(
+            err.starts_with(&format!("weft: agent config field `{field}`")),
+            "weft {args:?}: {err:?}"
+        );
+        assert!(!err.contains("exited at start"), "weft {args:?}: {err:?}");
+        let (_, netns) = sh("ip", &["netns", "list"]);
+        assert!(!netns.contains("weft-rbad-"), "{netns}");
+    }
 }
