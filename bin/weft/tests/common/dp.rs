@@ -300,24 +300,9 @@ pub fn dp_routes(lab: &Lab, host: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// The route of `ip` in `host`'s data plane routes, with its mode and next hop.
-pub fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
-    let ip: std::net::IpAddr = ip.parse().ok()?;
-    // The longest match, as the kernel picks (with encryption the pools' catch-all
-    // holds every address too).
-    dp_routes(lab, host)
-        .into_iter()
-        .filter_map(|(dst, mode, via)| {
-            let net: ipnet::IpNet = dst.parse().ok()?;
-            net.contains(&ip).then_some((net.prefix_len(), mode, via))
-        })
-        .max_by_key(|(len, _, _)| *len)
-        .map(|(_, mode, via)| (mode, via))
-}
-
-/// Whose block holds `ip`, as `host`'s status names it (its longest matching route's
-/// `owner`): the other end of a relayed route, not the relay.
-pub fn route_owner(lab: &Lab, host: &str, ip: &str) -> Option<String> {
+/// The route of `ip` in `host`'s status (its JSON object): the longest match, as the
+/// kernel picks (with encryption the pools' catch-all holds every address too).
+fn route_of(lab: &Lab, host: &str, ip: &str) -> Option<serde_json::Value> {
     let ip: std::net::IpAddr = ip.parse().ok()?;
     let s = status(lab, host);
     s["dataplane"]["routes"]
@@ -325,11 +310,25 @@ pub fn route_owner(lab: &Lab, host: &str, ip: &str) -> Option<String> {
         .iter()
         .filter_map(|r| {
             let net: ipnet::IpNet = r["dst"].as_str()?.parse().ok()?;
-            net.contains(&ip)
-                .then(|| (net.prefix_len(), r["owner"].as_str().map(String::from)))
+            net.contains(&ip).then_some((net.prefix_len(), r))
         })
         .max_by_key(|(len, _)| *len)
-        .and_then(|(_, owner)| owner)
+        .map(|(_, r)| r.clone())
+}
+
+/// The route of `ip` in `host`'s data plane routes, with its mode and next hop.
+pub fn route_to(lab: &Lab, host: &str, ip: &str) -> Option<(String, String)> {
+    let r = route_of(lab, host, ip)?;
+    Some((
+        r["mode"].as_str().unwrap_or_default().to_string(),
+        r["via_name"].as_str().unwrap_or("?").to_string(),
+    ))
+}
+
+/// Whose block holds `ip`, as `host`'s status names it (its route's `owner`): the other
+/// end of a relayed route, not the relay.
+pub fn route_owner(lab: &Lab, host: &str, ip: &str) -> Option<String> {
+    route_of(lab, host, ip)?["owner"].as_str().map(String::from)
 }
 
 /// How many of 3 pings from `src` to `dst` the netfilter FORWARD hook of `src`'s host saw:
