@@ -119,8 +119,11 @@ fn read_objects(a: &FileArgs) -> Result<Vec<Object>, String> {
             let s = std::fs::read_to_string(f).map_err(|e| format!("read {}: {e}", f.display()))?;
             (f.display().to_string(), s)
         };
-        let objs =
-            weft_policy::parse_objects(&text, &a.namespace).map_err(|e| format!("{name}: {e}"))?;
+        let (objs, warnings) = weft_policy::parse_objects_warn(&text, &a.namespace)
+            .map_err(|e| format!("{name}: {e}"))?;
+        for w in warnings {
+            eprintln!("Warning: {name}: {w}");
+        }
         all.extend(objs);
     }
     Ok(all)

@@ -317,6 +317,12 @@ fn join(path: &str, key: &str) -> String {
 /// Parses a file's text: JSON (one object, or a List with `items`) or YAML (documents
 /// separated by `---`). `default_ns` is the namespace of objects that name none.
 pub fn parse_objects(text: &str, default_ns: &str) -> Result<Vec<Object>, ParseError> {
+    parse_objects_warn(text, default_ns).map(|(objs, _)| objs)
+}
+
+/// As [`parse_objects`], with the warnings (field path first) that `weft apply` prints, as
+/// the API server sends them to kubectl.
+pub fn parse_objects_warn(text: &str, default_ns: &str) -> Result<Parsed, ParseError> {
     let trimmed = text.trim_start();
     let docs: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let v: Value = serde_json::from_str(text).map_err(|e| err("", format!("not JSON: {e}")))?;
@@ -331,7 +337,7 @@ pub fn parse_objects(text: &str, default_ns: &str) -> Result<Vec<Object>, ParseE
         serde_saphyr::from_multiple_with_options::<Value>(text, opts)
             .map_err(|e| err("", format!("not YAML: {}", one_line(&e.to_string()))))?
     };
-    let mut out = Vec::new();
+    let mut out = (Vec::new(), Vec::new());
     let many = docs.len() > 1;
     for (i, doc) in docs.iter().enumerate() {
         let item = if many {
@@ -341,7 +347,7 @@ pub fn parse_objects(text: &str, default_ns: &str) -> Result<Vec<Object>, ParseE
         };
         parse_value(doc, default_ns, &item, &mut out)?;
     }
-    if out.is_empty() {
+    if out.0.is_empty() {
         return Err(err("", "no object found"));
     }
     Ok(out)
@@ -355,7 +361,11 @@ fn one_line(s: &str) -> String {
         .join(" ")
 }
 
-fn parse_value(v: &Value, default_ns: &str, item: &str, out: &mut Vec<Object>) -> Res<()> {
+/// What a file holds: its objects, and warnings about what was read as the API server
+/// would read it but is better written otherwise.
+type Parsed = (Vec<Object>, Vec<String>);
+
+fn parse_value(v: &Value, default_ns: &str, item: &str, out: &mut Parsed) -> Res<()> {
     let tag = |mut e: ParseError| {
         if e.item.is_empty() {
             e.item = item.to_string();
@@ -384,13 +394,18 @@ fn parse_value(v: &Value, default_ns: &str, item: &str, out: &mut Vec<Object>) -
             Ok(())
         }
         ("NetworkPolicy", "networking.k8s.io/v1") => {
-            out.push(Object::NetworkPolicy(
-                parse_policy(obj, default_ns).map_err(tag)?,
-            ));
+            let mut warn = Vec::new();
+            let p = parse_policy(obj, default_ns, &mut warn).map_err(tag)?;
+            out.0.push(Object::NetworkPolicy(p));
+            out.1.extend(warn.into_iter().map(|w| match item {
+                "" => w,
+                _ => format!("{item}: {w}"),
+            }));
             Ok(())
         }
         ("Namespace", "v1") => {
-            out.push(Object::Namespace(parse_namespace(obj).map_err(tag)?));
+            out.0
+                .push(Object::Namespace(parse_namespace(obj).map_err(tag)?));
             Ok(())
         }
         ("", _) => Err(tag(err("kind", "missing"))),
@@ -456,11 +471,24 @@ fn metadata(obj: &Map<String, Value>, namespaced: bool) -> Res<(String, Option<S
             "generation",
             "creationTimestamp",
             "managedFields",
+            "generateName",
+            "ownerReferences",
+            "finalizers",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
         ],
     )?;
+    if let Some(a) = meta.get("annotations") {
+        check_annotations(a, "metadata.annotations")?;
+    }
     let name = string(
-        meta.get("name")
-            .ok_or_else(|| err("metadata.name", "missing"))?,
+        meta.get("name").ok_or_else(|| {
+            err(
+                "metadata.name",
+                "missing (weft applies objects by name; generateName is not enough)",
+            )
+        })?,
         "metadata.name",
     )?
     .to_string();
@@ -469,19 +497,18 @@ fn metadata(obj: &Map<String, Value>, namespaced: bool) -> Res<(String, Option<S
     } else {
         check_label_name(&name, "metadata.name")?;
     }
+    // Empty is unset (the request's namespace), and the API server clears it on a
+    // Namespace, which is in none.
     let ns = match meta.get("namespace") {
         None | Some(Value::Null) => None,
-        Some(v) => {
-            let s = string(v, "metadata.namespace")?;
-            if !namespaced {
-                return Err(err(
-                    "metadata.namespace",
-                    "a Namespace is not itself in a namespace",
-                ));
+        Some(v) => match string(v, "metadata.namespace")? {
+            "" => None,
+            _ if !namespaced => None,
+            s => {
+                check_label_name(s, "metadata.namespace")?;
+                Some(s.to_string())
             }
-            check_label_name(s, "metadata.namespace")?;
-            Some(s.to_string())
-        }
+        },
     };
     let labels = match meta.get("labels") {
         None | Some(Value::Null) => Labels::new(),
@@ -496,12 +523,17 @@ fn labels(v: &Value, path: &str) -> Res<Labels> {
     for (k, v) in m {
         let p = format!("{path}[{k:?}]");
         check_label_key(k, &p)?;
+        // The API decodes labels into strings: `1` or `true` is refused there, not read
+        // as "1" or "true" (quote them); null is the empty value.
         let v = match v {
             Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
             Value::Null => String::new(),
-            _ => return Err(err(&p, "a label value is a string")),
+            _ => {
+                return Err(err(
+                    &p,
+                    format!("a label value is a string (quote it: \"{v}\")"),
+                ))
+            }
         };
         check_label_value(&v, &p)?;
         out.insert(k.clone(), v);
@@ -516,20 +548,16 @@ fn parse_namespace(obj: &Map<String, Value>) -> Res<Namespace> {
         &["apiVersion", "kind", "metadata", "spec", "status"],
     )?;
     let (name, _, mut labels) = metadata(obj, false)?;
-    match labels.get(NAME_LABEL) {
-        Some(v) if *v != name => {
-            return Err(err(
-                &format!("metadata.labels[{NAME_LABEL:?}]"),
-                format!("must be the namespace's own name {name:?}, not {v:?}"),
-            ))
-        }
-        _ => {}
-    }
+    // The API server's defaulting sets the name label, over any value given.
     labels.insert(NAME_LABEL.to_string(), name.clone());
     Ok(Namespace { name, labels })
 }
 
-fn parse_policy(obj: &Map<String, Value>, default_ns: &str) -> Res<NetworkPolicy> {
+fn parse_policy(
+    obj: &Map<String, Value>,
+    default_ns: &str,
+    warn: &mut Vec<String>,
+) -> Res<NetworkPolicy> {
     only_keys(
         obj,
         "",
@@ -538,41 +566,48 @@ fn parse_policy(obj: &Map<String, Value>, default_ns: &str) -> Res<NetworkPolicy
     let (name, ns, _) = metadata(obj, true)?;
     let namespace = ns.unwrap_or_else(|| default_ns.to_string());
     check_label_name(&namespace, "metadata.namespace")?;
-    let spec = object(
-        obj.get("spec").ok_or_else(|| err("spec", "missing"))?,
-        "spec",
-    )?;
+    // A missing spec is the empty one: every pod of the namespace, isolated for ingress.
+    let empty = Map::new();
+    let spec = match obj.get("spec") {
+        None | Some(Value::Null) => &empty,
+        Some(v) => object(v, "spec")?,
+    };
     only_keys(
         spec,
         "spec",
         &["podSelector", "ingress", "egress", "policyTypes"],
     )?;
+    // Optional: missing, like `{}`, selects every pod of the namespace.
     let pod_selector = match spec.get("podSelector") {
-        // The API requires the field; `{}` selects every pod of the namespace.
-        None => return Err(err("spec.podSelector", "missing (use {} for every pod)")),
+        None => Selector::default(),
         Some(v) => selector(v, "spec.podSelector")?,
     };
-    let ingress = rules(spec.get("ingress"), "spec.ingress", "from")?;
-    let egress = rules(spec.get("egress"), "spec.egress", "to")?;
+    let ingress = rules(spec.get("ingress"), "spec.ingress", "from", warn)?;
+    let egress = rules(spec.get("egress"), "spec.egress", "to", warn)?;
     let (mut ing, mut eg) = (false, false);
     let types = match spec.get("policyTypes") {
         None => &[][..],
         Some(v) => array(v, "spec.policyTypes")?,
     };
+    // As the API server: at most two entries, each Ingress or Egress (one named twice is
+    // taken).
+    if types.len() > 2 {
+        return Err(err(
+            "spec.policyTypes",
+            "may not name more than two policy types",
+        ));
+    }
     for (i, t) in types.iter().enumerate() {
         let p = format!("spec.policyTypes[{i}]");
-        let seen = match string(t, &p)? {
-            "Ingress" => std::mem::replace(&mut ing, true),
-            "Egress" => std::mem::replace(&mut eg, true),
+        match string(t, &p)? {
+            "Ingress" => ing = true,
+            "Egress" => eg = true,
             other => {
                 return Err(err(
                     &p,
                     format!("expected Ingress or Egress, got {other:?}"),
                 ))
             }
-        };
-        if seen {
-            return Err(err(&p, "listed twice"));
         }
     }
     if types.is_empty() {
@@ -663,7 +698,7 @@ fn selector(v: &Value, path: &str) -> Res<Selector> {
     })
 }
 
-fn rules(v: Option<&Value>, path: &str, peer_key: &str) -> Res<Vec<Rule>> {
+fn rules(v: Option<&Value>, path: &str, peer_key: &str, warn: &mut Vec<String>) -> Res<Vec<Rule>> {
     let Some(v) = v else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for (i, r) in array(v, path)?.iter().enumerate() {
@@ -677,7 +712,7 @@ fn rules(v: Option<&Value>, path: &str, peer_key: &str) -> Res<Vec<Rule>> {
         let mut peers = Vec::new();
         if let Some(v) = m.get(peer_key) {
             for (j, x) in array(v, &join(&p, peer_key))?.iter().enumerate() {
-                peers.push(peer(x, &format!("{}[{j}]", join(&p, peer_key)))?);
+                peers.push(peer(x, &format!("{}[{j}]", join(&p, peer_key)), warn)?);
             }
         }
         let mut ports = Vec::new();
@@ -691,7 +726,7 @@ fn rules(v: Option<&Value>, path: &str, peer_key: &str) -> Res<Vec<Rule>> {
     Ok(out)
 }
 
-fn peer(v: &Value, path: &str) -> Res<Peer> {
+fn peer(v: &Value, path: &str, warn: &mut Vec<String>) -> Res<Peer> {
     let m = object(v, path)?;
     only_keys(m, path, &["podSelector", "namespaceSelector", "ipBlock"])?;
     let present = |k: &str| m.get(k).is_some_and(|v| !v.is_null());
@@ -720,12 +755,13 @@ fn peer(v: &Value, path: &str) -> Res<Peer> {
         let cidr = cidr(
             string(bm.get("cidr").ok_or_else(|| err(&cp, "missing"))?, &cp)?,
             &cp,
+            warn,
         )?;
         let mut except = Vec::new();
         if let Some(v) = bm.get("except") {
             for (i, x) in array(v, &join(&bp, "except"))?.iter().enumerate() {
                 let ep = format!("{}[{i}]", join(&bp, "except"));
-                let e = self::cidr(string(x, &ep)?, &ep)?;
+                let e = self::cidr(string(x, &ep)?, &ep, warn)?;
                 let inside = e.addr().is_ipv4() == cidr.addr().is_ipv4()
                     && e.prefix_len() > cidr.prefix_len()
                     && cidr.contains(&e.network());
@@ -762,18 +798,20 @@ fn peer(v: &Value, path: &str) -> Res<Peer> {
     })
 }
 
-/// A CIDR as the API takes it: the address must be the network's first (no host bits).
-fn cidr(s: &str, path: &str) -> Res<IpNet> {
+/// A CIDR as the API server takes it by default: one with host bits set (`10.0.0.1/8`) is
+/// its network (`10.0.0.0/8`), with a warning, as the server's legacy validation does (its
+/// strict one, not yet on by default, refuses it).
+fn cidr(s: &str, path: &str, warn: &mut Vec<String>) -> Res<IpNet> {
     let n: IpNet = s
         .parse()
         .map_err(|_| err(path, format!("{s:?} is not a CIDR such as 10.0.0.0/16")))?;
     if n.trunc() != n {
-        return Err(err(
-            path,
-            format!("{s} has host bits set: the network is {}", n.trunc()),
+        warn.push(format!(
+            "{path}: {s} has host bits set: read as {}, the network it is in (write that; Kubernetes will refuse it in a later release)",
+            n.trunc()
         ));
     }
-    Ok(n)
+    Ok(n.trunc())
 }
 
 fn port(v: &Value, path: &str) -> Res<Port> {
@@ -792,14 +830,12 @@ fn port(v: &Value, path: &str) -> Res<Port> {
     let port = match m.get("port") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(PortValue::Number(port_number(n.as_i64(), &pp)?)),
-        Some(Value::String(s)) => match s.parse::<i64>() {
-            // A string of digits is a number in IntOrString's YAML spelling "80".
-            Ok(n) => Some(PortValue::Number(port_number(Some(n), &pp)?)),
-            Err(_) => {
-                check_port_name(s, &pp)?;
-                Some(PortValue::Name(s.clone()))
-            }
-        },
+        // IntOrString: a quoted "80" is a string, so a port name, which needs a letter
+        // (the API server refuses it too).
+        Some(Value::String(s)) => {
+            check_port_name(s, &pp)?;
+            Some(PortValue::Name(s.clone()))
+        }
         Some(_) => return Err(err(&pp, "expected a port number or a port name")),
     };
     let ep = join(path, "endPort");
@@ -834,97 +870,11 @@ fn port_number(n: Option<i64>, path: &str) -> Res<u16> {
     }
 }
 
-/// An IANA service name: 1-15 characters of a-z, 0-9 and '-', at least one letter, no
-/// leading, trailing or double hyphen.
-pub fn check_port_name(s: &str, path: &str) -> Res<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().any(|b| b.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(err(
-            path,
-            format!(
-                "{s:?} is not a port name (1-15 of a-z, 0-9 and inner single '-', with a letter)"
-            ),
-        ))
-    }
-}
-
-fn is_label_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// A DNS label (RFC 1123): namespace names.
-pub fn check_label_name(s: &str, path: &str) -> Res<()> {
-    if is_label_name(s) {
-        Ok(())
-    } else {
-        Err(err(
-            path,
-            format!(
-                "{s:?} is not a DNS label (1-63 of a-z, 0-9 and '-', alphanumeric at both ends)"
-            ),
-        ))
-    }
-}
-
-/// A DNS subdomain (RFC 1123): object names.
-pub fn check_subdomain(s: &str, path: &str) -> Res<()> {
-    if s.len() <= 253 && s.split('.').all(is_label_name) {
-        Ok(())
-    } else {
-        Err(err(
-            path,
-            format!("{s:?} is not a DNS subdomain (dot-separated DNS labels, at most 253)"),
-        ))
-    }
-}
-
-fn is_label_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
-}
-
-/// A label key: `[prefix/]name`, the prefix a DNS subdomain.
-pub fn check_label_key(s: &str, path: &str) -> Res<()> {
-    let (prefix, name) = match s.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    let ok = is_label_segment(name)
-        && prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_label_name));
-    if ok {
-        Ok(())
-    } else {
-        Err(err(path, format!("{s:?} is not a valid label key")))
-    }
-}
-
-/// A label value: empty, or up to 63 characters of a-z, A-Z, 0-9, '-', '_', '.',
-/// alphanumeric at both ends.
-pub fn check_label_value(s: &str, path: &str) -> Res<()> {
-    if s.is_empty() || is_label_segment(s) {
-        Ok(())
-    } else {
-        Err(err(path, format!("{s:?} is not a valid label value")))
-    }
-}
+mod names;
+pub use names::{
+    check_annotations, check_label_key, check_label_name, check_label_value, check_port_name,
+    check_subdomain,
+};
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,8 @@ pub mod selector;
 
 pub use compile::{compile, diff_script, full_script, Compiled};
 pub use engine::{local_verdict, verdict, Dir, Flow, Side, Verdict};
-pub use k8s::{parse_objects, Namespace, NetworkPolicy, Object, ParseError, Protocol};
+pub use k8s::{
+    parse_objects, parse_objects_warn, Namespace, NetworkPolicy, Object, ParseError, Protocol,
+};
 pub use model::{Endpoint, NamedPort, World};
 pub use selector::{Labels, Selector};

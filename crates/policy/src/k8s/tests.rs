@@ -66,9 +66,9 @@ fn json_objects_and_lists_are_read() {
 }
 
 #[test]
-fn a_port_spelled_as_a_string_of_digits_is_a_number() {
+fn ports_are_numbers_names_or_left_out() {
     let p = one(&format!(
-        "{HEAD}spec:\n  podSelector: {{}}\n  ingress:\n  - ports:\n    - port: \"80\"\n      protocol: UDP\n    - port: serve-81-tcp\n    - protocol: SCTP\n"
+        "{HEAD}spec:\n  podSelector: {{}}\n  ingress:\n  - ports:\n    - port: 80\n      protocol: UDP\n    - port: serve-81-tcp\n    - protocol: SCTP\n"
     ));
     let ports = &p.ingress[0].ports;
     assert_eq!(ports[0].port, Some(PortValue::Number(80)));
@@ -76,6 +76,69 @@ fn a_port_spelled_as_a_string_of_digits_is_a_number() {
     assert_eq!(ports[1].port, Some(PortValue::Name("serve-81-tcp".into())));
     assert_eq!(ports[2].port, None);
     assert_eq!(ports[2].protocol, Protocol::Sctp);
+}
+
+#[test]
+fn what_the_api_server_accepts_and_defaults_is_taken() {
+    // No spec at all: every pod of the namespace, isolated for ingress.
+    let p = one(HEAD);
+    assert_eq!(p.pod_selector, Selector::default());
+    assert!(p.ingress_isolates && !p.egress_isolates);
+    assert!(p.ingress.is_empty() && p.egress.is_empty());
+    // No podSelector: the same as `{}`.
+    let p = one(&format!("{HEAD}spec:\n  policyTypes: [Egress, Egress]\n"));
+    assert_eq!(p.pod_selector, Selector::default());
+    // A type named twice is taken once.
+    assert!(!p.ingress_isolates && p.egress_isolates);
+    // Subdomain parts longer than 63 (the server holds only the whole to 253), in names
+    // and in label key prefixes; ObjectMeta's other fields; an empty namespace is unset.
+    let long = "a".repeat(64);
+    let p = one(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {long}.b\n  namespace: \"\"\n  finalizers: [x]\n  annotations: {{example.com/note: hi}}\nspec:\n  podSelector: {{matchLabels: {{{long}.example.com/k: v}}}}\n"
+    ));
+    assert_eq!(p.name, format!("{long}.b"));
+    assert_eq!(p.namespace, "default");
+    // A Namespace: its name label is set over any other value, a namespace field dropped.
+    let objs = parse_objects(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  namespace: y\n  labels: {kubernetes.io/metadata.name: z}\n",
+        "default",
+    )
+    .unwrap();
+    let Object::Namespace(n) = &objs[0] else {
+        panic!()
+    };
+    assert_eq!(n.labels[NAME_LABEL], "x");
+}
+
+#[test]
+fn a_cidr_with_host_bits_is_its_network_with_a_warning() {
+    let (objs, warn) = parse_objects_warn(
+        &format!("{HEAD}spec:\n  ingress:\n  - from:\n    - ipBlock: {{cidr: 10.0.0.1/8, except: [10.1.2.3/16]}}\n---\n{HEAD}spec: {{}}\n"),
+        "default",
+    )
+    .unwrap();
+    let Object::NetworkPolicy(p) = &objs[0] else {
+        panic!()
+    };
+    let b = p.ingress[0].peers[0].ip_block.as_ref().unwrap();
+    assert_eq!(b.cidr.to_string(), "10.0.0.0/8");
+    assert_eq!(b.except[0].to_string(), "10.1.0.0/16");
+    assert_eq!(warn.len(), 2, "{warn:?}");
+    assert!(
+        warn[0].starts_with("document 1: spec.ingress[0].from[0].ipBlock.cidr: 10.0.0.1/8 has host bits set: read as 10.0.0.0/8"),
+        "{warn:?}"
+    );
+    assert!(
+        warn[1].contains("ipBlock.except[0]: 10.1.2.3/16"),
+        "{warn:?}"
+    );
+    // A canonical one warns of nothing.
+    let (_, warn) = parse_objects_warn(
+        &format!("{HEAD}spec:\n  ingress:\n  - from:\n    - ipBlock: {{cidr: 10.0.0.0/8}}\n"),
+        "default",
+    )
+    .unwrap();
+    assert!(warn.is_empty(), "{warn:?}");
 }
 
 #[test]
@@ -100,8 +163,8 @@ fn every_refusal_names_its_field() {
             "except[0]: 10.2.0.0/24 must be strictly inside",
         ),
         (
-            spec("  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.1/16}\n"),
-            "ipBlock.cidr: 10.0.0.1/16 has host bits set",
+            spec("  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0/16}\n"),
+            "ipBlock.cidr: \"10.0.0/16\" is not a CIDR",
         ),
         (
             spec("  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/16}\n      podSelector: {}\n"),
@@ -140,8 +203,36 @@ fn every_refusal_names_its_field() {
             "spec.policyTypes[1]: expected Ingress or Egress",
         ),
         (
-            spec("  policyTypes: [Egress, Egress]\n"),
-            "spec.policyTypes[1]: listed twice",
+            spec("  policyTypes: [Egress, Ingress, Egress]\n"),
+            "spec.policyTypes: may not name more than two",
+        ),
+        (
+            spec("  ingress:\n  - ports:\n    - port: \"80\"\n"),
+            "ports[0].port: \"80\" is not a port name",
+        ),
+        (
+            spec("  ingress:\n  - from:\n    - podSelector: {matchLabels: {version: 1}}\n"),
+            "matchLabels[\"version\"]: a label value is a string (quote it: \"1\")",
+        ),
+        (
+            format!("{HEAD}  labels: {{on: true}}\nspec: {{}}\n"),
+            "metadata.labels[\"on\"]: a label value is a string",
+        ),
+        (
+            format!("{HEAD}  annotations: {{\"bad key!\": x}}\nspec: {{}}\n"),
+            "metadata.annotations[\"bad key!\"]: \"bad key!\" is not a valid annotation key",
+        ),
+        (
+            format!("{HEAD}  annotations: {{a: 1}}\nspec: {{}}\n"),
+            "metadata.annotations[\"a\"]: an annotation's value is a string",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  generateName: p-\nspec: {}\n".into(),
+            "metadata.name: missing (weft applies objects by name",
+        ),
+        (
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {}\nspec: {{}}\n", "a".repeat(254)),
+            "is not a DNS subdomain",
         ),
         (
             spec("  ingress:\n  - from:\n    - podSelector: {matchExpressions: [{key: a, operator: In}]}\n"),
@@ -160,16 +251,8 @@ fn every_refusal_names_its_field() {
             "spec.ingres: unknown field",
         ),
         (
-            format!("{HEAD}spec:\n  ingress: []\n"),
-            "spec.podSelector: missing",
-        ),
-        (
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: Bad_Name\nspec:\n  podSelector: {}\n".into(),
             "metadata.name: \"Bad_Name\" is not a DNS subdomain",
-        ),
-        (
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels: {kubernetes.io/metadata.name: y}\n".into(),
-            "must be the namespace's own name",
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n".into(),
