@@ -478,9 +478,68 @@ spec:
 
     // A connection opened under the policy is tracked from its first packet; when a
     // change no longer allows it, the agent deletes its conntrack entry and its next
-    // packets are judged again: cut.
+    // packets are judged again: cut. So is one that reached s through a hostPort-style
+    // DNAT on h3 (judged by its destination after DNAT, as `forward` sees it), from h2's
+    // own namespace, which the policy allows by address until the change. h3's own
+    // connection to s is never judged (a pod and its node are never kept apart).
+    apply(
+        &lab,
+        "h2",
+        "
+kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {name: friends-only, namespace: b}
+spec:
+  podSelector: {matchLabels: {app: s}}
+  ingress:
+  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}, {ipBlock: {cidr: 172.30.0.0/24}}]
+",
+    );
+    let dnat = format!(
+        "add rule ip hostport pre tcp dport 8181 dnat to {}:81",
+        s.v4
+    );
+    for cmd in [
+        "add table ip hostport",
+        "add chain ip hostport pre { type nat hook prerouting priority dstnat; }",
+        &dnat,
+    ] {
+        let (ok, out) = lab.exec("h3", &["nft", cmd]);
+        assert!(ok, "nft {cmd}: {out}");
+    }
+    let host = |h: &str| P {
+        host: h.into(),
+        name: h.into(),
+        netns: format!("weft-{}-{h}", lab.name),
+        v4: dp::host_underlay(&lab, h).parse().unwrap(),
+    };
+    let (h2, h3) = (host("h2"), host("h3"));
+    let via_hostport = SocketAddr::new(h3.v4, 8181);
+    let mut conn_hp = None;
+    until(Duration::from_secs(10), || {
+        conn_hp = connect(&h2, via_hostport, Duration::from_millis(500));
+        conn_hp.is_some()
+    });
+    let mut conn_hp = conn_hp.expect("h2 reaches s through h3's DNAT under the policy");
+    let mut conn_h = connect(&h3, to, Duration::from_secs(2)).expect("h3 reaches its pod s");
     let mut conn_f2 = connect(&f, to, Duration::from_secs(2)).expect("f connects under the policy");
     assert!(echoes(&mut conn_f2, "g1\n"));
+    assert!(echoes(&mut conn_hp, "p1\n") && echoes(&mut conn_h, "h1\n"));
+    let (allowed, out) = lab.exec(
+        "h3",
+        &[
+            "weft",
+            "policy",
+            "check",
+            "--from",
+            &h3.v4.to_string(),
+            "--to",
+            "b/s",
+            "--port",
+            "81",
+        ],
+    );
+    assert!(allowed && out.contains("own node"), "{out}");
     apply(
         &lab,
         "h2",
@@ -498,6 +557,14 @@ spec:
     assert!(
         cut.is_some(),
         "f's tracked connection still works under a policy that no longer allows it"
+    );
+    assert!(
+        until(Duration::from_secs(5), || !echoes(&mut conn_hp, "p2\n")).is_some(),
+        "the connection through h3's DNAT still works under a policy that no longer allows it"
+    );
+    assert!(
+        echoes(&mut conn_h, "h2\n"),
+        "h3's own connection to its pod was cut"
     );
     let v: Value = serde_json::from_str(&lab.exec("h3", &["weft", "status", "--json"]).1).unwrap();
     assert!(

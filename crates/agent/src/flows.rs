@@ -242,7 +242,9 @@ impl Agent {
                 };
                 ("allowed", policy, reason)
             } else {
-                let v = weft_policy::local_verdict(world, &flow, |e| local.contains(&e.uid));
+                // (A logged packet crossed `forward`: it is not between a pod and this host.)
+                let v =
+                    weft_policy::local_verdict(world, &flow, |e| local.contains(&e.uid), |_| false);
                 let mut reason = v.explain(world, &flow);
                 if chain.starts_with("held_") {
                     // Isolated by its ADD, its dispatch element not added yet.

@@ -500,7 +500,11 @@ impl Agent {
             self.pol.cut_error = None;
             return;
         }
-        let table = match crate::dataplane::conntrack_table() {
+        let dns = self.cfg.dns.as_ref().map(|d| d.addr);
+        // A pod's connections with this host itself never cross `forward`: never cut.
+        let read = crate::dataplane::conntrack_table()
+            .and_then(|t| Ok((t, crate::dataplane::host_addrs(dns)?)));
+        let (table, host) = match read {
             Ok(t) => t,
             Err(e) => {
                 // Connections the policy no longer allows may still run: said loudly (in
@@ -523,13 +527,19 @@ impl Agent {
         let conns = weft_dataplane::stateful::tracked(&table, |a| iso.contains(&a));
         let mut cut = 0;
         for c in conns {
+            // Judged as `forward` sees it: after DNAT (a hostPort's backend), before SNAT.
             let flow = Flow {
                 src: c.src,
-                dst: c.dst,
+                dst: c.to,
                 proto: c.proto,
-                port: c.dport,
+                port: c.to_port,
             };
-            let v = weft_policy::local_verdict(&self.pol.world, &flow, |e| local.contains(&e.uid));
+            let v = weft_policy::local_verdict(
+                &self.pol.world,
+                &flow,
+                |e| local.contains(&e.uid),
+                |a| host.contains(&a),
+            );
             if v.allowed {
                 continue;
             }

@@ -358,7 +358,14 @@ impl Agent {
             },
             port,
         };
-        let v = weft_policy::verdict(&self.pol.world, &flow);
+        // A pod of this host and this host's own addresses: never kept apart (the other
+        // nodes' addresses are judged as any address: this host does not know them all).
+        let local = self.policy_local_uids();
+        let dns = self.cfg.dns.as_ref().map(|d| d.addr);
+        let host = crate::dataplane::host_addrs(dns).unwrap_or_default();
+        let v = weft_policy::verdict_on(&self.pol.world, &flow, |e, a| {
+            local.contains(&e.uid) && host.contains(&a)
+        });
         (
             200,
             json!({

@@ -195,7 +195,10 @@ pub fn translated_clients(conns: &[Conn], pools: &[IpNet]) -> Vec<Socket> {
     out
 }
 
-/// A tracked connection of TCP, UDP or SCTP: its original tuple (as the opener sent it).
+/// A tracked connection of TCP, UDP or SCTP: its original tuple (as the opener sent it,
+/// the key to delete it by), and the destination the `forward` hook sees, after any DNAT
+/// (the reply's source): a hostPort's or Service's backend, not the address the client
+/// dialled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Tracked {
     /// IP protocol number.
@@ -208,21 +211,31 @@ pub struct Tracked {
     pub sport: u16,
     /// Original destination port.
     pub dport: u16,
+    /// The destination after DNAT (the original destination if none).
+    pub to: IpAddr,
+    /// The destination port after DNAT.
+    pub to_port: u16,
 }
 
-/// The TCP, UDP and SCTP connections among `conns` whose original source or destination
-/// `wanted` accepts.
+/// The TCP, UDP and SCTP connections among `conns` whose original source or destination,
+/// or destination after DNAT, `wanted` accepts.
 pub fn tracked(conns: &[Conn], wanted: impl Fn(IpAddr) -> bool) -> Vec<Tracked> {
     conns
         .iter()
-        .filter(|&&(proto, (src, dst, _, _), _)| has_ports(proto) && (wanted(src) || wanted(dst)))
-        .map(|&(proto, (src, dst, sport, dport), _)| Tracked {
-            proto,
-            src,
-            dst,
-            sport,
-            dport,
+        .filter(|&&(proto, (src, dst, _, _), (to, _, _, _))| {
+            has_ports(proto) && (wanted(src) || wanted(dst) || wanted(to))
         })
+        .map(
+            |&(proto, (src, dst, sport, dport), (to, _, to_port, _))| Tracked {
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+                to,
+                to_port,
+            },
+        )
         .collect()
 }
 
@@ -401,14 +414,21 @@ mod tests {
             vec![Tracked {
                 proto: 6,
                 src: a,
-                dst: "10.32.1.4".parse().unwrap(),
+                dst: ip("10.32.1.4"),
                 sport: 45000,
-                dport: 80
+                dport: 80,
+                to: ip("10.32.1.4"),
+                to_port: 80,
             }]
         );
         // ICMP is skipped; every TCP/UDP connection is taken, by source or destination.
         assert_eq!(tracked(&ct(), |_| true).len(), 6);
         assert_eq!(tracked(&ct(), |x| x == ip("10.32.1.4")), got);
+        // A hostPort's backend is found by its address after DNAT, and judged there.
+        let hp = tracked(&ct(), |x| x == ip("10.32.0.7"));
+        assert_eq!(hp.len(), 1);
+        assert_eq!((hp[0].dst, hp[0].dport), (ip("172.30.1.1"), 8080));
+        assert_eq!((hp[0].to, hp[0].to_port), (ip("10.32.0.7"), 80));
     }
 
     #[test]

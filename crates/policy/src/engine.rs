@@ -58,6 +58,9 @@ pub struct Flow {
 pub enum Side {
     /// The address is no pod: nothing to enforce on this side.
     NotAPod,
+    /// Between a pod and an address of its own node: never filtered (the kubelet's probes,
+    /// the node's DNS; Kubernetes lets a node reach its pods whatever the policy).
+    OwnNode,
     /// The pod is not isolated in this direction.
     NotIsolated,
     /// Allowed by this rule of this policy.
@@ -102,6 +105,7 @@ impl Verdict {
         let what = describe_port(flow);
         let side = |s: &Side, d: Dir, pod: IpAddr, peer: IpAddr| match s {
             Side::NotAPod => format!("{} is not a pod", who(pod)),
+            Side::OwnNode => format!("{} is {}'s own node", who(peer), who(pod)),
             Side::NotIsolated => format!("{} of {} is not isolated", d.as_str(), who(pod)),
             Side::Allowed { policy, rule } => format!(
                 "{} of {} allowed by {policy} ({} rule {rule})",
@@ -240,6 +244,17 @@ fn side(world: &World, ep: Option<&Endpoint>, dir: Dir, flow: &Flow) -> Side {
 
 /// The verdict for `flow` in `world`. A pod talking to itself is always allowed.
 pub fn verdict(world: &World, flow: &Flow) -> Verdict {
+    verdict_on(world, flow, |_, _| false)
+}
+
+/// As [`verdict`], knowing which addresses are an endpoint's own node's (`own_node(pod,
+/// address)`): traffic between them is always allowed, as the node's own traffic with
+/// its pods never crosses the `forward` hook the policy is enforced at.
+pub fn verdict_on(
+    world: &World,
+    flow: &Flow,
+    own_node: impl Fn(&Endpoint, IpAddr) -> bool,
+) -> Verdict {
     if flow.src == flow.dst {
         return Verdict {
             allowed: true,
@@ -247,8 +262,23 @@ pub fn verdict(world: &World, flow: &Flow) -> Verdict {
             ingress: Side::NotIsolated,
         };
     }
-    let egress = side(world, world.endpoint_at(flow.src), Dir::Egress, flow);
-    let ingress = side(world, world.endpoint_at(flow.dst), Dir::Ingress, flow);
+    let (src, dst) = (world.endpoint_at(flow.src), world.endpoint_at(flow.dst));
+    if src.is_some_and(|e| own_node(e, flow.dst)) {
+        return Verdict {
+            allowed: true,
+            egress: Side::OwnNode,
+            ingress: Side::NotAPod,
+        };
+    }
+    if dst.is_some_and(|e| own_node(e, flow.src)) {
+        return Verdict {
+            allowed: true,
+            egress: Side::NotAPod,
+            ingress: Side::OwnNode,
+        };
+    }
+    let egress = side(world, src, Dir::Egress, flow);
+    let ingress = side(world, dst, Dir::Ingress, flow);
     Verdict {
         allowed: egress.passes() && ingress.passes(),
         egress,
@@ -257,10 +287,15 @@ pub fn verdict(world: &World, flow: &Flow) -> Verdict {
 }
 
 /// The verdict of the sides this host enforces: egress of a local source, ingress of a
-/// local destination (`local` says which endpoints are this host's). The other side is
-/// enforced by its own host.
-pub fn local_verdict(world: &World, flow: &Flow, local: impl Fn(&Endpoint) -> bool) -> Verdict {
-    let mut v = verdict(world, flow);
+/// local destination (`local` says which endpoints are this host's, `host` which addresses
+/// are this host's own). The other side is enforced by its own host.
+pub fn local_verdict(
+    world: &World,
+    flow: &Flow,
+    local: impl Fn(&Endpoint) -> bool,
+    host: impl Fn(IpAddr) -> bool,
+) -> Verdict {
+    let mut v = verdict_on(world, flow, |e, a| local(e) && host(a));
     if !world.endpoint_at(flow.src).is_some_and(&local) {
         v.egress = Side::NotAPod;
     }

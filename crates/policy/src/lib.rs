@@ -19,7 +19,7 @@ pub mod records;
 pub mod selector;
 
 pub use compile::{compile, diff_script, full_script, Compiled};
-pub use engine::{local_verdict, verdict, Dir, Flow, Side, Verdict};
+pub use engine::{local_verdict, verdict, verdict_on, Dir, Flow, Side, Verdict};
 pub use k8s::{
     parse_objects, parse_objects_warn, Namespace, NetworkPolicy, Object, ParseError, Protocol,
 };

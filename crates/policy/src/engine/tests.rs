@@ -258,8 +258,63 @@ fn the_verdict_is_egress_of_the_source_and_ingress_of_the_destination() {
             port: 80,
         },
         |e| e.name == "a",
+        |_| false,
     );
     assert!(lv.allowed);
+}
+
+#[test]
+fn a_pod_and_its_own_node_are_never_kept_apart() {
+    // x isolated both ways, nothing allowed.
+    let w = world(&pol(
+        "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+    ));
+    let node: IpAddr = "192.168.0.1".parse().unwrap();
+    let dns: IpAddr = "169.254.1.1".parse().unwrap();
+    let host = |a: IpAddr| a == node || a == dns;
+    let judge = |src: IpAddr, dst: IpAddr, local: &dyn Fn(&Endpoint) -> bool| {
+        let f = Flow {
+            src,
+            dst,
+            proto: UDP,
+            port: 53,
+        };
+        local_verdict(&w, &f, local, host)
+    };
+    let a = ip(&w, "x/a");
+    let here = |e: &Endpoint| e.name == "a";
+    // The pod's own node, either way: allowed, and said so.
+    let v = judge(a, dns, &here);
+    assert!(v.allowed);
+    assert_eq!(v.egress, Side::OwnNode);
+    assert!(v
+        .explain(
+            &w,
+            &Flow {
+                src: a,
+                dst: dns,
+                proto: UDP,
+                port: 53
+            }
+        )
+        .contains("169.254.1.1 is x/a (10.0.1.1)'s own node"),);
+    let v = judge(node, a, &here);
+    assert!(v.allowed);
+    assert_eq!(v.ingress, Side::OwnNode);
+    // The same addresses are another host's for a pod elsewhere: judged as any address.
+    let elsewhere = |_: &Endpoint| false;
+    let f = Flow {
+        src: a,
+        dst: node,
+        proto: UDP,
+        port: 53,
+    };
+    assert!(
+        local_verdict(&w, &f, elsewhere, host).allowed,
+        "not this host's side"
+    );
+    assert!(!verdict(&w, &f).allowed);
+    assert!(!judge(a, "192.168.0.2".parse().unwrap(), &here).allowed);
 }
 
 #[test]
