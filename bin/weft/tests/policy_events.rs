@@ -153,6 +153,20 @@ fn hooked(lab: &Lab, host: &str) -> Option<bool> {
     ok.then(|| !head.contains("flags dormant"))
 }
 
+/// The test's policy `b/friends-only`: s admits these peers (a YAML flow list's items).
+fn friends_only(from: &str) -> String {
+    format!(
+        "kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata: {{name: friends-only, namespace: b}}
+spec:
+  podSelector: {{matchLabels: {{app: s}}}}
+  ingress:
+  - from: [{from}]
+"
+    )
+}
+
 fn apply(lab: &Lab, host: &str, yaml: &str) {
     common::truth::apply(lab, host, yaml, false);
 }
@@ -316,15 +330,7 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
     apply(
         &lab,
         "h1",
-        "
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata: {name: friends-only, namespace: b}
-spec:
-  podSelector: {matchLabels: {app: s}}
-  ingress:
-  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}]
-",
+        &friends_only("{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}"),
     );
     until(Duration::from_secs(10), || {
         connect(&c, to, Duration::from_millis(200)).is_none()
@@ -485,15 +491,7 @@ spec:
     apply(
         &lab,
         "h2",
-        "
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata: {name: friends-only, namespace: b}
-spec:
-  podSelector: {matchLabels: {app: s}}
-  ingress:
-  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}, {ipBlock: {cidr: 172.30.0.0/24}}]
-",
+        &friends_only("{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}, {ipBlock: {cidr: 172.30.0.0/24}}"),
     );
     let dnat = format!(
         "add rule ip hostport pre tcp dport 8181 dnat to {}:81",
@@ -543,15 +541,7 @@ spec:
     apply(
         &lab,
         "h2",
-        "
-kind: NetworkPolicy
-apiVersion: networking.k8s.io/v1
-metadata: {name: friends-only, namespace: b}
-spec:
-  podSelector: {matchLabels: {app: s}}
-  ingress:
-  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: best-friend}}}]
-",
+        &friends_only("{namespaceSelector: {}, podSelector: {matchLabels: {role: best-friend}}}"),
     );
     let cut = until(Duration::from_secs(5), || !echoes(&mut conn_f2, "g2\n"));
     assert!(
