@@ -493,14 +493,21 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
         "h2",
         &friends_only("{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}, {ipBlock: {cidr: 172.30.0.0/24}}"),
     );
+    // (Masqueraded when s reaches itself by it, as portmap and kube-proxy do.)
     let dnat = format!(
         "add rule ip hostport pre tcp dport 8181 dnat to {}:81",
+        s.v4
+    );
+    let hairpin = format!(
+        "add rule ip hostport post ip saddr {0} ip daddr {0} masquerade",
         s.v4
     );
     for cmd in [
         "add table ip hostport",
         "add chain ip hostport pre { type nat hook prerouting priority dstnat; }",
+        "add chain ip hostport post { type nat hook postrouting priority srcnat; }",
         &dnat,
+        &hairpin,
     ] {
         let (ok, out) = lab.exec("h3", &["nft", cmd]);
         assert!(ok, "nft {cmd}: {out}");
@@ -556,6 +563,11 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
         echoes(&mut conn_h, "h2\n"),
         "h3's own connection to its pod was cut"
     );
+    // A pod never blocks itself: s, which the policy does not admit, reaches itself
+    // through h3's DNAT (its packets cross `forward` from s to s).
+    let mut conn_self = connect(&s, via_hostport, Duration::from_secs(2))
+        .expect("s cannot reach itself through its hostPort");
+    assert!(echoes(&mut conn_self, "s1\n"));
     let v: Value = serde_json::from_str(&lab.exec("h3", &["weft", "status", "--json"]).1).unwrap();
     assert!(
         v["policy"]["connections_cut"].as_u64().unwrap_or(0) > 0,

@@ -152,6 +152,7 @@ fn add_elements(adds: &[compile::ElementOp]) -> Result<(), String> {
             table: a.table,
             set: &a.set,
             key: a.key,
+            pair: a.pair,
             jump: a.jump.as_deref(),
             delete: a.delete,
         })

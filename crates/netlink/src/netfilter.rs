@@ -256,6 +256,9 @@ pub struct SetElement<'a> {
     pub set: &'a str,
     /// The address (the key, in network order).
     pub key: IpAddr,
+    /// The key is the address twice (a set of `type ipv4_addr . ipv4_addr`, say): a
+    /// concatenation's fields are laid out one after the other, each a multiple of 4 bytes.
+    pub pair: bool,
     /// For a verdict map: the chain to jump to (ignored when deleting).
     pub jump: Option<&'a str>,
     /// Delete the element instead of adding it (it must exist).
@@ -292,10 +295,13 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
             nested(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
                 nested(l, NFTA_LIST_ELEM, |el| {
                     nested(el, NFTA_SET_ELEM_KEY, |k| {
-                        let key = match e.key {
+                        let mut key = match e.key {
                             IpAddr::V4(a) => a.octets().to_vec(),
                             IpAddr::V6(a) => a.octets().to_vec(),
                         };
+                        if e.pair {
+                            key.extend_from_within(..);
+                        }
                         attr(k, NFTA_DATA_VALUE, &key);
                     });
                     if let (Some(chain), false) = (e.jump, e.delete) {

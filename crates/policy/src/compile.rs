@@ -233,6 +233,11 @@ pub fn compile(world: &World, local: impl Fn(&Endpoint) -> bool) -> Compiled {
             }
             if !c.chains.contains_key(&g) {
                 let mut rules = group_jumps(&mut c, dir, &pols);
+                // A pod never blocks itself: reached through a hairpin DNAT (its own
+                // hostPort or Service), its packets cross `forward` from itself to itself.
+                // Looked up only by what would be dropped.
+                rules.push(format!("ip saddr . ip daddr @{} accept", self_name(false)));
+                rules.push(format!("ip6 saddr . ip6 daddr @{} accept", self_name(true)));
                 rules.push(format!(
                     "limit rate {DROP_LOG_RATE}/second burst 100 packets log prefix \"{LOG_PREFIX} D {} {g}\" group {LOG_GROUP}",
                     dir.short()
@@ -296,6 +301,8 @@ pub struct ElementOp {
     pub set: String,
     /// The address.
     pub key: IpAddr,
+    /// The key is the address twice (`A . A`, the `self` sets).
+    pub pair: bool,
     /// The chain a verdict map element jumps to.
     pub jump: Option<String>,
 }
@@ -312,6 +319,7 @@ pub fn elements_script(ops: &[ElementOp]) -> String {
     for e in ops {
         let value = match (&e.jump, e.delete) {
             (Some(g), false) => format!("{} : jump {g}", e.key),
+            _ if e.pair => format!("{0} . {0}", e.key),
             _ => e.key.to_string(),
         };
         let _ = writeln!(
@@ -379,21 +387,27 @@ fn policy_op(delete: bool, set: String, key: IpAddr, jump: Option<String>) -> El
         table: TABLE_NAME,
         set,
         key,
+        pair: false,
         jump,
     }
 }
 
 /// An address into (or out of) the isolated sets: the policy table's `iso4`/`iso6` and
-/// weft's `isolated` set of its family.
-fn isolation_ops(delete: bool, a: IpAddr) -> [ElementOp; 2] {
+/// `self4`/`self6` (as `A . A`), and weft's `isolated` set of its family.
+fn isolation_ops(delete: bool, a: IpAddr) -> [ElementOp; 3] {
     [
         policy_op(delete, iso_set(&a), a, None),
+        ElementOp {
+            pair: true,
+            ..policy_op(delete, self_name(a.is_ipv6()).into(), a, None)
+        },
         ElementOp {
             delete,
             family: weft_table_family(&a),
             table: "weft",
             set: ISOLATED_SET.into(),
             key: a,
+            pair: false,
             jump: None,
         },
     ]
@@ -742,6 +756,32 @@ fn declare_isolated(s: &mut String) {
     }
 }
 
+/// The set of `A . A` for every isolated address `A` of one family.
+fn self_name(v6: bool) -> &'static str {
+    if v6 {
+        "self6"
+    } else {
+        "self4"
+    }
+}
+
+/// The declaration of a `self` set.
+fn pair_decl(v6: bool) -> &'static str {
+    if v6 {
+        "type ipv6_addr . ipv6_addr;"
+    } else {
+        "type ipv4_addr . ipv4_addr;"
+    }
+}
+
+/// The `self` set's elements: each address of one family twice.
+fn self_elements(addrs: &BTreeSet<IpAddr>, v6: bool) -> Vec<String> {
+    of_family(addrs, v6)
+        .into_iter()
+        .map(|a| format!("{a} . {a}"))
+        .collect()
+}
+
 /// The declaration of a plain set of addresses of one family.
 fn addr_decl(v6: bool) -> &'static str {
     if v6 {
@@ -805,6 +845,8 @@ pub fn full_script(c: &Compiled) -> String {
     for v6 in [false, true] {
         let iso = of_family(&c.isolated, v6);
         let _ = writeln!(s, "  set {} {}", iso_name(v6), body(addr_decl(v6), &iso));
+        let pairs = self_elements(&c.isolated, v6);
+        let _ = writeln!(s, "  set {} {}", self_name(v6), body(pair_decl(v6), &pairs));
     }
     let empty = BTreeMap::new();
     for dir in [Dir::Ingress, Dir::Egress] {
@@ -950,6 +992,10 @@ pub fn diff_script(old: &Compiled, new: &Compiled) -> String {
             let name = iso_name(v6);
             let _ = writeln!(s, "flush set {TABLE} {name}");
             let _ = writeln!(s, "add set {TABLE} {name} {}", body(addr_decl(v6), &iso));
+            let name = self_name(v6);
+            let pairs = self_elements(&new.isolated, v6);
+            let _ = writeln!(s, "flush set {TABLE} {name}");
+            let _ = writeln!(s, "add set {TABLE} {name} {}", body(pair_decl(v6), &pairs));
             refill_isolated(&mut weft, v6, &new.isolated);
         }
     }

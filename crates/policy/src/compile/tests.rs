@@ -81,6 +81,7 @@ impl Eval<'_> {
             }
             assert!(rule.ends_with(" accept"), "unexpected rule {rule}");
             let head = rule.split("log prefix").next().unwrap();
+            let head = head.strip_suffix(" accept").unwrap_or(head);
             let toks: Vec<&str> = head.split_whitespace().collect();
             let mut i = 0;
             let mut ok = true;
@@ -88,7 +89,13 @@ impl Eval<'_> {
                 match toks[i] {
                     fam @ ("ip" | "ip6") => {
                         let fam_ok = (fam == "ip6") == f.src.is_ipv6();
-                        if toks[i + 1] == "daddr" && toks.get(i + 2) == Some(&".") {
+                        if toks[i + 1] == "saddr" && toks.get(i + 2) == Some(&".") {
+                            // ip saddr . ip daddr @self4: `A . A` for every isolated A.
+                            let set = toks[i + 5].trim_start_matches('@');
+                            assert_eq!(set, self_name(fam == "ip6"), "{rule}");
+                            ok &= fam_ok && f.src == f.dst && self.c.isolated.contains(&f.src);
+                            i += 6;
+                        } else if toks[i + 1] == "daddr" && toks.get(i + 2) == Some(&".") {
                             // ip daddr . meta l4proto . th dport @set
                             let set = toks[i + 8].trim_start_matches('@');
                             ok &= fam_ok && self.in_named_set(set, f);
@@ -173,7 +180,7 @@ fn check_against_engine(w: &World, what: &str) {
     srcs.push("fd99::9".parse().unwrap());
     for &s in &srcs {
         for &d in &srcs {
-            if s.is_ipv6() != d.is_ipv6() || s == d {
+            if s.is_ipv6() != d.is_ipv6() {
                 continue;
             }
             for (proto, ports) in [
@@ -523,6 +530,10 @@ fn apply_ops(c: &mut Compiled, held: &mut BTreeSet<(Dir, IpAddr)>, ops: &[Elemen
                 }
             }
             ("weft", ISOLATED_SET) => {}
+            ("weft_policy", "self4" | "self6") => {
+                // Follows iso4/iso6, whose changes come in the same ops.
+                assert!(op.pair && (op.set == "self6") == v6, "{op:?}");
+            }
             ("weft_policy", map) => {
                 let dir = if map.starts_with("in") {
                     Dir::Ingress
