@@ -201,8 +201,6 @@ fn key(r: &nl::Route) -> RouteKey {
 /// uses conntrack).
 const CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
 
-/// The host namespace's tracked connections, listed over ctnetlink. A listing that fails
-/// while conntrack tracks nothing (not loaded) is an empty table; otherwise the error.
 /// Every address of this host's own namespace (what its traffic with a pod is sent from
 /// or to), with `extra` (weft's DNS address, a local route rather than an address).
 pub(crate) fn host_addrs(extra: Option<IpAddr>) -> Result<BTreeSet<IpAddr>, String> {
@@ -216,6 +214,8 @@ pub(crate) fn host_addrs(extra: Option<IpAddr>) -> Result<BTreeSet<IpAddr>, Stri
         .collect())
 }
 
+/// The host namespace's tracked connections, listed over ctnetlink. A listing that fails
+/// while conntrack tracks nothing (not loaded) is an empty table; otherwise the error.
 pub(crate) fn conntrack_table() -> Result<Vec<weft_dataplane::stateful::Conn>, String> {
     weft_netlink::netfilter::conntrack_list(0).or_else(|e| {
         let tracked = std::fs::read_to_string(CONNTRACK_COUNT)
