@@ -68,6 +68,10 @@ pub struct LabelArgs {
     /// Its namespace.
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
+    /// The node it runs on, when pods of that name run on several (podman's names are
+    /// unique only per host).
+    #[arg(long)]
+    node: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -312,7 +316,7 @@ pub fn label(a: LabelArgs) -> Res {
             ));
         }
     }
-    let body = json!({"namespace": a.namespace, "name": a.endpoint, "set": set, "remove": remove});
+    let body = json!({"namespace": a.namespace, "name": a.endpoint, "node": a.node, "set": set, "remove": remove});
     let text = call(&a.socket, "POST", "/policy/label", Some(body.to_string()))?;
     if a.socket.json {
         println!("{text}");
@@ -358,13 +362,36 @@ fn print_flow(f: &FlowReport) {
 /// `weft flows`.
 pub fn flows(a: FlowsArgs) -> Res {
     let mut after = 0u64;
+    let mut lost = 0u64;
     let mut header = !a.socket.json;
     loop {
         let text = call(&a.socket, "GET", &format!("/flows?after={after}"), None)?;
-        let ans: FlowsAnswer =
+        let mut ans: FlowsAnswer =
             serde_json::from_str(&text).map_err(|e| format!("bad answer: {e}"))?;
         if let Some(e) = &ans.error {
             eprintln!("weft: flows are not logged on this host: {e}");
+        }
+        if ans.last < after {
+            // The agent restarted (its numbers start again): all it has is new.
+            eprintln!("weft: the agent restarted; flows from its start on follow");
+            let text = call(&a.socket, "GET", "/flows?after=0", None)?;
+            ans = serde_json::from_str(&text).map_err(|e| format!("bad answer: {e}"))?;
+            lost = 0;
+        }
+        if let Some(first) = ans.flows.first() {
+            if after > 0 && first.seq > after + 1 {
+                eprintln!(
+                    "weft: {} flows came and went from the agent's ring between two reads",
+                    first.seq - after - 1
+                );
+            }
+        }
+        if ans.lost > lost {
+            eprintln!(
+                "weft: the agent was behind and did not log {} packets",
+                ans.lost - lost
+            );
+            lost = ans.lost;
         }
         let shown: Vec<&FlowReport> = ans
             .flows

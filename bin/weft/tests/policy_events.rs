@@ -592,4 +592,25 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
         .is_some(),
         "after the policy was deleted, c is still refused"
     );
+
+    // podman's names are unique per host only: a second a/c, on h2, makes the name
+    // ambiguous, and `weft label` says so rather than relabelling both pods.
+    start(&lab, "h2", "c", "a", &[], &[]);
+    let (ok, out) = lab.exec("h3", &["weft", "label", "-n", "a", "c", "x=y"]);
+    assert!(
+        !ok && out.contains("a/c names 2 pods") && out.contains("--node"),
+        "{out}"
+    );
+    let (ok, out) = lab.exec(
+        "h3",
+        &["weft", "label", "-n", "a", "c", "x=y", "--node", "h1"],
+    );
+    assert!(ok && out.contains("labelled: x=y"), "{out}");
+    let (_, out) = lab.exec("h3", &["weft", "get", "endpoints", "-n", "a", "--json"]);
+    let eps: Value = serde_json::from_str(&out).unwrap();
+    let labelled: Vec<&str> = (eps["endpoints"].as_array().unwrap().iter())
+        .filter(|e| e["name"] == "c" && e["labels"]["x"] == "y")
+        .map(|e| e["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(labelled, ["h1"], "{out}");
 }

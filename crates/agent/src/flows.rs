@@ -5,6 +5,8 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -21,6 +23,11 @@ const RING: usize = 4096;
 
 /// Bytes of each logged packet copied to userspace (headers only).
 const COPY: u32 = 128;
+
+/// Logged packets read but not yet turned into flows, at most: past it the reader drops
+/// (and counts) them, so a flood of logged packets neither grows the agent's memory nor
+/// holds up its other events (a CNI ADD) behind them.
+const BACKLOG: usize = 1024;
 
 /// One logged flow: a dropped packet, or the first packet of an allowed connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +67,9 @@ pub struct FlowsAnswer {
     pub flows: Vec<FlowReport>,
     /// The number to ask after next time.
     pub last: u64,
+    /// Logged packets the agent dropped since it started, as it was behind.
+    #[serde(default)]
+    pub lost: u64,
     /// Why flows are not being logged, if they are not.
     pub error: Option<String>,
 }
@@ -70,6 +80,10 @@ pub(crate) struct Flows {
     ring: VecDeque<FlowReport>,
     last: u64,
     pub(crate) error: Option<String>,
+    /// Packets read and not yet processed (the reader adds, the owner task takes).
+    backlog: Arc<AtomicUsize>,
+    /// Packets dropped by the reader with the backlog full.
+    lost: Arc<AtomicU64>,
 }
 
 impl Flows {
@@ -97,20 +111,29 @@ impl Flows {
                 .cloned()
                 .collect(),
             last: self.last,
+            lost: self.lost.load(Ordering::Relaxed),
             error: self.error.clone(),
         }
     }
 }
 
 /// Starts the reader thread of NFLOG group 7; its packets arrive as events.
-pub(crate) fn start(events: mpsc::UnboundedSender<Event>) -> Result<(), String> {
+fn start(
+    events: mpsc::UnboundedSender<Event>,
+    backlog: Arc<AtomicUsize>,
+    lost: Arc<AtomicU64>,
+) -> Result<(), String> {
     let mut nflog = NfLog::bind(LOG_GROUP, COPY).map_err(|e| e.to_string())?;
     std::thread::Builder::new()
         .name("weft-nflog".into())
         .spawn(move || loop {
             match nflog.recv() {
                 Ok(p) if p.is_empty() => {}
+                Ok(p) if backlog.load(Ordering::Relaxed) >= BACKLOG => {
+                    lost.fetch_add(p.len() as u64, Ordering::Relaxed);
+                }
                 Ok(p) => {
+                    backlog.fetch_add(p.len(), Ordering::Relaxed);
                     if events.send(Event::PolicyLog(p)).is_err() {
                         return;
                     }
@@ -166,6 +189,19 @@ fn headers(p: &[u8]) -> Option<Headers> {
     Some((src, dst, proto, ports))
 }
 
+/// `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`, or the number of another protocol.
+fn protocol_name(proto: u8) -> String {
+    match describe_port(&Flow {
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        proto,
+        port: 0,
+    }) {
+        d if d.starts_with("protocol ") => proto.to_string(),
+        d => d.split(' ').next().unwrap_or_default().to_string(),
+    }
+}
+
 /// The policy table's drop counters (ingress, egress), from the kernel.
 pub(crate) fn drop_counters() -> Option<(u64, u64)> {
     let out = std::process::Command::new("nft")
@@ -192,7 +228,8 @@ pub(crate) fn drop_counters() -> Option<(u64, u64)> {
 impl Agent {
     /// Starts reading the policy's log; a failure is reported in `weft flows`.
     pub(crate) fn flows_start(&mut self) {
-        if let Err(e) = start(self.events.clone()) {
+        let f = &self.pol.flows;
+        if let Err(e) = start(self.events.clone(), f.backlog.clone(), f.lost.clone()) {
             log(format!("policy: no flow log: {e}"));
             self.pol.flows.error = Some(e);
         }
@@ -200,6 +237,10 @@ impl Agent {
 
     /// Logged packets, turned into flows with their reason.
     pub(crate) fn flows_logged(&mut self, packets: Vec<LoggedPacket>) {
+        self.pol
+            .flows
+            .backlog
+            .fetch_sub(packets.len(), Ordering::Relaxed);
         let local: std::collections::BTreeSet<String> = self
             .node
             .store()
@@ -274,11 +315,7 @@ impl Agent {
                 dst: dst.to_string(),
                 src_name: name(src),
                 dst_name: name(dst),
-                protocol: describe_port(&Flow { port: 0, ..flow })
-                    .split(' ')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
+                protocol: protocol_name(proto),
                 sport: ports.map(|p| p.0),
                 dport: ports.map(|p| p.1),
                 policy,
@@ -325,5 +362,14 @@ mod tests {
         // ICMP has no ports.
         v4[9] = 1;
         assert_eq!(headers(&v4).unwrap().3, None);
+    }
+
+    #[test]
+    fn protocols_are_named_or_numbered() {
+        assert_eq!(protocol_name(6), "TCP");
+        assert_eq!(protocol_name(132), "SCTP");
+        assert_eq!(protocol_name(1), "ICMP");
+        assert_eq!(protocol_name(58), "ICMPv6");
+        assert_eq!(protocol_name(47), "47");
     }
 }

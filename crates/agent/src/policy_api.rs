@@ -40,6 +40,8 @@ struct LabelBody {
     namespace: Option<String>,
     name: String,
     #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
     set: BTreeMap<String, String>,
     #[serde(default)]
     remove: Vec<String>,
@@ -269,14 +271,34 @@ impl Agent {
             .endpoints
             .values()
             .filter(|e| e.namespace == ns && e.name == b.name)
+            .filter(|e| b.node.as_ref().is_none_or(|n| *n == e.node))
             .map(|e| (e.uid.clone(), e.labels.clone()))
             .collect();
         if targets.is_empty() {
+            let on = b
+                .node
+                .as_ref()
+                .map(|n| format!(" on {n}"))
+                .unwrap_or_default();
             return (
                 404,
                 error_json(&format!(
-                    "no endpoint {ns}/{} is known here (`weft get endpoints` lists them)",
+                    "no endpoint {ns}/{}{on} is known here (`weft get endpoints` lists them)",
                     b.name
+                )),
+            );
+        }
+        // One pod's attachments (its interfaces) share its container; pods of one name in
+        // several containers (podman's names are unique per host only) are not one pod.
+        let pods = pods_of(&self.pol.world, targets.iter().map(|(u, _)| u.as_str()));
+        if pods.len() > 1 {
+            return (
+                409,
+                error_json(&format!(
+                    "{ns}/{} names {} pods ({}): say which with --node",
+                    b.name,
+                    pods.len(),
+                    pods.join(", ")
                 )),
             );
         }
@@ -309,12 +331,19 @@ impl Agent {
             return Ok(a);
         }
         let (ns, name) = who.split_once('/').unwrap_or(("default", who));
-        let e = self
-            .pol
-            .world
-            .endpoints
-            .values()
-            .find(|e| e.namespace == ns && e.name == name)
+        let all: Vec<&weft_policy::Endpoint> = (self.pol.world.endpoints.values())
+            .filter(|e| e.namespace == ns && e.name == name)
+            .collect();
+        let pods = pods_of(&self.pol.world, all.iter().map(|e| e.uid.as_str()));
+        if pods.len() > 1 {
+            return Err(format!(
+                "{who} names {} pods ({}): give an address instead",
+                pods.len(),
+                pods.join(", ")
+            ));
+        }
+        let e = all
+            .first()
             .ok_or_else(|| format!("{who:?} is neither an address nor a known endpoint NS/NAME"))?;
         e.addrs
             .iter()
@@ -376,4 +405,23 @@ impl Agent {
             .to_string(),
         )
     }
+}
+
+/// The distinct pods (containers) of these attachment uids (`CONTAINER/IFNAME`), each as
+/// `NODE (CONTAINER)`, the container id cut to 12 characters.
+fn pods_of<'a>(world: &weft_policy::World, uids: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = uids
+        .map(|u| {
+            let node = world
+                .endpoints
+                .get(u)
+                .map(|e| e.node.as_str())
+                .unwrap_or("?");
+            let cid = u.split('/').next().unwrap_or(u);
+            format!("{node} ({})", cid.chars().take(12).collect::<String>())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

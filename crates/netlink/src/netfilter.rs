@@ -19,6 +19,7 @@ const NFULNL_MSG_PACKET: u16 = 0;
 const NFULNL_MSG_CONFIG: u16 = 1;
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 const NFULA_PAYLOAD: u16 = 9;
@@ -451,6 +452,9 @@ impl NfLog {
         let mut mode = copy.to_be_bytes().to_vec();
         mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
         attr(&mut attrs, NFULA_CFG_MODE, &mode);
+        // Each packet sent at once: by default the kernel batches 100 of them or waits
+        // up to a second, so a lone drop would reach `weft flows` a second late.
+        attr(&mut attrs, NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
         let msg = message(
             NFNL_SUBSYS_ULOG,
             NFULNL_MSG_CONFIG,
