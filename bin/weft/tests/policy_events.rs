@@ -530,6 +530,39 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
     let mut conn_f2 = connect(&f, to, Duration::from_secs(2)).expect("f connects under the policy");
     assert!(echoes(&mut conn_f2, "g1\n"));
     assert!(echoes(&mut conn_hp, "p1\n") && echoes(&mut conn_h, "h1\n"));
+    // An allowed connection is logged once, with the rule that allows it: also one-way
+    // UDP, which conntrack keeps `new` (unanswered) so that every datagram passes the
+    // rules.
+    let (netns, dst) = (f.netns.clone(), SocketAddr::new(s.v4, 9999));
+    let sport = std::thread::spawn(move || {
+        enter(&netns);
+        let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..20 {
+            u.send_to(b"x", dst).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        u.local_addr().unwrap().port()
+    })
+    .join()
+    .unwrap();
+    let udp_rows = || {
+        let (_, out) = lab.exec("h3", &["weft", "flows", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        (v.as_array().cloned().unwrap_or_default().into_iter())
+            .filter(|r| r["protocol"] == "UDP" && r["sport"] == sport)
+            .collect::<Vec<_>>()
+    };
+    until(Duration::from_secs(3), || !udp_rows().is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let rows = udp_rows();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["verdict"], "allowed");
+    assert_eq!(rows[0]["direction"], "ingress");
+    assert_eq!(rows[0]["policy"], "b/friends-only");
+    assert!(
+        rows[0]["reason"] == "allowed by b/friends-only (ingress rule 0)",
+        "{rows:#?}"
+    );
     let (allowed, out) = lab.exec(
         "h3",
         &[

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use weft_netlink::netfilter::{LoggedPacket, NfLog};
 use weft_policy::compile::{ChainInfo, LOG_GROUP, LOG_PREFIX, TABLE};
 use weft_policy::engine::describe_port;
-use weft_policy::Flow;
+use weft_policy::{Flow, Side};
 
 use crate::policy::wall_ms;
 use crate::{log, Agent, Event};
@@ -252,40 +252,25 @@ impl Agent {
             if words.next() != Some(LOG_PREFIX) {
                 continue;
             }
-            let (Some(kind), Some(dir), Some(chain)) = (words.next(), words.next(), words.next())
-            else {
-                continue;
-            };
-            let rule = words.next().and_then(|r| r.parse::<usize>().ok());
+            let Some(kind) = words.next() else { continue };
             let Some((src, dst, proto, ports)) = headers(&p.payload) else {
                 continue;
             };
-            let world = &self.pol.world;
-            let name = |a: IpAddr| world.endpoint_at(a).map(|e| e.key());
             let flow = Flow {
                 src,
                 dst,
                 proto,
                 port: ports.map(|p| p.1).unwrap_or(0),
             };
-            let info = self.pol.applied_info(chain);
-            let (verdict, policy, reason) = if kind == "A" {
-                let policy = match &info {
-                    Some(ChainInfo::Policy { policy, .. }) => Some(policy.clone()),
-                    _ => None,
-                };
-                let reason = match (&policy, rule) {
-                    (Some(pol), Some(r)) => format!(
-                        "allowed by {pol} ({} rule {r})",
-                        if dir == "in" { "ingress" } else { "egress" }
-                    ),
-                    _ => "allowed".into(),
-                };
-                ("allowed", policy, reason)
+            let world = &self.pol.world;
+            // (A logged packet crossed `forward`: it is not between a pod and this host.)
+            let v = weft_policy::local_verdict(world, &flow, |e| local.contains(&e.uid), |_| false);
+            let rows: Vec<(&str, &str, Option<String>, String)> = if kind == "A" {
+                allowed_rows(&v, world, &flow)
             } else {
-                // (A logged packet crossed `forward`: it is not between a pod and this host.)
-                let v =
-                    weft_policy::local_verdict(world, &flow, |e| local.contains(&e.uid), |_| false);
+                let (Some(dir), Some(chain)) = (words.next(), words.next()) else {
+                    continue;
+                };
                 let mut reason = v.explain(world, &flow);
                 if chain.starts_with("held_") {
                     // Isolated by its ADD, its dispatch element not added yet.
@@ -297,33 +282,83 @@ impl Agent {
                     // packet of a connection opened before its pod was isolated.
                     reason = format!(
                         "denied by the rules in force then ({}); now {reason}",
-                        match &info {
+                        match &self.pol.applied_info(chain) {
                             Some(ChainInfo::Group { policies, .. }) =>
                                 format!("isolated by {}", policies.join(", ")),
                             _ => "isolated".into(),
                         }
                     );
                 }
-                ("dropped", None, reason)
+                let dir = if dir == "in" { "ingress" } else { "egress" };
+                vec![("dropped", dir, None, reason)]
             };
-            let f = FlowReport {
-                seq: 0,
-                time_ms: wall_ms(),
-                verdict: verdict.into(),
-                direction: if dir == "in" { "ingress" } else { "egress" }.into(),
-                src: src.to_string(),
-                dst: dst.to_string(),
-                src_name: name(src),
-                dst_name: name(dst),
-                protocol: protocol_name(proto),
-                sport: ports.map(|p| p.0),
-                dport: ports.map(|p| p.1),
-                policy,
-                reason,
-            };
-            self.pol.flows.push(f);
+            let name = |a: IpAddr| world.endpoint_at(a).map(|e| e.key());
+            for (verdict, direction, policy, reason) in rows {
+                let f = FlowReport {
+                    seq: 0,
+                    time_ms: wall_ms(),
+                    verdict: verdict.into(),
+                    direction: direction.into(),
+                    src: src.to_string(),
+                    dst: dst.to_string(),
+                    src_name: name(src),
+                    dst_name: name(dst),
+                    protocol: protocol_name(proto),
+                    sport: ports.map(|p| p.0),
+                    dport: ports.map(|p| p.1),
+                    policy,
+                    reason,
+                };
+                self.pol.flows.push(f);
+            }
         }
     }
+}
+
+/// The rows of an allowed connection's first packet (logged once, after both directions
+/// passed): one per side this host enforces that a policy allowed, with the rule the
+/// engine names (any allowing rule is the reason: they are a union).
+fn allowed_rows(
+    v: &weft_policy::Verdict,
+    world: &weft_policy::World,
+    flow: &Flow,
+) -> Vec<(&'static str, &'static str, Option<String>, String)> {
+    let mut rows = Vec::new();
+    for (side, dir) in [(&v.egress, "egress"), (&v.ingress, "ingress")] {
+        match side {
+            Side::Allowed { policy, rule } => rows.push((
+                "allowed",
+                dir,
+                Some(policy.clone()),
+                format!("allowed by {policy} ({dir} rule {rule})"),
+            )),
+            Side::Denied { .. } => rows.push((
+                "allowed",
+                dir,
+                None,
+                format!(
+                    "allowed by the rules in force then; now {}",
+                    v.explain(world, flow)
+                ),
+            )),
+            _ => {}
+        }
+    }
+    if rows.is_empty() {
+        // Neither side is isolated any more: the world changed since.
+        let dir = if world.endpoint_at(flow.dst).is_some() {
+            "ingress"
+        } else {
+            "egress"
+        };
+        rows.push((
+            "allowed",
+            dir,
+            None,
+            format!("allowed; now {}", v.explain(world, flow)),
+        ));
+    }
+    rows
 }
 
 #[cfg(test)]

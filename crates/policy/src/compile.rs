@@ -31,6 +31,12 @@ pub const LOG_GROUP: u16 = 7;
 /// The conntrack mark bit of a TCP connection picked up mid-stream.
 pub const PICKUP_MARK: u32 = 0x0200_0000;
 
+/// The conntrack mark bit of a connection whose first allowed packet was logged.
+pub const LOGGED_MARK: u32 = 0x0400_0000;
+
+/// Allowed new connections logged per second per host, at most.
+pub const ALLOW_LOG_RATE: u32 = 1000;
+
 /// The prefix of every policy log message.
 pub const LOG_PREFIX: &str = "weft";
 
@@ -522,10 +528,6 @@ fn policy_rules(
     };
     let mut out = Vec::new();
     for (k, r) in rules.iter().enumerate() {
-        let log = format!(
-            "log prefix \"{LOG_PREFIX} A {} {chain} {k}\" group {LOG_GROUP}",
-            dir.short()
-        );
         let base = format!("{chain}_{k}");
         // The peer part, per family: None = any address.
         let peers: [Option<String>; 2] = if r.peers.is_empty() {
@@ -564,9 +566,9 @@ fn policy_rules(
         if r.ports.is_empty() {
             for f in fams {
                 match f {
-                    None => out.push(format!("{log} accept")),
+                    None => out.push("accept".to_string()),
                     Some(v6) => match &peers[usize::from(*v6)] {
-                        Some(m) if !m.is_empty() => out.push(format!("{m} {log} accept")),
+                        Some(m) if !m.is_empty() => out.push(format!("{m} accept")),
                         _ => {}
                     },
                 }
@@ -585,9 +587,9 @@ fn policy_rules(
             let ports = format!("meta l4proto . th dport @{name}");
             for f in fams {
                 match f {
-                    None => out.push(format!("{ports} {log} accept")),
+                    None => out.push(format!("{ports} accept")),
                     Some(v6) => match &peers[usize::from(*v6)] {
-                        Some(m) if !m.is_empty() => out.push(format!("{m} {ports} {log} accept")),
+                        Some(m) if !m.is_empty() => out.push(format!("{m} {ports} accept")),
                         _ => {}
                     },
                 }
@@ -643,7 +645,7 @@ fn policy_rules(
                     (Dir::Ingress, Some(x)) if x.is_empty() => continue,
                     (Dir::Ingress, Some(x)) => format!("{x} "),
                 };
-                out.push(format!("{peer}{m} {log} accept"));
+                out.push(format!("{peer}{m} accept"));
             }
         }
     }
@@ -910,6 +912,24 @@ pub fn full_script(c: &Compiled) -> String {
         "  chain ingress {{\n    type filter hook forward priority filter; policy accept;\n    {keep}\n    ip daddr vmap @in4\n    ip6 daddr vmap @in6\n    {}\n  }}",
         held(Dir::Ingress, "daddr"),
     );
+    // What passed both: the first packet of each connection of an isolated pod is logged
+    // as allowed, once (the mark), whatever its state stays (one-way UDP stays `new`; a
+    // connection picked up mid-stream passes the rules packet by packet). The agent asks
+    // the engine which rule allowed it.
+    let _ = writeln!(
+        s,
+        "  chain allowed {{\n    type filter hook forward priority filter + 1; policy accept;\n    ct state new ct mark & {LOGGED_MARK:#010x} == 0 limit rate {ALLOW_LOG_RATE}/second burst 100 packets goto allowed_new\n  }}"
+    );
+    let mut new = String::new();
+    for (fam, set) in [("ip", "iso4"), ("ip6", "iso6")] {
+        for field in ["saddr", "daddr"] {
+            let _ = write!(
+                new,
+                "\n    {fam} {field} @{set} ct mark set ct mark | {LOGGED_MARK:#010x} log prefix \"{LOG_PREFIX} A\" group {LOG_GROUP} accept"
+            );
+        }
+    }
+    let _ = writeln!(s, "  chain allowed_new {{{new}\n  }}");
     let _ = writeln!(s, "}}");
     for (name, rules) in &c.chains {
         for r in rules {

@@ -79,9 +79,12 @@ impl Eval<'_> {
                 assert!(rule.ends_with(" drop"), "{rule}");
                 return Res::Drop;
             }
-            assert!(rule.ends_with(" accept"), "unexpected rule {rule}");
-            let head = rule.split("log prefix").next().unwrap();
-            let head = head.strip_suffix(" accept").unwrap_or(head);
+            assert!(
+                rule == "accept" || rule.ends_with(" accept"),
+                "unexpected rule {rule}"
+            );
+            let head = rule.split("log prefix").next().unwrap().trim_end();
+            let head = head.strip_suffix("accept").unwrap_or(head);
             let toks: Vec<&str> = head.split_whitespace().collect();
             let mut i = 0;
             let mut ok = true;
@@ -376,6 +379,15 @@ fn the_full_script_replaces_the_table_in_one_go() {
     assert!(vmap < held, "{ingress}");
     assert!(s.contains("ip saddr @out4_held goto held_out"));
     assert!(s.contains("chain held_out {"));
+    // Allowed connections are logged once each, after both directions passed, by a
+    // chain of their own: the allow rules themselves log nothing.
+    assert!(s.contains(
+        "type filter hook forward priority filter + 1; policy accept;\n    ct state new ct mark & 0x04000000 == 0 limit rate 1000/second burst 100 packets goto allowed_new"
+    ), "{s}");
+    assert!(s.contains(
+        "ip6 daddr @iso6 ct mark set ct mark | 0x04000000 log prefix \"weft A\" group 7 accept"
+    ));
+    assert_eq!(s.matches("log prefix \"weft A").count(), 4, "{s}");
 }
 
 #[test]
