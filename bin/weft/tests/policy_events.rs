@@ -608,7 +608,15 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
         v["policy"]
     );
 
-    // Deleted on h2: c gets in again.
+    // Deleted on h2: c gets in again. h3's table goes with the last policy, and its drop
+    // counters with it: weft status still counts the drops.
+    let drops = |lab: &Lab| {
+        let v: Value = serde_json::from_str(&lab.exec("h3", &["weft", "status", "--json"]).1)
+            .unwrap_or_default();
+        v["policy"]["dropped_ingress"].as_u64().unwrap_or(0)
+    };
+    let drops_before = drops(&lab);
+    assert!(drops_before > 0);
     common::truth::apply(
         &lab,
         "h2",
@@ -624,6 +632,13 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
         .is_some())
         .is_some(),
         "after the policy was deleted, c is still refused"
+    );
+    let (table, _) = lab.exec("h3", &["nft", "list", "table", "inet", "weft_policy"]);
+    assert!(!table, "h3 kept its policy table with no policy left");
+    assert!(
+        drops(&lab) >= drops_before,
+        "{} < {drops_before}",
+        drops(&lab)
     );
 
     // podman's names are unique per host only: a second a/c, on h2, makes the name

@@ -66,6 +66,9 @@ pub(crate) struct PolicyState {
     /// every tick until it works).
     cut_error: Option<String>,
     pub(crate) flows: Flows,
+    /// Drops (ingress, egress) the kernel counted in tables since replaced or removed:
+    /// the counters live in the table, and `weft status` counts them all.
+    drops_before: (u64, u64),
 }
 
 /// How long changes are gathered before they are applied, at least: a burst of mesh
@@ -443,10 +446,14 @@ impl Agent {
                 // The kernel's table is not what `applied` says: write it whole.
                 log(format!("policy: {e}; writing the whole table"));
                 self.pol.awake = None;
+                self.policy_keep_drops();
                 crate::dataplane::run_nft(&compile::full_script(&new))?;
             }
         } else if !script.is_empty() {
             self.pol.awake = None;
+            if script.contains(&format!("delete table {}", compile::TABLE)) {
+                self.policy_keep_drops();
+            }
             crate::dataplane::run_nft(&script)?;
         }
         if active {
@@ -783,9 +790,21 @@ impl Agent {
         }
     }
 
+    /// Before the table (and its drop counters) is replaced or removed: what they counted.
+    fn policy_keep_drops(&mut self) {
+        if let Some((i, e)) = crate::flows::drop_counters() {
+            self.pol.drops_before.0 += i;
+            self.pol.drops_before.1 += e;
+        }
+    }
+
     pub(crate) fn policy_report(&self) -> PolicyReport {
         let local = self.policy_local();
         let (din, dout) = crate::flows::drop_counters().unwrap_or((0, 0));
+        let (din, dout) = (
+            din + self.pol.drops_before.0,
+            dout + self.pol.drops_before.1,
+        );
         PolicyReport {
             state: if self.pol.error.is_some() || self.pol.cut_error.is_some() {
                 "error"
