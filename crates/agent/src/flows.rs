@@ -170,11 +170,12 @@ fn headers(p: &[u8]) -> Option<Headers> {
         6 if p.len() >= 40 => {
             let s: [u8; 16] = p[8..24].try_into().ok()?;
             let d: [u8; 16] = p[24..40].try_into().ok()?;
+            let (proto, l4) = past_extensions(p[6], p.get(40..));
             (
                 IpAddr::V6(Ipv6Addr::from(s)),
                 IpAddr::V6(Ipv6Addr::from(d)),
-                p[6],
-                p.get(40..),
+                proto,
+                l4,
             )
         }
         _ => return None,
@@ -187,6 +188,34 @@ fn headers(p: &[u8]) -> Option<Headers> {
         _ => None,
     };
     Some((src, dst, proto, ports))
+}
+
+/// The upper-layer protocol of an IPv6 packet and its header, past the extension headers
+/// (hop-by-hop, routing, fragment, destination options, AH), as the kernel's `meta l4proto`
+/// and `th dport` see it; no header when it is a fragment after the first, or cut off.
+fn past_extensions(mut next: u8, mut rest: Option<&[u8]>) -> (u8, Option<&[u8]>) {
+    for _ in 0..8 {
+        if !matches!(next, 0 | 43 | 44 | 51 | 60) {
+            return (next, rest);
+        }
+        let Some(h) = rest.filter(|h| h.len() >= 8) else {
+            return (next, None);
+        };
+        let len = match next {
+            0 | 43 | 60 => (usize::from(h[1]) + 1) * 8,
+            51 => (usize::from(h[1]) + 2) * 4,
+            44 => {
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return (h[0], None);
+                }
+                8
+            }
+            _ => return (next, rest),
+        };
+        next = h[0];
+        rest = h.get(len..);
+    }
+    (next, None)
 }
 
 /// `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`, or the number of another protocol.
@@ -397,6 +426,36 @@ mod tests {
         // ICMP has no ports.
         v4[9] = 1;
         assert_eq!(headers(&v4).unwrap().3, None);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped_to_the_ports() {
+        // Hop-by-hop (8 bytes), destination options (16), then TCP 40000 -> 80.
+        let mut v6 = vec![0u8; 40 + 8 + 16 + 4];
+        v6[0] = 0x60;
+        v6[6] = 0;
+        v6[40] = 60;
+        v6[48] = 6;
+        v6[49] = 1;
+        v6[64..68].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+        let (_, _, p, ports) = headers(&v6).unwrap();
+        assert_eq!((p, ports), (6, Some((40000, 80))));
+        // A first fragment has its ports; a later one has none.
+        let mut frag = vec![0u8; 40 + 8 + 4];
+        frag[0] = 0x60;
+        frag[6] = 44;
+        frag[40] = 17;
+        frag[48..52].copy_from_slice(&[0, 53, 0, 53]);
+        assert_eq!(
+            headers(&frag).unwrap().2..=headers(&frag).unwrap().2,
+            17..=17
+        );
+        assert_eq!(headers(&frag).unwrap().3, Some((53, 53)));
+        frag[43] = 0x08; // offset 1 (8 bytes)
+        assert_eq!(headers(&frag).unwrap().3, None);
+        assert_eq!(headers(&frag).unwrap().2, 17);
+        // Cut off inside an extension header: the protocol so far, no ports.
+        assert_eq!(headers(&v6[..50]).unwrap().3, None);
     }
 
     #[test]
