@@ -82,13 +82,6 @@ pub struct Set {
 /// What a chain stands for, to explain log messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainInfo {
-    /// The rules of one policy in one direction.
-    Policy {
-        /// `namespace/name`.
-        policy: String,
-        /// Its direction.
-        dir: Dir,
-    },
     /// Endpoints isolated by these policies in this direction.
     Group {
         /// Its direction.
@@ -109,7 +102,7 @@ pub struct Compiled {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Named sets.
     pub sets: BTreeMap<String, Set>,
-    /// What each chain is.
+    /// What each group chain is (a drop's log names its chain).
     pub info: BTreeMap<String, ChainInfo>,
 }
 
@@ -649,14 +642,7 @@ fn policy_rules(
             }
         }
     }
-    c.chains.insert(chain.clone(), out);
-    c.info.insert(
-        chain,
-        ChainInfo::Policy {
-            policy: p.key(),
-            dir,
-        },
-    );
+    c.chains.insert(chain, out);
 }
 
 /// The addresses a rule's peers match, IPv4 and IPv6: pods as single addresses, ipBlocks
