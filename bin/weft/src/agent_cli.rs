@@ -439,13 +439,15 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     let f = &d.fast_path;
     match f.state.as_str() {
         "on" => println!(
-            "fast path: on, {} devices; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}, left to conntrack (translated connections) {}",
+            "fast path: on, {} devices; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}, left to conntrack (translated connections) {}, left to network policy {}, of isolated pods' established connections forwarded {}",
             f.devices.len(),
             f.counters.egress,
             f.counters.peer,
             f.counters.neigh,
             f.counters.pass,
-            f.counters.stateful
+            f.counters.stateful,
+            f.counters.policy,
+            f.counters.established
         ),
         state => println!("fast path: {state}"),
     }

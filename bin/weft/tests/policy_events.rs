@@ -109,6 +109,15 @@ fn echoes(s: &mut TcpStream, line: &str) -> bool {
     s.read_exact(&mut b).is_ok() && b == line.as_bytes()
 }
 
+/// Sends a megabyte in 4 KiB pieces, each read back from the echo before the next.
+fn bulk_echoes(s: &mut TcpStream) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let piece: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let mut back = vec![0u8; piece.len()];
+    (0..256)
+        .all(|_| s.write_all(&piece).is_ok() && s.read_exact(&mut back).is_ok() && back == piece)
+}
+
 /// Polls until `f` holds; the time it took.
 /// Object records a host holds as its own that another node wrote (copies it made so
 /// that an object outlives its writer), from the agent's `objects.json`.
@@ -314,6 +323,12 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
     let _echo = echo_server(&s, 81);
     let c = start(&lab, "h1", "c", "a", &[], &[]);
     let f = start(&lab, "h2", "f", "a", &["role=friend"], &[]);
+    // A friend on s's own host: its packets to s and s's to it both pass the fast path
+    // of h3 once their connection is promoted (docs/policy.md, "Established connections").
+    // On a port of its own: s answers port 81 to a client outside the pools below (a
+    // hostPort), which sends every packet to s:81 to the stack from then on.
+    let n = start(&lab, "h3", "n", "a", &["role=friend"], &[]);
+    let _echo2 = echo_server(&s, 82);
     let to = SocketAddr::new(s.v4, 81);
     // Routes between the hosts' new blocks first.
     let mut first = None;
@@ -528,7 +543,25 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
     let mut conn_hp = conn_hp.expect("h2 reaches s through h3's DNAT under the policy");
     let mut conn_h = connect(&h3, to, Duration::from_secs(2)).expect("h3 reaches its pod s");
     let mut conn_f2 = connect(&f, to, Duration::from_secs(2)).expect("f connects under the policy");
-    assert!(echoes(&mut conn_f2, "g1\n"));
+    let to82 = SocketAddr::new(s.v4, 82);
+    let mut conn_n =
+        connect(&n, to82, Duration::from_secs(2)).expect("n connects under the policy");
+    assert!(echoes(&mut conn_f2, "g1\n") && echoes(&mut conn_n, "n1\n"));
+    // Established under the policy, n's connection is promoted to h3's fast path: a
+    // megabyte each way goes through, and the fast path counts the segments it forwarded
+    // into s and back.
+    let counters = || dp::status(&lab, "h3")["dataplane"]["fast_path"]["counters"].clone();
+    let before = counters()["established"].as_u64().unwrap_or(0);
+    assert!(bulk_echoes(&mut conn_n));
+    assert!(
+        until(Duration::from_secs(5), || {
+            echoes(&mut conn_n, "n2\n")
+                && counters()["established"].as_u64().unwrap_or(0) > before + 400
+        })
+        .is_some(),
+        "h3's fast path forwarded no promoted segment of n and s: {}",
+        counters()
+    );
     assert!(echoes(&mut conn_hp, "p1\n") && echoes(&mut conn_h, "h1\n"));
     // An allowed connection is logged once, with the rule that allows it: also one-way
     // UDP, which conntrack keeps `new` (unanswered) so that every datagram passes the
@@ -587,6 +620,13 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
     assert!(
         cut.is_some(),
         "f's tracked connection still works under a policy that no longer allows it"
+    );
+    // n's connection never crosses h3's stack once promoted: the change withdraws the
+    // promotion, and its packets are judged again.
+    assert!(
+        until(Duration::from_secs(5), || !echoes(&mut conn_n, "n3\n")).is_some(),
+        "n's promoted connection still works under a policy that no longer allows it: {}",
+        counters()
     );
     assert!(
         until(Duration::from_secs(5), || !echoes(&mut conn_hp, "p2\n")).is_some(),

@@ -217,7 +217,16 @@ pub(crate) fn host_addrs(extra: Option<IpAddr>) -> Result<BTreeSet<IpAddr>, Stri
 /// The host namespace's tracked connections, listed over ctnetlink. A listing that fails
 /// while conntrack tracks nothing (not loaded) is an empty table; otherwise the error.
 pub(crate) fn conntrack_table() -> Result<Vec<weft_dataplane::stateful::Conn>, String> {
-    weft_netlink::netfilter::conntrack_list(0).or_else(|e| {
+    Ok(conntrack_table_status()?
+        .into_iter()
+        .map(|(c, _, _)| c)
+        .collect())
+}
+
+/// As [`conntrack_table`], each connection with its status bits and its mark.
+pub(crate) fn conntrack_table_status(
+) -> Result<Vec<(weft_dataplane::stateful::Conn, u32, u32)>, String> {
+    weft_netlink::netfilter::conntrack_list_status(0).or_else(|e| {
         let tracked = std::fs::read_to_string(CONNTRACK_COUNT)
             .ok()
             .and_then(|c| c.trim().parse::<u64>().ok())

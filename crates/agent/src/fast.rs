@@ -36,6 +36,9 @@ pub(crate) struct Fast {
     unenabled: BTreeSet<Device>,
     /// Addresses of pods a network policy isolates (their packets take the stack).
     isolated: BTreeSet<std::net::IpAddr>,
+    /// Promotions were withdrawn outside a policy cut: the next policy tick makes those
+    /// the policy still allows again.
+    pub(crate) repromote: bool,
 }
 
 /// How often the translated connections' client sockets are entered again, so that the
@@ -189,11 +192,55 @@ impl Agent {
         &mut self,
         addrs: &BTreeSet<std::net::IpAddr>,
     ) -> Result<(), String> {
+        if self.fast.isolated != *addrs {
+            // An address leaving (or coming back with another pod) must not keep its
+            // connections' promotions.
+            self.fast_forget_promoted()?;
+            self.fast.repromote = true;
+        }
         self.fast.isolated = addrs.clone();
         match self.fast.path.as_mut() {
             Some(f) => f.set_isolated(addrs),
             None => Ok(()),
         }
+    }
+
+    /// Whether the program is loaded (it forwards what the agent promotes).
+    pub(crate) fn fast_loaded(&self) -> bool {
+        self.fast.path.is_some()
+    }
+
+    /// Withdraws every established connection's promotion (docs/policy.md, "Established
+    /// connections"): before the connections a policy change no longer allows are cut,
+    /// and whenever the isolated pods change (an address may have a new owner).
+    pub(crate) fn fast_forget_promoted(&mut self) -> Result<(), String> {
+        match self.fast.path.as_mut() {
+            Some(f) => f.forget_promoted(),
+            None => Ok(()),
+        }
+    }
+
+    /// Promotes an established TCP connection of an isolated pod (original tuple) to the
+    /// fast path: conntrack's entry first made to accept what it will not see, then both
+    /// directions entered in the program's map. False when there is no fast path or no
+    /// such entry (any more).
+    pub(crate) fn fast_promote(
+        &mut self,
+        src: std::net::IpAddr,
+        dst: std::net::IpAddr,
+        sport: u16,
+        dport: u16,
+    ) -> Result<bool, String> {
+        let Some(f) = self.fast.path.as_mut() else {
+            return Ok(false);
+        };
+        if !weft_netlink::netfilter::conntrack_tcp_liberal(src, dst, sport, dport)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(false);
+        }
+        f.promote(src, dst, sport, dport)?;
+        Ok(true)
     }
 
     fn set_fast_error(&mut self, e: Option<String>) {

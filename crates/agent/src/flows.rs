@@ -285,6 +285,12 @@ impl Agent {
             let Some((src, dst, proto, ports)) = headers(&p.payload) else {
                 continue;
             };
+            if kind == "E" {
+                if let (6, Some((sport, dport))) = (proto, ports) {
+                    self.flows_promote(&local, src, dst, sport, dport);
+                }
+                continue;
+            }
             let flow = Flow {
                 src,
                 dst,
@@ -340,6 +346,39 @@ impl Agent {
                 };
                 self.pol.flows.push(f);
             }
+        }
+    }
+}
+
+impl Agent {
+    /// An established TCP connection of an isolated pod, logged by the `promote` chain
+    /// (its packet in the original direction, nobody translates it): promoted to the fast
+    /// path if the policy in force still allows it, as a cut would judge it.
+    fn flows_promote(
+        &mut self,
+        local: &std::collections::BTreeSet<String>,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+    ) {
+        if !self.fast_loaded() {
+            return;
+        }
+        let flow = Flow {
+            src,
+            dst,
+            proto: 6,
+            port: dport,
+        };
+        let world = &self.pol.world;
+        if !weft_policy::local_verdict(world, &flow, |e| local.contains(&e.uid), |_| false).allowed
+        {
+            return;
+        }
+        if let Err(e) = self.fast_promote(src, dst, sport, dport) {
+            // Only slower: the connection stays on the stack.
+            log(format!("policy: {e}"));
         }
     }
 }

@@ -528,6 +528,7 @@ impl Agent {
             ("to_stack", c.pass),
             ("to_conntrack", c.stateful),
             ("to_policy", c.policy),
+            ("established_isolated", c.established),
         ];
         let packets: Family<Labels, Counter> = Family::default();
         for (action, n) in actions {
@@ -540,7 +541,8 @@ impl Agent {
             "Packets the fast path handled since it was loaded: forwarded to an egress \
              device, delivered into a container, handed to neighbour resolution, left to \
              the stack, left to conntrack (translated connections), left to the stack for \
-             network policy (isolated pods)",
+             network policy (isolated pods), forwarded although of an isolated pod (its \
+             established connections the agent promoted)",
             packets,
         );
     }

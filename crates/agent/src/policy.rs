@@ -359,7 +359,8 @@ impl Agent {
                 self.pol.error = Some(e);
             }
         }
-        if self.pol.cut_error.is_some() {
+        if self.pol.cut_error.is_some() || self.fast.repromote {
+            // (The cut promotes what the policy allows again.)
             let local = self.policy_local();
             self.policy_cut(&local);
         }
@@ -501,7 +502,20 @@ impl Agent {
     /// Deletes the tracked connections of this host's isolated pods that the policy no
     /// longer allows; their next packets are judged again (docs/policy.md,
     /// "Connections").
+    /// The established connections it still allows are promoted to the fast path again
+    /// (docs/policy.md, "Established connections").
     fn policy_cut(&mut self, local: &BTreeSet<String>) {
+        // Every promotion is withdrawn first: a connection cut below must not go on past
+        // the stack, whatever happens to the listing.
+        if let Err(e) = self.fast_forget_promoted() {
+            let e = format!("cannot withdraw established connections from the fast path: {e}");
+            if self.pol.cut_error.as_deref() != Some(e.as_str()) {
+                log(format!("policy: {e}"));
+            }
+            self.pol.cut_error = Some(e);
+            return;
+        }
+        self.fast.repromote = false;
         let none_isolated = (self.pol.applied.as_ref()).is_none_or(|a| a.isolated.is_empty());
         if none_isolated {
             // Nothing of this host is isolated: nothing to cut.
@@ -510,7 +524,7 @@ impl Agent {
         }
         let dns = self.cfg.dns.as_ref().map(|d| d.addr);
         // A pod's connections with this host itself never cross `forward`: never cut.
-        let read = crate::dataplane::conntrack_table()
+        let read = crate::dataplane::conntrack_table_status()
             .and_then(|t| Ok((t, crate::dataplane::host_addrs(dns)?)));
         let (table, host) = match read {
             Ok(t) => t,
@@ -532,8 +546,23 @@ impl Agent {
             return;
         };
         let iso = &applied.isolated;
+        // What the `promote` chain would log: established TCP nobody translates, not
+        // picked up mid-stream (whose packets are judged one by one).
+        let promotable: BTreeSet<(IpAddr, IpAddr, u16, u16)> = table
+            .iter()
+            .filter(|&&((proto, _, _), st, mark)| {
+                use weft_netlink::netfilter::{CT_ASSURED, CT_DST_NAT, CT_SRC_NAT};
+                proto == 6
+                    && st & CT_ASSURED != 0
+                    && st & (CT_SRC_NAT | CT_DST_NAT) == 0
+                    && mark & compile::PICKUP_MARK == 0
+            })
+            .map(|&((_, orig, _), _, _)| orig)
+            .collect();
+        let table: Vec<_> = table.into_iter().map(|(c, _, _)| c).collect();
         let conns = weft_dataplane::stateful::tracked(&table, |a| iso.contains(&a));
         let mut cut = 0;
+        let mut promote = Vec::new();
         for c in conns {
             // Judged as `forward` sees it: after DNAT (a hostPort's backend), before SNAT.
             let flow = Flow {
@@ -549,6 +578,10 @@ impl Agent {
                 |a| host.contains(&a),
             );
             if v.allowed {
+                let orig = (c.src, c.dst, c.sport, c.dport);
+                if promotable.contains(&orig) {
+                    promote.push(orig);
+                }
                 continue;
             }
             match weft_netlink::netfilter::conntrack_delete(c.src, c.dst, c.proto, c.sport, c.dport)
@@ -563,6 +596,13 @@ impl Agent {
                 "policy: cut {cut} tracked connection(s) the policy no longer allows"
             ));
             self.pol.cut += cut;
+        }
+        for (src, dst, sport, dport) in promote {
+            if let Err(e) = self.fast_promote(src, dst, sport, dport) {
+                // Only slower: the connection stays on the stack.
+                log(format!("policy: {e}"));
+                break;
+            }
         }
     }
 
@@ -692,6 +732,12 @@ impl Agent {
         let uid = format!("{}/{}", owner.container_id, owner.ifname);
         let key = records::endpoint_key(&uid);
         let now = self.now();
+        // Its address may have a new owner before its isolation is lifted: its
+        // connections' promotions go now (the next policy tick makes the others again).
+        if let Err(e) = self.fast_forget_promoted() {
+            log(format!("policy: {e}"));
+        }
+        self.fast.repromote = true;
         let mut outs = Vec::new();
         if matches!(self.node.store().get(&self.id, &key), Some(Some(_))) {
             outs.extend(self.node.set_local(&key, None, now));

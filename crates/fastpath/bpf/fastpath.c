@@ -30,6 +30,7 @@ static long (*bpf_redirect_neigh)(__u32 ifindex, void *params, int plen,
                                   __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
                                    __u64 flags) = (void *)BPF_FUNC_map_update_elem;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -126,8 +127,42 @@ struct {
     __type(value, __u8);
 } isolated6 SEC(".maps");
 
+// One direction of a TCP connection (`FlowKey` in src/lib.rs has the same layout):
+// addresses (IPv4 in the first four bytes, network order), ports (network order).
+struct flow_key {
+    __u32 src[4];
+    __u32 dst[4];
+    __u16 sport;
+    __u16 dport;
+    __u8 family;
+    __u8 pad[3];
+};
+
+// Established TCP connections of isolated pods that the agent promoted: conntrack saw
+// their handshake, the policy allowed them, and the agent made conntrack's entry accept
+// packets it does not see (liberal window tracking). Each direction the agent promoted
+// maps to the epoch it was promoted in; only the current epoch counts, so the agent
+// drops every promotion at once (a policy change, a pod leaving) by moving the epoch on.
+// A SYN, FIN or RST of a promoted direction deletes it and takes the stack: a new
+// connection on the same ports, or the end of this one, is conntrack's again.
+// Design: docs/policy.md, "Established connections".
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct flow_key);
+    __type(value, __u32);
+} flows SEC(".maps");
+
+// The current epoch of `flows` (one element; 0 until the agent sets it: nothing counts).
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} epoch SEC(".maps");
+
 // Packet counters, per CPU (the indexes are those of `Counter` in src/lib.rs).
-enum { C_EGRESS, C_PEER, C_NEIGH, C_PASS, C_STATEFUL, C_POLICY, C_MAX };
+enum { C_EGRESS, C_PEER, C_NEIGH, C_PASS, C_STATEFUL, C_POLICY, C_ESTABLISHED, C_MAX };
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, C_MAX);
@@ -248,6 +283,30 @@ static __attribute__((always_inline)) int stateful6(struct ipv6hdr *ip6, void *e
 static __attribute__((always_inline)) int forward(struct __sk_buff *skb, struct ethhdr *eth,
                                                   struct bpf_fib_lookup *fib);
 
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+// A packet of an isolated pod (from or to it) that may skip the stack anyway: a TCP
+// segment, without SYN, FIN or RST, of a direction the agent promoted in the current
+// epoch (see `flows`). `tcp` points past the IP header (no options or extension headers).
+static __attribute__((always_inline)) int promoted(struct flow_key *k, __u8 proto, void *tcp,
+                                                   void *end)
+{
+    __u8 *h = tcp;
+    if (proto != IPPROTO_TCP || (void *)(h + 14) > end)
+        return 0;
+    __builtin_memcpy(&k->sport, h, 4);
+    if (h[13] & (TCP_SYN | TCP_FIN | TCP_RST)) {
+        bpf_map_delete_elem(&flows, k);
+        return 0;
+    }
+    __u32 zero = 0;
+    __u32 *now = bpf_map_lookup_elem(&epoch, &zero);
+    __u32 *at = bpf_map_lookup_elem(&flows, k);
+    return now && at && *now != 0 && *at == *now;
+}
+
 // An IPv6 packet: the same decisions as for IPv4. Only TCP, UDP, SCTP and ICMPv6 without
 // extension headers are forwarded here; the last hop before the hop limit runs out is the
 // stack's.
@@ -271,8 +330,14 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
         return TC_ACT_OK;
     }
     if (bpf_map_lookup_elem(&isolated6, &ip6->saddr) || bpf_map_lookup_elem(&isolated6, &ip6->daddr)) {
-        count(C_POLICY);
-        return TC_ACT_OK;
+        struct flow_key k = {.family = 6};
+        __builtin_memcpy(k.src, ip6->saddr.in6_u.u6_addr32, 16);
+        __builtin_memcpy(k.dst, ip6->daddr.in6_u.u6_addr32, 16);
+        if (!promoted(&k, nh, ip6 + 1, end)) {
+            count(C_POLICY);
+            return TC_ACT_OK;
+        }
+        count(C_ESTABLISHED);
     }
     struct bpf_fib_lookup fib = {};
     fib.family = AF_INET6;
@@ -321,8 +386,14 @@ int weft_fast(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     if (bpf_map_lookup_elem(&isolated, &ip->saddr) || bpf_map_lookup_elem(&isolated, &ip->daddr)) {
-        count(C_POLICY);
-        return TC_ACT_OK;
+        struct flow_key k = {.family = 4};
+        k.src[0] = ip->saddr;
+        k.dst[0] = ip->daddr;
+        if (!promoted(&k, ip->protocol, ip + 1, end)) {
+            count(C_POLICY);
+            return TC_ACT_OK;
+        }
+        count(C_ESTABLISHED);
     }
 
     struct bpf_fib_lookup fib = {};

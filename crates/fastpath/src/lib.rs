@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLinkId, TcAttachOptions,
     TcAttachType,
@@ -61,6 +61,11 @@ pub struct Counters {
     /// its source or destination (the policy's nftables rules judge it there).
     #[serde(default)]
     pub policy: u64,
+    /// Packets from or to isolated pods that were forwarded anyway: TCP segments of
+    /// established connections the agent promoted (docs/policy.md, "Established
+    /// connections").
+    #[serde(default)]
+    pub established: u64,
 }
 
 /// A device the program is attached to.
@@ -110,6 +115,53 @@ impl SockKey {
     }
 }
 
+/// One direction of a TCP connection as the program keys it (`struct flow_key` in
+/// fastpath.c): addresses in network order (IPv4 in the first four bytes), ports in
+/// network order, the family.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlowKey {
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    family: u8,
+    pad: [u8; 3],
+}
+
+// SAFETY: FlowKey is `repr(C)`, made of byte arrays and bytes only (40 bytes, alignment 1,
+// no padding: `pad` is an explicit field, always zero), so every bit pattern is a valid
+// value and it can be copied to the kernel as raw bytes.
+unsafe impl aya::Pod for FlowKey {}
+
+impl FlowKey {
+    /// `None` for addresses of two families.
+    fn new(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Option<FlowKey> {
+        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+        let family = match (src, dst) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                s[..4].copy_from_slice(&a.octets());
+                d[..4].copy_from_slice(&b.octets());
+                4
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                s.copy_from_slice(&a.octets());
+                d.copy_from_slice(&b.octets());
+                6
+            }
+            _ => return None,
+        };
+        Some(FlowKey {
+            src: s,
+            dst: d,
+            sport: sport.to_be_bytes(),
+            dport: dport.to_be_bytes(),
+            family,
+            pad: [0; 3],
+        })
+    }
+}
+
 /// The loaded programs, their maps and their links.
 pub struct FastPath {
     bpf: Ebpf,
@@ -121,6 +173,10 @@ pub struct FastPath {
     isolated6: HashMap<MapData, [u8; 16], u8>,
     /// What the two `isolated` maps hold.
     isolated_now: BTreeSet<IpAddr>,
+    flows: HashMap<MapData, FlowKey, u32>,
+    epoch_map: Array<MapData, u32>,
+    /// The epoch promotions are made in now (never 0, which the program never honours).
+    epoch: u32,
     counters: PerCpuArray<MapData, u64>,
     links: BTreeMap<Device, Vec<SchedClassifierLinkId>>,
     uplinks: BTreeSet<u32>,
@@ -146,6 +202,11 @@ impl FastPath {
             HashMap::try_from(take("translated")?).map_err(|e| err("translated", e))?;
         let isolated = HashMap::try_from(take("isolated")?).map_err(|e| err("isolated", e))?;
         let isolated6 = HashMap::try_from(take("isolated6")?).map_err(|e| err("isolated6", e))?;
+        let flows = HashMap::try_from(take("flows")?).map_err(|e| err("flows", e))?;
+        let mut epoch_map = Array::try_from(take("epoch")?).map_err(|e| err("epoch", e))?;
+        epoch_map
+            .set(0, 1, 0)
+            .map_err(|e| err("setting the epoch", e))?;
         let counters = PerCpuArray::try_from(take("counters")?).map_err(|e| err("counters", e))?;
         for name in [INGRESS, EGRESS] {
             let prog: &mut SchedClassifier = bpf
@@ -165,6 +226,9 @@ impl FastPath {
             isolated,
             isolated6,
             isolated_now: BTreeSet::new(),
+            flows,
+            epoch_map,
+            epoch: 1,
             counters,
             links: BTreeMap::new(),
             uplinks: BTreeSet::new(),
@@ -323,6 +387,43 @@ impl FastPath {
         Ok(())
     }
 
+    /// Lets the program forward the TCP segments of both directions of an established
+    /// connection (its original tuple: source, destination, ports) from or to isolated
+    /// pods, in the current epoch. The caller has made conntrack's entry accept segments
+    /// it does not see first (docs/policy.md, "Established connections").
+    pub fn promote(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+    ) -> Result<(), String> {
+        let (Some(orig), Some(reply)) = (
+            FlowKey::new(src, dst, sport, dport),
+            FlowKey::new(dst, src, dport, sport),
+        ) else {
+            return Ok(());
+        };
+        for k in [orig, reply] {
+            self.flows
+                .insert(k, self.epoch, 0)
+                .map_err(|e| err("promoting a connection", e))?;
+        }
+        Ok(())
+    }
+
+    /// Withdraws every promotion at once: the program honours only the new epoch, whose
+    /// promotions the caller makes again (those the policy still allows). Fails only if
+    /// the kernel refuses the write; then the caller must not trust the old promotions.
+    pub fn forget_promoted(&mut self) -> Result<(), String> {
+        let next = self.epoch.wrapping_add(1).max(1);
+        self.epoch_map
+            .set(0, next, 0)
+            .map_err(|e| err("moving the epoch on", e))?;
+        self.epoch = next;
+        Ok(())
+    }
+
     /// Detaches from every device for which `keep` is false (devices that are gone: the
     /// kernel has detached those already, this releases their links).
     pub fn retain(&mut self, keep: impl Fn(&Device) -> bool) {
@@ -365,6 +466,7 @@ impl FastPath {
             pass: sum(3),
             stateful: sum(4),
             policy: sum(5),
+            established: sum(6),
         }
     }
 }

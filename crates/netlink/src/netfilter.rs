@@ -26,6 +26,13 @@ const NFULA_PAYLOAD: u16 = 9;
 const NFULA_PREFIX: u16 = 10;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_MARK: u16 = 8;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
+const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
+const IP_CT_TCP_FLAG_BE_LIBERAL: u8 = 0x08;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -164,18 +171,9 @@ fn ack_codes(buf: &[u8]) -> impl Iterator<Item = i32> + '_ {
         .map(|(_, body)| i32::from_ne_bytes(body[..4].try_into().unwrap_or_default()))
 }
 
-/// Deletes the connection tracking entry whose original tuple is `src:sport -> dst:dport`
-/// over IP protocol `proto` (ports are ignored for protocols without them). Ok(false)
-/// when there is none.
-pub fn conntrack_delete(
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-) -> Result<bool> {
-    let op =
-        format!("delete the tracked connection {src}:{sport} -> {dst}:{dport} (protocol {proto})");
+/// The `CTA_TUPLE_ORIG` attribute of `src:sport -> dst:dport` over IP protocol `proto`
+/// (ports left out for protocols without them), and the message family.
+fn orig_tuple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> (Vec<u8>, u8) {
     let mut attrs = Vec::new();
     nested(&mut attrs, CTA_TUPLE_ORIG, |t| {
         nested(t, CTA_TUPLE_IP, |ip| match (src, dst) {
@@ -205,6 +203,22 @@ pub fn conntrack_delete(
     } else {
         libc::AF_INET6
     } as u8;
+    (attrs, family)
+}
+
+/// Deletes the connection tracking entry whose original tuple is `src:sport -> dst:dport`
+/// over IP protocol `proto` (ports are ignored for protocols without them). Ok(false)
+/// when there is none.
+pub fn conntrack_delete(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> Result<bool> {
+    let op =
+        format!("delete the tracked connection {src}:{sport} -> {dst}:{dport} (protocol {proto})");
+    let (attrs, family) = orig_tuple(src, dst, proto, sport, dport);
     let msg = message(
         NFNL_SUBSYS_CTNETLINK,
         IPCTNL_MSG_CT_DELETE,
@@ -216,6 +230,41 @@ pub fn conntrack_delete(
     );
     let mut s = open(&op)?;
     request_ack(&mut s, &msg, &op)
+}
+
+/// The update that makes the TCP entry of original tuple `src:sport -> dst:dport` check
+/// neither direction's sequence and acknowledgement numbers against its windows
+/// (`IP_CT_TCP_FLAG_BE_LIBERAL` in both directions, as the kernel's own flowtable does for
+/// the connections it forwards past the stack): segments conntrack no longer sees must not
+/// make the other direction's acknowledgements invalid.
+fn liberal_message(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+    let (mut attrs, family) = orig_tuple(src, dst, 6, sport, dport);
+    nested(&mut attrs, CTA_PROTOINFO, |p| {
+        nested(p, CTA_PROTOINFO_TCP, |t| {
+            // struct nf_ct_tcp_flags: the flags, then the mask of those to change.
+            let liberal = [IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL];
+            attr(t, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &liberal);
+            attr(t, CTA_PROTOINFO_TCP_FLAGS_REPLY, &liberal);
+        });
+    });
+    // A `new` message without NLM_F_CREATE changes an existing entry only.
+    message(
+        NFNL_SUBSYS_CTNETLINK,
+        IPCTNL_MSG_CT_NEW,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        family,
+        0,
+        &attrs,
+    )
+}
+
+/// Makes the tracked TCP connection of original tuple `src:sport -> dst:dport` liberal
+/// (see [`liberal_message`]). Ok(false) when there is no such entry.
+pub fn conntrack_tcp_liberal(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Result<bool> {
+    let op = format!("make the tracked connection {src}:{sport} -> {dst}:{dport} liberal");
+    let mut s = open(&op)?;
+    request_ack(&mut s, &liberal_message(src, dst, sport, dport), &op)
 }
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -524,6 +573,19 @@ pub type CtEntry = (u8, CtEnds, CtEnds);
 /// `AF_INET6`, or 0 for both). Unlike `/proc/net/nf_conntrack` this needs no
 /// `CONFIG_NF_CONNTRACK_PROCFS` and sends binary records, not formatted text.
 pub fn conntrack_list(family: u8) -> Result<Vec<CtEntry>> {
+    Ok(conntrack_list_status(family)?
+        .into_iter()
+        .map(|(e, _, _)| e)
+        .collect())
+}
+
+/// Status bits of a tracked connection (`CTA_STATUS`, enum ip_conntrack_status).
+pub const CT_ASSURED: u32 = 0x04;
+pub const CT_SRC_NAT: u32 = 0x10;
+pub const CT_DST_NAT: u32 = 0x20;
+
+/// As [`conntrack_list`], each entry with its status bits (`CT_ASSURED`, ...) and its mark.
+pub fn conntrack_list_status(family: u8) -> Result<Vec<(CtEntry, u32, u32)>> {
     let op = "list the tracked connections (ctnetlink)";
     let msg = message(
         NFNL_SUBSYS_CTNETLINK,
@@ -563,7 +625,7 @@ enum Dump {
 
 /// Appends the entries of one buffer of a ctnetlink dump to `out` (an entry without a
 /// whole original and reply tuple is skipped).
-fn parse_conntrack(buf: &[u8], out: &mut Vec<CtEntry>) -> Dump {
+fn parse_conntrack(buf: &[u8], out: &mut Vec<(CtEntry, u32, u32)>) -> Dump {
     for (kind, body) in messages(buf) {
         match kind {
             NLMSG_DONE => return Dump::Done,
@@ -579,16 +641,22 @@ fn parse_conntrack(buf: &[u8], out: &mut Vec<CtEntry>) -> Dump {
                 };
             }
             k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && body.len() >= 4 => {
-                let (mut orig, mut reply) = (None, None);
+                let (mut orig, mut reply, mut status, mut mark) = (None, None, 0, 0);
                 for (akind, data) in attrs(&body[4..]) {
-                    match akind {
-                        CTA_TUPLE_ORIG => orig = ct_tuple(data),
-                        CTA_TUPLE_REPLY => reply = ct_tuple(data),
+                    match (akind, data.len()) {
+                        (CTA_TUPLE_ORIG, _) => orig = ct_tuple(data),
+                        (CTA_TUPLE_REPLY, _) => reply = ct_tuple(data),
+                        (CTA_STATUS, 4) => {
+                            status = u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+                        }
+                        (CTA_MARK, 4) => {
+                            mark = u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+                        }
                         _ => {}
                     }
                 }
                 if let (Some((proto, o)), Some((_, r))) = (orig, reply) {
-                    out.push((proto, o, r));
+                    out.push(((proto, o, r), status, mark));
                 }
             }
             _ => {}
@@ -687,6 +755,7 @@ mod tests {
         nested(&mut a, CTA_TUPLE_REPLY, |t| tuple(t, reply));
         attr(&mut a, 3, &8u32.to_be_bytes());
         attr(&mut a, 7, &120u32.to_be_bytes());
+        attr(&mut a, 8, &0x0400_0000u32.to_be_bytes());
         message(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW, 2, 9, 2, 0, &a)
     }
 
@@ -707,7 +776,9 @@ mod tests {
         }
         let mut got = Vec::new();
         assert_eq!(parse_conntrack(&buf, &mut got), Dump::More);
-        assert_eq!(got, vec![tcp, udp, icmp]);
+        // (Each record's status: 8, confirmed; its mark 0x04000000.)
+        let m = 0x0400_0000;
+        assert_eq!(got, vec![(tcp, 8, m), (udp, 8, m), (icmp, 8, m)]);
         // The dump's end, in the same buffer as the last records or alone.
         buf.extend(raw_message(NLMSG_DONE, 2, 9, 0, 0, &[]));
         let mut again = Vec::new();
@@ -734,5 +805,43 @@ mod tests {
         let mut none = Vec::new();
         parse_conntrack(&half, &mut none);
         assert!(none.is_empty(), "{none:?}");
+    }
+
+    #[test]
+    fn the_liberal_update_names_the_entry_and_changes_only_the_liberal_flags() {
+        let a: IpAddr = "10.32.0.5".parse().unwrap();
+        let b: IpAddr = "10.40.0.7".parse().unwrap();
+        let msg = liberal_message(a, b, 40000, 80);
+        // A change (`new` without create or replace), acknowledged.
+        let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+        let flags = u16::from_ne_bytes([msg[6], msg[7]]);
+        assert_eq!(kind, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW);
+        assert_eq!(flags, NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(msg[16], libc::AF_INET as u8);
+        let body = &msg[20..];
+        let mut tuple = None;
+        let mut tcp = Vec::new();
+        for (k, data) in attrs(body) {
+            match k {
+                CTA_TUPLE_ORIG => tuple = ct_tuple(data),
+                CTA_PROTOINFO => {
+                    for (pk, pd) in attrs(data) {
+                        assert_eq!(pk, CTA_PROTOINFO_TCP);
+                        tcp.extend(attrs(pd).map(|(fk, fd)| (fk, fd.to_vec())));
+                    }
+                }
+                other => panic!("unexpected attribute {other}"),
+            }
+        }
+        assert_eq!(tuple, Some((6, (a, b, 40000, 80))));
+        // Both directions: the flag and a mask of that flag alone (state, window scale and
+        // the other flags untouched).
+        assert_eq!(
+            tcp,
+            vec![
+                (CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, vec![0x08, 0x08]),
+                (CTA_PROTOINFO_TCP_FLAGS_REPLY, vec![0x08, 0x08]),
+            ]
+        );
     }
 }

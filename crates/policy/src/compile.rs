@@ -34,6 +34,11 @@ pub const PICKUP_MARK: u32 = 0x0200_0000;
 /// The conntrack mark bit of a connection whose first allowed packet was logged.
 pub const LOGGED_MARK: u32 = 0x0400_0000;
 
+/// The conntrack mark bit of an established TCP connection of an isolated pod that was
+/// logged for the agent to promote to the fast path (docs/policy.md, "Established
+/// connections").
+pub const PROMOTE_MARK: u32 = 0x0800_0000;
+
 /// Allowed new connections logged per second per host, at most.
 pub const ALLOW_LOG_RATE: u32 = 1000;
 
@@ -902,20 +907,33 @@ pub fn full_script(c: &Compiled) -> String {
     // as allowed, once (the mark), whatever its state stays (one-way UDP stays `new`; a
     // connection picked up mid-stream passes the rules packet by packet). The agent asks
     // the engine which rule allowed it.
+    // And once more when it is established (conntrack saw the handshake both ways, the
+    // policy passed it): a TCP connection nobody translates is logged for the agent to
+    // promote, so the fast path forwards its segments past the stack from then on
+    // (docs/policy.md, "Established connections"). Not one picked up mid-stream (its
+    // packets are judged one by one). The cheapest test first: untracked packets and new
+    // connections stop at `ct status assured`.
     let _ = writeln!(
         s,
-        "  chain allowed {{\n    type filter hook forward priority filter + 1; policy accept;\n    ct state new ct mark & {LOGGED_MARK:#010x} == 0 limit rate {ALLOW_LOG_RATE}/second burst 100 packets goto allowed_new\n  }}"
+        "  chain allowed {{\n    type filter hook forward priority filter + 1; policy accept;\n    ct state new ct mark & {LOGGED_MARK:#010x} == 0 limit rate {ALLOW_LOG_RATE}/second burst 100 packets goto allowed_new\n    ct status assured ct mark & {:#010x} == 0 ct direction original ct status ! snat,dnat meta l4proto tcp limit rate {ALLOW_LOG_RATE}/second burst 100 packets goto promote\n  }}",
+        PROMOTE_MARK | PICKUP_MARK
     );
     let mut new = String::new();
+    let mut promote = String::new();
     for (fam, set) in [("ip", "iso4"), ("ip6", "iso6")] {
         for field in ["saddr", "daddr"] {
             let _ = write!(
                 new,
                 "\n    {fam} {field} @{set} ct mark set ct mark | {LOGGED_MARK:#010x} log prefix \"{LOG_PREFIX} A\" group {LOG_GROUP} accept"
             );
+            let _ = write!(
+                promote,
+                "\n    {fam} {field} @{set} ct mark set ct mark | {PROMOTE_MARK:#010x} log prefix \"{LOG_PREFIX} E\" group {LOG_GROUP} accept"
+            );
         }
     }
     let _ = writeln!(s, "  chain allowed_new {{{new}\n  }}");
+    let _ = writeln!(s, "  chain promote {{{promote}\n  }}");
     let _ = writeln!(s, "}}");
     for (name, rules) in &c.chains {
         for r in rules {
