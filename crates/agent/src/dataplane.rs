@@ -219,13 +219,18 @@ pub(crate) fn host_addrs(extra: Option<IpAddr>) -> Result<BTreeSet<IpAddr>, Stri
 pub(crate) fn conntrack_table() -> Result<Vec<weft_dataplane::stateful::Conn>, String> {
     Ok(conntrack_table_status()?
         .into_iter()
-        .map(|(c, _, _)| c)
+        .map(|(c, _)| c)
         .collect())
 }
 
-/// As [`conntrack_table`], each connection with its status bits and its mark.
-pub(crate) fn conntrack_table_status(
-) -> Result<Vec<(weft_dataplane::stateful::Conn, u32, u32)>, String> {
+/// As [`conntrack_table`], each connection with its status, mark and TCP state.
+pub(crate) fn conntrack_table_status() -> Result<
+    Vec<(
+        weft_dataplane::stateful::Conn,
+        weft_netlink::netfilter::CtMeta,
+    )>,
+    String,
+> {
     weft_netlink::netfilter::conntrack_list_status(0).or_else(|e| {
         let tracked = std::fs::read_to_string(CONNTRACK_COUNT)
             .ok()

@@ -39,7 +39,13 @@ pub(crate) struct Fast {
     /// Promotions were withdrawn outside a policy cut: the next policy tick makes those
     /// the policy still allows again.
     pub(crate) repromote: bool,
+    /// When the conntrack entries of promoted connections in use were last kept alive.
+    promoted_refreshed: Option<Instant>,
 }
+
+/// The established TCP timeout of the host's conntrack.
+const TCP_ESTABLISHED_TIMEOUT: &str =
+    "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established";
 
 /// How often the translated connections' client sockets are entered again, so that the
 /// program's LRU map keeps those of idle connections.
@@ -63,6 +69,26 @@ fn remember_translated(f: &mut FastPath, pools: &[ipnet::IpNet]) -> Result<(), S
         .map_err(|e| format!("fast path: {e}: container veths stay on the stack"))?;
     f.remember(&weft_dataplane::stateful::translated_clients(&conns, pools))
 }
+
+/// Whether a tracked connection may be promoted to the fast path (docs/policy.md,
+/// "Established connections"): TCP in state established, assured (conntrack saw its
+/// handshake both ways), nobody translates it, not picked up mid-stream (whose packets are
+/// judged one by one).
+pub(crate) fn promotable(
+    &(proto, _, _): &weft_dataplane::stateful::Conn,
+    m: &weft_netlink::netfilter::CtMeta,
+) -> bool {
+    use weft_netlink::netfilter::{CT_ASSURED, CT_DST_NAT, CT_SRC_NAT, CT_TCP_ESTABLISHED};
+    proto == 6
+        && m.tcp_state == CT_TCP_ESTABLISHED
+        && m.status & CT_ASSURED != 0
+        && m.status & (CT_SRC_NAT | CT_DST_NAT) == 0
+        && m.mark & weft_policy::compile::PICKUP_MARK == 0
+}
+
+/// How long a promoted connection may go without a packet and still have its conntrack
+/// entry kept alive by the agent, and how often the agent does so.
+const PROMOTED_REFRESH: Duration = Duration::from_secs(30);
 
 /// `GET /status` part: the fast path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +140,12 @@ impl Agent {
             match loaded {
                 Ok(f) => {
                     log("fast path: loaded");
+                    // A crashed agent's filters may still honour its promotions: gone
+                    // before anything is attached (the stack carries the traffic until
+                    // then). What the policy allows is promoted again at the next tick.
+                    remove_all_leftovers();
                     self.fast.path = Some(f);
+                    self.fast.repromote = true;
                 }
                 Err(e) => {
                     remove_all_leftovers();
@@ -184,6 +215,12 @@ impl Agent {
             }
         }
         self.set_fast_error(failed);
+        let promoted_due =
+            (self.fast.promoted_refreshed).is_none_or(|t| t.elapsed() >= PROMOTED_REFRESH);
+        if promoted_due {
+            self.fast.promoted_refreshed = Some(Instant::now());
+            self.fast_refresh_promoted();
+        }
     }
 
     /// Makes the fast path leave packets from or to `addrs` to the stack (now, if it is
@@ -192,8 +229,8 @@ impl Agent {
         &mut self,
         addrs: &BTreeSet<std::net::IpAddr>,
     ) -> Result<(), String> {
-        if self.fast.isolated != *addrs {
-            // An address leaving (or coming back with another pod) must not keep its
+        if !self.fast.isolated.is_subset(addrs) {
+            // An address leaving (perhaps to come back with another pod) must not keep its
             // connections' promotions.
             self.fast_forget_promoted()?;
             self.fast.repromote = true;
@@ -241,6 +278,30 @@ impl Agent {
         }
         f.promote(src, dst, sport, dport)?;
         Ok(true)
+    }
+
+    /// Keeps the conntrack entries of promoted connections in use alive (conntrack may see
+    /// none of their packets: both ends on this host, or VXLAN mode), and withdraws the
+    /// promotions whose entry is gone (their packets are conntrack's again).
+    fn fast_refresh_promoted(&mut self) {
+        let Some(f) = self.fast.path.as_mut() else {
+            return;
+        };
+        let secs = std::fs::read_to_string(TCP_ESTABLISHED_TIMEOUT)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(432_000);
+        let window = 2 * PROMOTED_REFRESH.as_secs() as u32;
+        for (src, dst, sport, dport) in f.promoted_in_use(window) {
+            match weft_netlink::netfilter::conntrack_tcp_timeout(src, dst, sport, dport, secs) {
+                Ok(true) => {}
+                Ok(false) => f.withdraw(src, dst, sport, dport),
+                Err(e) => {
+                    log(format!("fast path: {e}"));
+                    break;
+                }
+            }
+        }
     }
 
     fn set_fast_error(&mut self, e: Option<String>) {

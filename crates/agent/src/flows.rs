@@ -376,6 +376,16 @@ impl Agent {
         {
             return;
         }
+        // The entry the rule logged, still as it was then: the log may have waited while
+        // the connection ended and another opened on the same ports.
+        match weft_netlink::netfilter::conntrack_get_tcp(src, dst, sport, dport) {
+            Ok(Some((c, meta)))
+                if c.1 == (src, dst, sport, dport)
+                    && meta.mark & weft_policy::compile::PROMOTE_MARK != 0
+                    && crate::fast::promotable(&c, &meta) => {}
+            Ok(_) => return,
+            Err(e) => return log(format!("policy: {e}")),
+        }
         if let Err(e) = self.fast_promote(src, dst, sport, dport) {
             // Only slower: the connection stays on the stack.
             log(format!("policy: {e}"));

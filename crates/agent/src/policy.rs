@@ -359,8 +359,10 @@ impl Agent {
                 self.pol.error = Some(e);
             }
         }
-        if self.pol.cut_error.is_some() || self.fast.repromote {
-            // (The cut promotes what the policy allows again.)
+        // (The cut promotes what the policy allows again; not while an apply is pending:
+        // the world may be ahead of the rules, an endpoint removed before its isolation.)
+        let settled = !self.pol.stale && self.pol.due.is_none();
+        if self.pol.cut_error.is_some() || (self.fast.repromote && settled) {
             let local = self.policy_local();
             self.policy_cut(&local);
         }
@@ -546,20 +548,13 @@ impl Agent {
             return;
         };
         let iso = &applied.isolated;
-        // What the `promote` chain would log: established TCP nobody translates, not
-        // picked up mid-stream (whose packets are judged one by one).
+        // What the `promote` chain would log (docs/policy.md, "Established connections").
         let promotable: BTreeSet<(IpAddr, IpAddr, u16, u16)> = table
             .iter()
-            .filter(|&&((proto, _, _), st, mark)| {
-                use weft_netlink::netfilter::{CT_ASSURED, CT_DST_NAT, CT_SRC_NAT};
-                proto == 6
-                    && st & CT_ASSURED != 0
-                    && st & (CT_SRC_NAT | CT_DST_NAT) == 0
-                    && mark & compile::PICKUP_MARK == 0
-            })
-            .map(|&((_, orig, _), _, _)| orig)
+            .filter(|(c, meta)| crate::fast::promotable(c, meta))
+            .map(|&((_, orig, _), _)| orig)
             .collect();
-        let table: Vec<_> = table.into_iter().map(|(c, _, _)| c).collect();
+        let table: Vec<_> = table.into_iter().map(|(c, _)| c).collect();
         let conns = weft_dataplane::stateful::tracked(&table, |a| iso.contains(&a));
         let mut cut = 0;
         let mut promote = Vec::new();

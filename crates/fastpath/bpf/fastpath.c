@@ -31,6 +31,7 @@ static long (*bpf_redirect_neigh)(__u32 ifindex, void *params, int plen,
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
                                    __u64 flags) = (void *)BPF_FUNC_map_update_elem;
 static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
+static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -138,19 +139,27 @@ struct flow_key {
     __u8 pad[3];
 };
 
+// What the program keeps of a promoted direction (`FlowValue` in src/lib.rs): the epoch
+// it was promoted in, and the second (CLOCK_MONOTONIC, coarse) of its last packet here,
+// by which the agent keeps the conntrack entry of a connection in use alive.
+struct flow_value {
+    __u32 epoch;
+    __u32 seen;
+};
+
 // Established TCP connections of isolated pods that the agent promoted: conntrack saw
 // their handshake, the policy allowed them, and the agent made conntrack's entry accept
 // packets it does not see (liberal window tracking). Each direction the agent promoted
 // maps to the epoch it was promoted in; only the current epoch counts, so the agent
 // drops every promotion at once (a policy change, a pod leaving) by moving the epoch on.
-// A SYN, FIN or RST of a promoted direction deletes it and takes the stack: a new
-// connection on the same ports, or the end of this one, is conntrack's again.
+// A SYN, FIN or RST deletes both directions and takes the stack: a new connection on
+// the same ports, or the end of this one, is conntrack's again.
 // Design: docs/policy.md, "Established connections".
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, struct flow_key);
-    __type(value, __u32);
+    __type(value, struct flow_value);
 } flows SEC(".maps");
 
 // The current epoch of `flows` (one element; 0 until the agent sets it: nothing counts).
@@ -297,14 +306,26 @@ static __attribute__((always_inline)) int promoted(struct flow_key *k, __u8 prot
     if (proto != IPPROTO_TCP || (void *)(h + 14) > end)
         return 0;
     __builtin_memcpy(&k->sport, h, 4);
+    struct flow_value *v = bpf_map_lookup_elem(&flows, k);
     if (h[13] & (TCP_SYN | TCP_FIN | TCP_RST)) {
-        bpf_map_delete_elem(&flows, k);
+        if (v) {
+            // This direction and the other: the connection is conntrack's again.
+            struct flow_key r = {.family = k->family, .sport = k->dport, .dport = k->sport};
+            __builtin_memcpy(r.src, k->dst, 16);
+            __builtin_memcpy(r.dst, k->src, 16);
+            bpf_map_delete_elem(&flows, k);
+            bpf_map_delete_elem(&flows, &r);
+        }
         return 0;
     }
     __u32 zero = 0;
     __u32 *now = bpf_map_lookup_elem(&epoch, &zero);
-    __u32 *at = bpf_map_lookup_elem(&flows, k);
-    return now && at && *now != 0 && *at == *now;
+    if (!now || !v || *now == 0 || v->epoch != *now)
+        return 0;
+    __u32 sec = bpf_ktime_get_coarse_ns() / 1000000000;
+    if (v->seen != sec)
+        v->seen = sec;
+    return 1;
 }
 
 // An IPv6 packet: the same decisions as for IPv4. Only TCP, UDP, SCTP and ICMPv6 without
@@ -329,6 +350,7 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
         count(C_STATEFUL);
         return TC_ACT_OK;
     }
+    int promoted_pkt = 0;
     if (bpf_map_lookup_elem(&isolated6, &ip6->saddr) || bpf_map_lookup_elem(&isolated6, &ip6->daddr)) {
         struct flow_key k = {.family = 6};
         __builtin_memcpy(k.src, ip6->saddr.in6_u.u6_addr32, 16);
@@ -337,7 +359,7 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
             count(C_POLICY);
             return TC_ACT_OK;
         }
-        count(C_ESTABLISHED);
+        promoted_pkt = 1;
     }
     struct bpf_fib_lookup fib = {};
     fib.family = AF_INET6;
@@ -348,8 +370,11 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
     __builtin_memcpy(fib.ipv6_dst, ip6->daddr.in6_u.u6_addr32, 16);
     fib.ifindex = skb->ingress_ifindex;
     int rc = forward(skb, eth, &fib);
-    if (rc != TC_ACT_OK)
+    if (rc != TC_ACT_OK) {
         ip6->hop_limit -= 1;
+        if (promoted_pkt)
+            count(C_ESTABLISHED);
+    }
     return rc;
 }
 
@@ -385,6 +410,7 @@ int weft_fast(struct __sk_buff *skb)
         count(C_STATEFUL);
         return TC_ACT_OK;
     }
+    int promoted_pkt = 0;
     if (bpf_map_lookup_elem(&isolated, &ip->saddr) || bpf_map_lookup_elem(&isolated, &ip->daddr)) {
         struct flow_key k = {.family = 4};
         k.src[0] = ip->saddr;
@@ -393,7 +419,7 @@ int weft_fast(struct __sk_buff *skb)
             count(C_POLICY);
             return TC_ACT_OK;
         }
-        count(C_ESTABLISHED);
+        promoted_pkt = 1;
     }
 
     struct bpf_fib_lookup fib = {};
@@ -406,6 +432,8 @@ int weft_fast(struct __sk_buff *skb)
     fib.ifindex = skb->ingress_ifindex;
     int rc = forward(skb, eth, &fib);
     if (rc != TC_ACT_OK) {
+        if (promoted_pkt)
+            count(C_ESTABLISHED);
         // Forwarded: one hop less, and the checksum updated incrementally (RFC 1624).
         // (The redirect happens when the program returns, so this still goes out.)
         __u32 check = ip->check;

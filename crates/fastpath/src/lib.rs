@@ -162,6 +162,51 @@ impl FlowKey {
     }
 }
 
+impl FlowKey {
+    /// Source, destination and ports.
+    fn ends(&self) -> (IpAddr, IpAddr, u16, u16) {
+        let addr = |b: &[u8; 16]| -> IpAddr {
+            if self.family == 4 {
+                IpAddr::from([b[0], b[1], b[2], b[3]])
+            } else {
+                IpAddr::from(*b)
+            }
+        };
+        (
+            addr(&self.src),
+            addr(&self.dst),
+            u16::from_be_bytes(self.sport),
+            u16::from_be_bytes(self.dport),
+        )
+    }
+}
+
+/// What the program keeps of a promoted direction (`struct flow_value` in fastpath.c):
+/// its epoch, and the coarse monotonic second of its last packet.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlowValue {
+    epoch: u32,
+    seen: u32,
+}
+
+// SAFETY: FlowValue is `repr(C)` of two u32 (8 bytes, no padding), so every bit pattern
+// is a valid value and it can be copied to and from the kernel as raw bytes.
+unsafe impl aya::Pod for FlowValue {}
+
+/// The coarse monotonic clock in whole seconds, as the program reads it
+/// (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC at tick resolution).
+pub fn coarse_seconds() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, and
+    // CLOCK_MONOTONIC_COARSE is a clock every Linux kernel since 2.6.32 has.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u32
+}
+
 /// The loaded programs, their maps and their links.
 pub struct FastPath {
     bpf: Ebpf,
@@ -173,7 +218,7 @@ pub struct FastPath {
     isolated6: HashMap<MapData, [u8; 16], u8>,
     /// What the two `isolated` maps hold.
     isolated_now: BTreeSet<IpAddr>,
-    flows: HashMap<MapData, FlowKey, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
     epoch_map: Array<MapData, u32>,
     /// The epoch promotions are made in now (never 0, which the program never honours).
     epoch: u32,
@@ -404,12 +449,48 @@ impl FastPath {
         ) else {
             return Ok(());
         };
+        let v = FlowValue {
+            epoch: self.epoch,
+            seen: coarse_seconds(),
+        };
         for k in [orig, reply] {
             self.flows
-                .insert(k, self.epoch, 0)
+                .insert(k, v, 0)
                 .map_err(|e| err("promoting a connection", e))?;
         }
         Ok(())
+    }
+
+    /// The promoted connections of the current epoch that had a packet here in the last
+    /// `within` seconds, each once (by the ends of whichever direction was seen first).
+    pub fn promoted_in_use(&self, within: u32) -> Vec<(IpAddr, IpAddr, u16, u16)> {
+        let since = coarse_seconds().saturating_sub(within);
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (k, v) in self.flows.iter().filter_map(|e| e.ok()) {
+            if v.epoch != self.epoch || v.seen < since {
+                continue;
+            }
+            let (s, d, sp, dp) = k.ends();
+            if seen.insert((s, sp, d, dp)) && !seen.contains(&(d, dp, s, sp)) {
+                out.push((s, d, sp, dp));
+            }
+        }
+        out
+    }
+
+    /// Withdraws the promotion of one connection (both directions; its ends as either
+    /// direction has them).
+    pub fn withdraw(&mut self, src: IpAddr, dst: IpAddr, sport: u16, dport: u16) {
+        for k in [
+            FlowKey::new(src, dst, sport, dport),
+            FlowKey::new(dst, src, dport, sport),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = self.flows.remove(&k);
+        }
     }
 
     /// Withdraws every promotion at once: the program honours only the new epoch, whose
@@ -517,5 +598,28 @@ mod tests {
         assert_eq!(k6.addr[0], 0xfd);
         assert_eq!(k6.port, [0x12, 0x34]);
         assert_eq!(k6.family, 6);
+    }
+
+    #[test]
+    fn flow_keys_have_the_programs_layout_and_read_back() {
+        // struct flow_key: src[16] at 0, dst[16] at 16, sport at 32, dport at 34, family
+        // at 36, three bytes of padding; struct flow_value: two u32.
+        assert_eq!(std::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(std::mem::size_of::<FlowValue>(), 8);
+        let (a, b) = ("10.32.0.2".parse().unwrap(), "10.40.0.7".parse().unwrap());
+        let k = FlowKey::new(a, b, 40000, 80).unwrap();
+        // SAFETY: FlowKey is repr(C) plain bytes (see its Pod impl): viewing it as its 40
+        // bytes reads initialised memory of exactly its size.
+        let raw: &[u8; 40] = unsafe { &*(&k as *const FlowKey as *const [u8; 40]) };
+        assert_eq!(&raw[..4], &[10, 32, 0, 2]);
+        assert_eq!(&raw[16..20], &[10, 40, 0, 7]);
+        assert_eq!(&raw[32..37], &[0x9c, 0x40, 0, 80, 4]);
+        assert!(raw[37..].iter().all(|b| *b == 0));
+        assert_eq!(k.ends(), (a, b, 40000, 80));
+        let (a6, b6) = ("fd32::2".parse().unwrap(), "fd32:0:0:1::7".parse().unwrap());
+        let k6 = FlowKey::new(a6, b6, 1, 2).unwrap();
+        assert_eq!((k6.family, k6.ends()), (6, (a6, b6, 1, 2)));
+        // Two families make no key.
+        assert!(FlowKey::new(a, b6, 1, 2).is_none());
     }
 }

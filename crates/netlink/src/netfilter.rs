@@ -30,6 +30,9 @@ const CTA_STATUS: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_MARK: u16 = 8;
 const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+const CTA_TIMEOUT: u16 = 7;
+const IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED: u8 = 0x10;
 const CTA_PROTOINFO_TCP_FLAGS_ORIGINAL: u16 = 4;
 const CTA_PROTOINFO_TCP_FLAGS_REPLY: u16 = 5;
 const IP_CT_TCP_FLAG_BE_LIBERAL: u8 = 0x08;
@@ -241,8 +244,13 @@ fn liberal_message(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> 
     let (mut attrs, family) = orig_tuple(src, dst, 6, sport, dport);
     nested(&mut attrs, CTA_PROTOINFO, |p| {
         nested(p, CTA_PROTOINFO_TCP, |t| {
-            // struct nf_ct_tcp_flags: the flags, then the mask of those to change.
-            let liberal = [IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL];
+            // struct nf_ct_tcp_flags: the flags, then the mask of those to change. Data
+            // conntrack saw unacknowledged caps the entry's timeout at 300 s; the
+            // acknowledgement may be among the segments it will not see: cleared.
+            let liberal = [
+                IP_CT_TCP_FLAG_BE_LIBERAL,
+                IP_CT_TCP_FLAG_BE_LIBERAL | IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED,
+            ];
             attr(t, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &liberal);
             attr(t, CTA_PROTOINFO_TCP_FLAGS_REPLY, &liberal);
         });
@@ -257,6 +265,71 @@ fn liberal_message(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> 
         0,
         &attrs,
     )
+}
+
+/// The tracked connection whose original tuple is `src:sport -> dst:dport` over TCP (the
+/// kernel finds it by either direction's tuple), with its original and reply tuples and
+/// its status, mark and state; None when there is none.
+pub fn conntrack_get_tcp(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+) -> Result<Option<(CtEntry, CtMeta)>> {
+    let op = format!("read the tracked connection {src}:{sport} -> {dst}:{dport}");
+    let (attrs, family) = orig_tuple(src, dst, 6, sport, dport);
+    let msg = message(
+        NFNL_SUBSYS_CTNETLINK,
+        IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        family,
+        0,
+        &attrs,
+    );
+    let s = open(&op)?;
+    s.send_to(&msg, &SocketAddr::new(0, 0), 0)
+        .map_err(|e| Error::new(&op, e))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = s
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|e| Error::new(&op, e))?;
+        match parse_conntrack(&buf[..n], &mut out) {
+            Dump::More => {}
+            Dump::Done => return Ok(out.pop()),
+            Dump::Failed(libc::ENOENT) => return Ok(None),
+            Dump::Failed(errno) => {
+                return Err(Error::new(&op, std::io::Error::from_raw_os_error(errno)))
+            }
+        }
+    }
+}
+
+/// Sets the timeout of the tracked TCP connection of tuple `src:sport -> dst:dport` (either
+/// direction's) to `secs` from now. Ok(false) when there is no such entry.
+pub fn conntrack_tcp_timeout(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    secs: u32,
+) -> Result<bool> {
+    let op = format!("refresh the tracked connection {src}:{sport} -> {dst}:{dport}");
+    let (mut attrs, family) = orig_tuple(src, dst, 6, sport, dport);
+    attr(&mut attrs, CTA_TIMEOUT, &secs.to_be_bytes());
+    let msg = message(
+        NFNL_SUBSYS_CTNETLINK,
+        IPCTNL_MSG_CT_NEW,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        family,
+        0,
+        &attrs,
+    );
+    let mut s = open(&op)?;
+    request_ack(&mut s, &msg, &op)
 }
 
 /// Makes the tracked TCP connection of original tuple `src:sport -> dst:dport` liberal
@@ -575,17 +648,31 @@ pub type CtEntry = (u8, CtEnds, CtEnds);
 pub fn conntrack_list(family: u8) -> Result<Vec<CtEntry>> {
     Ok(conntrack_list_status(family)?
         .into_iter()
-        .map(|(e, _, _)| e)
+        .map(|(e, _)| e)
         .collect())
 }
+
+/// What weft reads of a tracked connection besides its tuples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtMeta {
+    /// Status bits (`CT_ASSURED`, ...).
+    pub status: u32,
+    /// The connection's mark.
+    pub mark: u32,
+    /// TCP's state (`enum tcp_conntrack`; `CT_TCP_ESTABLISHED`), 0 for other protocols.
+    pub tcp_state: u8,
+}
+
+/// The TCP state `ESTABLISHED` of `CtMeta::tcp_state`.
+pub const CT_TCP_ESTABLISHED: u8 = 3;
 
 /// Status bits of a tracked connection (`CTA_STATUS`, enum ip_conntrack_status).
 pub const CT_ASSURED: u32 = 0x04;
 pub const CT_SRC_NAT: u32 = 0x10;
 pub const CT_DST_NAT: u32 = 0x20;
 
-/// As [`conntrack_list`], each entry with its status bits (`CT_ASSURED`, ...) and its mark.
-pub fn conntrack_list_status(family: u8) -> Result<Vec<(CtEntry, u32, u32)>> {
+/// As [`conntrack_list`], each entry with its status, mark and TCP state.
+pub fn conntrack_list_status(family: u8) -> Result<Vec<(CtEntry, CtMeta)>> {
     let op = "list the tracked connections (ctnetlink)";
     let msg = message(
         NFNL_SUBSYS_CTNETLINK,
@@ -625,7 +712,7 @@ enum Dump {
 
 /// Appends the entries of one buffer of a ctnetlink dump to `out` (an entry without a
 /// whole original and reply tuple is skipped).
-fn parse_conntrack(buf: &[u8], out: &mut Vec<(CtEntry, u32, u32)>) -> Dump {
+fn parse_conntrack(buf: &[u8], out: &mut Vec<(CtEntry, CtMeta)>) -> Dump {
     for (kind, body) in messages(buf) {
         match kind {
             NLMSG_DONE => return Dump::Done,
@@ -641,22 +728,27 @@ fn parse_conntrack(buf: &[u8], out: &mut Vec<(CtEntry, u32, u32)>) -> Dump {
                 };
             }
             k if k == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && body.len() >= 4 => {
-                let (mut orig, mut reply, mut status, mut mark) = (None, None, 0, 0);
+                let (mut orig, mut reply, mut meta) = (None, None, CtMeta::default());
+                let be32 = |d: &[u8]| u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
                 for (akind, data) in attrs(&body[4..]) {
                     match (akind, data.len()) {
                         (CTA_TUPLE_ORIG, _) => orig = ct_tuple(data),
                         (CTA_TUPLE_REPLY, _) => reply = ct_tuple(data),
-                        (CTA_STATUS, 4) => {
-                            status = u32::from_be_bytes([data[0], data[1], data[2], data[3]])
-                        }
-                        (CTA_MARK, 4) => {
-                            mark = u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+                        (CTA_STATUS, 4) => meta.status = be32(data),
+                        (CTA_MARK, 4) => meta.mark = be32(data),
+                        (CTA_PROTOINFO, _) => {
+                            let tcp = attrs(data).find(|&(k, _)| k == CTA_PROTOINFO_TCP);
+                            for (k, d) in tcp.into_iter().flat_map(|(_, t)| attrs(t)) {
+                                if k == CTA_PROTOINFO_TCP_STATE && d.len() == 1 {
+                                    meta.tcp_state = d[0];
+                                }
+                            }
                         }
                         _ => {}
                     }
                 }
                 if let (Some((proto, o)), Some((_, r))) = (orig, reply) {
-                    out.push(((proto, o, r), status, mark));
+                    out.push(((proto, o, r), meta));
                 }
             }
             _ => {}
@@ -756,6 +848,14 @@ mod tests {
         attr(&mut a, 3, &8u32.to_be_bytes());
         attr(&mut a, 7, &120u32.to_be_bytes());
         attr(&mut a, 8, &0x0400_0000u32.to_be_bytes());
+        if proto == 6 {
+            nested(&mut a, CTA_PROTOINFO, |p| {
+                nested(p, CTA_PROTOINFO_TCP, |t| {
+                    attr(t, CTA_PROTOINFO_TCP_STATE, &[3]);
+                    attr(t, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, &[0x08, 0x08]);
+                })
+            });
+        }
         message(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW, 2, 9, 2, 0, &a)
     }
 
@@ -776,9 +876,13 @@ mod tests {
         }
         let mut got = Vec::new();
         assert_eq!(parse_conntrack(&buf, &mut got), Dump::More);
-        // (Each record's status: 8, confirmed; its mark 0x04000000.)
-        let m = 0x0400_0000;
-        assert_eq!(got, vec![(tcp, 8, m), (udp, 8, m), (icmp, 8, m)]);
+        // (Each record's status: 8, confirmed; its mark 0x04000000; TCP established.)
+        let meta = |tcp_state| CtMeta {
+            status: 8,
+            mark: 0x0400_0000,
+            tcp_state,
+        };
+        assert_eq!(got, vec![(tcp, meta(3)), (udp, meta(0)), (icmp, meta(0))]);
         // The dump's end, in the same buffer as the last records or alone.
         buf.extend(raw_message(NLMSG_DONE, 2, 9, 0, 0, &[]));
         let mut again = Vec::new();
@@ -834,13 +938,13 @@ mod tests {
             }
         }
         assert_eq!(tuple, Some((6, (a, b, 40000, 80))));
-        // Both directions: the flag and a mask of that flag alone (state, window scale and
-        // the other flags untouched).
+        // Both directions: liberal set, data-unacknowledged cleared (the mask), state,
+        // window scale and the other flags untouched.
         assert_eq!(
             tcp,
             vec![
-                (CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, vec![0x08, 0x08]),
-                (CTA_PROTOINFO_TCP_FLAGS_REPLY, vec![0x08, 0x08]),
+                (CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, vec![0x08, 0x18]),
+                (CTA_PROTOINFO_TCP_FLAGS_REPLY, vec![0x08, 0x18]),
             ]
         );
     }

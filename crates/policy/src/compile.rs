@@ -915,7 +915,7 @@ pub fn full_script(c: &Compiled) -> String {
     // connections stop at `ct status assured`.
     let _ = writeln!(
         s,
-        "  chain allowed {{\n    type filter hook forward priority filter + 1; policy accept;\n    ct state new ct mark & {LOGGED_MARK:#010x} == 0 limit rate {ALLOW_LOG_RATE}/second burst 100 packets goto allowed_new\n    ct status assured ct mark & {:#010x} == 0 ct direction original ct status ! snat,dnat meta l4proto tcp limit rate {ALLOW_LOG_RATE}/second burst 100 packets goto promote\n  }}",
+        "  chain allowed {{\n    type filter hook forward priority filter + 1; policy accept;\n    ct state new ct mark & {LOGGED_MARK:#010x} == 0 limit rate {ALLOW_LOG_RATE}/second burst 100 packets goto allowed_new\n    ct status assured ct mark & {:#010x} == 0 ct direction original ct status ! snat,dnat meta l4proto tcp goto promote\n  }}",
         PROMOTE_MARK | PICKUP_MARK
     );
     let mut new = String::new();
@@ -926,14 +926,20 @@ pub fn full_script(c: &Compiled) -> String {
                 new,
                 "\n    {fam} {field} @{set} ct mark set ct mark | {LOGGED_MARK:#010x} log prefix \"{LOG_PREFIX} A\" group {LOG_GROUP} accept"
             );
-            let _ = write!(
-                promote,
-                "\n    {fam} {field} @{set} ct mark set ct mark | {PROMOTE_MARK:#010x} log prefix \"{LOG_PREFIX} E\" group {LOG_GROUP} accept"
-            );
+            let _ = write!(promote, "\n    {fam} {field} @{set} goto promote_log");
         }
     }
     let _ = writeln!(s, "  chain allowed_new {{{new}\n  }}");
-    let _ = writeln!(s, "  chain promote {{{promote}\n  }}");
+    // Another component's connection (not an isolated pod's) is marked and not looked at
+    // again; one over the log's rate is not marked and tries again with its next packet.
+    let _ = writeln!(
+        s,
+        "  chain promote {{{promote}\n    ct mark set ct mark | {PROMOTE_MARK:#010x}\n  }}"
+    );
+    let _ = writeln!(
+        s,
+        "  chain promote_log {{\n    limit rate {ALLOW_LOG_RATE}/second burst 100 packets ct mark set ct mark | {PROMOTE_MARK:#010x} log prefix \"{LOG_PREFIX} E\" group {LOG_GROUP}\n  }}"
+    );
     let _ = writeln!(s, "}}");
     for (name, rules) in &c.chains {
         for r in rules {

@@ -391,12 +391,15 @@ fn the_full_script_replaces_the_table_in_one_go() {
     // Established TCP connections of isolated pods nobody translates, not picked up
     // mid-stream, are logged once more, for the agent to promote to the fast path.
     assert!(s.contains(
-        "ct status assured ct mark & 0x0a000000 == 0 ct direction original ct status ! snat,dnat meta l4proto tcp limit rate 1000/second burst 100 packets goto promote"
+        "ct status assured ct mark & 0x0a000000 == 0 ct direction original ct status ! snat,dnat meta l4proto tcp goto promote"
     ), "{s}");
     assert!(s.contains(
-        "ip saddr @iso4 ct mark set ct mark | 0x08000000 log prefix \"weft E\" group 7 accept"
+        "chain promote {\n    ip saddr @iso4 goto promote_log\n    ip daddr @iso4 goto promote_log\n    ip6 saddr @iso6 goto promote_log\n    ip6 daddr @iso6 goto promote_log\n    ct mark set ct mark | 0x08000000\n  }"
+    ), "{s}");
+    assert!(s.contains(
+        "limit rate 1000/second burst 100 packets ct mark set ct mark | 0x08000000 log prefix \"weft E\" group 7"
     ));
-    assert_eq!(s.matches("log prefix \"weft E").count(), 4, "{s}");
+    assert_eq!(s.matches("log prefix \"weft E").count(), 1, "{s}");
 }
 
 #[test]
