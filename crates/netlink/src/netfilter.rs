@@ -287,23 +287,10 @@ pub fn conntrack_get_tcp(
         0,
         &attrs,
     );
-    let s = open(&op)?;
-    s.send_to(&msg, &SocketAddr::new(0, 0), 0)
-        .map_err(|e| Error::new(&op, e))?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = s
-            .recv(&mut &mut buf[..], 0)
-            .map_err(|e| Error::new(&op, e))?;
-        match parse_conntrack(&buf[..n], &mut out) {
-            Dump::More => {}
-            Dump::Done => return Ok(out.pop()),
-            Dump::Failed(libc::ENOENT) => return Ok(None),
-            Dump::Failed(errno) => {
-                return Err(Error::new(&op, std::io::Error::from_raw_os_error(errno)))
-            }
-        }
+    match ct_records(&msg, &op, 8192) {
+        Ok(mut found) => Ok(found.pop()),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -683,11 +670,18 @@ pub fn conntrack_list_status(family: u8) -> Result<Vec<(CtEntry, CtMeta)>> {
         0,
         &[],
     );
+    ct_records(&msg, op, 1 << 16)
+}
+
+/// Sends a ctnetlink request and reads the connections it answers with until its end (a
+/// dump's `NLMSG_DONE`, or the acknowledgement of a single `get`); the kernel's error as
+/// an error.
+fn ct_records(msg: &[u8], op: &str, bufsize: usize) -> Result<Vec<(CtEntry, CtMeta)>> {
     let s = open(op)?;
-    s.send_to(&msg, &SocketAddr::new(0, 0), 0)
+    s.send_to(msg, &SocketAddr::new(0, 0), 0)
         .map_err(|e| Error::new(op, e))?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; bufsize];
     loop {
         let n = s
             .recv(&mut &mut buf[..], 0)
