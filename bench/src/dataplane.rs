@@ -670,13 +670,10 @@ fn weft_path(
     mode: &str,
     family: Family,
     ready: Duration,
-    identity: [&[&str]; 2],
 ) -> Result<(String, String, IpAddr), String> {
     let start = Instant::now();
-    for (host, id) in ["h1", "h2"].into_iter().zip(identity) {
-        let mut args = vec!["lab", "run", "--name", &lab.name];
-        args.extend_from_slice(id);
-        args.extend_from_slice(&[host, "c1"]);
+    for host in ["h1", "h2"] {
+        let args = ["lab", "run", "--name", &lab.name, host, "c1"];
         loop {
             match lab.weft(&args, Duration::from_secs(60)) {
                 Ok(_) => break,
@@ -698,43 +695,6 @@ fn weft_path(
         .max(Duration::from_secs(5));
     wait_reachable(&client, ip, left).map_err(|e| format!("{mode} mode: {e}"))?;
     Ok((client, server, ip))
-}
-
-/// Puts `n` policies in force on a lab made by [`weft_path`] with the policy identities
-/// (h1/c1 `role=client` in `default`, h2/c1 `app=server` in namespace `b`): N−1 policies
-/// whose rules let other sources in on other ports, the last letting the client in on
-/// every port (`weft-bench policy`'s set, applied on h1); then waits until h2 isolates its
-/// pod and the client reaches it again.
-fn apply_policies(lab: &Lab, n: usize, server: IpAddr, ready: Duration) -> Result<(), String> {
-    let path = format!("/run/weft-lab/{}/bench-policies.yaml", lab.name);
-    std::fs::write(&path, crate::policy::policies_yaml(n))
-        .map_err(|e| format!("write {path}: {e}"))?;
-    lab.weft(
-        &[
-            "lab", "exec", "--name", &lab.name, "h1", "--", "weft", "apply", "-f", &path,
-        ],
-        Duration::from_secs(300),
-    )?;
-    let start = Instant::now();
-    loop {
-        let out = lab.weft(
-            &[
-                "lab", "exec", "--name", &lab.name, "h2", "--", "weft", "status", "--json",
-            ],
-            Duration::from_secs(20),
-        )?;
-        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-        let p = &v["policy"];
-        if p["policies"].as_u64() == Some(n as u64) && p["isolated"].as_u64() == Some(1) {
-            break;
-        }
-        if start.elapsed() > ready {
-            return Err(format!("h2 never isolated its pod under {n} policies: {p}"));
-        }
-        check_interrupted()?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    wait_reachable(&lab.ns("h1-c1"), server, ready)
 }
 
 /// A container's address of `family` from `weft lab status --json` (its `ips`, every
@@ -920,16 +880,27 @@ fn measure(p: &mut PathRun, kind: Kind, o: &Opts, me: &Path) -> Result<(), Strin
 
 /// TCP throughput from client to server, Gbit/s (the receiver's count).
 fn iperf(p: &PathRun, secs: u64) -> Result<f64, String> {
-    let addr = p.server.to_string();
+    iperf_netns(&p.server_ns, &p.client_ns, p.server, secs)
+}
+
+/// One iperf3 TCP stream for `secs` s from namespace `client_ns` to `server` in
+/// `server_ns`: Gbit/s, the receiver's count.
+pub(crate) fn iperf_netns(
+    server_ns: &str,
+    client_ns: &str,
+    server: IpAddr,
+    secs: u64,
+) -> Result<f64, String> {
+    let addr = server.to_string();
     let port = IPERF_PORT.to_string();
-    let server = Server::start(
-        &p.server_ns,
+    let srv = Server::start(
+        server_ns,
         &["iperf3", "-s", "-1", "-B", &addr, "-p", &port],
-        p.server,
+        server,
         IPERF_PORT,
     )?;
-    let out = iperf_client("ip", &["netns", "exec", &p.client_ns], &addr, secs)?;
-    server.finish();
+    let out = iperf_client("ip", &["netns", "exec", client_ns], &addr, secs)?;
+    srv.finish();
     iperf_gbits(&out)
 }
 
@@ -1103,7 +1074,7 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
     {
         return Err(format!(
             "--lab {:?}: use 1 to 10 characters of a-z and 0-9 (the other labs append 6, r, rn, rs, \
-             rp, rq, v, vn, vs, 6r, 6v)",
+             v, vn, vs, 6r, 6rn, 6rs, 6v)",
             o.lab
         ));
     }
@@ -1160,13 +1131,9 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
         "--ipam-pools",
         "10.32.0.0/12,fd32::/48",
     ];
-    // The policy rows: route mode with the defaults, the server isolated by 100 (resp.
-    // 1000) policies whose rules the client's connections pass before the last one lets
-    // them in (docs/policy.md: isolated pods leave the fast path and are tracked).
-    let client_id: &[&str] = &["--label", "role=client"];
-    let server_id: &[&str] = &["--namespace", "b", "--label", "app=server"];
-    for (mode, nat, fast, suffix, label, family, policies) in [
-        ("route", "on", "on", "r", "weft route mode", Family::V4, 0),
+    // (Traffic through network policies is `weft-bench policy`'s: bench/src/policy_traffic.rs.)
+    for (mode, nat, fast, suffix, label, family) in [
+        ("route", "on", "on", "r", "weft route mode", Family::V4),
         (
             "route",
             "off",
@@ -1174,7 +1141,6 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             "rn",
             "weft route mode, NAT off",
             Family::V4,
-            0,
         ),
         (
             "route",
@@ -1183,9 +1149,8 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             "rs",
             "weft route mode, no fast path",
             Family::V4,
-            0,
         ),
-        ("vxlan", "on", "on", "v", "weft VXLAN mode", Family::V4, 0),
+        ("vxlan", "on", "on", "v", "weft VXLAN mode", Family::V4),
         (
             "vxlan",
             "off",
@@ -1193,7 +1158,6 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             "vn",
             "weft VXLAN mode, NAT off",
             Family::V4,
-            0,
         ),
         (
             "vxlan",
@@ -1202,9 +1166,8 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             "vs",
             "weft VXLAN mode, no fast path",
             Family::V4,
-            0,
         ),
-        ("route", "on", "on", "6r", "weft route mode", Family::V6, 0),
+        ("route", "on", "on", "6r", "weft route mode", Family::V6),
         (
             "route",
             "off",
@@ -1212,7 +1175,6 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             "6rn",
             "weft route mode, NAT off",
             Family::V6,
-            0,
         ),
         (
             "route",
@@ -1221,27 +1183,8 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             "6rs",
             "weft route mode, no fast path",
             Family::V6,
-            0,
         ),
-        ("vxlan", "on", "on", "6v", "weft VXLAN mode", Family::V6, 0),
-        (
-            "route",
-            "on",
-            "on",
-            "rp",
-            "weft route mode, 100 policies",
-            Family::V4,
-            100,
-        ),
-        (
-            "route",
-            "on",
-            "on",
-            "rq",
-            "weft route mode, 1000 policies",
-            Family::V4,
-            1000,
-        ),
+        ("vxlan", "on", "on", "6v", "weft VXLAN mode", Family::V6),
     ] {
         check_interrupted()?;
         let name = format!("{}{suffix}", o.lab);
@@ -1252,19 +1195,7 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
         eprintln!("dataplane: weft lab {name} ({})", args.join(" "));
         let (lab, up) = Lab::up(&o.weft, &name, &args);
         let ready = Duration::from_secs(o.ready_secs);
-        let ids = if policies > 0 {
-            [client_id, server_id]
-        } else {
-            [&[][..], &[][..]]
-        };
-        let res = up
-            .and_then(|()| weft_path(&lab, mode, family, ready, ids))
-            .and_then(|(c, s, ip)| {
-                if policies > 0 {
-                    apply_policies(&lab, policies, ip, ready)?;
-                }
-                Ok((c, s, ip))
-            });
+        let res = up.and_then(|()| weft_path(&lab, mode, family, ready));
         labs.push(lab);
         let row = match res {
             Ok((c, s, ip)) => PathRun::new(label, c, s, ip, true),
@@ -1282,8 +1213,6 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
         "weft route mode",
         "weft route mode, NAT off",
         "weft route mode, no fast path",
-        "weft route mode, 100 policies",
-        "weft route mode, 1000 policies",
         "hand VXLAN",
         "weft VXLAN mode",
         "weft VXLAN mode, NAT off",
@@ -1537,35 +1466,6 @@ fn report_family(o: &Opts, paths: &mut [PathRun], family: Family) {
             ),
             _ => println!("- {short} − {hand}{tag}, latency: not measured (target ≤ 15 µs)"),
         }
-    }
-    for (weft, short) in [
-        ("weft route mode, 100 policies", "100 policies"),
-        ("weft route mode, 1000 policies", "1000 policies"),
-    ] {
-        let base = "weft route mode";
-        let (Some(w), Some(b)) = (get(weft), get(base)) else {
-            continue;
-        };
-        let thr = match paired_ratio(rounds_of(weft), rounds_of(base)) {
-            Some(r) => format!("throughput {r:.2} (median of the rounds' ratios)"),
-            None => "throughput not measured".into(),
-        };
-        let rr = match (w.rr, b.rr) {
-            (Some(wr), Some(br)) if wr > 0.0 => format!(
-                "TCP RR transactions per second {:.2} ({:+.1} µs per transaction)",
-                br / wr,
-                wr - br
-            ),
-            _ => "TCP RR not measured".into(),
-        };
-        let ping = match (w.ping, b.ping) {
-            (Some(wp), Some(bp)) => format!("ping {:+.0} µs", wp - bp),
-            _ => "ping not measured".into(),
-        };
-        println!(
-            "- weft route, {short} / no policy{tag}: {thr}, {rr}, {ping} (target ≥ 0.95 with \
-             1000 policies)"
-        );
     }
     println!();
 }

@@ -19,6 +19,7 @@ mod dns;
 mod docker;
 mod encrypt;
 mod policy;
+mod policy_traffic;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,7 +82,8 @@ enum Cmd {
         weft: PathBuf,
         /// Lab name of the anchors (1 to 10 of a-z0-9); the IPv6 anchors' lab is NAME6, the
         /// weft labs are NAMEr, NAMErn, NAMErs, NAMEv, NAMEvn and NAMEvs (route and VXLAN
-        /// mode: defaults, NAT off, fast path off) NAME6r, NAME6v (IPv6 underlay) and NAMErp, NAMErq (route mode, 100 and 1000 policies).
+        /// mode: defaults, NAT off, fast path off), NAME6r, NAME6rn, NAME6rs and NAME6v (IPv6
+        /// underlay). Traffic through network policies is `weft-bench policy`'s.
         #[arg(long, default_value = "bdp")]
         lab: String,
         /// Rounds; every path is measured once per round and the median is reported.
@@ -106,7 +108,8 @@ enum Cmd {
         ready_secs: u64,
     },
     /// Network policy's costs: programming N policies (locally and until another host
-    /// enforces them) and CNI ADD latency with N policies present beside none.
+    /// enforces them), CNI ADD latency with N policies present beside none, and pod-to-pod
+    /// throughput and request/response through 100 and 1000 policies beside none.
     Policy {
         /// The weft binary (a release build).
         #[arg(long, default_value = "target/release/weft")]
@@ -118,9 +121,20 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         pods: usize,
         /// Hosts of the programming lab (an isolated pod on each; the target is at 20); 0
-        /// measures the ADD latency alone.
+        /// skips the programming measurement.
         #[arg(long, default_value_t = 20)]
         hosts: usize,
+        /// Rounds of the traffic measurement (throughput and request/response to a server
+        /// no policy selects, one isolated by 100 policies and one by 1000, on lab bpolt);
+        /// 0 skips it.
+        #[arg(long, default_value_t = 15)]
+        traffic_rounds: usize,
+        /// iperf3 seconds per traffic measurement.
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// TCP request/response seconds per traffic measurement.
+        #[arg(long, default_value_t = 2.0)]
+        rr_secs: f64,
     },
     /// The name service: dnsperf from a container against weft's DNS and against dnsmasq
     /// serving the same names from a hosts file on the same host (labs bdns), and the time
@@ -291,25 +305,31 @@ fn main() {
                 adds,
             })
         }),
-        Cmd::Policy {
-            weft: _,
-            policies: _,
-            pods: _,
-            hosts,
-        } if hosts == 1 || hosts > 60 => Err(format!(
+        Cmd::Policy { hosts, .. } if hosts == 1 || hosts > 60 => Err(format!(
             "--hosts {hosts}: the programming lab needs 2 to 60 hosts (0: skip it)"
         )),
+        Cmd::Policy { secs, rr_secs, .. } if secs == 0 || rr_secs <= 0.0 => {
+            Err("--secs and --rr-secs must be above 0".into())
+        }
         Cmd::Policy {
             weft,
             policies,
             pods,
             hosts,
+            traffic_rounds,
+            secs,
+            rr_secs,
         } => weft_binary(&weft).and_then(|weft| {
             policy::policy(&policy::Opts {
                 weft,
                 policies,
                 pods,
                 hosts,
+                traffic: policy_traffic::Opts {
+                    rounds: traffic_rounds,
+                    secs,
+                    rr_secs,
+                },
             })
         }),
         Cmd::Docker {

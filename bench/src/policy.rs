@@ -9,8 +9,9 @@
 //!   between the labs pod by pod; the pods are selected by the policies (each ADD
 //!   isolates its pod before it returns) or not.
 //!
-//! The pod-to-pod throughput and latency through N rules is `weft-bench dataplane`'s
-//! business (its policy rows).
+//! - Traffic through 100 and 1000 policies beside none: throughput and TCP
+//!   request/response on one lab, to three servers that differ only in what isolates them
+//!   (bench/src/policy_traffic.rs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,10 @@ pub struct Opts {
     pub policies: usize,
     /// Pods per lab in the ADD measurement.
     pub pods: usize,
-    /// Hosts of the programming lab, each with an isolated pod.
+    /// Hosts of the programming lab, each with an isolated pod (0: not measured).
     pub hosts: usize,
+    /// The traffic measurement (0 rounds: not made).
+    pub traffic: crate::policy_traffic::Opts,
 }
 
 /// `N` policies in namespace `b` selecting `app=server`, each letting in the addresses of
@@ -35,17 +38,22 @@ pub struct Opts {
 /// passes every other rule first (rules whose peers match nothing would be left out of
 /// the compiled chains, hence address blocks).
 pub fn policies_yaml(n: usize) -> String {
+    policies_yaml_in(n, "b")
+}
+
+/// [`policies_yaml`]'s set in namespace `ns`.
+pub(crate) fn policies_yaml_in(n: usize, ns: &str) -> String {
     let mut s = String::new();
     for i in 0..n.saturating_sub(1) {
         s.push_str(&format!(
-            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{i:05}, namespace: b}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 100.{}.{}.0/24}}}}]\n    ports: [{{port: {}}}]\n",
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p-{i:05}, namespace: {ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 100.{}.{}.0/24}}}}]\n    ports: [{{port: {}}}]\n",
             64 + i / 256 % 64,
             i % 256,
             10000 + i % 50000
         ));
     }
     if n > 0 {
-        s.push_str("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: zz-allow, namespace: b}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}]\n");
+        s.push_str(&format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: zz-allow, namespace: {ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - from: [{{namespaceSelector: {{}}, podSelector: {{matchLabels: {{role: client}}}}}}]\n"));
     }
     s
 }
@@ -89,28 +97,36 @@ pub(crate) fn weft(weft: &Path, args: &[&str], limit: Duration) -> Result<String
 /// A lab taken down when dropped.
 pub(crate) struct Lab<'a> {
     weft: &'a Path,
-    name: &'static str,
+    pub(crate) name: &'static str,
 }
 
 impl<'a> Lab<'a> {
     pub(crate) fn up(weft: &'a Path, name: &'static str, hosts: usize) -> Result<Lab<'a>, String> {
+        Lab::up_with(weft, name, hosts, &[])
+    }
+
+    /// [`Lab::up`] with more `weft lab up` arguments (`--mode route`, say).
+    pub(crate) fn up_with(
+        weft: &'a Path,
+        name: &'static str,
+        hosts: usize,
+        more: &[&str],
+    ) -> Result<Lab<'a>, String> {
         let lab = Lab { weft, name };
         let _ = lab.down();
         let h = hosts.to_string();
-        self::weft(
-            weft,
-            &[
-                "lab",
-                "up",
-                "--name",
-                name,
-                "--hosts",
-                &h,
-                "--topology",
-                "mesh",
-            ],
-            Duration::from_secs(300),
-        )?;
+        let mut args = vec![
+            "lab",
+            "up",
+            "--name",
+            name,
+            "--hosts",
+            &h,
+            "--topology",
+            "mesh",
+        ];
+        args.extend_from_slice(more);
+        self::weft(weft, &args, Duration::from_secs(300))?;
         Ok(lab)
     }
 
@@ -594,15 +610,57 @@ fn adds(o: &Opts) -> Result<(), String> {
 
 /// `weft-bench policy`.
 pub fn policy(o: &Opts) -> Result<(), String> {
-    println!(
-        "Programming {} policies ({}-host mesh lab, an isolated pod on every host, probed \
-         from a pod on h1 that no rule allows)\n",
-        o.policies, o.hosts
-    );
-    println!("| measure | value |");
-    println!("|---|---|");
     if o.hosts > 0 {
+        println!(
+            "Programming {} policies ({}-host mesh lab, an isolated pod on every host, probed \
+             from a pod on h1 that no rule allows)\n",
+            o.policies, o.hosts
+        );
+        println!("| measure | value |");
+        println!("|---|---|");
         programming(o)?;
     }
-    adds(o)
+    if o.pods > 0 {
+        adds(o)?;
+    }
+    if o.traffic.rounds > 0 {
+        crate::policy_traffic::traffic(&o.weft, &o.traffic)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_policy::k8s::{parse_objects, Object};
+
+    /// The sets the benchmarks apply parse as weft apply reads them: N policies in the
+    /// namespace asked for, every one selecting `app=server` and isolating for ingress, the
+    /// allowing one last.
+    #[test]
+    fn the_policy_sets_parse_in_their_namespace() {
+        for (n, ns) in [(1, "b"), (100, "c"), (1000, "b")] {
+            let objs = parse_objects(&policies_yaml_in(n, ns), "default").expect("parses");
+            assert_eq!(objs.len(), n);
+            let names: Vec<String> = objs
+                .iter()
+                .map(|o| match o {
+                    Object::NetworkPolicy(p) => {
+                        assert_eq!(p.namespace, ns);
+                        assert!(p.ingress_isolates && !p.egress_isolates);
+                        assert_eq!(p.ingress.len(), 1);
+                        p.name.clone()
+                    }
+                    Object::Namespace(_) => panic!("a namespace in the set"),
+                })
+                .collect();
+            assert_eq!(names.last().map(String::as_str), Some("zz-allow"));
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), n, "names are distinct");
+        }
+        assert_eq!(policies_yaml(10), policies_yaml_in(10, "b"));
+        assert!(policies_yaml_in(0, "b").is_empty());
+    }
 }
