@@ -109,7 +109,8 @@ enum Cmd {
     },
     /// Network policy's costs: programming N policies (locally and until another host
     /// enforces them), CNI ADD latency with N policies present beside none, and pod-to-pod
-    /// throughput and request/response through 100 and 1000 policies beside none.
+    /// throughput and request/response through 100 and 1000 policies beside a pod of the
+    /// same host that no policy selects.
     Policy {
         /// The weft binary (a release build).
         #[arg(long, default_value = "target/release/weft")]
@@ -117,7 +118,7 @@ enum Cmd {
         /// Policies to program.
         #[arg(long, default_value_t = 1000)]
         policies: usize,
-        /// Pods added per row of the ADD measurement.
+        /// Pods added per row of the ADD measurement; 0 skips it.
         #[arg(long, default_value_t = 100)]
         pods: usize,
         /// Hosts of the programming lab (an isolated pod on each; the target is at 20); 0
@@ -308,8 +309,8 @@ fn main() {
         Cmd::Policy { hosts, .. } if hosts == 1 || hosts > 60 => Err(format!(
             "--hosts {hosts}: the programming lab needs 2 to 60 hosts (0: skip it)"
         )),
-        Cmd::Policy { secs, rr_secs, .. } if secs == 0 || rr_secs <= 0.0 => {
-            Err("--secs and --rr-secs must be above 0".into())
+        Cmd::Policy { secs, rr_secs, .. } if secs == 0 || !(rr_secs > 0.0 && rr_secs < 3600.0) => {
+            Err("--secs must be above 0, --rr-secs above 0 and below 3600".into())
         }
         Cmd::Policy {
             weft,
