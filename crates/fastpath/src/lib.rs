@@ -160,9 +160,16 @@ impl FlowKey {
             pad: [0; 3],
         })
     }
-}
 
-impl FlowKey {
+    /// The keys of both directions of the connection whose original tuple is
+    /// `src:sport -> dst:dport`; `None` for addresses of two families.
+    fn both(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Option<[FlowKey; 2]> {
+        Some([
+            FlowKey::new(src, dst, sport, dport)?,
+            FlowKey::new(dst, src, dport, sport)?,
+        ])
+    }
+
     /// Source, destination and ports.
     fn ends(&self) -> (IpAddr, IpAddr, u16, u16) {
         let addr = |b: &[u8; 16]| -> IpAddr {
@@ -443,17 +450,14 @@ impl FastPath {
         sport: u16,
         dport: u16,
     ) -> Result<(), String> {
-        let (Some(orig), Some(reply)) = (
-            FlowKey::new(src, dst, sport, dport),
-            FlowKey::new(dst, src, dport, sport),
-        ) else {
+        let Some(keys) = FlowKey::both(src, dst, sport, dport) else {
             return Ok(());
         };
         let v = FlowValue {
             epoch: self.epoch,
             seen: coarse_seconds(),
         };
-        for k in [orig, reply] {
+        for k in keys {
             self.flows
                 .insert(k, v, 0)
                 .map_err(|e| err("promoting a connection", e))?;
@@ -482,13 +486,7 @@ impl FastPath {
     /// Withdraws the promotion of one connection (both directions; its ends as either
     /// direction has them).
     pub fn withdraw(&mut self, src: IpAddr, dst: IpAddr, sport: u16, dport: u16) {
-        for k in [
-            FlowKey::new(src, dst, sport, dport),
-            FlowKey::new(dst, src, dport, sport),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for k in FlowKey::both(src, dst, sport, dport).into_iter().flatten() {
             let _ = self.flows.remove(&k);
         }
     }

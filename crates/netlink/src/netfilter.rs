@@ -222,17 +222,27 @@ pub fn conntrack_delete(
     let op =
         format!("delete the tracked connection {src}:{sport} -> {dst}:{dport} (protocol {proto})");
     let (attrs, family) = orig_tuple(src, dst, proto, sport, dport);
-    let msg = message(
+    ct_ack(&ct_entry_request(IPCTNL_MSG_CT_DELETE, family, &attrs), &op)
+}
+
+/// A ctnetlink request about one entry (`attrs` name it by a tuple), to be acknowledged.
+fn ct_entry_request(kind: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
+    message(
         NFNL_SUBSYS_CTNETLINK,
-        IPCTNL_MSG_CT_DELETE,
+        kind,
         NLM_F_REQUEST | NLM_F_ACK,
         1,
         family,
         0,
-        &attrs,
-    );
-    let mut s = open(&op)?;
-    request_ack(&mut s, &msg, &op)
+        attrs,
+    )
+}
+
+/// Sends `msg` on a socket of its own and waits for its acknowledgement: Ok(false) when
+/// the kernel has no such entry.
+fn ct_ack(msg: &[u8], op: &str) -> Result<bool> {
+    let mut s = open(op)?;
+    request_ack(&mut s, msg, op)
 }
 
 /// The update that makes the TCP entry of original tuple `src:sport -> dst:dport` check
@@ -256,15 +266,7 @@ fn liberal_message(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> 
         });
     });
     // A `new` message without NLM_F_CREATE changes an existing entry only.
-    message(
-        NFNL_SUBSYS_CTNETLINK,
-        IPCTNL_MSG_CT_NEW,
-        NLM_F_REQUEST | NLM_F_ACK,
-        1,
-        family,
-        0,
-        &attrs,
-    )
+    ct_entry_request(IPCTNL_MSG_CT_NEW, family, &attrs)
 }
 
 /// The tracked connection whose original tuple is `src:sport -> dst:dport` over TCP (the
@@ -278,15 +280,7 @@ pub fn conntrack_get_tcp(
 ) -> Result<Option<(CtEntry, CtMeta)>> {
     let op = format!("read the tracked connection {src}:{sport} -> {dst}:{dport}");
     let (attrs, family) = orig_tuple(src, dst, 6, sport, dport);
-    let msg = message(
-        NFNL_SUBSYS_CTNETLINK,
-        IPCTNL_MSG_CT_GET,
-        NLM_F_REQUEST | NLM_F_ACK,
-        1,
-        family,
-        0,
-        &attrs,
-    );
+    let msg = ct_entry_request(IPCTNL_MSG_CT_GET, family, &attrs);
     match ct_records(&msg, &op, 8192) {
         Ok(mut found) => Ok(found.pop()),
         Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
@@ -306,25 +300,14 @@ pub fn conntrack_tcp_timeout(
     let op = format!("refresh the tracked connection {src}:{sport} -> {dst}:{dport}");
     let (mut attrs, family) = orig_tuple(src, dst, 6, sport, dport);
     attr(&mut attrs, CTA_TIMEOUT, &secs.to_be_bytes());
-    let msg = message(
-        NFNL_SUBSYS_CTNETLINK,
-        IPCTNL_MSG_CT_NEW,
-        NLM_F_REQUEST | NLM_F_ACK,
-        1,
-        family,
-        0,
-        &attrs,
-    );
-    let mut s = open(&op)?;
-    request_ack(&mut s, &msg, &op)
+    ct_ack(&ct_entry_request(IPCTNL_MSG_CT_NEW, family, &attrs), &op)
 }
 
 /// Makes the tracked TCP connection of original tuple `src:sport -> dst:dport` liberal
 /// (see [`liberal_message`]). Ok(false) when there is no such entry.
 pub fn conntrack_tcp_liberal(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Result<bool> {
     let op = format!("make the tracked connection {src}:{sport} -> {dst}:{dport} liberal");
-    let mut s = open(&op)?;
-    request_ack(&mut s, &liberal_message(src, dst, sport, dport), &op)
+    ct_ack(&liberal_message(src, dst, sport, dport), &op)
 }
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
