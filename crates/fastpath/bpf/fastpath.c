@@ -48,42 +48,58 @@ static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coars
 // goes to a pod (`TRANSLATED_MARK` in crates/dataplane).
 #define TRANSLATED_MARK 0x01000000
 
-struct lpm_v4 {
-    __u32 prefixlen;
+// What the agent tells the program as a whole (`Config` in src/lib.rs has the same
+// layout), in the one element of an array map, whose lookup the verifier inlines: one
+// or two cache lines, where a trie or hash lookup costs a helper call and several lines.
+// This matters for a packet that finds the caches cold (a ping every few milliseconds):
+// docs/dataplane.md, "Fast path", cold cost. Only traffic from a pool address to a pool
+// address is forwarded here (traffic to the outside needs the stack: outbound NAT).
+// Addresses and masks are in network order; `n4` and `n6` say how many pools of each
+// family there are. `isolating` is nonzero while the `isolated` maps hold an address:
+// only then are they looked up (the agent sets it before it adds the first address).
+#define MAX_POOLS 16
+struct pool4 {
     __u32 addr;
+    __u32 mask;
 };
 
-struct lpm_v6 {
-    __u32 prefixlen;
+struct pool6 {
     __u32 addr[4];
+    __u32 mask[4];
 };
 
-// The cluster's IPv4 pools: only traffic from a pool address to a pool address is
-// forwarded here (traffic to the outside needs the stack: outbound NAT).
-struct {
-    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
-    __uint(max_entries, 256);
-    __type(key, struct lpm_v4);
-    __type(value, __u8);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-} pools SEC(".maps");
+struct config {
+    __u32 n4;
+    __u32 n6;
+    __u32 isolating;
+    __u32 pad;
+    struct pool4 p4[MAX_POOLS];
+    struct pool6 p6[MAX_POOLS];
+};
 
-// The cluster's IPv6 pools.
 struct {
-    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
-    __uint(max_entries, 256);
-    __type(key, struct lpm_v6);
-    __type(value, __u8);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-} pools6 SEC(".maps");
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct config);
+} config SEC(".maps");
 
 // What each device the program may forward between is (by ifindex): a host-side container
 // veth the agent attached the program to and enabled (DEV_POD), or a device packets may be
 // sent out of (DEV_UPLINK: weft.vx, the underlay). A device not listed is left to the
 // stack: a new container's veth is listed only after the agent has told the program its
-// translated connections.
+// translated connections. An ifindex below DEVS_LOW is listed in the array `devs_low`
+// (an inlined lookup), a larger one in the hash `devs`.
 #define DEV_POD 1
 #define DEV_UPLINK 2
+#define DEVS_LOW 2048
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, DEVS_LOW);
+    __type(key, __u32);
+    __type(value, __u8);
+} devs_low SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 65536);
@@ -186,23 +202,41 @@ static __attribute__((always_inline)) void count(__u32 which)
         *c += 1;
 }
 
-static __attribute__((always_inline)) int in_pools(__u32 addr)
+static __attribute__((always_inline)) struct config *get_config(void)
 {
-    struct lpm_v4 k = {.prefixlen = 32, .addr = addr};
-    return bpf_map_lookup_elem(&pools, &k) != 0;
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __attribute__((always_inline)) int in_pools(struct config *c, __u32 addr)
+{
+    for (int i = 0; i < MAX_POOLS; i++) {
+        if (i >= c->n4)
+            return 0;
+        if ((addr & c->p4[i].mask) == c->p4[i].addr)
+            return 1;
+    }
+    return 0;
+}
+
+static __attribute__((always_inline)) int in_pools6(struct config *c, __u32 *a)
+{
+    for (int i = 0; i < MAX_POOLS; i++) {
+        if (i >= c->n6)
+            return 0;
+        struct pool6 *p = &c->p6[i];
+        if ((a[0] & p->mask[0]) == p->addr[0] && (a[1] & p->mask[1]) == p->addr[1] &&
+            (a[2] & p->mask[2]) == p->addr[2] && (a[3] & p->mask[3]) == p->addr[3])
+            return 1;
+    }
+    return 0;
 }
 
 static __attribute__((always_inline)) __u8 dev_kind(__u32 ifindex)
 {
-    __u8 *v = bpf_map_lookup_elem(&devs, &ifindex);
+    __u8 *v = ifindex < DEVS_LOW ? bpf_map_lookup_elem(&devs_low, &ifindex)
+                                 : bpf_map_lookup_elem(&devs, &ifindex);
     return v ? *v : 0;
-}
-
-static __attribute__((always_inline)) int in_pools6(__u32 *addr)
-{
-    struct lpm_v6 k = {.prefixlen = 128};
-    __builtin_memcpy(k.addr, addr, 16);
-    return bpf_map_lookup_elem(&pools6, &k) != 0;
 }
 
 static __attribute__((always_inline)) int has_ports(__u8 proto)
@@ -335,11 +369,12 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
                                                 void *end)
 {
     struct ipv6hdr *ip6 = (void *)(eth + 1);
-    if ((void *)(ip6 + 1) > end)
+    struct config *c = get_config();
+    if ((void *)(ip6 + 1) > end || !c)
         return TC_ACT_OK;
-    if (!in_pools6(ip6->saddr.in6_u.u6_addr32))
+    if (!in_pools6(c, ip6->saddr.in6_u.u6_addr32))
         return TC_ACT_OK;
-    if (!in_pools6(ip6->daddr.in6_u.u6_addr32)) {
+    if (!in_pools6(c, ip6->daddr.in6_u.u6_addr32)) {
         remember_source6(ip6, end);
         return TC_ACT_OK;
     }
@@ -351,7 +386,8 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
         return TC_ACT_OK;
     }
     int promoted_pkt = 0;
-    if (bpf_map_lookup_elem(&isolated6, &ip6->saddr) || bpf_map_lookup_elem(&isolated6, &ip6->daddr)) {
+    if (c->isolating &&
+        (bpf_map_lookup_elem(&isolated6, &ip6->saddr) || bpf_map_lookup_elem(&isolated6, &ip6->daddr))) {
         struct flow_key k = {.family = 6};
         __builtin_memcpy(k.src, ip6->saddr.in6_u.u6_addr32, 16);
         __builtin_memcpy(k.dst, ip6->daddr.in6_u.u6_addr32, 16);
@@ -393,11 +429,12 @@ int weft_fast(struct __sk_buff *skb)
     if ((void *)(ip + 1) > end || eth->h_proto != htons(ETH_P_IP))
         return TC_ACT_OK;
     // Options are the stack's.
-    if (ip->ihl != 5)
+    struct config *c = get_config();
+    if (ip->ihl != 5 || !c)
         return TC_ACT_OK;
-    if (!in_pools(ip->saddr))
+    if (!in_pools(c, ip->saddr))
         return TC_ACT_OK;
-    if (!in_pools(ip->daddr)) {
+    if (!in_pools(c, ip->daddr)) {
         // Leaving the pools, perhaps to a Service address or a hostPort someone will
         // translate: its replies will come back to this socket.
         remember_source(ip, end);
@@ -411,7 +448,8 @@ int weft_fast(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     int promoted_pkt = 0;
-    if (bpf_map_lookup_elem(&isolated, &ip->saddr) || bpf_map_lookup_elem(&isolated, &ip->daddr)) {
+    if (c->isolating &&
+        (bpf_map_lookup_elem(&isolated, &ip->saddr) || bpf_map_lookup_elem(&isolated, &ip->daddr))) {
         struct flow_key k = {.family = 4};
         k.src[0] = ip->saddr;
         k.dst[0] = ip->daddr;

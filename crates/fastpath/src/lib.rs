@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLinkId, TcAttachOptions,
@@ -38,9 +37,94 @@ const EGRESS: &str = "weft_egress";
 const FILTER_PRIO: u16 = 0x77;
 const FILTER_HANDLE: u32 = 0x77;
 
-/// Values of the `devs` map: what a device is to the program.
+/// Values of the `devs` maps: what a device is to the program.
 const DEV_POD: u8 = 1;
 const DEV_UPLINK: u8 = 2;
+
+/// Devices with an ifindex below this are listed in the array `devs_low`, the others in
+/// the hash `devs` (`DEVS_LOW` in fastpath.c).
+const DEVS_LOW: u32 = 2048;
+
+/// At most this many pools of each family (`MAX_POOLS` in fastpath.c).
+pub const MAX_POOLS: usize = 16;
+
+/// An IPv4 pool as the program matches it: address and mask in network order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Pool4 {
+    addr: [u8; 4],
+    mask: [u8; 4],
+}
+
+/// An IPv6 pool as the program matches it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Pool6 {
+    addr: [u8; 16],
+    mask: [u8; 16],
+}
+
+/// The one element of the program's `config` map (`struct config` in fastpath.c): the
+/// pools of each family, and whether the `isolated` maps are to be looked up.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Config {
+    n4: u32,
+    n6: u32,
+    isolating: u32,
+    pad: u32,
+    p4: [Pool4; MAX_POOLS],
+    p6: [Pool6; MAX_POOLS],
+}
+
+// SAFETY: Config is `repr(C)`: four u32 (16 bytes) followed by arrays of byte arrays, so
+// it has no padding (656 bytes, alignment 4) and every bit pattern is a valid value; it
+// can be copied to and from the kernel as raw bytes.
+unsafe impl aya::Pod for Config {}
+
+impl Config {
+    /// `self` with exactly `pools` (at most [`MAX_POOLS`] of each family).
+    fn with_pools(mut self, pools: &[IpNet]) -> Result<Config, String> {
+        let (mut n4, mut n6) = (0usize, 0usize);
+        self.p4 = Default::default();
+        self.p6 = Default::default();
+        for p in pools {
+            let full = |n: usize| {
+                (n >= MAX_POOLS).then(|| {
+                    err(
+                        "pools",
+                        format!("more than {MAX_POOLS} pools of one family ({p})"),
+                    )
+                })
+            };
+            match p {
+                IpNet::V4(n) => {
+                    if let Some(e) = full(n4) {
+                        return Err(e);
+                    }
+                    self.p4[n4] = Pool4 {
+                        addr: n.network().octets(),
+                        mask: n.netmask().octets(),
+                    };
+                    n4 += 1;
+                }
+                IpNet::V6(n) => {
+                    if let Some(e) = full(n6) {
+                        return Err(e);
+                    }
+                    self.p6[n6] = Pool6 {
+                        addr: n.network().octets(),
+                        mask: n.netmask().octets(),
+                    };
+                    n6 += 1;
+                }
+            }
+        }
+        self.n4 = n4 as u32;
+        self.n6 = n6 as u32;
+        Ok(self)
+    }
+}
 
 /// Packets the program handled, summed over CPUs since it was loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,8 +301,10 @@ pub fn coarse_seconds() -> u32 {
 /// The loaded programs, their maps and their links.
 pub struct FastPath {
     bpf: Ebpf,
-    pools: LpmTrie<MapData, u32, u8>,
-    pools6: LpmTrie<MapData, [u8; 16], u8>,
+    config_map: Array<MapData, Config>,
+    /// What `config_map` holds.
+    config: Config,
+    devs_low: Array<MapData, u8>,
     devs: HashMap<MapData, u32, u8>,
     translated: HashMap<MapData, SockKey, u8>,
     isolated: HashMap<MapData, u32, u8>,
@@ -247,8 +333,8 @@ impl FastPath {
             bpf.take_map(name)
                 .ok_or_else(|| err("the object lacks a map", name))
         };
-        let pools = LpmTrie::try_from(take("pools")?).map_err(|e| err("pools", e))?;
-        let pools6 = LpmTrie::try_from(take("pools6")?).map_err(|e| err("pools6", e))?;
+        let config_map = Array::try_from(take("config")?).map_err(|e| err("config", e))?;
+        let devs_low = Array::try_from(take("devs_low")?).map_err(|e| err("devs_low", e))?;
         let devs = HashMap::try_from(take("devs")?).map_err(|e| err("devs", e))?;
         let translated =
             HashMap::try_from(take("translated")?).map_err(|e| err("translated", e))?;
@@ -271,8 +357,9 @@ impl FastPath {
         }
         Ok(FastPath {
             bpf,
-            pools,
-            pools6,
+            config_map,
+            config: Config::default(),
+            devs_low,
             devs,
             translated,
             isolated,
@@ -294,36 +381,48 @@ impl FastPath {
             .expect("checked at load")
     }
 
-    /// Makes the pool maps hold exactly `pools` (each family in its own map). Keys hold
-    /// the network address in network order, as the program reads it from the packet.
+    /// Makes the program's pools exactly `pools` (at most [`MAX_POOLS`] of each family).
     pub fn set_pools(&mut self, pools: &[IpNet]) -> Result<(), String> {
-        let mut v4 = BTreeSet::new();
-        let mut v6 = BTreeSet::new();
-        for p in pools {
-            let len = u32::from(p.prefix_len());
-            match p {
-                IpNet::V4(n) => {
-                    v4.insert((len, u32::from_ne_bytes(n.network().octets())));
-                }
-                IpNet::V6(n) => {
-                    v6.insert((len, n.network().octets()));
-                }
-            }
+        let want = self.config.with_pools(pools)?;
+        self.write_config(want)
+    }
+
+    /// Writes the `config` element, if it changes. The program may read it while it is
+    /// written, so it is written only when it changes (pools change at a restart, the
+    /// `isolating` flag with the first and last isolated pod).
+    fn write_config(&mut self, want: Config) -> Result<(), String> {
+        if want != self.config {
+            self.config_map
+                .set(0, want, 0)
+                .map_err(|e| err("writing the config", e))?;
+            self.config = want;
         }
-        sync_trie(&mut self.pools, &v4)?;
-        sync_trie(&mut self.pools6, &v6)
+        Ok(())
+    }
+
+    /// Lists (`Some(kind)`) or unlists a device in the `devs` maps.
+    fn set_dev(&mut self, ifindex: u32, kind: Option<u8>) -> Result<(), String> {
+        if ifindex < DEVS_LOW {
+            self.devs_low
+                .set(ifindex, kind.unwrap_or(0), 0)
+                .map_err(|e| e.to_string())
+        } else if let Some(k) = kind {
+            self.devs.insert(ifindex, k, 0).map_err(|e| e.to_string())
+        } else {
+            let _ = self.devs.remove(&ifindex);
+            Ok(())
+        }
     }
 
     /// Makes `ifindexes` the devices (besides `weft.vx`) the program may send packets out
     /// of: the underlay interface. It is only named in a map, never attached to.
     pub fn set_uplinks(&mut self, ifindexes: &[u32]) -> Result<(), String> {
         let want: BTreeSet<u32> = ifindexes.iter().copied().collect();
-        for gone in self.uplinks.difference(&want) {
-            let _ = self.devs.remove(gone);
+        for &gone in self.uplinks.clone().difference(&want) {
+            let _ = self.set_dev(gone, None);
         }
-        for i in &want {
-            self.devs
-                .insert(i, DEV_UPLINK, 0)
+        for &i in &want {
+            self.set_dev(i, Some(DEV_UPLINK))
                 .map_err(|e| err("adding the underlay", e))?;
         }
         self.uplinks = want;
@@ -396,8 +495,7 @@ impl FastPath {
     /// (into which it delivers) or `weft.vx` (out of which it sends).
     pub fn enable(&mut self, dev: &Device) -> Result<(), String> {
         let v = if dev.pod { DEV_POD } else { DEV_UPLINK };
-        self.devs
-            .insert(dev.ifindex, v, 0)
+        self.set_dev(dev.ifindex, Some(v))
             .map_err(|e| err(&format!("enabling {}", dev.name), e))
     }
 
@@ -415,6 +513,14 @@ impl FastPath {
     /// Makes the program leave exactly the packets from or to `addrs` (pods a network
     /// policy isolates) to the stack.
     pub fn set_isolated(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<(), String> {
+        // The program looks the maps up only while `isolating` is set: it is set before
+        // the first address goes in, and cleared after the last one is gone.
+        if !addrs.is_empty() {
+            self.write_config(Config {
+                isolating: 1,
+                ..self.config
+            })?;
+        }
         for a in addrs.difference(&self.isolated_now.clone()) {
             match a {
                 // The program reads addresses in network order: the key is their bytes.
@@ -435,6 +541,12 @@ impl FastPath {
                 IpAddr::V6(v6) => self.isolated6.remove(&v6.octets()),
             };
             self.isolated_now.remove(&a);
+        }
+        if self.isolated_now.is_empty() {
+            self.write_config(Config {
+                isolating: 0,
+                ..self.config
+            })?;
         }
         Ok(())
     }
@@ -520,7 +632,7 @@ impl FastPath {
             let reused = self.links.keys().any(|o| o.ifindex == d.ifindex)
                 || self.uplinks.contains(&d.ifindex);
             if !reused {
-                let _ = self.devs.remove(&d.ifindex);
+                let _ = self.set_dev(d.ifindex, None);
             }
         }
     }
@@ -550,24 +662,6 @@ impl FastPath {
     }
 }
 
-/// Makes an LPM trie hold exactly the (prefix length, address) keys of `want`.
-fn sync_trie<K: aya::Pod + Ord>(
-    trie: &mut LpmTrie<MapData, K, u8>,
-    want: &BTreeSet<(u32, K)>,
-) -> Result<(), String> {
-    let have: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).collect();
-    for k in have {
-        if !want.contains(&(k.prefix_len(), k.data())) {
-            trie.remove(&k).map_err(|e| err("removing a pool", e))?;
-        }
-    }
-    for (len, addr) in want {
-        trie.insert(&Key::new(*len, *addr), 1, 0)
-            .map_err(|e| err("adding a pool", e))?;
-    }
-    Ok(())
-}
-
 /// Removes weft's tc filters from container veth `ifname` that an earlier agent left (one
 /// that crashed, or ran with the fast path on when this one runs with it off). Nothing to
 /// remove is no error.
@@ -583,6 +677,40 @@ pub fn remove_leftovers(ifname: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_has_the_programs_layout_and_holds_the_pools() {
+        assert_eq!(std::mem::size_of::<Config>(), 16 + 16 * 8 + 16 * 32);
+        let pools: Vec<IpNet> = ["10.32.0.0/12", "fd32::/48", "192.168.7.0/24"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let c = Config {
+            isolating: 1,
+            ..Config::default()
+        }
+        .with_pools(&pools)
+        .unwrap();
+        assert_eq!((c.n4, c.n6, c.isolating), (2, 1, 1));
+        assert_eq!(c.p4[0].addr, [10, 32, 0, 0]);
+        assert_eq!(c.p4[0].mask, [255, 240, 0, 0]);
+        assert_eq!(c.p4[1].addr, [192, 168, 7, 0]);
+        assert_eq!(c.p6[0].addr[..6], [0xfd, 0x32, 0, 0, 0, 0]);
+        assert_eq!(c.p6[0].mask[..7], [255, 255, 255, 255, 255, 255, 0]);
+        // Host bits of a pool are not part of its address.
+        let c = c.with_pools(&["10.32.1.5/16".parse().unwrap()]).unwrap();
+        assert_eq!((c.n4, c.n6), (1, 0));
+        assert_eq!(c.p4[0].addr, [10, 32, 0, 0]);
+        assert_eq!(c.p4[1], Pool4::default());
+        assert_eq!(c.p6[0], Pool6::default());
+        // One pool too many of a family is refused, not cut short.
+        let many: Vec<IpNet> = (0..=MAX_POOLS)
+            .map(|i| format!("10.{i}.0.0/16").parse().unwrap())
+            .collect();
+        let e = Config::default().with_pools(&many).unwrap_err();
+        assert!(e.contains("more than 16 pools"), "{e}");
+        assert!(Config::default().with_pools(&many[..MAX_POOLS]).is_ok());
+    }
 
     #[test]
     fn socket_keys_have_the_programs_layout() {
