@@ -183,6 +183,10 @@ encrypt_intro() {
   echo "interface is not weft's, so there packets still take the stack (docs/dataplane.md, \"Fast path\"):"
   echo "its raw chains (for IPv6 the \`ip6 weft\` table's, with lookups of 128-bit addresses in"
   echo "interval sets) and the tracking hooks see every packet the receiving host forwards."
+  echo "A ping every 10 ms finds the caches cold, and then what counts is the code and memory a"
+  echo "packet touches: in route mode the fast path's program on the sending host adds to the"
+  echo "stack's forwarding on the receiving one, and NAT's hooks add to both (measured apart in"
+  echo "docs/dataplane.md, \"Fast path\", cold cost)."
   echo
   echo "## Network policy: programming, CNI ADD and traffic"
   echo
