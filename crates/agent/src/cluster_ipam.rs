@@ -345,6 +345,7 @@ impl Agent {
             ));
         }
         let had = self.ipam.is_complete(owner);
+        let held = self.ipam.lookup(owner);
         match self.ipam.allocate(owner) {
             Ok(a) => {
                 if let Err(e) = self.save_ipam() {
@@ -366,11 +367,14 @@ impl Agent {
                 let mtu = self.dp.pod_mtu();
                 // `address`: the first (IPv4 when there are IPv4 pools), for clients
                 // that know one address; `addresses`: one of every family; `dns`: the
-                // name service for the CNI result.
+                // name service for the CNI result; `held`: what the owner held before, so
+                // that a plugin undoing its ADD knows what it may release without asking
+                // first.
                 let mut answer = serde_json::json!({
                     "address": a[0].to_string(),
                     "addresses": a.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
                     "mtu": mtu,
+                    "held": held.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
                 });
                 if let Some(dns) = self.dns_result(&identity.namespace) {
                     answer["dns"] = dns;

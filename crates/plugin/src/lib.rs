@@ -30,7 +30,7 @@ use weft_cni::{code, CniError, CniResult, Command, Env, Interface, IpConfig, Net
 use weft_config::NetworkConfig;
 use weft_netlink::{self as nl, Netlink, Scope, MAIN_TABLE, WEFT_ROUTE_PROTOCOL};
 
-use store::{AddressSource, AgentSource, LocalFileSource};
+use store::{AddressSource, AgentSource, Allocated, LocalFileSource};
 
 /// CHECK found the attachment not as ADD made it (plugin-specific code).
 pub const CHECK_FAILED: u32 = 101;
@@ -218,8 +218,7 @@ impl Ctx {
                 Box::new(AgentSource::new(Path::new(&self.net.agent_socket)).with_identity(id))
             }
         };
-        let held_before = source.lookup(&owner)?;
-        let ips = source.allocate(&owner)?;
+        let Allocated { ips, held_before } = source.allocate(&owner)?;
         match self.wire(&a, &netns, netns_path, &ips, source.mtu()) {
             Ok(mut result) => {
                 if let Some(dns) = source.dns() {
@@ -236,7 +235,7 @@ impl Ctx {
                 // Undo: the veth (routes and neighbours go with it), then the address.
                 let _ = self.remove_host_link(&a);
                 // Unless the attachment held all of them before this call.
-                if held_before.len() < ips.len() {
+                if !held_before {
                     let _ = source.release(&owner);
                 }
                 Err(e)

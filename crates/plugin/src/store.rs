@@ -22,11 +22,22 @@ use weft_agent::api::{self, ClientError};
 use weft_alloc::{AllocError, AllocTable, Owner, Range};
 use weft_cni::{code, CniError};
 
+/// What an allocation gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocated {
+    /// The addresses of the owner, one of every family the source serves, IPv4 first.
+    pub ips: Vec<IpAddr>,
+    /// Whether the owner held every one of them before this call: then undoing the call
+    /// must not release them.
+    pub held_before: bool,
+}
+
 /// A source of container addresses.
 pub trait AddressSource {
     /// Allocates the addresses of `owner` (one of every family the source serves, IPv4
-    /// first), or returns those it already holds.
-    fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError>;
+    /// first), or returns those it already holds; in one step, so that an ADD costs the
+    /// source one request however busy it is.
+    fn allocate(&mut self, owner: &Owner) -> Result<Allocated, CniError>;
     /// Releases what `owner` holds; empty if it held nothing.
     fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError>;
     /// The addresses `owner` holds (empty: none).
@@ -133,10 +144,14 @@ impl LocalFileSource {
 }
 
 impl AddressSource for LocalFileSource {
-    fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+    fn allocate(&mut self, owner: &Owner) -> Result<Allocated, CniError> {
         self.with_table(true, |t| {
+            let held_before = t.lookup(owner).is_some();
             t.allocate(owner.clone())
-                .map(|a| vec![a])
+                .map(|a| Allocated {
+                    ips: vec![a],
+                    held_before,
+                })
                 .map_err(|e| match e {
                     AllocError::Exhausted { .. } => {
                         CniError::new(code::ADDRESS_EXHAUSTED, format!("cannot allocate: {e}"))
@@ -191,6 +206,10 @@ struct AddressAnswer {
     /// an agent serving DNS only).
     #[serde(default)]
     dns: Option<weft_cni::Dns>,
+    /// What the owner held before the call (allocate answers; absent from agents before
+    /// it was sent, when the plugin treats every address as new).
+    #[serde(default)]
+    held: Vec<IpAddr>,
 }
 
 #[derive(Deserialize)]
@@ -321,7 +340,7 @@ impl AddressSource for AgentSource {
         self.dns.clone()
     }
 
-    fn allocate(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
+    fn allocate(&mut self, owner: &Owner) -> Result<Allocated, CniError> {
         let mut body = Self::owner_json(owner);
         if let Some(id) = &self.identity {
             body["endpoint"] = serde_json::to_value(id).unwrap_or_default();
@@ -334,6 +353,7 @@ impl AddressSource for AgentSource {
         )?;
         self.mtu = a.mtu.filter(|m| (576..=65535).contains(m));
         self.dns = a.dns.clone();
+        let held = a.held.clone();
         let all = a.all();
         if all.is_empty() {
             return Err(CniError::new(
@@ -341,7 +361,10 @@ impl AddressSource for AgentSource {
                 "the weft agent allocated no address",
             ));
         }
-        Ok(all)
+        Ok(Allocated {
+            held_before: all.iter().all(|ip| held.contains(ip)),
+            ips: all,
+        })
     }
 
     fn release(&mut self, owner: &Owner) -> Result<Vec<IpAddr>, CniError> {
@@ -492,5 +515,47 @@ mod tests {
         t.join().unwrap();
         assert!(e.msg.contains("waiting for the heir"), "{}", e.msg);
         let _ = fs::remove_file(&p);
+    }
+
+    #[test]
+    fn an_allocation_says_whether_the_owner_held_its_addresses_before() {
+        for (body, held_before) in [
+            (
+                r#"{"address":"10.1.0.5","addresses":["10.1.0.5","fd00::5"],"held":[]}"#,
+                false,
+            ),
+            (
+                r#"{"address":"10.1.0.5","addresses":["fd00::5","10.1.0.5"],"held":["10.1.0.5"]}"#,
+                false,
+            ),
+            (
+                r#"{"address":"10.1.0.5","addresses":["fd00::5","10.1.0.5"],"held":["fd00::5","10.1.0.5"]}"#,
+                true,
+            ),
+            // An agent that does not say: every address counts as new.
+            (r#"{"address":"10.1.0.5"}"#, false),
+        ] {
+            let p = sock_path("held");
+            let t = answer_once(&p, 200, body);
+            let a = AgentSource::new(&p)
+                .allocate(&Owner::new("c", "eth0"))
+                .unwrap();
+            t.join().unwrap();
+            assert_eq!(a.held_before, held_before, "{body}");
+            assert!(a.ips[0].is_ipv4(), "IPv4 first: {:?}", a.ips);
+            let _ = fs::remove_file(&p);
+        }
+        // The file-backed source: the second allocation of one owner finds it held.
+        let dir = std::env::temp_dir().join(format!("weft-plugin-held-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let range = Range::new("10.9.0.0/29".parse().unwrap(), None, None).unwrap();
+        let mut src = LocalFileSource::new(&dir, "n", range);
+        let owner = Owner::new("c", "eth0");
+        let first = src.allocate(&owner).unwrap();
+        let again = src.allocate(&owner).unwrap();
+        assert!(!first.held_before);
+        assert!(again.held_before);
+        assert_eq!(first.ips, again.ips);
+        let _ = fs::remove_dir_all(&dir);
     }
 }
