@@ -405,7 +405,7 @@ impl Agent {
             match self.try_allocate(&p.owner, &p.identity, p.family) {
                 Attempt::Answer(code, body) => {
                     allocated |= code == 200;
-                    let _ = p.reply.send((code, body));
+                    self.answer(p.reply, (code, body));
                 }
                 Attempt::Wait(why) if now < p.deadline && !p.reply.is_closed() => {
                     p.reason = why;
@@ -432,7 +432,7 @@ impl Agent {
             Some(_) => (200, weft_docker::Iface::Ipam.error(&format!("weft: {msg}"))),
             None => (503, error_json(&msg)),
         };
-        let _ = p.reply.send(answer);
+        self.answer(p.reply, answer);
         // The engine stops asking space for it unless another request waits for it too.
         if !self.pending.iter().any(|o| o.owner == p.owner) && !self.ipam.is_complete(&p.owner) {
             self.ipam.release(&p.owner);
@@ -445,7 +445,7 @@ impl Agent {
         let (owner, identity) = match parsed {
             Ok(x) => x,
             Err(answer) => {
-                let _ = reply.send(answer);
+                self.answer(reply, answer);
                 return;
             }
         };
@@ -462,7 +462,7 @@ impl Agent {
     ) {
         match self.try_allocate(&owner, &identity, family) {
             Attempt::Answer(code, body) => {
-                let _ = reply.send((code, body));
+                self.answer(reply, (code, body));
             }
             Attempt::Wait(reason) => self.pending.push(Pending {
                 owner,

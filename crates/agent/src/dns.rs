@@ -66,8 +66,9 @@ impl Agent {
         }
     }
 
-    /// Rebuilds the zone when the mesh or the set of live owners changed.
-    pub(crate) fn dns_refresh(&mut self) {
+    /// Rebuilds the zone when the mesh or the set of live owners changed (at the end of a
+    /// turn: [`Agent::dns_refresh`] asks for it).
+    pub(crate) fn dns_rebuild(&mut self) {
         let Some(cfg) = self.cfg.dns.clone() else {
             return;
         };

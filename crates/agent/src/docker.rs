@@ -140,7 +140,7 @@ impl Agent {
         let call = match weft_docker::parse(path, body) {
             Ok(c) => c,
             Err(r) => {
-                let _ = reply.send((r.status, r.body()));
+                self.answer(reply, (r.status, r.body()));
                 return;
             }
         };
@@ -177,7 +177,7 @@ impl Agent {
             Call::ReleaseAddress(r) => ipam(self.docker_release_address(&r)),
             Call::RequestAddress(_) => unreachable!("answered above"),
         };
-        let _ = reply.send(answer);
+        self.answer(reply, answer);
     }
 
     fn docker_request_address(
@@ -187,14 +187,17 @@ impl Agent {
     ) {
         let refuse = |msg: String| (200, Iface::Ipam.error(&msg));
         let Some(v6) = pools::pool_family(&r.pool_id) else {
-            let _ = reply.send(refuse(format!(
-                "weft: unknown pool {:?}: the network's IPAM driver must be weft",
-                r.pool_id
-            )));
+            self.answer(
+                reply,
+                refuse(format!(
+                    "weft: unknown pool {:?}: the network's IPAM driver must be weft",
+                    r.pool_id
+                )),
+            );
             return;
         };
         if !r.address.is_empty() {
-            let _ = reply.send(refuse(format!(
+            self.answer(reply, refuse(format!(
                 "weft: a chosen address ({}, --ip or --gateway) is not supported: the cluster IPAM hands out addresses so that no two hosts give the same one",
                 r.address
             )));

@@ -26,6 +26,7 @@ mod policy;
 mod policy_api;
 mod store;
 mod tunnel;
+mod turn;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -161,6 +162,8 @@ struct Agent {
     objects_saved: Option<(usize, u64)>,
     /// Counters and histograms for `/metrics`.
     metrics: Arc<metrics::Metrics>,
+    /// What the events of the current turn left due, and their answers.
+    turn: turn::Turn,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, logging as its config says.
@@ -271,6 +274,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         docker: docker::DockerState::default(),
         objects_saved: None,
         metrics: Arc::new(metrics::Metrics::default()),
+        turn: turn::Turn::default(),
         cfg,
     };
     let metrics_at = metrics_listener
@@ -297,7 +301,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         now,
     ));
     agent.perform(out);
-    agent.save();
+    agent.save_now();
     agent.policy_load_cache();
     agent.flows_start();
     agent.dns_start();
@@ -326,6 +330,8 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         tokio::spawn(metrics::serve(l, tx.clone()));
     }
 
+    // What the start left due (the first zone).
+    agent.end_turn();
     let mut tick = tokio::time::interval(Duration::from_millis(agent.cfg.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -334,15 +340,18 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         let policy_due = agent.pol.due;
         tokio::select! {
             _ = tick.tick() => agent.on_tick(),
-            Some(ev) = rx.recv() => agent.on_event(ev),
+            Some(ev) = rx.recv() => agent.on_events(ev, &mut rx),
             _ = sleep_until(policy_due) => agent.policy_tick(),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        // After the event's answer: what an ADD left for later.
+        agent.end_turn();
+        // After the events' answers: what an ADD left for later.
         agent.policy_dispatch();
+        agent.end_turn();
     }
-    agent.save();
+    agent.end_turn();
+    agent.save_now();
     agent.save_ipam_if_needed();
     agent.policy_shutdown();
     let _ = std::fs::remove_file(&agent.cfg.socket);
@@ -416,7 +425,8 @@ impl Agent {
         d.mul_f64(0.75 + 0.5 * frac)
     }
 
-    fn save(&mut self) {
+    /// Writes the own records now ([`Agent::save`] leaves it for the end of the turn).
+    fn save_now(&mut self) {
         let refs: Vec<weft_mesh::RecordRef> = self.node.store().records_ref(&self.id).collect();
         let res = store::save_persisted(
             &self.cfg.data_dir,
@@ -743,7 +753,7 @@ impl Agent {
                     self.docker_call(&route, &body, reply);
                 } else {
                     let answer = self.api(&method, &path, &body);
-                    let _ = reply.send(answer);
+                    self.answer(reply, answer);
                 }
             }
         }
