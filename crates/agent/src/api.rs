@@ -5,7 +5,9 @@
 //! metrics address), `POST /cni/report` (the plugin's timing of one CNI command, recorded
 //! by the server itself: it never waits for the agent's owner task), and the cluster IPAM:
 //!
-//! - `POST /ipam/allocate {"container_id","ifname"}` → `{"address"}`; waits (up to
+//! - `POST /ipam/allocate {"container_id","ifname"}` → `{"address","addresses","mtu",
+//!   "held"}` (and `"dns"` where the agent serves names): the first address, one of every
+//!   family, the container MTU, and what the owner held before the call; waits (up to
 //!   [`ALLOCATE_WAIT`]) while space is being fetched or the IPAM is not ready yet, then
 //!   503; 507 when every address of the pools is in use.
 //! - `POST /ipam/release {"container_id","ifname"}` → `{"address": ADDR or null}`.

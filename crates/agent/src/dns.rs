@@ -52,7 +52,8 @@ impl Agent {
             tracing::warn!(target: "weft::dns", error = %e, "{e}");
             *self.dns.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
-        self.dns_refresh();
+        // The zone first: the server never answers from an empty one.
+        self.dns_rebuild();
         crate::dns_server::spawn(cfg, self.dns.zone.clone(), self.dns.error.clone());
     }
 

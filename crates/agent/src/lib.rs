@@ -350,8 +350,8 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         agent.policy_dispatch();
         agent.end_turn();
     }
+    agent.save();
     agent.end_turn();
-    agent.save_now();
     agent.save_ipam_if_needed();
     agent.policy_shutdown();
     let _ = std::fs::remove_file(&agent.cfg.socket);

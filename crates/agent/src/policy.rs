@@ -659,15 +659,15 @@ impl Agent {
                     .map(|a| a.isolated.clone())
                     .unwrap_or_default();
                 // Isolated (dropped) before the answer; let in by its group's rules just
-                // after it, in the loop's next turn (`policy_dispatch`).
+                // after it, when the turn's answers are out (`policy_dispatch`).
                 self.fast_isolate(&iso)
                     .and_then(|()| self.policy_hook(true))
                     .and_then(|()| add_elements(&q.isolate))
                     .map(|()| self.pol.dispatch.extend(q.dispatch))
                     .inspect_err(|_| {
-                        // Not applied: the next apply starts from a whole table.
+                        // Not applied: the next apply starts from a whole table. What
+                        // earlier ADDs of this turn left in `dispatch` still goes in.
                         self.pol.applied = None;
-                        self.pol.dispatch.clear();
                     })
             }
             None => self.policy_apply(),
@@ -705,7 +705,7 @@ impl Agent {
     }
 
     /// Adds the dispatch elements that ADDs left for after their answers (the agent's loop
-    /// calls this after every event). Until then those pods are isolated and nothing is
+    /// calls this after every turn's answers). Until then those pods are isolated and nothing is
     /// let in; should the kernel refuse, the next apply writes the whole table.
     pub(crate) fn policy_dispatch(&mut self) {
         if self.pol.dispatch.is_empty() {

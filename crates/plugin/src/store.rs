@@ -206,10 +206,11 @@ struct AddressAnswer {
     /// an agent serving DNS only).
     #[serde(default)]
     dns: Option<weft_cni::Dns>,
-    /// What the owner held before the call (allocate answers; absent from agents before
-    /// it was sent, when the plugin treats every address as new).
+    /// What the owner held before the call (allocate answers). Agents before it was sent
+    /// leave it out; then every address counts as held, so that an undo never frees an
+    /// address in use (a leak the next GC takes back is the lesser harm).
     #[serde(default)]
-    held: Vec<IpAddr>,
+    held: Option<Vec<IpAddr>>,
 }
 
 #[derive(Deserialize)]
@@ -362,7 +363,7 @@ impl AddressSource for AgentSource {
             ));
         }
         Ok(Allocated {
-            held_before: all.iter().all(|ip| held.contains(ip)),
+            held_before: held.is_none_or(|h| all.iter().all(|ip| h.contains(ip))),
             ips: all,
         })
     }
@@ -532,8 +533,8 @@ mod tests {
                 r#"{"address":"10.1.0.5","addresses":["fd00::5","10.1.0.5"],"held":["fd00::5","10.1.0.5"]}"#,
                 true,
             ),
-            // An agent that does not say: every address counts as new.
-            (r#"{"address":"10.1.0.5"}"#, false),
+            // An agent that does not say: every address counts as held, never freed.
+            (r#"{"address":"10.1.0.5"}"#, true),
         ] {
             let p = sock_path("held");
             let t = answer_once(&p, 200, body);
