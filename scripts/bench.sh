@@ -139,7 +139,7 @@ encrypt_intro() {
   echo
   echo "Command: \`weft-bench dataplane --weft target/release/weft --rounds $dp_rounds\` (part of \`bash scripts/bench.sh\`):"
   echo "two lab hosts on one L2 underlay (2-host \`mesh\` labs), client on h1's side, server on h2's;"
-  echo "iperf3 TCP throughput (receiver's count), \`ping -i 0.01\` average round trip, and TCP"
+  echo "iperf3 TCP throughput (receiver's count), \`ping -i 0.01\` median round trip, and TCP"
   echo "request/response (weft-bench's own 1-byte ping-pong on one connection, TCP_NODELAY). All paths,"
   echo "IPv4 and IPv6, are measured interleaved, round by round, on labs that are up together; each"
   echo "family has its own table, which gives each path's median; a throughput ratio is the median of"
