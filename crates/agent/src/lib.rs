@@ -346,9 +346,8 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
             _ = tokio::signal::ctrl_c() => break,
         }
         agent.end_turn();
-        // After the events' answers: what an ADD left for later.
+        // After the events' answers: what an ADD left for later (it leaves nothing due).
         agent.policy_dispatch();
-        agent.end_turn();
     }
     agent.save();
     agent.end_turn();

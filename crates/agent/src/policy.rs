@@ -705,8 +705,8 @@ impl Agent {
     }
 
     /// Adds the dispatch elements that ADDs left for after their answers (the agent's loop
-    /// calls this after every turn's answers). Until then those pods are isolated and nothing is
-    /// let in; should the kernel refuse, the next apply writes the whole table.
+    /// calls this after every turn's answers). Until then those pods are isolated and
+    /// nothing is let in; should the kernel refuse, the next apply writes the whole table.
     pub(crate) fn policy_dispatch(&mut self) {
         if self.pol.dispatch.is_empty() {
             return;
