@@ -24,16 +24,21 @@
 //! VXLAN, so a route-mode row would measure VXLAN), and VXLAN runs over IPv6 (MTU 1430).
 //!
 //! The anchors live in labs made without agents (`weft lab up --no-agents`, one per
-//! underlay family); each weft row gets a lab of its own. All labs are up together and the measurements of all paths
-//! are interleaved in rounds, so drift on a shared machine hits every path alike; the
-//! median of the rounds is reported. Every lab is torn down by a guard (`weft lab down`),
-//! also on error or Ctrl-C. A weft mode that cannot be set up is reported as such; the
-//! other rows are still measured.
+//! underlay family); each weft row gets a lab of its own. All labs are up together and the
+//! measurements are interleaved in rounds. Each weft row is measured as a pair with its
+//! anchor: its transfer right after or right before the anchor's (the order alternates by
+//! round), its pings at the same time as the anchor's (5 ms apart, so each pair of pings
+//! meets the machine in the same state). The ratios and differences of the pairs are
+//! reported, so the machine's drift, larger here than the targets, hits both sides of each
+//! comparison alike. Every lab is torn down by a guard (`weft lab down`), also on error or
+//! Ctrl-C. A weft mode that cannot be set up is reported as such; the other rows are still
+//! measured.
 //!
 //! Measurements: `iperf3` TCP throughput, `ping -i 0.01` median round trip, and a TCP
 //! request/response test of this binary (`rr-server` / `rr-client`: 1-byte ping-pong on one
 //! connection with TCP_NODELAY).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -376,6 +381,11 @@ struct PathRun {
     gbits: Vec<f64>,
     ping_us: Vec<f64>,
     rr_us: Vec<f64>,
+    /// A weft row's throughput over its anchor's, one ratio per back-to-back pair.
+    ratios: Vec<f64>,
+    /// A weft row's ping minus its anchor's, µs: per round, the median of the differences
+    /// of pings sent at the same time (see [`ping_pair`]).
+    ping_diff_us: Vec<f64>,
 }
 
 impl PathRun {
@@ -398,6 +408,8 @@ impl PathRun {
             gbits: vec![],
             ping_us: vec![],
             rr_us: vec![],
+            ratios: vec![],
+            ping_diff_us: vec![],
         }
     }
 
@@ -417,6 +429,8 @@ impl PathRun {
             gbits: vec![],
             ping_us: vec![],
             rr_us: vec![],
+            ratios: vec![],
+            ping_diff_us: vec![],
         }
     }
 }
@@ -867,12 +881,100 @@ fn measure(p: &mut PathRun, kind: Kind, o: &Opts, me: &Path) -> Result<(), Strin
             p.gbits.push(v);
         }
         Kind::Ping => {
-            let v = ping(p, o.pings, o.rr_cpu)?;
-            p.ping_us.push(v);
+            let t = ping_times(p, o.pings, o.rr_cpu)?;
+            p.ping_us.extend(median_time(&t));
         }
         Kind::Rr => {
             let v = rr(p, o.rr_secs, o.rr_cpu, me)?;
             p.rr_us.push(v);
+        }
+    }
+    Ok(())
+}
+
+/// The anchor a weft row is compared with, in the row's own family.
+fn anchor_label(label: &str) -> Option<&'static str> {
+    if label.starts_with("weft route") {
+        Some("hand routes")
+    } else if label.starts_with("weft VXLAN") {
+        Some("hand VXLAN")
+    } else {
+        None
+    }
+}
+
+/// Where `paths[i]`'s anchor is, if it has one.
+fn anchor_index(paths: &[PathRun], i: usize) -> Option<usize> {
+    let want = anchor_label(paths[i].label)?;
+    paths
+        .iter()
+        .position(|p| p.label == want && p.family == paths[i].family)
+}
+
+fn fail(p: &mut PathRun, e: String) {
+    eprintln!("dataplane: {} ({}): {e}", p.label, p.family.name());
+    p.failed = Some(e);
+}
+
+/// Weft row `w` and its anchor `a` as a pair: throughput and request/response back to back
+/// (the anchor's first when `anchor_first`), the pings at the same time ([`ping_pair`]).
+/// A failure marks the path it happened on.
+fn measure_pair(
+    paths: &mut [PathRun],
+    w: usize,
+    a: usize,
+    kind: Kind,
+    o: &Opts,
+    me: &Path,
+    anchor_first: bool,
+) -> Result<(), String> {
+    let order = if anchor_first { [a, w] } else { [w, a] };
+    match kind {
+        Kind::Throughput => {
+            for j in order {
+                match iperf(&paths[j], o.secs) {
+                    Ok(v) => paths[j].gbits.push(v),
+                    Err(e) => {
+                        check_interrupted()?;
+                        fail(&mut paths[j], e);
+                        return Ok(());
+                    }
+                }
+            }
+            if let (Some(&x), Some(&y)) = (paths[w].gbits.last(), paths[a].gbits.last()) {
+                if y > 0.0 {
+                    paths[w].ratios.push(x / y);
+                }
+            }
+        }
+        Kind::Rr => {
+            for j in order {
+                if let Err(e) =
+                    rr(&paths[j], o.rr_secs, o.rr_cpu, me).map(|v| paths[j].rr_us.push(v))
+                {
+                    check_interrupted()?;
+                    fail(&mut paths[j], e);
+                    return Ok(());
+                }
+            }
+        }
+        Kind::Ping => {
+            let (r0, r1) = ping_pair(&paths[order[0]], &paths[order[1]], o.pings, o.rr_cpu);
+            check_interrupted()?;
+            let mut times = Vec::new();
+            for (j, r) in [(order[0], r0), (order[1], r1)] {
+                match r {
+                    Ok(t) => {
+                        paths[j].ping_us.extend(median_time(&t));
+                        times.push(t);
+                    }
+                    Err(e) => fail(&mut paths[j], e),
+                }
+            }
+            if let [t0, t1] = &times[..] {
+                let (tw, ta) = if order[0] == w { (t0, t1) } else { (t1, t0) };
+                paths[w].ping_diff_us.extend(paired_difference(tw, ta));
+            }
         }
     }
     Ok(())
@@ -948,12 +1050,11 @@ pub(crate) fn iperf_gbits(out: &Output) -> Result<f64, String> {
         .ok_or_else(|| "iperf3: no end.sum_received.bits_per_second in its report".into())
 }
 
-/// The median ping round trip, µs; the pinging process pinned to `cpu` if given (then the
-/// echo, its reply and the wake-up all run on that CPU: a packet stays on the CPU that
-/// sent it through veths and bridges). The median, not ping's average: in these VMs a few
-/// round trips of the hundreds take milliseconds (a vCPU descheduled by the hypervisor),
-/// and the average followed them more than the path.
-fn ping(p: &PathRun, n: usize, cpu: Option<usize>) -> Result<f64, String> {
+/// The round trips of `n` pings 10 ms apart from the client to the server, µs by
+/// sequence number; the pinging process pinned to `cpu` if given (then the echo, its reply
+/// and the wake-up all run on that CPU: a packet stays on the CPU that sent it through
+/// veths and bridges).
+fn ping_times(p: &PathRun, n: usize, cpu: Option<usize>) -> Result<BTreeMap<u32, f64>, String> {
     let count = n.to_string();
     // A deadline well past the pings' own time bounds a path that drops them.
     let deadline = (n / 100 + 10).to_string();
@@ -973,25 +1074,67 @@ fn ping(p: &PathRun, n: usize, cpu: Option<usize>) -> Result<f64, String> {
         Duration::from_secs(n as u64 / 50 + 30),
         false,
     )?;
-    parse_ping_median(&out.stdout)
-        .map(|ms| ms * 1000.0)
-        .ok_or_else(|| format!("ping: {}", first_words(&out.stderr, &out.stdout)))
+    let times = parse_ping_times(&out.stdout);
+    if times.is_empty() {
+        return Err(format!("ping: {}", first_words(&out.stderr, &out.stdout)));
+    }
+    Ok(times)
 }
 
-/// The median of the replies' `time=X ms`, in ms; `None` without replies.
-fn parse_ping_median(out: &str) -> Option<f64> {
-    let mut times: Vec<f64> = out
-        .lines()
+/// The median round trip of `times`, µs. The median, not ping's average: in these VMs a
+/// few round trips of the hundreds take milliseconds (a vCPU descheduled by the
+/// hypervisor), and the average followed them more than the path.
+fn median_time(times: &BTreeMap<u32, f64>) -> Option<f64> {
+    median(&mut times.values().copied().collect::<Vec<_>>())
+}
+
+/// The median of `a`'s round trip minus `b`'s over the sequence numbers both answered.
+fn paired_difference(a: &BTreeMap<u32, f64>, b: &BTreeMap<u32, f64>) -> Option<f64> {
+    let mut d: Vec<f64> = a
+        .iter()
+        .filter_map(|(seq, x)| b.get(seq).map(|y| x - y))
+        .collect();
+    median(&mut d)
+}
+
+/// A weft row and its anchor pinged at the same time, from the same CPU, `first`'s pings
+/// 5 ms ahead of the other's, so the two alternate ping by ping and each pair of pings
+/// with the same sequence number meets the machine in the same state. Pinged one after
+/// the other, a path's median moved by tens of µs from one run to the next (cold caches,
+/// the hypervisor), more than the 15 µs the target allows; the paired difference stayed
+/// within a few µs (docs/benchmarks.md).
+fn ping_pair(first: &PathRun, second: &PathRun, n: usize, cpu: Option<usize>) -> PingPair {
+    std::thread::scope(|s| {
+        let a = s.spawn(|| ping_times(first, n, cpu));
+        std::thread::sleep(Duration::from_millis(5));
+        let b = ping_times(second, n, cpu);
+        let a = a
+            .join()
+            .unwrap_or_else(|_| Err("the ping thread panicked".into()));
+        (a, b)
+    })
+}
+
+type PingPair = (
+    Result<BTreeMap<u32, f64>, String>,
+    Result<BTreeMap<u32, f64>, String>,
+);
+
+/// Each reply's `time=X ms` by its `icmp_seq`, in µs.
+fn parse_ping_times(out: &str) -> BTreeMap<u32, f64> {
+    out.lines()
         .filter_map(|l| {
-            l.split_once("time=")?
+            let seq = l.split_once("icmp_seq=")?.1.split_whitespace().next()?;
+            let ms: f64 = l
+                .split_once("time=")?
                 .1
                 .split_whitespace()
                 .next()?
                 .parse()
-                .ok()
+                .ok()?;
+            Some((seq.parse().ok()?, ms * 1000.0))
         })
-        .collect();
-    median(&mut times)
+        .collect()
 }
 
 /// TCP request/response: mean µs per 1-byte transaction.
@@ -1232,14 +1375,27 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
             let n = paths.len();
             for k in 0..n {
                 check_interrupted()?;
-                let p = &mut paths[(k + round) % n];
-                if p.failed.is_some() {
+                let i = (k + round) % n;
+                if paths[i].failed.is_some() {
                     continue;
                 }
-                if let Err(e) = measure(p, kind, o, &me) {
-                    check_interrupted()?;
-                    eprintln!("dataplane: {} ({}): {e}", p.label, p.family.name());
-                    p.failed = Some(e);
+                // Throughput and ping: each weft row with its anchor, which is measured
+                // in those pairs only (the order within a pair alternates by round).
+                // Request/response, steady on its own, takes every path alone.
+                let paired = !matches!(kind, Kind::Rr);
+                let anchor = anchor_index(&paths, i);
+                if paired && (0..n).any(|j| anchor_index(&paths, j) == Some(i)) {
+                    continue;
+                }
+                match anchor.filter(|_| paired) {
+                    Some(a) if paths[a].failed.is_some() => {}
+                    Some(a) => measure_pair(&mut paths, i, a, kind, o, &me, round % 2 == 0)?,
+                    None => {
+                        if let Err(e) = measure(&mut paths[i], kind, o, &me) {
+                            check_interrupted()?;
+                            fail(&mut paths[i], e);
+                        }
+                    }
                 }
             }
         }
@@ -1302,6 +1458,10 @@ struct Row {
     gbits: Option<f64>,
     ping: Option<f64>,
     rr: Option<f64>,
+    /// Weft rows: the median of the back-to-back pairs' throughput ratios and their count.
+    ratio: Option<(f64, usize)>,
+    /// Weft rows: the median of the rounds' paired ping differences, µs.
+    ping_diff: Option<f64>,
 }
 
 /// The median over rounds of `a[i] / b[i]`: two paths measured in the same round share
@@ -1320,7 +1480,9 @@ pub(crate) fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
 
 fn report(o: &Opts, paths: &mut [PathRun]) {
     let rounds = format!(
-        "median of {} round{}; iperf3 TCP {} s, ping {} × 10 ms (each round's median round trip), TCP RR 1-byte ping-pong on one \
+        "median of {} round{}; iperf3 TCP {} s (each weft path right after or right before its anchor, \
+         the order alternating by round), ping {} × 10 ms (each round's median round trip; each weft \
+         path pinged at the same time as its anchor, 5 ms apart), TCP RR 1-byte ping-pong on one \
          connection for {} s{}",
         o.rounds,
         if o.rounds == 1 { "" } else { "s" },
@@ -1353,16 +1515,6 @@ fn report(o: &Opts, paths: &mut [PathRun]) {
 /// The table of `family`'s paths and the ratios of each weft row to its anchor.
 fn report_family(o: &Opts, paths: &mut [PathRun], family: Family) {
     let paths: Vec<&mut PathRun> = paths.iter_mut().filter(|p| p.family == family).collect();
-    // Per-round throughputs in round order (the medians below sort them in place).
-    let per_round: Vec<(&'static str, Vec<f64>)> =
-        paths.iter().map(|p| (p.label, p.gbits.clone())).collect();
-    let rounds_of = |l: &str| {
-        per_round
-            .iter()
-            .find(|(x, _)| *x == l)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[])
-    };
     println!("| path | throughput Gbit/s | ping median µs | TCP RR µs/txn |");
     println!("|---|---|---|---|");
     let mut rows = Vec::new();
@@ -1373,6 +1525,8 @@ fn report_family(o: &Opts, paths: &mut [PathRun], family: Family) {
             gbits: median(&mut p.gbits),
             ping: median(&mut p.ping_us),
             rr: median(&mut p.rr_us),
+            ratio: median(&mut p.ratios).map(|r| (r, p.ratios.len())),
+            ping_diff: median(&mut p.ping_diff_us),
         };
         let cell = |v: Option<f64>, digits: usize| {
             v.map(|x| format!("{x:.digits$}"))
@@ -1445,22 +1599,19 @@ fn report_family(o: &Opts, paths: &mut [PathRun], family: Family) {
         let (Some(w), Some(h)) = (get(weft), get(hand)) else {
             continue;
         };
-        match (
-            paired_ratio(rounds_of(weft), rounds_of(hand)),
-            w.gbits,
-            h.gbits,
-        ) {
-            (Some(r), Some(a), Some(b)) if b > 0.0 => println!(
-                "- {short} / {hand}{tag}, throughput: {r:.2} (median of the rounds' ratios; \
-                 ratio of the medians {:.2}) (target ≥ 0.95)",
+        match (w.ratio, w.gbits, h.gbits) {
+            (Some((r, n)), Some(a), Some(b)) if b > 0.0 => println!(
+                "- {short} / {hand}{tag}, throughput: {r:.2} (median of {n} back-to-back pairs' \
+                 ratios; ratio of the medians {:.2}) (target ≥ 0.95)",
                 a / b
             ),
             _ => println!("- {short} / {hand}{tag}, throughput: not measured (target ≥ 0.95)"),
         }
-        match (w.ping, h.ping, w.rr, h.rr) {
-            (Some(wp), Some(hp), Some(wr), Some(hr)) => println!(
-                "- {short} − {hand}{tag}, latency: ping {:+.0} µs, TCP RR {:+.1} µs per \
-                 transaction (target ≤ 15 µs)",
+        match (w.ping_diff, w.ping, h.ping, w.rr, h.rr) {
+            (Some(d), Some(wp), Some(hp), Some(wr), Some(hr)) => println!(
+                "- {short} − {hand}{tag}, latency: ping {d:+.0} µs (median of the rounds' \
+                 differences of pings sent at the same time; difference of the medians \
+                 {:+.0}), TCP RR {:+.1} µs per transaction (target ≤ 15 µs)",
                 wp - hp,
                 wr - hr
             ),
@@ -1547,19 +1698,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ping_median_of_the_replies() {
+    fn ping_times_by_sequence_and_their_median() {
         let out = "PING 10.99.2.2 (10.99.2.2) 56(84) bytes of data.\n\
                    64 bytes from 10.99.2.2: icmp_seq=1 ttl=63 time=0.061 ms\n\
                    64 bytes from 10.99.2.2: icmp_seq=2 ttl=63 time=4.20 ms\n\
-                   64 bytes from 10.99.2.2: icmp_seq=3 ttl=63 time=0.058 ms\n\n\
-                   --- 10.99.2.2 ping statistics ---\n3 packets transmitted, 3 received, \
-                   0% packet loss, time 20ms\nrtt min/avg/max/mdev = 0.058/1.440/4.200/1.950 ms\n";
+                   64 bytes from 10.99.2.2: icmp_seq=4 ttl=63 time=0.058 ms\n\n\
+                   --- 10.99.2.2 ping statistics ---\n4 packets transmitted, 3 received, \
+                   25% packet loss, time 30ms\nrtt min/avg/max/mdev = 0.058/1.440/4.200/1.950 ms\n";
+        let t = parse_ping_times(out);
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![1, 2, 4]);
+        assert!((t[&2] - 4200.0).abs() < 1e-6);
         // One stall of 4.2 ms moves the average to 1.44 ms; the median stays the path's.
-        assert_eq!(parse_ping_median(out), Some(0.061));
-        assert_eq!(
-            parse_ping_median("3 packets transmitted, 0 received, 100% packet loss"),
-            None
-        );
+        assert!((median_time(&t).unwrap() - 61.0).abs() < 1e-6);
+        assert!(parse_ping_times("3 packets transmitted, 0 received, 100% packet loss").is_empty());
+    }
+
+    #[test]
+    fn paired_ping_difference_pairs_sequence_numbers() {
+        // The machine slows both paths alike from ping 3 on; ping 2 of `b` was lost. The
+        // pairs say +10 µs throughout, the difference of the medians would say +5.
+        let a: BTreeMap<u32, f64> = [(1, 60.0), (2, 62.0), (3, 110.0), (4, 112.0)].into();
+        let b: BTreeMap<u32, f64> = [(1, 50.0), (3, 100.0), (4, 102.0), (5, 40.0)].into();
+        assert_eq!(paired_difference(&a, &b), Some(10.0));
+        assert_eq!(paired_difference(&a, &BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn each_weft_row_has_its_anchor_of_its_family() {
+        let path = |label: &'static str, ip: &str| {
+            PathRun::failed(label, Family::of(ip.parse().unwrap()), String::new())
+        };
+        let paths = vec![
+            path("host to host", "10.0.0.1"),
+            path("hand routes", "10.0.0.1"),
+            path("hand VXLAN", "10.0.0.1"),
+            path("hand routes", "fd00::1"),
+            path("weft route mode, NAT off", "fd00::1"),
+            path("weft VXLAN mode", "10.0.0.1"),
+        ];
+        assert_eq!(anchor_index(&paths, 0), None);
+        assert_eq!(anchor_index(&paths, 1), None);
+        assert_eq!(anchor_index(&paths, 4), Some(3));
+        assert_eq!(anchor_index(&paths, 5), Some(2));
     }
 
     #[test]

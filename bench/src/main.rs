@@ -86,7 +86,8 @@ enum Cmd {
         /// underlay). Traffic through network policies is `weft-bench policy`'s.
         #[arg(long, default_value = "bdp")]
         lab: String,
-        /// Rounds; every path is measured once per round and the median is reported.
+        /// Rounds; in each, every weft path is measured with its anchor (throughput back to
+        /// back, pings at the same time) and the medians of the pairs are reported.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// iperf3 seconds per measurement.
