@@ -183,6 +183,82 @@ fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
         );
     }
 
+    // A DNS Service over UDP on h1 (the DNAT of kube-proxy's rules, reduced), to dnsmasq
+    // in a pod on h2: each query is a new UDP socket, learnt with a shorter timeout than
+    // TCP's, so a node resolving many names cannot fill the set for an hour.
+    let u = run_with(
+        &lab,
+        "h2",
+        "u",
+        None,
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--user=root",
+            "--group=root",
+            "--port=5353",
+            "--address=/svc.test/192.0.2.7",
+        ],
+    );
+    let file = format!("/run/weft-lab/{name}/dns-service.nft");
+    std::fs::write(
+        &file,
+        format!(
+            "table ip dns-service {{\n  chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr 10.96.0.53 udp dport 53 dnat to {u}:5353\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    host_sh(&lab, "h1", &format!("nft -f {file}"));
+    let mut got = String::new();
+    for _ in 0..30 {
+        got = lab
+            .exec(
+                "h1/a",
+                &[
+                    "dig",
+                    "+time=2",
+                    "+tries=1",
+                    "+short",
+                    "@10.96.0.53",
+                    "x.svc.test",
+                ],
+            )
+            .1;
+        if got.trim() == "192.0.2.7" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(got.trim(), "192.0.2.7", "{what}: DNS Service over UDP");
+    if extra.iter().all(|x| *x != "off") {
+        let (_, set) = lab.exec("h1", &["nft", "list", "set", "ip", "weft", "translated"]);
+        let elements: Vec<&str> = set
+            .split_once("elements = {")
+            .map(|(_, e)| e.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        let of = |proto: &str| -> Vec<&str> {
+            let key = format!("{a} . {proto} . ");
+            elements
+                .iter()
+                .copied()
+                .filter(|e| e.starts_with(&key))
+                .collect()
+        };
+        let (udp, tcp) = (of("udp"), of("tcp"));
+        assert!(!udp.is_empty() && !tcp.is_empty(), "{what}: {set}");
+        assert!(
+            udp.iter().all(|e| e.contains("timeout 5m")),
+            "{what}: UDP sockets with the set's hour: {set}"
+        );
+        assert!(
+            tcp.iter().all(|e| !e.contains("timeout")),
+            "{what}: TCP sockets with a timeout of their own: {set}"
+        );
+    }
+
     // A hostPort on h2, from a pod on h1 and from a pod on h2 itself.
     let h2 = "172.30.0.2";
     for from in ["h1/a", "h2/d"] {

@@ -15,9 +15,16 @@ pub const NFT_TABLE: &str = "weft";
 /// addresses (the fast path's egress program reads it; `TRANSLATED_MARK` in fastpath.c).
 pub const TRANSLATED_MARK: u32 = 0x0100_0000;
 
-/// How long a translated client socket stays in the set without a packet of its
-/// connection's original direction.
+/// How long a translated TCP or SCTP client socket stays in the set without a packet of
+/// its connection's original direction.
 pub const TRANSLATED_TIMEOUT: &str = "1h";
+
+/// The same for UDP. Every DNS query through a Service VIP comes from a new socket, so at
+/// an hour each the set would fill up on a node that resolves a hundred names a second
+/// (262,144 in 44 minutes), and later Service connections would lose their replies.
+/// Conntrack itself forgets a UDP flow after 2 minutes without packets
+/// (`nf_conntrack_udp_timeout_stream`), after which a reply cannot be translated anyway.
+pub const TRANSLATED_UDP_TIMEOUT: &str = "5m";
 
 /// At most this many translated client sockets per family in the set.
 pub const TRANSLATED_SIZE: u32 = 262_144;
@@ -104,7 +111,6 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         }
         let pool = |field: &str, op: &str| pool_match(fam, field, op, &nets);
         let between = format!("{} {}", pool("saddr", ""), pool("daddr", ""));
-        let ports = "meta l4proto { tcp, udp, sctp }";
         // Every packet a host forwards or sends passes these chains, so each address is
         // looked up once: traffic between pools goes to `raw_pods`, which decides; weft's
         // VXLAN packets (between underlay addresses) are not tracked; the rest is.
@@ -138,9 +144,18 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         for rule in pods {
             s.push_str(&format!("add rule {t} raw_pods {rule}\n"));
         }
-        s.push_str(&format!(
-            "add rule {t} forward ct status dnat ct direction original {between} {ports} update @translated {{ {fam} saddr . meta l4proto . th sport }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
-        ));
+        // UDP sockets with a timeout of their own (see TRANSLATED_UDP_TIMEOUT).
+        for (protos, timeout) in [
+            (
+                "meta l4proto udp",
+                format!(" timeout {TRANSLATED_UDP_TIMEOUT}"),
+            ),
+            ("meta l4proto { tcp, sctp }", String::new()),
+        ] {
+            s.push_str(&format!(
+                "add rule {t} forward ct status dnat ct direction original {between} {protos} update @translated {{ {fam} saddr . meta l4proto . th sport{timeout} }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
+            ));
+        }
         if nat {
             s.push_str(&format!(
                 "add rule {t} postrouting {} {} masquerade\n",
@@ -329,11 +344,18 @@ mod tests {
         assert!(!none.contains("@isolated"), "{none}");
         assert!(none.contains("add rule ip weft raw_pods icmp type {"));
         assert!(none.contains("add rule ip weft raw_pods notrack"));
-        // The forward rule learns the client socket of every DNAT'd pod-to-pod packet
-        // and marks it for the fast path's egress program.
-        assert!(s.contains(
-            "add rule ip weft forward ct status dnat ct direction original ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto { tcp, udp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000"
-        ));
+        // The forward rules learn the client socket of every DNAT'd pod-to-pod packet
+        // and mark it for the fast path's egress program; UDP sockets (a DNS query each)
+        // expire sooner than TCP and SCTP connections.
+        let forward = rules("forward");
+        assert_eq!(
+            forward,
+            [
+                "ct status dnat ct direction original ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto udp update @translated { ip saddr . meta l4proto . th sport timeout 5m } meta mark set meta mark or 0x01000000",
+                "ct status dnat ct direction original ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto { tcp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000",
+            ],
+            "{s}"
+        );
         assert!(s.contains("icmpv6 type { destination-unreachable, packet-too-big"));
     }
 
