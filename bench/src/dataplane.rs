@@ -27,7 +27,7 @@
 //! underlay family); each weft row gets a lab of its own. All labs are up together and the
 //! measurements are interleaved in rounds. Each weft row is measured as a pair with its
 //! anchor: its transfer right after or right before the anchor's (the order alternates by
-//! round), its pings at the same time as the anchor's (5 ms apart, so each pair of pings
+//! round and row), its pings at the same time as the anchor's (5 ms apart, so each pair of pings
 //! meets the machine in the same state). The ratios and differences of the pairs are
 //! reported, so the machine's drift, larger here than the targets, hits both sides of each
 //! comparison alike. Every lab is torn down by a guard (`weft lab down`), also on error or
@@ -916,9 +916,10 @@ fn fail(p: &mut PathRun, e: String) {
     p.failed = Some(e);
 }
 
-/// Weft row `w` and its anchor `a` as a pair: throughput and request/response back to back
-/// (the anchor's first when `anchor_first`), the pings at the same time ([`ping_pair`]).
-/// A failure marks the path it happened on.
+/// Weft row `w` and its anchor `a` as a pair: throughput back to back (the anchor's first
+/// when `anchor_first`), the pings at the same time ([`ping_pair`]); request/response
+/// (which the rounds measure path by path) back to back as well. A failure marks the path
+/// it happened on.
 fn measure_pair(
     paths: &mut [PathRun],
     w: usize,
@@ -1380,16 +1381,21 @@ pub fn dataplane(o: &Opts) -> Result<(), String> {
                     continue;
                 }
                 // Throughput and ping: each weft row with its anchor, which is measured
-                // in those pairs only (the order within a pair alternates by round).
+                // in those pairs only (the order within a pair alternates).
                 // Request/response, steady on its own, takes every path alone.
+                // (An anchor whose weft rows all failed is measured alone; so is a weft
+                // row whose anchor failed, which fails the run anyway.)
                 let paired = !matches!(kind, Kind::Rr);
                 let anchor = anchor_index(&paths, i);
-                if paired && (0..n).any(|j| anchor_index(&paths, j) == Some(i)) {
+                if paired
+                    && (0..n)
+                        .any(|j| paths[j].failed.is_none() && anchor_index(&paths, j) == Some(i))
+                {
                     continue;
                 }
-                match anchor.filter(|_| paired) {
-                    Some(a) if paths[a].failed.is_some() => {}
-                    Some(a) => measure_pair(&mut paths, i, a, kind, o, &me, round % 2 == 0)?,
+                match anchor.filter(|&a| paired && paths[a].failed.is_none()) {
+                    // Which one goes first alternates by round and by row.
+                    Some(a) => measure_pair(&mut paths, i, a, kind, o, &me, (round + i) % 2 == 0)?,
                     None => {
                         if let Err(e) = measure(&mut paths[i], kind, o, &me) {
                             check_interrupted()?;
@@ -1481,7 +1487,7 @@ pub(crate) fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
 fn report(o: &Opts, paths: &mut [PathRun]) {
     let rounds = format!(
         "median of {} round{}; iperf3 TCP {} s (each weft path right after or right before its anchor, \
-         the order alternating by round), ping {} × 10 ms (each round's median round trip; each weft \
+         the order alternating), ping {} × 10 ms (each round's median round trip; each weft \
          path pinged at the same time as its anchor, 5 ms apart), TCP RR 1-byte ping-pong on one \
          connection for {} s{}",
         o.rounds,
@@ -1548,7 +1554,9 @@ fn report_family(o: &Opts, paths: &mut [PathRun], family: Family) {
             mtus.push(format!("{} {m}", p.label));
         }
         if let Some(e) = &p.failed {
-            let done = p.gbits.len().max(p.ping_us.len()).max(p.rr_us.len());
+            // Request/response is measured once per round on every path (throughput and
+            // ping of an anchor once per weft row compared with it).
+            let done = p.rr_us.len();
             let what = if done == 0 {
                 "not measured".to_string()
             } else {
