@@ -931,31 +931,19 @@ fn measure_pair(
 ) -> Result<(), String> {
     let order = if anchor_first { [a, w] } else { [w, a] };
     match kind {
-        Kind::Throughput => {
+        Kind::Throughput | Kind::Rr => {
             for j in order {
-                match iperf(&paths[j], o.secs) {
-                    Ok(v) => paths[j].gbits.push(v),
-                    Err(e) => {
-                        check_interrupted()?;
-                        fail(&mut paths[j], e);
-                        return Ok(());
-                    }
-                }
-            }
-            if let (Some(&x), Some(&y)) = (paths[w].gbits.last(), paths[a].gbits.last()) {
-                if y > 0.0 {
-                    paths[w].ratios.push(x / y);
-                }
-            }
-        }
-        Kind::Rr => {
-            for j in order {
-                if let Err(e) =
-                    rr(&paths[j], o.rr_secs, o.rr_cpu, me).map(|v| paths[j].rr_us.push(v))
-                {
+                if let Err(e) = measure(&mut paths[j], kind, o, me) {
                     check_interrupted()?;
                     fail(&mut paths[j], e);
                     return Ok(());
+                }
+            }
+            if let (Kind::Throughput, Some(&x), Some(&y)) =
+                (kind, paths[w].gbits.last(), paths[a].gbits.last())
+            {
+                if y > 0.0 {
+                    paths[w].ratios.push(x / y);
                 }
             }
         }

@@ -30,9 +30,15 @@ fn server(lab: &Lab, host: &str, name: &str, conflist: Option<&str>, word: &str)
 /// What `nc ADDR PORT` from container `from` reads, trying for a while (the agents may
 /// still be settling their routes).
 fn fetch(lab: &Lab, from: &str, addr: &str, port: &str, want: &str) -> String {
+    output_with(lab, from, &["busybox", "nc", "-w", "2", addr, port], want)
+}
+
+/// The output of `cmd` in container `from`, run again for a while until it contains
+/// `want`.
+fn output_with(lab: &Lab, from: &str, cmd: &[&str], want: &str) -> String {
     let mut got = String::new();
     for _ in 0..30 {
-        got = lab.exec(from, &["busybox", "nc", "-w", "2", addr, port]).1;
+        got = lab.exec(from, cmd).1;
         if got.contains(want) {
             break;
         }
@@ -213,26 +219,19 @@ fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
     )
     .unwrap();
     host_sh(&lab, "h1", &format!("nft -f {file}"));
-    let mut got = String::new();
-    for _ in 0..30 {
-        got = lab
-            .exec(
-                "h1/a",
-                &[
-                    "dig",
-                    "+time=2",
-                    "+tries=1",
-                    "+short",
-                    "@10.96.0.53",
-                    "x.svc.test",
-                ],
-            )
-            .1;
-        if got.trim() == "192.0.2.7" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let got = output_with(
+        &lab,
+        "h1/a",
+        &[
+            "dig",
+            "+time=2",
+            "+tries=1",
+            "+short",
+            "@10.96.0.53",
+            "x.svc.test",
+        ],
+        "192.0.2.7",
+    );
     assert_eq!(got.trim(), "192.0.2.7", "{what}: DNS Service over UDP");
     if extra.iter().all(|x| *x != "off") {
         let (_, set) = lab.exec("h1", &["nft", "list", "set", "ip", "weft", "translated"]);
