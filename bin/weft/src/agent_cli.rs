@@ -454,6 +454,20 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     if let Some(e) = &f.error {
         println!("fast path ERROR: {e}");
     }
+    if let Some(t) = &d.nftables {
+        let known = t
+            .translated_sockets
+            .map_or("not listed yet".to_string(), |n| {
+                format!("{n} known to conntrack")
+            });
+        println!(
+            "nftables: translated connections (Services, hostPorts) {known}, their client sockets refreshed every {} s",
+            t.every_secs
+        );
+        if let Some(e) = &t.error {
+            println!("nftables ERROR: {e}");
+        }
+    }
     if let Some(t) = &d.tunnel {
         print_tunnel(t);
     }

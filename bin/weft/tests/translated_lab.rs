@@ -4,7 +4,7 @@
 //! (iptables-nft) write them, to a backend on another host and on the client's own host;
 //! a hostPort (the reference `portmap` plugin) on another host and on the client's own
 //! host; a long-lived connection through a Service that keeps its replies across an agent
-//! restart; and plain pod-to-pod traffic that still takes the fast path. The same for
+//! restart, idle past the set's timeout meanwhile; and plain pod-to-pod traffic that still takes the fast path. The same for
 //! IPv6 (dual-stack pools on a dual underlay: `ip6` kube-proxy tables, ip6tables-nft,
 //! portmap's IPv6 hostPort).
 //! Design: docs/dataplane.md, "Connections that others translate".
@@ -251,7 +251,7 @@ fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
         assert!(!udp.is_empty() && !tcp.is_empty(), "{what}: {set}");
         assert!(
             udp.iter().all(|e| e.contains("timeout 5m")),
-            "{what}: UDP sockets with the set's hour: {set}"
+            "{what}: UDP sockets with the set's own timeout: {set}"
         );
         assert!(
             tcp.iter().all(|e| !e.contains("timeout 5m")),
@@ -314,8 +314,9 @@ fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
     }
 }
 
-/// A connection from h1/a through a Service to h2, with data from the backend (the
-/// translated direction) before and after h1's agent restarts.
+/// A connection from h1/cli through a Service to h2, with data from the backend (the
+/// translated direction) before and after h1's agent was down while the connection
+/// idled past the `translated` set's timeout.
 fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
     let dir = format!("/run/weft-lab/{}", lab.name);
     let fifo = format!("{dir}/long.fifo");
@@ -344,7 +345,7 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         t.contains(":7001")
     });
     assert!(listening, "nc did not listen in h2/srv");
-    run_with(
+    let cli = run_with(
         lab,
         "h1",
         "cli",
@@ -366,7 +367,32 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         "{what}: the Service connection did not start: {:?}",
         std::fs::read_to_string(&log)
     );
-    weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "restart"]);
+    // While h1's agent is down, the connection idles past the set's timeout: its client
+    // socket is gone from the set (flushed here rather than waited for). The client
+    // sends nothing more, so only the new agent, which enters the sockets of the
+    // translated connections conntrack knows, can bring it back before the backend's
+    // next message.
+    weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "stop"]);
+    host_sh(lab, "h1", "nft flush set ip weft translated");
+    let set = || {
+        lab.exec("h1", &["nft", "list", "set", "ip", "weft", "translated"])
+            .1
+    };
+    assert!(
+        !set().contains(&cli),
+        "{what}: the set was not flushed: {}",
+        set()
+    );
+    weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "start"]);
+    let entered = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        set().contains(&format!("{cli} . tcp . "))
+    });
+    assert!(
+        entered,
+        "{what}: the new agent did not enter the idle connection's client socket ({cli}) into the set: {}",
+        set()
+    );
     // The new agent's fast path is attached again before the next message is sent.
     let back = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));

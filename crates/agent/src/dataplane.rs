@@ -128,6 +128,10 @@ pub struct DataplaneReport {
     /// The encrypted tunnel.
     #[serde(default)]
     pub tunnel: Option<crate::tunnel::TunnelReport>,
+    /// weft's nftables tables and the refresh of the set of translated connections' client
+    /// sockets (absent without those tables: no NAT, no policy).
+    #[serde(default)]
+    pub nftables: Option<crate::nftables::NftablesReport>,
 }
 
 /// One route of the data plane.
@@ -550,6 +554,21 @@ impl Agent {
         Ok(())
     }
 
+    /// Whether weft's tables in the kernel are those the current pools, NAT and policy say.
+    pub(crate) fn dp_tables_current(&self) -> bool {
+        self.dp.cfg.mode.is_some()
+            && self.dp.nat_applied.as_deref()
+                == Some(
+                    weft_dataplane::stateful::nft_script(
+                        &self.cfg.ipam.space.pools,
+                        self.dp.cfg.nat,
+                        self.policy_active(),
+                        self.dp.cfg.vxlan_port,
+                    )
+                    .as_str(),
+                )
+    }
+
     /// Makes sure `weft.vx` exists with the right parameters and is up; returns its index.
     /// A `weft.vx` without weft's alias is someone else's: weft stops rather than touch it.
     fn dp_vxlan_device(&mut self, nlh: &mut Netlink, local: &Local) -> Result<u32, String> {
@@ -684,6 +703,7 @@ impl Agent {
             error: self.dp.error.clone(),
             fast_path: self.fast_report(),
             tunnel: Some(self.tunnel_report()),
+            nftables: self.nftables_report(),
         }
     }
 }

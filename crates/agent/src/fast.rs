@@ -49,7 +49,8 @@ const TCP_ESTABLISHED_TIMEOUT: &str =
 
 /// How often the translated connections' client sockets are entered again, so that the
 /// program's LRU map keeps those of idle connections.
-const TRANSLATED_REFRESH: Duration = Duration::from_secs(30);
+const TRANSLATED_REFRESH: Duration =
+    Duration::from_secs(weft_dataplane::stateful::TRANSLATED_REFRESH_SECS);
 
 /// Removes the filters an earlier agent left on container veths (it crashed, or ran with
 /// the fast path on when this one cannot or must not).
@@ -61,12 +62,15 @@ fn remove_all_leftovers() {
     }
 }
 
-/// Tells the program the client sockets of every translated connection conntrack has.
-/// Without the table weft cannot seed, and says so rather than forward translated replies
-/// untranslated.
-fn remember_translated(f: &mut FastPath, pools: &[ipnet::IpNet]) -> Result<(), String> {
-    let conns = crate::dataplane::conntrack_table()
-        .map_err(|e| format!("fast path: {e}: container veths stay on the stack"))?;
+/// Tells the program the client sockets of every translated connection among `conns`
+/// (conntrack's table). Without the table weft cannot seed, and says so rather than
+/// forward translated replies untranslated.
+fn remember_translated(
+    f: &mut FastPath,
+    conns: Result<std::sync::Arc<Vec<weft_dataplane::stateful::Conn>>, String>,
+    pools: &[ipnet::IpNet],
+) -> Result<(), String> {
+    let conns = conns.map_err(|e| format!("fast path: {e}: container veths stay on the stack"))?;
     f.remember(&weft_dataplane::stateful::translated_clients(&conns, pools))
 }
 
@@ -189,10 +193,18 @@ impl Agent {
         let new_pod = self.fast.unenabled.iter().any(|d| d.pod);
         let mut seeded = true;
         if refresh_due || new_pod {
-            // Then the translated connections it opened before (conntrack knows them),
-            // then it is enabled (docs/dataplane.md, "Connections that others translate");
-            // a failed read leaves it unlisted until a read succeeds.
-            match remember_translated(f, &pools) {
+            // Then the translated connections it opened before (conntrack knows them:
+            // read after the attach, so a new veth's seed is a new listing), then it is
+            // enabled (docs/dataplane.md, "Connections that others translate"); a failed
+            // read leaves it unlisted until a read succeeds.
+            let age = if new_pod {
+                Duration::ZERO
+            } else {
+                crate::nftables::SHARED_LISTING
+            };
+            let conns = self.conntrack_listing(age);
+            let f = self.fast.path.as_mut().expect("loaded above");
+            match remember_translated(f, conns, &pools) {
                 Ok(()) => self.fast.refreshed = Some(Instant::now()),
                 Err(e) => {
                     seeded = false;
@@ -203,6 +215,7 @@ impl Agent {
         let waiting: Vec<Device> = self.fast.unenabled.iter().cloned().collect();
         // Nothing is forwarded past the stack before the policy's isolated pods are known.
         let policy_known = self.pol.applied_any();
+        let f = self.fast.path.as_mut().expect("loaded above");
         for d in waiting {
             if d.pod && (!seeded || !policy_known) {
                 continue;

@@ -22,6 +22,7 @@ mod fast;
 mod flows;
 pub mod logging;
 mod metrics;
+mod nftables;
 mod policy;
 mod policy_api;
 mod store;
@@ -43,6 +44,7 @@ pub use config::{AgentConfig, ConfigError, RawConfig};
 pub use dataplane::{DataplaneReport, RouteReport};
 pub use fast::FastReport;
 pub use flows::{FlowReport, FlowsAnswer};
+pub use nftables::NftablesReport;
 pub use policy::PolicyReport;
 pub use policy_api::EndpointReport;
 pub use tunnel::{OffloadReport, TunnelPeerReport, TunnelReport};
@@ -152,6 +154,9 @@ struct Agent {
     dp: dataplane::Dataplane,
     tunnel: tunnel::TunnelState,
     fast: fast::Fast,
+    /// weft's nftables tables kept in step, and the set of translated connections' client
+    /// sockets refreshed.
+    nft: nftables::NftState,
     /// Network policy.
     pol: policy::PolicyState,
     /// The name service.
@@ -269,6 +274,7 @@ async fn main_loop(cfg: AgentConfig) -> Result<(), AgentError> {
         dp: dataplane::Dataplane::new(cfg.dataplane.clone()),
         tunnel: tunnel::TunnelState::default(),
         fast: fast::Fast::default(),
+        nft: nftables::NftState::default(),
         pol: policy::PolicyState::default(),
         dns: dns::DnsState::default(),
         docker: docker::DockerState::default(),
@@ -465,6 +471,7 @@ impl Agent {
         self.tunnel_tick();
         self.policy_tick();
         self.fast_tick();
+        self.nftables_tick();
         self.docker_tick();
     }
 

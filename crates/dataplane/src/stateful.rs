@@ -16,14 +16,22 @@ pub const NFT_TABLE: &str = "weft";
 pub const TRANSLATED_MARK: u32 = 0x0100_0000;
 
 /// How long a translated TCP or SCTP client socket stays in the set without a packet of
-/// its connection's original direction.
-pub const TRANSLATED_TIMEOUT: &str = "1h";
+/// its connection's original direction or a refresh by the agent, which enters the socket
+/// of every translated connection conntrack still knows again every
+/// [`TRANSLATED_REFRESH_SECS`] (see [`refresh_script`]): so a connection idle for longer
+/// keeps its socket, and the set only has to outlive an agent restart. At 10 minutes the
+/// set holds the sockets of about 437 new connections a second (262,144 / 600 s).
+pub const TRANSLATED_TIMEOUT: &str = "10m";
 
-/// The same for UDP. Every DNS query through a Service VIP comes from a new socket, so at
-/// an hour each the set would fill up on a node that resolves a hundred names a second
-/// (262,144 in 44 minutes), and later Service connections would lose their replies.
-/// Conntrack itself forgets a UDP flow after 2 minutes without packets
-/// (`nf_conntrack_udp_timeout_stream`), after which a reply cannot be translated anyway.
+/// How often, in seconds, the agent enters the client sockets of the translated
+/// connections conntrack knows into the set again.
+pub const TRANSLATED_REFRESH_SECS: u64 = 30;
+
+/// The same for UDP, shorter: every DNS query through a Service VIP comes from a new
+/// socket, so a node that resolves names through one makes many (at 5 minutes the set
+/// holds about 870 new ones a second), and conntrack itself forgets a UDP flow after 2
+/// minutes without packets (`nf_conntrack_udp_timeout_stream`), after which a reply
+/// cannot be translated anyway.
 pub const TRANSLATED_UDP_TIMEOUT: &str = "5m";
 
 /// At most this many translated client sockets per family in the set.
@@ -196,18 +204,64 @@ fn has_ports(proto: u8) -> bool {
 /// source is in `pools` and whose reply does not come from the original destination
 /// (someone DNAT'd them), TCP, UDP or SCTP.
 pub fn translated_clients(conns: &[Conn], pools: &[IpNet]) -> Vec<Socket> {
+    client_sockets(conns, pools, |_| true)
+}
+
+/// The client sockets among `conns` of translated connections whose `backend` (the reply's
+/// source) `keep` accepts, sorted, each once.
+fn client_sockets(conns: &[Conn], pools: &[IpNet], keep: impl Fn(IpAddr) -> bool) -> Vec<Socket> {
     let mut out: Vec<Socket> = conns
         .iter()
         .filter(|&&(proto, (src, dst, _, dport), (rsrc, _, rsport, _))| {
             has_ports(proto)
                 && (rsrc != dst || rsport != dport)
                 && pools.iter().any(|p| p.contains(&src))
+                && keep(rsrc)
         })
         .map(|&(proto, (src, _, sport, _), _)| (src, proto, sport))
         .collect();
     out.sort();
     out.dedup();
     out
+}
+
+/// The `nft -f` script that enters into the `translated` set of each family whose table
+/// [`nft_script`] writes (with the same `pools`, `nat` and `policy`) the client socket of
+/// every connection in `conns` that the set's `forward` rule learns: translated (DNAT'd),
+/// from a pool address to a pool address after DNAT, TCP, UDP or SCTP. A socket still in
+/// the set gets its timeout back (the kernel updates the expiry of an element added
+/// again); one that expired while its connection idled is entered again. UDP sockets get
+/// their own timeout, as the rule gives them. Also returns how many sockets it enters; the
+/// script is empty when there is nothing to enter.
+pub fn refresh_script(conns: &[Conn], pools: &[IpNet], nat: bool, policy: bool) -> (String, usize) {
+    if !(nat || policy) {
+        return (String::new(), 0);
+    }
+    let in_pools = |a: IpAddr| pools.iter().any(|p| p.contains(&a));
+    let sockets = client_sockets(conns, pools, in_pools);
+    let mut s = String::new();
+    let mut entered = 0;
+    for v6 in [false, true] {
+        let fam = if v6 { "ip6" } else { "ip" };
+        let elements: Vec<String> = sockets
+            .iter()
+            .filter(|(a, _, _)| a.is_ipv6() == v6)
+            .map(|&(a, proto, port)| match proto {
+                17 => format!("{a} . udp . {port} timeout {TRANSLATED_UDP_TIMEOUT}"),
+                6 => format!("{a} . tcp . {port}"),
+                _ => format!("{a} . sctp . {port}"),
+            })
+            .collect();
+        entered += elements.len();
+        // Statements of a bounded length, all in one transaction.
+        for chunk in elements.chunks(4096) {
+            s.push_str(&format!(
+                "add element {fam} {NFT_TABLE} translated {{ {} }}\n",
+                chunk.join(", ")
+            ));
+        }
+    }
+    (s, entered)
 }
 
 /// A tracked connection of TCP, UDP or SCTP: its original tuple (as the opener sent it,
@@ -466,6 +520,53 @@ mod tests {
         );
         // Masqueraded only (to 1.1.1.1), from outside the pools (a hostPort reached by a
         // host), ICMP, and a plain pod-to-pod connection are not translated clients.
+    }
+
+    #[test]
+    fn the_refresh_enters_sockets_of_connections_translated_to_pods() {
+        let mut conns = ct();
+        // A Service whose backend is on the host network: tracked anyway (not between
+        // pools), so the set's rule never learns it and the refresh leaves it out.
+        conns.push((
+            6,
+            (ip("10.32.0.5"), ip("10.96.0.1"), 42000, 443),
+            (ip("172.30.1.1"), ip("10.32.0.5"), 6443, 42000),
+        ));
+        let (s, n) = refresh_script(&conns, &pools(), true, false);
+        assert_eq!(n, 3);
+        assert_eq!(
+            s,
+            "add element ip weft translated { 10.32.0.2 . tcp . 40000, 10.32.0.3 . udp . 5353 timeout 5m }\n\
+             add element ip6 weft translated { fd32::2 . tcp . 40001 }\n"
+        );
+        // With a policy but no NAT the tables exist too; with neither they do not.
+        assert_eq!(refresh_script(&conns, &pools(), false, true), (s, 3));
+        assert_eq!(
+            refresh_script(&conns, &pools(), false, false),
+            (String::new(), 0)
+        );
+        // A family without pools has no table and gets nothing.
+        let v4: Vec<IpNet> = vec!["10.32.0.0/12".parse().unwrap()];
+        let (s4, n4) = refresh_script(&conns, &v4, true, false);
+        assert!(!s4.contains("ip6"), "{s4}");
+        assert_eq!(n4, 2);
+        // Nothing translated, nothing to enter.
+        assert_eq!(
+            refresh_script(&conns[2..4], &pools(), true, false),
+            (String::new(), 0)
+        );
+    }
+
+    #[test]
+    fn a_long_refresh_is_cut_into_statements_of_one_transaction() {
+        let (a, b) = (ip("10.32.0.2"), ip("10.32.1.4"));
+        let conns: Vec<Conn> = (1..=5000u16)
+            .map(|p| (6, (a, ip("10.96.0.10"), p, 80), (b, a, 80, p)))
+            .collect();
+        let (s, n) = refresh_script(&conns, &pools(), true, false);
+        assert_eq!(n, 5000);
+        assert_eq!(s.lines().count(), 2);
+        assert_eq!(s.matches(" . tcp . ").count(), 5000);
     }
 
     #[test]
