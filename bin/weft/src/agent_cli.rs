@@ -460,8 +460,12 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
             .map_or("not listed yet".to_string(), |n| {
                 format!("{n} known to conntrack")
             });
+        let restored = match t.restored {
+            0 => String::new(),
+            n => format!("; tables found gone (a flushed ruleset) and written again: {n}"),
+        };
         println!(
-            "nftables: translated connections (Services, hostPorts) {known}, their client sockets refreshed every {} s",
+            "nftables: translated connections (Services, hostPorts) {known}, their client sockets refreshed every {} s{restored}",
             t.every_secs
         );
         if let Some(e) = &t.error {

@@ -424,6 +424,33 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         "{what}: the Service connection lost its replies across the agent restart: {:?}",
         std::fs::read_to_string(&log)
     );
+
+    // Someone flushes h1's ruleset (`systemctl restart nftables` does): the agent writes
+    // its table again within its 30 s check, enters the connection's socket again, says
+    // so in `weft status`, and the connection goes on.
+    host_sh(lab, "h1", "nft flush ruleset");
+    let back = (0..450).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        set().contains(&format!("{cli} . tcp . "))
+    });
+    assert!(
+        back,
+        "{what}: h1's agent did not write its table and set again: {}",
+        set()
+    );
+    let st: Value = serde_json::from_str(&weft_ok(&[
+        "lab", "exec", "--name", &lab.name, "h1", "--", "weft", "status", "--json",
+    ]))
+    .unwrap();
+    let restored = &st["dataplane"]["nftables"]["restored"];
+    assert!(restored.as_u64().unwrap_or(0) >= 1, "{what}: {st}");
+    feed.write_all(b"after-flush\n").unwrap();
+    feed.flush().unwrap();
+    assert!(
+        received("after-flush"),
+        "{what}: the Service connection lost its replies after the flush: {:?}",
+        std::fs::read_to_string(&log)
+    );
 }
 
 #[test]

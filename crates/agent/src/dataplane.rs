@@ -554,6 +554,41 @@ impl Agent {
         Ok(())
     }
 
+    /// Writes weft's tables again when one that was written is gone (someone flushed the
+    /// ruleset: `systemctl restart nftables` does, and `nft flush ruleset`); returns how
+    /// many were. The `translated` set is gone with its table: the caller refreshes it.
+    pub(crate) fn dp_tables_restore(&mut self) -> Result<u64, String> {
+        use weft_netlink::netfilter::{nft_table_exists, NFPROTO_IPV4, NFPROTO_IPV6};
+        if self.dp.nat_applied.is_none() || !(self.dp.cfg.nat || self.policy_active()) {
+            return Ok(0);
+        }
+        let mut gone = Vec::new();
+        for (v6, fam, proto) in [(false, "ip", NFPROTO_IPV4), (true, "ip6", NFPROTO_IPV6)] {
+            let has_pools = self
+                .cfg
+                .ipam
+                .space
+                .pools
+                .iter()
+                .any(|p| p.addr().is_ipv6() == v6);
+            let table = weft_dataplane::stateful::NFT_TABLE;
+            if has_pools && !nft_table_exists(proto, table).map_err(|e| e.to_string())? {
+                gone.push(format!("{fam} {table}"));
+            }
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        tracing::warn!(
+            target: "weft::dataplane",
+            "nftables: table {} is gone (the ruleset was flushed?); writing it again",
+            gone.join(" and ")
+        );
+        self.dp.nat_applied = None;
+        self.dp_nat_sync()?;
+        Ok(gone.len() as u64)
+    }
+
     /// Whether weft's tables in the kernel are those the current pools, NAT and policy say.
     pub(crate) fn dp_tables_current(&self) -> bool {
         self.dp.cfg.mode.is_some()

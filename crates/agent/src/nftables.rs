@@ -1,5 +1,7 @@
 //! Keeps weft's nftables state in step with the kernel (docs/dataplane.md, "Connections
-//! that others translate"): every `TRANSLATED_REFRESH_SECS` the agent lists the host's
+//! that others translate" and "Restarts, leaving and joining"): every
+//! `TRANSLATED_REFRESH_SECS` the agent checks that its tables are still there (a flushed
+//! ruleset, as `systemctl restart nftables` leaves it, is written again), lists the host's
 //! tracked connections and enters the client socket of every translated one into the set
 //! `translated` again, so a Service or hostPort connection that idles longer than the
 //! set's timeout keeps its replies tracked. The listing is shared with the fast path,
@@ -20,25 +22,31 @@ pub(crate) const SHARED_LISTING: Duration = Duration::from_secs(2);
 /// The state in the owner task.
 #[derive(Default)]
 pub(crate) struct NftState {
-    /// When the set was last refreshed (or tried).
+    /// When the tables were last checked and the set refreshed (or tried).
     refreshed: Option<Instant>,
     /// The last listing of the conntrack table, and when it was taken.
     listing: Option<(Instant, Arc<Vec<Conn>>)>,
     /// How many sockets the last successful refresh entered.
     entered: Option<usize>,
-    /// Why the last refresh failed.
+    /// How often a table of weft's was found gone and written again.
+    restored: u64,
+    /// Why the last check or refresh failed.
     error: Option<String>,
 }
 
-/// `GET /status` part: the refresh of the set of translated connections' client sockets.
+/// `GET /status` part: weft's nftables tables and the refresh of the set of translated
+/// connections' client sockets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NftablesReport {
     /// Client sockets of translated connections (to pods) conntrack knew at the last
     /// refresh, all entered into the set `translated` (none yet: `None`).
     pub translated_sockets: Option<usize>,
-    /// Seconds between refreshes.
+    /// Seconds between refreshes (and checks of the tables).
     pub every_secs: u64,
-    /// Why the last refresh failed.
+    /// How often since the agent started a table of weft's (`ip weft`, `ip6 weft`,
+    /// `inet weft_policy`) was found gone (someone flushed the ruleset) and written again.
+    pub restored: u64,
+    /// Why the last check or refresh failed.
     pub error: Option<String>,
 }
 
@@ -59,8 +67,8 @@ impl Agent {
         Ok(conns)
     }
 
-    /// Called on every tick: when due, refreshes the set (if weft's tables in the kernel
-    /// are those the current pools, NAT and policy say).
+    /// Called on every tick: when due, checks weft's tables and refreshes the set (if
+    /// weft's tables in the kernel are those the current pools, NAT and policy say).
     pub(crate) fn nftables_tick(&mut self) {
         let due = self
             .nft
@@ -72,7 +80,12 @@ impl Agent {
             return;
         }
         self.nft.refreshed = Some(Instant::now());
-        let res = self.translated_refresh();
+        // Each on its own: a failed check does not keep the set from its refresh.
+        let res = match (self.nftables_check(), self.translated_refresh()) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        };
         self.nft.listing = None;
         match res {
             Ok(()) => {
@@ -87,6 +100,18 @@ impl Agent {
                 self.nft.error = Some(e);
             }
         }
+    }
+
+    /// Writes weft's tables again where one is gone.
+    fn nftables_check(&mut self) -> Result<(), String> {
+        let weft = self
+            .dp_tables_restore()
+            .map_err(|e| format!("checking weft's nftables tables: {e}"))?;
+        let policy = self
+            .policy_table_check(weft > 0)
+            .map_err(|e| format!("checking the policy's nftables table: {e}"))?;
+        self.nft.restored += weft + policy;
+        Ok(())
     }
 
     /// Enters the client sockets of the translated connections conntrack knows into the
@@ -117,6 +142,7 @@ impl Agent {
             NftablesReport {
                 translated_sockets: self.nft.entered,
                 every_secs: TRANSLATED_REFRESH_SECS,
+                restored: self.nft.restored,
                 error: self.nft.error.clone(),
             }
         })

@@ -369,6 +369,33 @@ impl Agent {
         self.policy_save_cache(false);
     }
 
+    /// When the policy's table was written and is gone (someone flushed the ruleset), the
+    /// next tick writes it whole again; returns 1 when it is gone. Until then the pods it
+    /// isolates are not isolated: the caller looks every 30 s. With `weft_rewritten`
+    /// (weft's own tables were gone, and with them the policy's elements of their
+    /// `isolated` sets) it is written whole again anyway.
+    pub(crate) fn policy_table_check(&mut self, weft_rewritten: bool) -> Result<u64, String> {
+        use weft_netlink::netfilter::{nft_table_exists, NFPROTO_INET};
+        if !self.pol.table || self.pol.applied.is_none() {
+            return Ok(0);
+        }
+        let there =
+            nft_table_exists(NFPROTO_INET, compile::TABLE_NAME).map_err(|e| e.to_string())?;
+        if there {
+            if weft_rewritten {
+                log("policy: weft's tables were written again; writing the policy's again");
+                self.pol.applied = None;
+            }
+            return Ok(0);
+        }
+        log(format!(
+            "policy: table {} is gone (the ruleset was flushed?); writing it again",
+            compile::TABLE
+        ));
+        self.pol.applied = None;
+        Ok(1)
+    }
+
     /// Asks for an apply soon: the records that arrive meanwhile (a burst of a mesh
     /// update) are indexed and applied together, once.
     pub(crate) fn policy_soon(&mut self) {

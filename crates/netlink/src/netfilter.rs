@@ -1,8 +1,8 @@
 //! Small pieces of netfilter's netlink (`NETLINK_NETFILTER`), written out by hand:
 //! receiving the packets nftables' `log group N` sends to userspace (nfnetlink_log),
 //! listing the connection tracking table and deleting one entry by its original tuple
-//! (ctnetlink), and changing nftables set elements and a table's dormant flag. All work
-//! in the namespace the socket was opened in.
+//! (ctnetlink), changing nftables set elements and a table's dormant flag, and asking
+//! whether a table exists. All work in the namespace the socket was opened in.
 
 use std::net::IpAddr;
 
@@ -314,6 +314,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFTA_TABLE_NAME: u16 = 1;
@@ -438,6 +439,26 @@ pub fn nft_table_dormant(family: u8, table: &str, dormant: bool) -> Result<()> {
         &[(NFT_MSG_NEWTABLE, NLM_F_REQUEST | NLM_F_ACK, family, attrs)],
         &op,
     )
+}
+
+/// Whether the nftables table `table` of `family` exists, asked for by name (what `nft
+/// list table` learns first, without reading any other table or rule).
+pub fn nft_table_exists(family: u8, table: &str) -> Result<bool> {
+    let op = format!("look for nftables table {table}");
+    let mut attrs = Vec::new();
+    attr(&mut attrs, NFTA_TABLE_NAME, &cstr(table));
+    let msg = message(
+        NFNL_SUBSYS_NFTABLES,
+        NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        family,
+        0,
+        &attrs,
+    );
+    let mut s = open(&op)?;
+    // The table comes first, then the acknowledgement; ENOENT: no such table.
+    request_ack(&mut s, &msg, &op)
 }
 
 /// Sends nftables messages (type, flags, family, attributes) as one transaction (all or
