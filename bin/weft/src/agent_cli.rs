@@ -457,15 +457,15 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     if let Some(t) = &d.nftables {
         let known = t
             .translated_sockets
-            .map_or("not listed yet".to_string(), |n| {
-                format!("{n} known to conntrack")
+            .map_or("not refreshed yet".to_string(), |n| {
+                format!("{n} client sockets")
             });
         let restored = match t.restored {
             0 => String::new(),
             n => format!("; tables found gone (a flushed ruleset) and written again: {n}"),
         };
         println!(
-            "nftables: translated connections (Services, hostPorts) {known}, their client sockets refreshed every {} s{restored}",
+            "nftables: translated connections (Services, hostPorts) {known}, refreshed from conntrack every {} s{restored}",
             t.every_secs
         );
         if let Some(e) = &t.error {

@@ -432,13 +432,18 @@ fn the_truth_table_of_every_case_matches_the_reference_engine() {
         if k == 0 {
             // Someone flushes every host's ruleset (`systemctl restart nftables` does):
             // the pods are open until the agents' check (every 30 s) finds their tables
-            // gone and writes them again; then the policy holds as before.
+            // gone and writes them again; then the policy holds as before. The policy
+            // is deleted and applied again meanwhile: its writes then declare weft's
+            // tables with their `isolated` sets only, which must not pass for weft's
+            // own.
             for h in ["h1", "h2", "h3"] {
                 let (ok, out) = lab.exec(h, &["nft", "flush", "ruleset"]);
                 assert!(ok, "{h}: nft flush ruleset: {out}");
             }
+            truth::apply(&lab, &host, &yaml, true);
+            truth::apply(&lab, &host, &yaml, false);
             if let Err(diffs) =
-                truth::converge(&pods, &servers, &w, &[false], Duration::from_secs(50))
+                truth::converge(&pods, &servers, &w, &[false, true], Duration::from_secs(50))
             {
                 panic!(
                     "{}: 50 s after every host's ruleset was flushed the lab still differs from the reference engine in {} probes:\n{}",
@@ -446,6 +451,19 @@ fn the_truth_table_of_every_case_matches_the_reference_engine() {
                     diffs.len(),
                     diffs.join("\n")
                 );
+            }
+            for h in ["h1", "h2", "h3"] {
+                let back = common::dp::wait_for(Duration::from_secs(35), || {
+                    ["ip", "ip6"]
+                        .iter()
+                        .all(|fam| {
+                            let (ok, chain) =
+                                lab.exec(h, &["nft", "list", "chain", fam, "weft", "raw_pods"]);
+                            ok && chain.contains("saddr @isolated accept")
+                        })
+                        .then_some(())
+                });
+                assert!(back.is_some(), "{h}: weft's raw chains are not back");
             }
         }
         truth::apply(&lab, &host, &yaml, true);

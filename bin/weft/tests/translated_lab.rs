@@ -367,6 +367,18 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         "{what}: the Service connection did not start: {:?}",
         std::fs::read_to_string(&log)
     );
+    // The connection's client socket, as the set lists it.
+    let (_, ss) = lab.exec("h1/cli", &["ss", "-tnH", "dst", "10.96.0.20"]);
+    let port = ss
+        .split_whitespace()
+        .nth(3)
+        .and_then(|local| local.rsplit(':').next())
+        .unwrap_or_else(|| panic!("{what}: no connection to the Service in h1/cli: {ss}"))
+        .to_string();
+    let elem = format!("{cli} . tcp . {port}");
+    // As listed: an element is followed by its expiry (so another port with the same
+    // digits first does not match).
+    let listed = format!("{elem} ");
     // While h1's agent is down, the connection idles past the set's timeout: its client
     // socket is gone from the set (flushed here rather than waited for). The client
     // sends nothing more, so only the new agent, which enters the sockets of the
@@ -386,11 +398,11 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
     weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "start"]);
     let entered = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        set().contains(&format!("{cli} . tcp . "))
+        set().contains(&listed)
     });
     assert!(
         entered,
-        "{what}: the new agent did not enter the idle connection's client socket ({cli}) into the set: {}",
+        "{what}: the new agent did not enter the idle connection's client socket ({elem}) into the set: {}",
         set()
     );
     // The new agent's fast path is attached again before the next message is sent.
@@ -431,7 +443,7 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
     host_sh(lab, "h1", "nft flush ruleset");
     let back = (0..450).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        set().contains(&format!("{cli} . tcp . "))
+        set().contains(&listed)
     });
     assert!(
         back,
@@ -451,6 +463,57 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         "{what}: the Service connection lost its replies after the flush: {:?}",
         std::fs::read_to_string(&log)
     );
+
+    // An entry about to expire while its connection idles gets its whole timeout back at
+    // the agent's next refresh (within 30 s), not only when it is missing.
+    host_sh(
+        lab,
+        "h1",
+        &format!("nft add element ip weft translated {{ {elem} timeout 10m expires 15s }}"),
+    );
+    let left = || expires_secs(&set(), &listed);
+    assert!(left().is_some_and(|s| s <= 15), "{what}: {}", set());
+    let renewed = (0..450).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        left().is_some_and(|s| s >= 300)
+    });
+    assert!(renewed, "{what}: the agent did not renew {elem}: {}", set());
+}
+
+#[test]
+fn an_elements_expiry_is_read_from_nfts_listing() {
+    let set = "elements = { 10.32.0.3 . tcp . 40001 expires 1m2s3ms, 10.32.0.3 . tcp . 4000 timeout 10m expires 9m59s996ms }";
+    assert_eq!(expires_secs(set, "10.32.0.3 . tcp . 4000 "), Some(599));
+    assert_eq!(expires_secs(set, "10.32.0.3 . tcp . 40001 "), Some(62));
+    assert_eq!(expires_secs(set, "10.32.0.4 . tcp . 1 "), None);
+}
+
+/// The seconds left before `elem` expires, as `nft list set` shows it (`expires 9m59s996ms`).
+fn expires_secs(set: &str, elem: &str) -> Option<u64> {
+    let after = &set[set.find(elem)? + elem.len()..];
+    let e = after.split(',').next()?.split("expires ").nth(1)?;
+    let mut secs = 0;
+    let mut num = String::new();
+    let mut chars = e.split_whitespace().next()?.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        match c {
+            'd' => secs += n * 86400,
+            'h' => secs += n * 3600,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+            }
+            'm' => secs += n * 60,
+            's' => secs += n,
+            _ => return None,
+        }
+    }
+    Some(secs)
 }
 
 #[test]

@@ -558,8 +558,14 @@ impl Agent {
     /// ruleset: `systemctl restart nftables` does, and `nft flush ruleset`); returns how
     /// many were. The `translated` set is gone with its table: the caller refreshes it.
     pub(crate) fn dp_tables_restore(&mut self) -> Result<u64, String> {
-        use weft_netlink::netfilter::{nft_table_exists, NFPROTO_IPV4, NFPROTO_IPV6};
-        if self.dp.nat_applied.is_none() || !(self.dp.cfg.nat || self.policy_active()) {
+        use weft_netlink::netfilter::{nft_chain_exists, NFPROTO_IPV4, NFPROTO_IPV6};
+        if self.dp.cfg.mode.is_none() || !(self.dp.cfg.nat || self.policy_active()) {
+            return Ok(0);
+        }
+        if self.dp.nat_applied.is_none() {
+            // Not written yet, or the last write failed: written now (an error is the
+            // caller's to report).
+            self.dp_nat_sync()?;
             return Ok(0);
         }
         let mut gone = Vec::new();
@@ -571,8 +577,12 @@ impl Agent {
                 .pools
                 .iter()
                 .any(|p| p.addr().is_ipv6() == v6);
+            // A chain only weft's own script makes (the policy's scripts declare the
+            // table and its `isolated` set too, so the table alone proves nothing).
             let table = weft_dataplane::stateful::NFT_TABLE;
-            if has_pools && !nft_table_exists(proto, table).map_err(|e| e.to_string())? {
+            if has_pools
+                && !nft_chain_exists(proto, table, "raw_pods").map_err(|e| e.to_string())?
+            {
                 gone.push(format!("{fam} {table}"));
             }
         }
@@ -581,7 +591,7 @@ impl Agent {
         }
         tracing::warn!(
             target: "weft::dataplane",
-            "nftables: table {} is gone (the ruleset was flushed?); writing it again",
+            "nftables: table {} is gone or emptied (the ruleset was flushed?); writing it again",
             gone.join(" and ")
         );
         self.dp.nat_applied = None;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use weft_dataplane::stateful::{refresh_script, Conn, TRANSLATED_REFRESH_SECS};
+use weft_dataplane::stateful::{Conn, TRANSLATED_REFRESH_SECS};
 
 use crate::Agent;
 
@@ -39,12 +39,14 @@ pub(crate) struct NftState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NftablesReport {
     /// Client sockets of translated connections (to pods) conntrack knew at the last
-    /// refresh, all entered into the set `translated` (none yet: `None`).
+    /// successful refresh, all entered into the set `translated` (none yet: `None`).
+    #[serde(default)]
     pub translated_sockets: Option<usize>,
     /// Seconds between refreshes (and checks of the tables).
     pub every_secs: u64,
     /// How often since the agent started a table of weft's (`ip weft`, `ip6 weft`,
     /// `inet weft_policy`) was found gone (someone flushed the ruleset) and written again.
+    #[serde(default)]
     pub restored: u64,
     /// Why the last check or refresh failed.
     pub error: Option<String>,
@@ -94,7 +96,9 @@ impl Agent {
                 }
             }
             Err(e) => {
-                if self.nft.error.as_ref() != Some(&e) {
+                // Logged when it starts (a message may carry a changing count); `weft
+                // status` shows the latest.
+                if self.nft.error.is_none() {
                     tracing::warn!(target: "weft::dataplane", "{e}");
                 }
                 self.nft.error = Some(e);
@@ -102,32 +106,61 @@ impl Agent {
         }
     }
 
-    /// Writes weft's tables again where one is gone.
+    /// Writes weft's tables again where one is gone; each table is checked even when
+    /// another's check failed.
     fn nftables_check(&mut self) -> Result<(), String> {
         let weft = self
             .dp_tables_restore()
-            .map_err(|e| format!("checking weft's nftables tables: {e}"))?;
+            .map_err(|e| format!("checking weft's nftables tables: {e}"));
+        // Tables of weft's written again lost the policy's elements of their `isolated`
+        // sets: the policy is written again too.
+        let rewritten = weft.as_ref().is_ok_and(|n| *n > 0);
         let policy = self
-            .policy_table_check(weft > 0)
-            .map_err(|e| format!("checking the policy's nftables table: {e}"))?;
-        self.nft.restored += weft + policy;
-        Ok(())
+            .policy_table_check(rewritten)
+            .map_err(|e| format!("checking the policy's nftables table: {e}"));
+        self.nft.restored += weft.as_ref().map_or(0, |n| *n) + policy.as_ref().map_or(0, |n| *n);
+        match (weft, policy) {
+            (Ok(_), Ok(_)) => Ok(()),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
     }
 
     /// Enters the client sockets of the translated connections conntrack knows into the
-    /// set again.
+    /// set again (straight over netlink: `nft` would read the whole ruleset every time).
     fn translated_refresh(&mut self) -> Result<(), String> {
+        use weft_dataplane::stateful::{refresh_sockets, translated_timeout_secs, NFT_TABLE};
+        use weft_netlink::netfilter::{
+            nft_add_socket_elements, SocketElement, NFPROTO_IPV4, NFPROTO_IPV6,
+        };
         if !self.dp_tables_current() {
             return Ok(());
         }
         let (nat, policy) = (self.dp.cfg.nat, self.policy_active());
         let pools = self.cfg.ipam.space.pools.clone();
         let entered = self.conntrack_listing(SHARED_LISTING).and_then(|conns| {
-            let (script, entered) = refresh_script(&conns, &pools, nat, policy);
-            if !script.is_empty() {
-                crate::dataplane::run_nft(&script)?;
+            let sockets = refresh_sockets(&conns, &pools, nat, policy);
+            // Each family even when the other's failed; the first error is reported.
+            let mut first_err = None;
+            for (v6, family) in [(false, NFPROTO_IPV4), (true, NFPROTO_IPV6)] {
+                let elems: Vec<SocketElement> = sockets
+                    .iter()
+                    .filter(|(a, _, _)| a.is_ipv6() == v6)
+                    .map(|&(addr, proto, port)| SocketElement {
+                        addr,
+                        proto,
+                        port,
+                        timeout_ms: translated_timeout_secs(proto) * 1000,
+                    })
+                    .collect();
+                if !elems.is_empty() {
+                    if let Err(e) = nft_add_socket_elements(family, NFT_TABLE, "translated", &elems)
+                    {
+                        first_err.get_or_insert(e.to_string());
+                    }
+                }
             }
-            Ok(entered)
+            first_err.map_or(Ok(sockets.len()), Err)
         });
         let entered = entered.map_err(|e| {
             format!("refreshing the set of translated connections' client sockets: {e}")

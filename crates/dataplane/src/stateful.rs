@@ -23,6 +23,9 @@ pub const TRANSLATED_MARK: u32 = 0x0100_0000;
 /// set holds the sockets of about 437 new connections a second (262,144 / 600 s).
 pub const TRANSLATED_TIMEOUT: &str = "10m";
 
+/// [`TRANSLATED_TIMEOUT`] in seconds.
+pub const TRANSLATED_TIMEOUT_SECS: u64 = 600;
+
 /// How often, in seconds, the agent enters the client sockets of the translated
 /// connections conntrack knows into the set again.
 pub const TRANSLATED_REFRESH_SECS: u64 = 30;
@@ -33,6 +36,9 @@ pub const TRANSLATED_REFRESH_SECS: u64 = 30;
 /// minutes without packets (`nf_conntrack_udp_timeout_stream`), after which a reply
 /// cannot be translated anyway.
 pub const TRANSLATED_UDP_TIMEOUT: &str = "5m";
+
+/// [`TRANSLATED_UDP_TIMEOUT`] in seconds.
+pub const TRANSLATED_UDP_TIMEOUT_SECS: u64 = 300;
 
 /// At most this many translated client sockets per family in the set.
 pub const TRANSLATED_SIZE: u32 = 262_144;
@@ -225,43 +231,31 @@ fn client_sockets(conns: &[Conn], pools: &[IpNet], keep: impl Fn(IpAddr) -> bool
     out
 }
 
-/// The `nft -f` script that enters into the `translated` set of each family whose table
-/// [`nft_script`] writes (with the same `pools`, `nat` and `policy`) the client socket of
-/// every connection in `conns` that the set's `forward` rule learns: translated (DNAT'd),
-/// from a pool address to a pool address after DNAT, TCP, UDP or SCTP. A socket still in
-/// the set gets its timeout back (the kernel updates the expiry of an element added
-/// again); one that expired while its connection idled is entered again. UDP sockets get
-/// their own timeout, as the rule gives them. Also returns how many sockets it enters; the
-/// script is empty when there is nothing to enter.
-pub fn refresh_script(conns: &[Conn], pools: &[IpNet], nat: bool, policy: bool) -> (String, usize) {
+/// The client sockets that belong in the `translated` sets of the tables [`nft_script`]
+/// writes with the same `pools`, `nat` and `policy`: those of every connection in `conns`
+/// that the sets' `forward` rule learns (translated, from a pool address to a pool address
+/// after DNAT, TCP, UDP or SCTP), for each family that has a table. The agent enters them
+/// again every [`TRANSLATED_REFRESH_SECS`], each with its [`translated_timeout_secs`] as
+/// both timeout and expiry, so one already there gets its expiry back and one that expired
+/// while its connection idled is entered again.
+pub fn refresh_sockets(conns: &[Conn], pools: &[IpNet], nat: bool, policy: bool) -> Vec<Socket> {
     if !(nat || policy) {
-        return (String::new(), 0);
+        return Vec::new();
     }
     let in_pools = |a: IpAddr| pools.iter().any(|p| p.contains(&a));
-    let sockets = client_sockets(conns, pools, in_pools);
-    let mut s = String::new();
-    let mut entered = 0;
-    for v6 in [false, true] {
-        let fam = if v6 { "ip6" } else { "ip" };
-        let elements: Vec<String> = sockets
-            .iter()
-            .filter(|(a, _, _)| a.is_ipv6() == v6)
-            .map(|&(a, proto, port)| match proto {
-                17 => format!("{a} . udp . {port} timeout {TRANSLATED_UDP_TIMEOUT}"),
-                6 => format!("{a} . tcp . {port}"),
-                _ => format!("{a} . sctp . {port}"),
-            })
-            .collect();
-        entered += elements.len();
-        // Statements of a bounded length, all in one transaction.
-        for chunk in elements.chunks(4096) {
-            s.push_str(&format!(
-                "add element {fam} {NFT_TABLE} translated {{ {} }}\n",
-                chunk.join(", ")
-            ));
-        }
+    // A client in the pools has a table of its family (the family has pools).
+    client_sockets(conns, pools, in_pools)
+}
+
+/// The timeout, in seconds, of a translated client socket of IP protocol `proto` in the set
+/// (what the `forward` rule gives it: [`TRANSLATED_UDP_TIMEOUT`] for UDP,
+/// [`TRANSLATED_TIMEOUT`] otherwise).
+pub fn translated_timeout_secs(proto: u8) -> u64 {
+    if proto == 17 {
+        TRANSLATED_UDP_TIMEOUT_SECS
+    } else {
+        TRANSLATED_TIMEOUT_SECS
     }
-    (s, entered)
 }
 
 /// A tracked connection of TCP, UDP or SCTP: its original tuple (as the opener sent it,
@@ -532,41 +526,36 @@ mod tests {
             (ip("10.32.0.5"), ip("10.96.0.1"), 42000, 443),
             (ip("172.30.1.1"), ip("10.32.0.5"), 6443, 42000),
         ));
-        let (s, n) = refresh_script(&conns, &pools(), true, false);
-        assert_eq!(n, 3);
-        assert_eq!(
-            s,
-            "add element ip weft translated { 10.32.0.2 . tcp . 40000, 10.32.0.3 . udp . 5353 timeout 5m }\n\
-             add element ip6 weft translated { fd32::2 . tcp . 40001 }\n"
-        );
+        let want: Vec<Socket> = vec![
+            (ip("10.32.0.2"), 6, 40000),
+            (ip("10.32.0.3"), 17, 5353),
+            (ip("fd32::2"), 6, 40001),
+        ];
+        assert_eq!(refresh_sockets(&conns, &pools(), true, false), want);
         // With a policy but no NAT the tables exist too; with neither they do not.
-        assert_eq!(refresh_script(&conns, &pools(), false, true), (s, 3));
-        assert_eq!(
-            refresh_script(&conns, &pools(), false, false),
-            (String::new(), 0)
-        );
+        assert_eq!(refresh_sockets(&conns, &pools(), false, true), want);
+        assert!(refresh_sockets(&conns, &pools(), false, false).is_empty());
         // A family without pools has no table and gets nothing.
         let v4: Vec<IpNet> = vec!["10.32.0.0/12".parse().unwrap()];
-        let (s4, n4) = refresh_script(&conns, &v4, true, false);
-        assert!(!s4.contains("ip6"), "{s4}");
-        assert_eq!(n4, 2);
+        assert_eq!(refresh_sockets(&conns, &v4, true, false), want[..2]);
         // Nothing translated, nothing to enter.
-        assert_eq!(
-            refresh_script(&conns[2..4], &pools(), true, false),
-            (String::new(), 0)
-        );
+        assert!(refresh_sockets(&conns[2..4], &pools(), true, false).is_empty());
     }
 
     #[test]
-    fn a_long_refresh_is_cut_into_statements_of_one_transaction() {
-        let (a, b) = (ip("10.32.0.2"), ip("10.32.1.4"));
-        let conns: Vec<Conn> = (1..=5000u16)
-            .map(|p| (6, (a, ip("10.96.0.10"), p, 80), (b, a, 80, p)))
-            .collect();
-        let (s, n) = refresh_script(&conns, &pools(), true, false);
-        assert_eq!(n, 5000);
-        assert_eq!(s.lines().count(), 2);
-        assert_eq!(s.matches(" . tcp . ").count(), 5000);
+    fn the_refresh_gives_each_socket_the_timeout_its_rule_gives() {
+        assert_eq!(translated_timeout_secs(17), 300);
+        assert_eq!(translated_timeout_secs(6), 600);
+        assert_eq!(translated_timeout_secs(132), 600);
+        // The same durations as the rules and the set declare.
+        assert_eq!(
+            TRANSLATED_TIMEOUT,
+            format!("{}m", TRANSLATED_TIMEOUT_SECS / 60)
+        );
+        assert_eq!(
+            TRANSLATED_UDP_TIMEOUT,
+            format!("{}m", TRANSLATED_UDP_TIMEOUT_SECS / 60)
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! receiving the packets nftables' `log group N` sends to userspace (nfnetlink_log),
 //! listing the connection tracking table and deleting one entry by its original tuple
 //! (ctnetlink), changing nftables set elements and a table's dormant flag, and asking
-//! whether a table exists. All work in the namespace the socket was opened in.
+//! whether a table or chain exists. All work in the namespace the socket was opened in.
 
 use std::net::IpAddr;
 
@@ -315,6 +315,9 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFTA_TABLE_NAME: u16 = 1;
@@ -419,6 +422,83 @@ pub fn nft_add_elements(elems: &[SetElement]) -> Result<()> {
     nft_transaction(&msgs, &op)
 }
 
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+
+/// An element of a set whose type is `ipv4_addr . inet_proto . inet_service` (or its
+/// IPv6 form): a socket, and how long it stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketElement {
+    /// The address (its family must be the set's).
+    pub addr: IpAddr,
+    /// The IP protocol.
+    pub proto: u8,
+    /// The port.
+    pub port: u16,
+    /// Its timeout, and its expiry from now, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The key of a socket element: each field of the concatenation in a multiple of 4
+/// bytes, as nftables lays them out (the address; the protocol byte and 3 bytes of
+/// padding; the port in network order and 2 bytes of padding).
+fn socket_key(e: &SocketElement) -> Vec<u8> {
+    let mut key = match e.addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    key.extend_from_slice(&[e.proto, 0, 0, 0]);
+    key.extend_from_slice(&e.port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    key
+}
+
+/// Adds socket elements to the set `set` of table `table` (`family`), each with its
+/// timeout and an expiry of that long from now: an element already there gets its expiry
+/// back (the kernel updates an existing element when an expiration is given), one that is
+/// missing is entered. In transactions of at most 1024 elements, each one message (a full
+/// set fails only the transaction that would grow it); every transaction is tried, and the
+/// first error is returned. Straight over netlink: `nft` would read the whole ruleset
+/// first.
+pub fn nft_add_socket_elements(
+    family: u8,
+    table: &str,
+    set: &str,
+    elems: &[SocketElement],
+) -> Result<()> {
+    let mut first_err = None;
+    for chunk in elems.chunks(1024) {
+        let op = format!(
+            "refresh {} elements of nftables set {table} {set}",
+            chunk.len()
+        );
+        let mut attrs = Vec::new();
+        attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
+        attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &cstr(set));
+        nested(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+            for e in chunk {
+                nested(l, NFTA_LIST_ELEM, |el| {
+                    nested(el, NFTA_SET_ELEM_KEY, |k| {
+                        attr(k, NFTA_DATA_VALUE, &socket_key(e));
+                    });
+                    attr(el, NFTA_SET_ELEM_TIMEOUT, &e.timeout_ms.to_be_bytes());
+                    attr(el, NFTA_SET_ELEM_EXPIRATION, &e.timeout_ms.to_be_bytes());
+                });
+            }
+        });
+        let msg = [(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+            family,
+            attrs,
+        )];
+        if let Err(e) = nft_transaction(&msg, &op) {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// Hooks an existing nftables table out (`dormant`: none of its base chains sees a
 /// packet) or back in, as `nft add table T { flags dormant; }` and its reverse do, in a
 /// transaction of its own. Fails (ENOENT) when there is no such table: it never creates
@@ -444,21 +524,44 @@ pub fn nft_table_dormant(family: u8, table: &str, dormant: bool) -> Result<()> {
 /// Whether the nftables table `table` of `family` exists, asked for by name (what `nft
 /// list table` learns first, without reading any other table or rule).
 pub fn nft_table_exists(family: u8, table: &str) -> Result<bool> {
-    let op = format!("look for nftables table {table}");
     let mut attrs = Vec::new();
     attr(&mut attrs, NFTA_TABLE_NAME, &cstr(table));
+    nft_get_exists(
+        NFT_MSG_GETTABLE,
+        family,
+        &attrs,
+        &format!("look for nftables table {table}"),
+    )
+}
+
+/// Whether the chain `chain` of the nftables table `table` of `family` exists (so also
+/// the table), asked for by name.
+pub fn nft_chain_exists(family: u8, table: &str, chain: &str) -> Result<bool> {
+    let mut attrs = Vec::new();
+    attr(&mut attrs, NFTA_CHAIN_TABLE, &cstr(table));
+    attr(&mut attrs, NFTA_CHAIN_NAME, &cstr(chain));
+    nft_get_exists(
+        NFT_MSG_GETCHAIN,
+        family,
+        &attrs,
+        &format!("look for nftables chain {table} {chain}"),
+    )
+}
+
+/// Asks for one nftables object: true when the kernel has it (its description comes
+/// first, then the acknowledgement), false on ENOENT.
+fn nft_get_exists(kind: u16, family: u8, attrs: &[u8], op: &str) -> Result<bool> {
     let msg = message(
         NFNL_SUBSYS_NFTABLES,
-        NFT_MSG_GETTABLE,
+        kind,
         NLM_F_REQUEST | NLM_F_ACK,
         1,
         family,
         0,
-        &attrs,
+        attrs,
     );
-    let mut s = open(&op)?;
-    // The table comes first, then the acknowledgement; ENOENT: no such table.
-    request_ack(&mut s, &msg, &op)
+    let mut s = open(op)?;
+    request_ack(&mut s, &msg, op)
 }
 
 /// Sends nftables messages (type, flags, family, attributes) as one transaction (all or
@@ -797,6 +900,24 @@ fn ct_tuple(buf: &[u8]) -> Option<(u8, CtEnds)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_key_lays_each_field_out_in_four_byte_units() {
+        let e = |addr: &str| SocketElement {
+            addr: addr.parse().unwrap(),
+            proto: 6,
+            port: 4000,
+            timeout_ms: 600_000,
+        };
+        assert_eq!(
+            socket_key(&e("10.32.0.3")),
+            [10, 32, 0, 3, 6, 0, 0, 0, 0x0f, 0xa0, 0, 0]
+        );
+        let v6 = socket_key(&e("fd32::2"));
+        assert_eq!(v6.len(), 24);
+        assert_eq!(&v6[..2], &[0xfd, 0x32]);
+        assert_eq!(&v6[16..], &[6, 0, 0, 0, 0x0f, 0xa0, 0, 0]);
+    }
 
     #[test]
     fn a_logged_packet_message_is_read_back() {
