@@ -10,7 +10,7 @@
 //! Design: docs/dataplane.md, "Connections that others translate".
 
 mod common;
-use common::dp::run_with;
+use common::dp::{run_with, wait_for};
 use common::*;
 
 use serde_json::{json, Value};
@@ -396,12 +396,11 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         set()
     );
     weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "start"]);
-    let entered = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        set().contains(&listed)
+    let entered = wait_for(Duration::from_secs(10), || {
+        set().contains(&listed).then_some(())
     });
     assert!(
-        entered,
+        entered.is_some(),
         "{what}: the new agent did not enter the idle connection's client socket ({elem}) into the set: {}",
         set()
     );
@@ -441,12 +440,11 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
     // its table again within its 30 s check, enters the connection's socket again, says
     // so in `weft status`, and the connection goes on.
     host_sh(lab, "h1", "nft flush ruleset");
-    let back = (0..450).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        set().contains(&listed)
+    let back = wait_for(Duration::from_secs(45), || {
+        set().contains(&listed).then_some(())
     });
     assert!(
-        back,
+        back.is_some(),
         "{what}: h1's agent did not write its table and set again: {}",
         set()
     );
@@ -473,11 +471,14 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
     );
     let left = || expires_secs(&set(), &listed);
     assert!(left().is_some_and(|s| s <= 15), "{what}: {}", set());
-    let renewed = (0..450).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        left().is_some_and(|s| s >= 300)
+    let renewed = wait_for(Duration::from_secs(45), || {
+        left().is_some_and(|s| s >= 300).then_some(())
     });
-    assert!(renewed, "{what}: the agent did not renew {elem}: {}", set());
+    assert!(
+        renewed.is_some(),
+        "{what}: the agent did not renew {elem}: {}",
+        set()
+    );
 }
 
 #[test]
