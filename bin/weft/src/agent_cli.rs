@@ -451,6 +451,13 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
         ),
         state => println!("fast path: {state}"),
     }
+    if !f.shaped.is_empty() {
+        println!(
+            "fast path: {} container veth(s) with another's qdisc (bandwidth limits) left to the stack, where it applies: {}",
+            f.shaped.len(),
+            f.shaped.join(", ")
+        );
+    }
     if let Some(e) = &f.error {
         println!("fast path ERROR: {e}");
     }

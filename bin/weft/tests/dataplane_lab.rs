@@ -232,3 +232,184 @@ fn without_the_fast_path_the_stack_forwards_the_same_traffic() {
     assert_eq!(forward_hook_sees(&lab, &pods[0], &pods[1]), 3);
     nat_to_outside(&lab, &pods, &www, "172.30.0.250");
 }
+
+/// The packets a qdisc of `kind` on `host`'s device `dev` has seen (`tc -s qdisc`).
+fn qdisc_packets(lab: &Lab, host: &str, dev: &str, kind: &str) -> u64 {
+    let (ok, t) = lab.exec(host, &["tc", "-s", "qdisc", "show", "dev", dev]);
+    assert!(ok, "{host}: tc qdisc show dev {dev}: {t}");
+    let mut lines = t
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("qdisc {kind} ")));
+    lines.next();
+    lines
+        .next()
+        .and_then(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "pkt")?;
+            w.get(i - 1)?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("{host}: no {kind} qdisc on {dev}: {t}"))
+}
+
+/// Containers with bandwidth limits (the reference `bandwidth` plugin chained after weft's,
+/// as Kubernetes' `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations
+/// have it) keep their traffic on the stack, through the qdiscs that enforce the limits,
+/// with the fast path on: before, it delivered into a container past the `tbf` on its host
+/// veth (10 Gbit/s through a 100 Mbit/s limit), and reported an error for a veth whose
+/// `ingress` qdisc excluded its own. The other containers keep the fast path.
+#[test]
+fn bandwidth_limits_hold_with_the_fast_path_on() {
+    if !root_or_skip("dataplane bandwidth") {
+        return;
+    }
+    let lab = Lab::up("dpbw", 1, "mesh");
+    let dir = format!("/run/weft-lab/{}", lab.name);
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/h1/net.d/weft.conflist")).unwrap(),
+    )
+    .unwrap();
+    let start = |name: &str, limits: Option<serde_json::Value>| -> (Pod, String) {
+        let mut args = vec!["lab", "run", "--name", &lab.name, "--json"];
+        let path = format!("{dir}/{name}.conflist");
+        if let Some(limits) = limits {
+            let mut c = base.clone();
+            // The version Debian's reference plugins speak.
+            c["cniVersion"] = "1.0.0".into();
+            let mut bw = serde_json::json!({"type": "bandwidth"});
+            for (k, v) in limits.as_object().unwrap() {
+                bw[k] = v.clone();
+            }
+            c["plugins"].as_array_mut().unwrap().push(bw);
+            std::fs::write(&path, c.to_string()).unwrap();
+            args.extend(["--conflist", &path]);
+        }
+        args.extend(["h1", name]);
+        let out = weft_ok(&args);
+        let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let veth = c["result"]["interfaces"][0]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ip = c["ip"].as_str().unwrap().to_string();
+        let pod = Pod {
+            host: "h1".into(),
+            name: name.into(),
+            ip,
+            ip6: None,
+        };
+        (pod, veth)
+    };
+    let (plain, plain_veth) = start("plain", None);
+    let (other, other_veth) = start("other", None);
+    // Into the container: a tbf at the root of its host veth.
+    let (limited, limited_veth) = start(
+        "limited",
+        Some(serde_json::json!({"ingressRate": 100_000_000, "ingressBurst": 1_000_000})),
+    );
+    // Both ways: out of the container through an ingress qdisc and an ifb device too.
+    let (both, both_veth) = start(
+        "both",
+        Some(serde_json::json!({
+            "ingressRate": 100_000_000, "ingressBurst": 1_000_000,
+            "egressRate": 100_000_000, "egressBurst": 1_000_000,
+        })),
+    );
+    // The agent attaches to the plain containers' veths and leaves the others alone.
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let settled = wait_for(Duration::from_secs(20), || {
+        let f = status(&lab, "h1")["dataplane"]["fast_path"].clone();
+        let (devices, shaped) = (names(&f["devices"]), names(&f["shaped"]));
+        (devices.contains(&plain_veth)
+            && devices.contains(&other_veth)
+            && shaped.contains(&limited_veth)
+            && shaped.contains(&both_veth))
+        .then_some(f)
+    });
+    let f = settled.unwrap_or_else(|| {
+        panic!(
+            "h1's fast path did not settle: {}",
+            status(&lab, "h1")["dataplane"]["fast_path"]
+        )
+    });
+    let devices = names(&f["devices"]);
+    assert!(
+        !devices.contains(&limited_veth) && !devices.contains(&both_veth),
+        "attached to a limited container's veth: {f}"
+    );
+    assert!(f["error"].is_null(), "{f}");
+    let (ok, text) = lab.exec(
+        "h1",
+        &[WEFT, "status", "--socket", &format!("{dir}/h1/weft.sock")],
+    );
+    assert!(
+        ok && text.contains(
+            "2 container veth(s) with another's qdisc (bandwidth limits) left to the stack"
+        ),
+        "{text}"
+    );
+
+    // Into `limited`: every echo request passes FORWARD and its tbf.
+    let before = qdisc_packets(&lab, "h1", &limited_veth, "tbf");
+    assert_eq!(forward_hook_sees(&lab, &plain, &limited), 3);
+    let after = qdisc_packets(&lab, "h1", &limited_veth, "tbf");
+    assert!(
+        after >= before + 3,
+        "tbf on {limited_veth}: {before} -> {after}"
+    );
+    // Out of `both`: through its ingress qdisc, then FORWARD.
+    let before = qdisc_packets(&lab, "h1", &both_veth, "ingress");
+    assert_eq!(forward_hook_sees(&lab, &both, &plain), 3);
+    let after = qdisc_packets(&lab, "h1", &both_veth, "ingress");
+    assert!(
+        after >= before + 3,
+        "ingress on {both_veth}: {before} -> {after}"
+    );
+    // Between the plain containers the fast path goes on delivering.
+    assert_eq!(forward_hook_sees(&lab, &plain, &other), 0);
+
+    // A limit added later (by hand, say) takes its container off the fast path.
+    let (ok, t) = lab.exec(
+        "h1",
+        &[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &other_veth,
+            "root",
+            "tbf",
+            "rate",
+            "100mbit",
+            "burst",
+            "125000",
+            "latency",
+            "25ms",
+        ],
+    );
+    assert!(ok, "{t}");
+    let moved = wait_for(Duration::from_secs(10), || {
+        let f = status(&lab, "h1")["dataplane"]["fast_path"].clone();
+        (names(&f["shaped"]).contains(&other_veth) && !names(&f["devices"]).contains(&other_veth))
+            .then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "{other_veth} with a tbf stayed on the fast path: {}",
+        status(&lab, "h1")["dataplane"]["fast_path"]
+    );
+    let before = qdisc_packets(&lab, "h1", &other_veth, "tbf");
+    assert_eq!(forward_hook_sees(&lab, &plain, &other), 3);
+    let after = qdisc_packets(&lab, "h1", &other_veth, "tbf");
+    assert!(
+        after >= before + 3,
+        "tbf on {other_veth}: {before} -> {after}"
+    );
+}

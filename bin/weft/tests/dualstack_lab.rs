@@ -150,6 +150,7 @@ fn an_ipv6_underlay_carries_both_families_and_nats_ipv6_to_the_outside() {
         .iter()
         .find(|p| p.host == "h2" && p.name == "c1")
         .unwrap();
+    fast_path_attached(&lab, "h1");
     assert_eq!(
         forward_hook_sees6(&lab, h1c1, h2c1),
         0,

@@ -428,6 +428,7 @@ fn policies_reach_every_host_cut_forbidden_connections_explain_drops_and_survive
         ip: p.v4.to_string(),
         ip6: None,
     };
+    dp::fast_path_attached(&lab, &c.host);
     assert_eq!(dp::forward_hook_sees(&lab, &pod(&c), &pod(&f)), 0);
     let st = dp::status(&lab, "h3");
     assert!(

@@ -10,7 +10,7 @@
 //! Design: docs/dataplane.md, "Connections that others translate".
 
 mod common;
-use common::dp::{run_with, wait_for};
+use common::dp::{fast_path_attached, run_with, wait_for};
 use common::*;
 
 use serde_json::{json, Value};
@@ -148,6 +148,11 @@ fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
     );
     let a = run_with(&lab, "h1", "a", None, &[]);
     run_with(&lab, "h2", "d", None, &[]);
+    if fast_path {
+        for h in ["h1", "h2"] {
+            fast_path_attached(&lab, h);
+        }
+    }
 
     // Plain pod-to-pod traffic first: it works, and (with the fast path) takes it.
     assert!(
@@ -590,6 +595,11 @@ fn round6(name: &str, extra: &[&str]) {
     );
     v6("h1", "a", None, &[]);
     v6("h2", "d", None, &[]);
+    if !extra.contains(&"off") {
+        for h in ["h1", "h2"] {
+            fast_path_attached(&lab, h);
+        }
+    }
     assert!(
         fetch(&lab, "h1/a", &b, "80", "from-b").contains("from-b"),
         "{what}: a -> b"

@@ -41,6 +41,12 @@ pub(crate) struct Fast {
     pub(crate) repromote: bool,
     /// When the conntrack entries of promoted connections in use were last kept alive.
     promoted_refreshed: Option<Instant>,
+    /// Container veths the last tick saw: a new one is attached from the tick after the
+    /// one that first sees it, once the plugins chained after weft's are done with it.
+    seen: BTreeSet<Device>,
+    /// Container veths that carry a queueing discipline of someone else's: left to the
+    /// stack, where it applies.
+    shaped: Vec<String>,
 }
 
 /// The established TCP timeout of the host's conntrack.
@@ -51,6 +57,23 @@ const TCP_ESTABLISHED_TIMEOUT: &str =
 /// program's LRU map keeps those of idle connections.
 const TRANSLATED_REFRESH: Duration =
     Duration::from_secs(weft_dataplane::stateful::TRANSLATED_REFRESH_SECS);
+
+/// The devices, by index, that carry a queueing discipline of someone else's, among
+/// `qdiscs` (device index, kind, as the kernel lists them): anything but a veth's
+/// `noqueue` and the `clsact` the fast path's filters hang on. The reference `bandwidth`
+/// plugin (Kubernetes' `kubernetes.io/ingress-bandwidth` and `egress-bandwidth`) puts a
+/// `tbf` at the root of a container's host veth and an `ingress` qdisc that sends its
+/// packets through an `ifb` device. The fast path delivers into a container past its host
+/// veth's root qdisc (`bpf_redirect_peer`) and an `ingress` qdisc excludes `clsact`: such
+/// a veth is left to the stack, where the shaping applies. Design: docs/dataplane.md,
+/// "Fast path", other qdiscs.
+fn shaped_devices(qdiscs: &[(u32, String)]) -> BTreeSet<u32> {
+    qdiscs
+        .iter()
+        .filter(|(_, kind)| kind != "noqueue" && kind != "clsact")
+        .map(|(index, _)| *index)
+        .collect()
+}
 
 /// Removes the filters an earlier agent left on container veths (it crashed, or ran with
 /// the fast path on when this one cannot or must not).
@@ -103,6 +126,10 @@ pub struct FastReport {
     pub devices: Vec<String>,
     /// Packets it handled since the agent started.
     pub counters: Counters,
+    /// Container veths that carry another's queueing discipline (bandwidth limits): not
+    /// attached, their traffic takes the stack, where the qdisc applies.
+    #[serde(default)]
+    pub shaped: Vec<String>,
     /// Why it is unavailable, or the last device it could not be attached to.
     pub error: Option<String>,
 }
@@ -163,7 +190,27 @@ impl Agent {
             Ok(l) => l,
             Err(e) => return self.set_fast_error(Some(format!("fast path: listing links: {e}"))),
         };
-        let want: BTreeSet<Device> = links.iter().filter_map(own_device).collect();
+        let qdiscs = match Netlink::open().and_then(|mut n| n.qdiscs()) {
+            Ok(q) => q,
+            Err(e) => return self.set_fast_error(Some(format!("fast path: listing qdiscs: {e}"))),
+        };
+        let shaped = shaped_devices(&qdiscs);
+        let own: BTreeSet<Device> = links.iter().filter_map(own_device).collect();
+        // A container veth is attached from the second tick that sees it: the plugins
+        // chained after weft's (`bandwidth` adds an `ingress` qdisc, which a `clsact`
+        // there would make fail) have run by then. One with another's qdisc is not
+        // attached, or is detached: its traffic takes the stack.
+        let want: BTreeSet<Device> = own
+            .iter()
+            .filter(|d| !d.pod || (self.fast.seen.contains(d) && !shaped.contains(&d.ifindex)))
+            .cloned()
+            .collect();
+        self.fast.shaped = own
+            .iter()
+            .filter(|d| d.pod && shaped.contains(&d.ifindex))
+            .map(|d| d.name.clone())
+            .collect();
+        self.fast.seen = own.into_iter().filter(|d| d.pod).collect();
         let uplinks: Vec<u32> = self
             .dp
             .underlay_if()
@@ -348,6 +395,7 @@ impl Agent {
                 .as_ref()
                 .map(|f| f.counters())
                 .unwrap_or_default(),
+            shaped: self.fast.shaped.clone(),
             error: self.fast.error.clone(),
         }
     }
@@ -383,5 +431,29 @@ mod tests {
         assert!(own_device(&link("weft1a2b", "veth", Some("weft:abc"))).is_none());
         assert!(own_device(&link("weft1a2b", "bridge", Some("weft:n:c:eth0"))).is_none());
         assert!(own_device(&link(VXLAN_DEV, "vxlan", Some("mine"))).is_none());
+    }
+
+    #[test]
+    fn a_veth_with_another_qdisc_is_shaped() {
+        let q = |i: u32, kind: &str| (i, kind.to_string());
+        let list = [
+            // weft's own: a veth's default and the fast path's clsact.
+            q(3, "noqueue"),
+            q(3, "clsact"),
+            // bandwidth's ingress limit (a tbf at the root) and its egress limit (an
+            // ingress qdisc); another's shaping of any kind.
+            q(4, "noqueue"),
+            q(5, "tbf"),
+            q(5, "ingress"),
+            q(6, "tbf"),
+            q(6, "clsact"),
+            q(7, "htb"),
+            q(8, "ingress"),
+        ];
+        assert_eq!(
+            shaped_devices(&list),
+            BTreeSet::from([5, 6, 7, 8]),
+            "only veths with a qdisc of someone else's"
+        );
     }
 }

@@ -31,6 +31,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
     RouteType, RouteVia,
 };
+use netlink_packet_route::tc::{TcAttribute, TcMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -285,6 +286,29 @@ impl Netlink {
             .into_iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(link_from(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every queueing discipline in this namespace, as `tc qdisc show` lists them: the
+    /// index of its device and its kind (`noqueue`, `clsact`, `tbf`, `ingress`, ...).
+    pub fn qdiscs(&mut self) -> Result<Vec<(u32, String)>> {
+        let msgs = self.request(
+            &|| "list qdiscs".into(),
+            RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewQueueDiscipline(q) => {
+                    let kind = q.attributes.into_iter().find_map(|a| match a {
+                        TcAttribute::Kind(k) => Some(k),
+                        _ => None,
+                    })?;
+                    u32::try_from(q.header.index).ok().map(|i| (i, kind))
+                }
                 _ => None,
             })
             .collect())

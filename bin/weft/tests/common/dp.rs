@@ -391,6 +391,7 @@ fn forward_probe(lab: &Lab, src: &Pod, from: &str, to: &str, v6: bool) -> u64 {
 pub fn fast_path_carried(lab: &Lab, hosts: usize, kinds: &[&str]) {
     for h in 1..=hosts {
         let host = format!("h{h}");
+        fast_path_attached(lab, &host);
         let s = status(lab, &host);
         let f = &s["dataplane"]["fast_path"];
         assert_eq!(f["state"], "on", "{host}: {f}");
@@ -491,5 +492,49 @@ pub fn long_connection_survives(lab: &Lab, v6: bool, between: impl FnOnce()) {
         conns.lines().filter(|l| l.contains(":7001")).count(),
         1,
         "one connection, the first one: {conns}"
+    );
+}
+
+/// Waits (up to 20 s) until `host`'s fast path is attached to every weft container veth
+/// there, or has left it to the stack for a qdisc of someone else's: the agent attaches to
+/// a new container's veth from the second tick that sees it (docs/dataplane.md, "Fast
+/// path"), so a test that counts what the program did waits for it first.
+pub fn fast_path_attached(lab: &Lab, host: &str) {
+    let veths = || -> Vec<String> {
+        let (ok, t) = lab.exec(host, &["ip", "-j", "link", "show", "type", "veth"]);
+        assert!(ok, "{host}: ip link: {t}");
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| {
+                l["ifalias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("weft:"))
+            })
+            .filter_map(|l| l["ifname"].as_str().map(String::from))
+            .collect()
+    };
+    let done = wait_for(Duration::from_secs(20), || {
+        let f = status(lab, host)["dataplane"]["fast_path"].clone();
+        let listed = |k: &str| -> Vec<String> {
+            f[k].as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        };
+        let (devices, shaped) = (listed("devices"), listed("shaped"));
+        (f["state"] == "on"
+            && veths()
+                .iter()
+                .all(|v| devices.contains(v) || shaped.contains(v)))
+        .then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "{host}: the fast path did not attach to every container veth: {} (veths {:?})",
+        status(lab, host)["dataplane"]["fast_path"],
+        veths()
     );
 }
