@@ -453,7 +453,7 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     }
     if !f.shaped.is_empty() {
         println!(
-            "fast path: {} container veth(s) with another's qdisc (bandwidth limits) left to the stack, where it applies: {}",
+            "fast path: not used for {} container veth(s) with a qdisc weft did not add (bandwidth limits, say): their traffic takes the kernel's stack, where the qdisc applies: {}",
             f.shaped.len(),
             f.shaped.join(", ")
         );

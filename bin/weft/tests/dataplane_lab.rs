@@ -350,9 +350,7 @@ fn bandwidth_limits_hold_with_the_fast_path_on() {
         &[WEFT, "status", "--socket", &format!("{dir}/h1/weft.sock")],
     );
     assert!(
-        ok && text.contains(
-            "2 container veth(s) with another's qdisc (bandwidth limits) left to the stack"
-        ),
+        ok && text.contains("not used for 2 container veth(s) with a qdisc weft did not add"),
         "{text}"
     );
 

@@ -6,7 +6,7 @@
 //! stops leaves nothing attached, and its containers' traffic takes the kernel's stack
 //! until it is back. Design: docs/dataplane.md, "Fast path".
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -41,9 +41,9 @@ pub(crate) struct Fast {
     pub(crate) repromote: bool,
     /// When the conntrack entries of promoted connections in use were last kept alive.
     promoted_refreshed: Option<Instant>,
-    /// Container veths the last tick saw: a new one is attached from the tick after the
-    /// one that first sees it, once the plugins chained after weft's are done with it.
-    seen: BTreeSet<Device>,
+    /// Container veths the last tick saw, and when a tick first saw each (see
+    /// [`ATTACH_AFTER`]).
+    seen: BTreeMap<Device, Instant>,
     /// Container veths that carry a queueing discipline of someone else's: left to the
     /// stack, where it applies.
     shaped: Vec<String>,
@@ -52,11 +52,6 @@ pub(crate) struct Fast {
 /// The established TCP timeout of the host's conntrack.
 const TCP_ESTABLISHED_TIMEOUT: &str =
     "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established";
-
-/// How often the translated connections' client sockets are entered again, so that the
-/// program's LRU map keeps those of idle connections.
-const TRANSLATED_REFRESH: Duration =
-    Duration::from_secs(weft_dataplane::stateful::TRANSLATED_REFRESH_SECS);
 
 /// The devices, by index, that carry a queueing discipline of someone else's, among
 /// `qdiscs` (device index, kind, as the kernel lists them): anything but a veth's
@@ -73,6 +68,43 @@ fn shaped_devices(qdiscs: &[(u32, String)]) -> BTreeSet<u32> {
         .filter(|(_, kind)| kind != "noqueue" && kind != "clsact")
         .map(|(index, _)| *index)
         .collect()
+}
+
+/// How often the translated connections' client sockets are entered again, so that the
+/// program's LRU map keeps those of idle connections.
+const TRANSLATED_REFRESH: Duration =
+    Duration::from_secs(weft_dataplane::stateful::TRANSLATED_REFRESH_SECS);
+
+/// How long a new container veth is left to the stack before the program is attached to
+/// it: the plugins chained after weft's run once its ADD has returned, and the `bandwidth`
+/// plugin's `ingress` qdisc cannot be added where a `clsact` already is.
+const ATTACH_AFTER: Duration = Duration::from_secs(1);
+
+/// Which of weft's devices `own` the program is to be attached to at `now`: `weft.vx`
+/// always; a container veth once it has been seen for [`ATTACH_AFTER`] (`seen`: since
+/// when), and while it carries no qdisc of someone else's (`shaped`, by index). Also the
+/// names of the container veths left to the stack for such a qdisc.
+fn wanted(
+    own: &BTreeSet<Device>,
+    seen: &BTreeMap<Device, Instant>,
+    shaped: &BTreeSet<u32>,
+    now: Instant,
+) -> (BTreeSet<Device>, Vec<String>) {
+    let old = |d: &Device| {
+        seen.get(d)
+            .is_some_and(|t| now.saturating_duration_since(*t) >= ATTACH_AFTER)
+    };
+    let want = own
+        .iter()
+        .filter(|d| !d.pod || (old(d) && !shaped.contains(&d.ifindex)))
+        .cloned()
+        .collect();
+    let left = own
+        .iter()
+        .filter(|d| d.pod && shaped.contains(&d.ifindex))
+        .map(|d| d.name.clone())
+        .collect();
+    (want, left)
 }
 
 /// Removes the filters an earlier agent left on container veths (it crashed, or ran with
@@ -194,23 +226,17 @@ impl Agent {
             Ok(q) => q,
             Err(e) => return self.set_fast_error(Some(format!("fast path: listing qdiscs: {e}"))),
         };
-        let shaped = shaped_devices(&qdiscs);
         let own: BTreeSet<Device> = links.iter().filter_map(own_device).collect();
-        // A container veth is attached from the second tick that sees it: the plugins
-        // chained after weft's (`bandwidth` adds an `ingress` qdisc, which a `clsact`
-        // there would make fail) have run by then. One with another's qdisc is not
-        // attached, or is detached: its traffic takes the stack.
-        let want: BTreeSet<Device> = own
+        let now = Instant::now();
+        self.fast.seen = own
             .iter()
-            .filter(|d| !d.pod || (self.fast.seen.contains(d) && !shaped.contains(&d.ifindex)))
-            .cloned()
+            .filter(|d| d.pod)
+            .map(|d| (d.clone(), self.fast.seen.get(d).copied().unwrap_or(now)))
             .collect();
-        self.fast.shaped = own
-            .iter()
-            .filter(|d| d.pod && shaped.contains(&d.ifindex))
-            .map(|d| d.name.clone())
-            .collect();
-        self.fast.seen = own.into_iter().filter(|d| d.pod).collect();
+        // A container veth with another's qdisc is not attached, or is detached: its
+        // traffic takes the stack, where the qdisc applies.
+        let (want, shaped) = wanted(&own, &self.fast.seen, &shaped_devices(&qdiscs), now);
+        self.fast.shaped = shaped;
         let uplinks: Vec<u32> = self
             .dp
             .underlay_if()
@@ -431,6 +457,30 @@ mod tests {
         assert!(own_device(&link("weft1a2b", "veth", Some("weft:abc"))).is_none());
         assert!(own_device(&link("weft1a2b", "bridge", Some("weft:n:c:eth0"))).is_none());
         assert!(own_device(&link(VXLAN_DEV, "vxlan", Some("mine"))).is_none());
+    }
+
+    #[test]
+    fn a_new_veth_waits_and_a_shaped_one_is_left_to_the_stack() {
+        let dev = |i: u32, pod: bool| Device {
+            ifindex: i,
+            name: format!("d{i}"),
+            pod,
+        };
+        let (vx, new, old, limited) = (dev(2, false), dev(5, true), dev(6, true), dev(7, true));
+        let own = BTreeSet::from([vx.clone(), new.clone(), old.clone(), limited.clone()]);
+        let t0 = Instant::now();
+        let now = t0 + ATTACH_AFTER;
+        // `new` first seen just now, the others for ATTACH_AFTER; `limited` has a tbf.
+        let seen = BTreeMap::from([(new.clone(), now), (old.clone(), t0), (limited.clone(), t0)]);
+        let (want, left) = wanted(&own, &seen, &BTreeSet::from([7]), now);
+        assert_eq!(want, BTreeSet::from([vx.clone(), old.clone()]));
+        assert_eq!(left, ["d7"]);
+        // A moment later `new` is attached too; weft.vx never waits, nor is it shaped.
+        let (want, _) = wanted(&own, &seen, &BTreeSet::from([2, 7]), now + ATTACH_AFTER);
+        assert_eq!(want, BTreeSet::from([vx, new, old]));
+        // Not seen at all (the tick that first lists it): not yet.
+        let (want, _) = wanted(&own, &BTreeMap::new(), &BTreeSet::new(), now);
+        assert!(want.iter().all(|d| !d.pod), "{want:?}");
     }
 
     #[test]

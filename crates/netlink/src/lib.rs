@@ -31,7 +31,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
     RouteType, RouteVia,
 };
-use netlink_packet_route::tc::{TcAttribute, TcMessage};
+use netlink_packet_route::tc::TcMessage;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -293,25 +293,67 @@ impl Netlink {
 
     /// Every queueing discipline in this namespace, as `tc qdisc show` lists them: the
     /// index of its device and its kind (`noqueue`, `clsact`, `tbf`, `ingress`, ...).
+    /// Only the kind is read from each answer, so options the parser does not know (a
+    /// qdisc from a newer kernel) cannot fail the listing.
     pub fn qdiscs(&mut self) -> Result<Vec<(u32, String)>> {
-        let msgs = self.request(
+        let mut out = Vec::new();
+        self.dump_raw(
             &|| "list qdiscs".into(),
             RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
-            NLM_F_DUMP,
+            |payload| out.extend(qdisc_kind(payload)),
         )?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewQueueDiscipline(q) => {
-                    let kind = q.attributes.into_iter().find_map(|a| match a {
-                        TcAttribute::Kind(k) => Some(k),
-                        _ => None,
-                    })?;
-                    u32::try_from(q.header.index).ok().map(|i| (i, kind))
+        Ok(out)
+    }
+
+    /// A dump whose answers `each` reads from their raw payload (after the netlink
+    /// header), not parsed as a whole.
+    fn dump_raw(
+        &mut self,
+        op: &dyn Fn() -> String,
+        msg: RouteNetlinkMessage,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        const NLMSG_ERROR: u16 = 2;
+        const NLMSG_DONE: u16 = 3;
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(|e| Error::new(op(), e))?;
+        loop {
+            self.buf.clear();
+            self.sock
+                .recv(&mut self.buf, 0)
+                .map_err(|e| Error::new(op(), e))?;
+            let mut offset = 0;
+            while offset < self.buf.len() {
+                let m = NetlinkBuffer::new_checked(&self.buf[offset..])
+                    .map_err(|e| Error::new(op(), invalid(e)))?;
+                offset += (m.length() as usize + 3) & !3;
+                if m.sequence_number() != seq {
+                    continue;
                 }
-                _ => None,
-            })
-            .collect())
+                match m.message_type() {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = m
+                            .payload()
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        return match code {
+                            0 => Ok(()),
+                            c => Err(Error::new(op(), std::io::Error::from_raw_os_error(-c))),
+                        };
+                    }
+                    _ => each(m.payload()),
+                }
+            }
+        }
     }
 
     /// The link with this name, or `None`.
@@ -1088,4 +1130,62 @@ where
             ))
         })
     })
+}
+
+/// The device index and kind of one `RTM_NEWQDISC` payload: a `struct tcmsg` (family, 3
+/// bytes of padding, ifindex, handle, parent, info: 20 bytes), then attributes, of which
+/// `TCA_KIND` (1) is the qdisc's name, NUL-terminated.
+fn qdisc_kind(payload: &[u8]) -> Option<(u32, String)> {
+    const TCMSG_LEN: usize = 20;
+    const TCA_KIND: u16 = 1;
+    let index = i32::from_ne_bytes(payload.get(4..8)?.try_into().ok()?);
+    let mut attrs = payload.get(TCMSG_LEN..)?;
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        let value = attrs.get(4..len)?;
+        if kind == TCA_KIND {
+            let name = value.split(|b| *b == 0).next()?;
+            let index = u32::try_from(index).ok()?;
+            return Some((index, String::from_utf8_lossy(name).into_owned()));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `tcmsg` for device `index` with attributes (type, value), each padded to 4 bytes.
+    fn tcmsg(index: i32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut b = vec![0u8; 20];
+        b[4..8].copy_from_slice(&index.to_ne_bytes());
+        for (ty, value) in attrs {
+            let len = 4 + value.len();
+            b.extend((len as u16).to_ne_bytes());
+            b.extend(ty.to_ne_bytes());
+            b.extend(*value);
+            b.resize(b.len() + ((4 - len % 4) % 4), 0);
+        }
+        b
+    }
+
+    #[test]
+    fn a_qdiscs_kind_is_read_whatever_its_options() {
+        // TCA_OPTIONS (2) before the kind, of a length the parser knows nothing of.
+        let m = tcmsg(7, &[(2, &[1u8, 2, 3, 4, 5][..]), (1, &b"tbf\0"[..])]);
+        assert_eq!(qdisc_kind(&m), Some((7, "tbf".to_string())));
+        assert_eq!(
+            qdisc_kind(&tcmsg(12, &[(1, &b"ingress\0"[..]), (2, &[][..])])),
+            Some((12, "ingress".to_string()))
+        );
+        // No kind, a truncated attribute, a truncated header: nothing, no panic.
+        assert_eq!(qdisc_kind(&tcmsg(7, &[(2, &[0u8; 8][..])])), None);
+        let mut cut = tcmsg(7, &[(1, &b"tbf\0"[..])]);
+        cut[20] = 40;
+        assert_eq!(qdisc_kind(&cut), None);
+        assert_eq!(qdisc_kind(&[0; 6]), None);
+    }
 }
