@@ -28,8 +28,9 @@ pub(crate) struct Fast {
     /// Why the program is not loaded (then it is not tried again), or the last failure
     /// to attach it somewhere.
     error: Option<String>,
-    /// When the translated connections were last read from conntrack into the program.
-    refreshed: Option<Instant>,
+    /// The last reading of the translated connections into the program failed: it is
+    /// tried again on the next tick rather than at the next refresh.
+    refresh_failed: bool,
     /// With the fast path off: earlier agents' filters were removed.
     cleaned: bool,
     /// Attached devices not yet enabled (a container veth waits for the conntrack seed).
@@ -69,11 +70,6 @@ fn shaped_devices(qdiscs: &[(u32, String)]) -> BTreeSet<u32> {
         .map(|(index, _)| *index)
         .collect()
 }
-
-/// How often the translated connections' client sockets are entered again, so that the
-/// program's LRU map keeps those of idle connections.
-const TRANSLATED_REFRESH: Duration =
-    Duration::from_secs(weft_dataplane::stateful::TRANSLATED_REFRESH_SECS);
 
 /// How long a new container veth is left to the stack before the program is attached to
 /// it: the plugins chained after weft's run once its ADD has returned, and the `bandwidth`
@@ -243,10 +239,10 @@ impl Agent {
             .and_then(|name| links.iter().find(|l| l.name == name))
             .map(|l| vec![l.index])
             .unwrap_or_default();
-        let refresh_due = self
-            .fast
-            .refreshed
-            .is_none_or(|t| t.elapsed() >= TRANSLATED_REFRESH);
+        // The program's LRU map gets the translated connections' client sockets again on
+        // the ticks the nftables set does (so idle connections keep theirs), from the same
+        // listing of conntrack: one schedule, one listing (see `nftables_tick`).
+        let refresh_due = self.nftables_refresh_due() || self.fast.refresh_failed;
         let pools = self.cfg.ipam.space.pools.clone();
         let f = self.fast.path.as_mut().expect("loaded above");
         f.retain(|d| want.contains(d));
@@ -277,12 +273,11 @@ impl Agent {
             };
             let conns = self.conntrack_listing(age);
             let f = self.fast.path.as_mut().expect("loaded above");
-            match remember_translated(f, conns, &pools) {
-                Ok(()) => self.fast.refreshed = Some(Instant::now()),
-                Err(e) => {
-                    seeded = false;
-                    failed = Some(e);
-                }
+            let res = remember_translated(f, conns, &pools);
+            self.fast.refresh_failed = res.is_err();
+            if let Err(e) = res {
+                seeded = false;
+                failed = Some(e);
             }
         }
         let waiting: Vec<Device> = self.fast.unenabled.iter().cloned().collect();

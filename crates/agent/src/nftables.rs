@@ -16,7 +16,7 @@ use weft_dataplane::stateful::{Conn, TRANSLATED_REFRESH_SECS};
 use crate::Agent;
 
 /// A listing of the conntrack table at most this old serves another refresh (the fast
-/// path's and the set's fall due on the same tick).
+/// path's map and the set are refreshed on the same ticks, the map first).
 pub(crate) const SHARED_LISTING: Duration = Duration::from_secs(2);
 
 /// The state in the owner task.
@@ -69,14 +69,19 @@ impl Agent {
         Ok(conns)
     }
 
+    /// Whether this tick refreshes the translated connections' client sockets (the set's
+    /// here, the fast path's map in `fast_tick`, which runs first in the same tick and
+    /// takes the listing this one then reuses).
+    pub(crate) fn nftables_refresh_due(&self) -> bool {
+        self.nft
+            .refreshed
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(TRANSLATED_REFRESH_SECS))
+    }
+
     /// Called on every tick: when due, checks weft's tables and refreshes the set (if
     /// weft's tables in the kernel are those the current pools, NAT and policy say).
     pub(crate) fn nftables_tick(&mut self) {
-        let due = self
-            .nft
-            .refreshed
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(TRANSLATED_REFRESH_SECS));
-        if !due {
+        if !self.nftables_refresh_due() {
             // A listing serves only the tick it was taken in (it may be large).
             self.nft.listing = None;
             return;
