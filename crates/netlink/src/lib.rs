@@ -210,6 +210,25 @@ impl Netlink {
         })
     }
 
+    /// Sends one request with a new sequence number, which it returns.
+    fn send(
+        &mut self,
+        op: &dyn Fn() -> String,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(|e| Error::new(op(), e))?;
+        Ok(self.seq)
+    }
+
     /// Sends one request and collects the answer: for a dump, every message until `DONE`;
     /// otherwise the kernel's ACK (an empty vector) or its error.
     fn request(
@@ -218,16 +237,7 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut out = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.sock.send(&out, 0).map_err(|e| Error::new(op(), e))?;
+        let seq = self.send(op, msg, flags)?;
 
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut answer = Vec::new();
@@ -315,16 +325,7 @@ impl Netlink {
     ) -> Result<()> {
         const NLMSG_ERROR: u16 = 2;
         const NLMSG_DONE: u16 = 3;
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut out = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.sock.send(&out, 0).map_err(|e| Error::new(op(), e))?;
+        let seq = self.send(op, msg, NLM_F_DUMP)?;
         loop {
             self.buf.clear();
             self.sock
