@@ -256,7 +256,8 @@ fn qdisc_packets(lab: &Lab, host: &str, dev: &str, kind: &str) -> u64 {
 /// have it) keep their traffic on the stack, through the qdiscs that enforce the limits,
 /// with the fast path on: before, it delivered into a container past the `tbf` on its host
 /// veth (10 Gbit/s through a 100 Mbit/s limit), and reported an error for a veth whose
-/// `ingress` qdisc excluded its own. The other containers keep the fast path.
+/// `ingress` qdisc excluded its own. The other containers keep the fast path, also after
+/// someone removes its qdisc from under it.
 #[test]
 fn bandwidth_limits_hold_with_the_fast_path_on() {
     if !root_or_skip("dataplane bandwidth") {
@@ -372,6 +373,20 @@ fn bandwidth_limits_hold_with_the_fast_path_on() {
     );
     // Between the plain containers the fast path goes on delivering.
     assert_eq!(forward_hook_sees(&lab, &plain, &other), 0);
+
+    // Someone removes a plain container's clsact qdisc, and the fast path's filters with
+    // it: the agent attaches them again, and that container's packets skip FORWARD again.
+    let (ok, t) = lab.exec("h1", &["tc", "qdisc", "del", "dev", &other_veth, "clsact"]);
+    assert!(ok, "{t}");
+    let back = wait_for(Duration::from_secs(15), || {
+        (forward_hook_sees(&lab, &other, &plain) == 0).then_some(())
+    });
+    let (_, q) = lab.exec("h1", &["tc", "qdisc", "show", "dev", &other_veth]);
+    assert!(
+        back.is_some() && q.contains("clsact"),
+        "{other_veth}'s filters were not attached again: {q} {}",
+        status(&lab, "h1")["dataplane"]["fast_path"]
+    );
 
     // A limit added later (by hand, say) takes its container off the fast path.
     let (ok, t) = lab.exec(

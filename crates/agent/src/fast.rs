@@ -71,6 +71,24 @@ fn shaped_devices(qdiscs: &[(u32, String)]) -> BTreeSet<u32> {
         .collect()
 }
 
+/// The attached container veths (`attached`) whose `clsact` qdisc is gone from `qdiscs`:
+/// someone removed it (`tc qdisc del dev X clsact`, a tool's cleanup), and the program's
+/// filters with it.
+fn lost_filters<'a>(
+    attached: impl Iterator<Item = &'a Device>,
+    qdiscs: &[(u32, String)],
+) -> BTreeSet<Device> {
+    let with: BTreeSet<u32> = qdiscs
+        .iter()
+        .filter(|(_, kind)| kind == "clsact")
+        .map(|(index, _)| *index)
+        .collect();
+    attached
+        .filter(|d| d.pod && !with.contains(&d.ifindex))
+        .cloned()
+        .collect()
+}
+
 /// How long a new container veth is left to the stack before the program is attached to
 /// it: the plugins chained after weft's run once its ADD has returned, and the `bandwidth`
 /// plugin's `ingress` qdisc cannot be added where a `clsact` already is.
@@ -245,7 +263,15 @@ impl Agent {
         let refresh_due = self.nftables_refresh_due() || self.fast.refresh_failed;
         let pools = self.cfg.ipam.space.pools.clone();
         let f = self.fast.path.as_mut().expect("loaded above");
-        f.retain(|d| want.contains(d));
+        // A veth whose filters someone removed is detached here and attached again below.
+        let lost = lost_filters(f.devices(), &qdiscs);
+        for d in &lost {
+            log(format!(
+                "fast path: the clsact qdisc of {} was removed by someone else; attaching again",
+                d.name
+            ));
+        }
+        f.retain(|d| want.contains(d) && !lost.contains(d));
         let mut failed = f.set_uplinks(&uplinks).err();
         let have: BTreeSet<Device> = f.devices().cloned().collect();
         for d in want.difference(&have) {
@@ -476,6 +502,26 @@ mod tests {
         // Not seen at all (the tick that first lists it): not yet.
         let (want, _) = wanted(&own, &BTreeMap::new(), &BTreeSet::new(), now);
         assert!(want.iter().all(|d| !d.pod), "{want:?}");
+    }
+
+    #[test]
+    fn an_attached_veth_without_its_clsact_lost_its_filters() {
+        let dev = |i: u32, pod: bool| Device {
+            ifindex: i,
+            name: format!("d{i}"),
+            pod,
+        };
+        let attached = [dev(2, false), dev(5, true), dev(6, true)];
+        let q = [
+            (5, "noqueue".to_string()),
+            (5, "clsact".to_string()),
+            (6, "noqueue".to_string()),
+        ];
+        // weft.vx's TCX link needs no qdisc.
+        assert_eq!(
+            lost_filters(attached.iter(), &q),
+            BTreeSet::from([dev(6, true)])
+        );
     }
 
     #[test]
