@@ -251,6 +251,15 @@ fn qdisc_packets(lab: &Lab, host: &str, dev: &str, kind: &str) -> u64 {
         .unwrap_or_else(|| panic!("{host}: no {kind} qdisc on {dev}: {t}"))
 }
 
+/// `from` pings `to` (3 pings): every one passes FORWARD on h1, and the qdisc of `kind` on
+/// h1's device `dev` counts them.
+fn through_qdisc(lab: &Lab, from: &Pod, to: &Pod, dev: &str, kind: &str) {
+    let before = qdisc_packets(lab, "h1", dev, kind);
+    assert_eq!(forward_hook_sees(lab, from, to), 3);
+    let after = qdisc_packets(lab, "h1", dev, kind);
+    assert!(after >= before + 3, "{kind} on {dev}: {before} -> {after}");
+}
+
 /// Containers with bandwidth limits (the reference `bandwidth` plugin chained after weft's,
 /// as Kubernetes' `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations
 /// have it) keep their traffic on the stack, through the qdiscs that enforce the limits,
@@ -356,21 +365,9 @@ fn bandwidth_limits_hold_with_the_fast_path_on() {
     );
 
     // Into `limited`: every echo request passes FORWARD and its tbf.
-    let before = qdisc_packets(&lab, "h1", &limited_veth, "tbf");
-    assert_eq!(forward_hook_sees(&lab, &plain, &limited), 3);
-    let after = qdisc_packets(&lab, "h1", &limited_veth, "tbf");
-    assert!(
-        after >= before + 3,
-        "tbf on {limited_veth}: {before} -> {after}"
-    );
+    through_qdisc(&lab, &plain, &limited, &limited_veth, "tbf");
     // Out of `both`: through its ingress qdisc, then FORWARD.
-    let before = qdisc_packets(&lab, "h1", &both_veth, "ingress");
-    assert_eq!(forward_hook_sees(&lab, &both, &plain), 3);
-    let after = qdisc_packets(&lab, "h1", &both_veth, "ingress");
-    assert!(
-        after >= before + 3,
-        "ingress on {both_veth}: {before} -> {after}"
-    );
+    through_qdisc(&lab, &both, &plain, &both_veth, "ingress");
     // Between the plain containers the fast path goes on delivering.
     assert_eq!(forward_hook_sees(&lab, &plain, &other), 0);
 
@@ -418,11 +415,5 @@ fn bandwidth_limits_hold_with_the_fast_path_on() {
         "{other_veth} with a tbf stayed on the fast path: {}",
         status(&lab, "h1")["dataplane"]["fast_path"]
     );
-    let before = qdisc_packets(&lab, "h1", &other_veth, "tbf");
-    assert_eq!(forward_hook_sees(&lab, &plain, &other), 3);
-    let after = qdisc_packets(&lab, "h1", &other_veth, "tbf");
-    assert!(
-        after >= before + 3,
-        "tbf on {other_veth}: {before} -> {after}"
-    );
+    through_qdisc(&lab, &plain, &other, &other_veth, "tbf");
 }

@@ -232,13 +232,13 @@ impl Agent {
                 }
             }
         }
-        let links = match Netlink::open().and_then(|mut n| n.links()) {
+        let listed = Netlink::open().and_then(|mut n| Ok((n.links()?, n.qdiscs()?)));
+        let (links, qdiscs) = match listed {
             Ok(l) => l,
-            Err(e) => return self.set_fast_error(Some(format!("fast path: listing links: {e}"))),
-        };
-        let qdiscs = match Netlink::open().and_then(|mut n| n.qdiscs()) {
-            Ok(q) => q,
-            Err(e) => return self.set_fast_error(Some(format!("fast path: listing qdiscs: {e}"))),
+            Err(e) => {
+                return self
+                    .set_fast_error(Some(format!("fast path: listing links and qdiscs: {e}")))
+            }
         };
         let own: BTreeSet<Device> = links.iter().filter_map(own_device).collect();
         let now = Instant::now();
@@ -480,13 +480,16 @@ mod tests {
         assert!(own_device(&link(VXLAN_DEV, "vxlan", Some("mine"))).is_none());
     }
 
-    #[test]
-    fn a_new_veth_waits_and_a_shaped_one_is_left_to_the_stack() {
-        let dev = |i: u32, pod: bool| Device {
+    fn dev(i: u32, pod: bool) -> Device {
+        Device {
             ifindex: i,
             name: format!("d{i}"),
             pod,
-        };
+        }
+    }
+
+    #[test]
+    fn a_new_veth_waits_and_a_shaped_one_is_left_to_the_stack() {
         let (vx, new, old, limited) = (dev(2, false), dev(5, true), dev(6, true), dev(7, true));
         let own = BTreeSet::from([vx.clone(), new.clone(), old.clone(), limited.clone()]);
         let t0 = Instant::now();
@@ -506,11 +509,6 @@ mod tests {
 
     #[test]
     fn an_attached_veth_without_its_clsact_lost_its_filters() {
-        let dev = |i: u32, pod: bool| Device {
-            ifindex: i,
-            name: format!("d{i}"),
-            pod,
-        };
         let attached = [dev(2, false), dev(5, true), dev(6, true)];
         let q = [
             (5, "noqueue".to_string()),

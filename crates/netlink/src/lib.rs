@@ -238,9 +238,30 @@ impl Netlink {
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>> {
         let seq = self.send(op, msg, flags)?;
-
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut answer = Vec::new();
+        self.answers(op, seq, |bytes| {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                .map_err(|e| Error::new(op(), invalid(e)))?;
+            if let NetlinkPayload::InnerMessage(inner) = msg.payload {
+                answer.push(inner);
+                return Ok(!dump);
+            }
+            Ok(false)
+        })?;
+        Ok(answer)
+    }
+
+    /// Reads the answers to request `seq` until `DONE`, the kernel's ACK or error, or until
+    /// `each`, given every other answer whole (header included), says it has what it wants.
+    fn answers(
+        &mut self,
+        op: &dyn Fn() -> String,
+        seq: u32,
+        mut each: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        const NLMSG_ERROR: u16 = 2;
+        const NLMSG_DONE: u16 = 3;
         loop {
             self.buf.clear();
             self.sock
@@ -248,34 +269,31 @@ impl Netlink {
                 .map_err(|e| Error::new(op(), e))?;
             let mut offset = 0;
             while offset < self.buf.len() {
-                let bytes = &self.buf[offset..];
-                let len = NetlinkBuffer::new_checked(bytes)
-                    .map_err(|e| Error::new(op(), invalid(e)))?
-                    .length() as usize;
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len])
+                let m = NetlinkBuffer::new_checked(&self.buf[offset..])
                     .map_err(|e| Error::new(op(), invalid(e)))?;
-                offset += (len + 3) & !3;
-                if msg.header.sequence_number != seq {
+                let whole = &self.buf[offset..offset + m.length() as usize];
+                offset += (whole.len() + 3) & !3;
+                if m.sequence_number() != seq {
                     continue;
                 }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(answer),
-                    NetlinkPayload::Error(err) => {
-                        return match err.code {
-                            None => Ok(answer),
-                            Some(code) => Err(Error::new(
-                                op(),
-                                std::io::Error::from_raw_os_error(-code.get()),
-                            )),
+                match m.message_type() {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        // `struct nlmsgerr`: the error first, 0 for an ACK.
+                        let code = m
+                            .payload()
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        return match code {
+                            0 => Ok(()),
+                            c => Err(Error::new(op(), std::io::Error::from_raw_os_error(-c))),
                         };
                     }
-                    NetlinkPayload::InnerMessage(inner) => {
-                        answer.push(inner);
-                        if !dump {
-                            return Ok(answer);
+                    _ => {
+                        if each(whole)? {
+                            return Ok(());
                         }
                     }
-                    _ => {}
                 }
             }
         }
@@ -323,38 +341,11 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         mut each: impl FnMut(&[u8]),
     ) -> Result<()> {
-        const NLMSG_ERROR: u16 = 2;
-        const NLMSG_DONE: u16 = 3;
         let seq = self.send(op, msg, NLM_F_DUMP)?;
-        loop {
-            self.buf.clear();
-            self.sock
-                .recv(&mut self.buf, 0)
-                .map_err(|e| Error::new(op(), e))?;
-            let mut offset = 0;
-            while offset < self.buf.len() {
-                let m = NetlinkBuffer::new_checked(&self.buf[offset..])
-                    .map_err(|e| Error::new(op(), invalid(e)))?;
-                offset += (m.length() as usize + 3) & !3;
-                if m.sequence_number() != seq {
-                    continue;
-                }
-                match m.message_type() {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = m
-                            .payload()
-                            .get(..4)
-                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                        return match code {
-                            0 => Ok(()),
-                            c => Err(Error::new(op(), std::io::Error::from_raw_os_error(-c))),
-                        };
-                    }
-                    _ => each(m.payload()),
-                }
-            }
-        }
+        self.answers(op, seq, |whole| {
+            each(NetlinkBuffer::new(whole).payload());
+            Ok(false)
+        })
     }
 
     /// The link with this name, or `None`.
