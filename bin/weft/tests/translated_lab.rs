@@ -276,7 +276,7 @@ fn round(name: &str, extra: &[&str], fast_path: bool, restart: bool) {
 
     // The same hostPort from a pod whose host does not masquerade it (a NAT binding of
     // the test's own, to the pod's own address, before weft's masquerade), so h2 sees the
-    // pod's address: the reply is translated back on h2 (weft's forward rule, the fast
+    // pod's address: the reply is translated back on h2 (weft's NAT-chain rule, the fast
     // path's egress program) or it would reach a with p's address.
     if extra.iter().all(|x| *x != "off") {
         host_sh(
@@ -484,6 +484,29 @@ fn long_connection_survives_an_agent_restart(lab: &Lab, what: &str) {
         "{what}: the agent did not renew {elem}: {}",
         set()
     );
+
+    // A reply gives the entry its whole timeout back by itself (the `raw_translated`
+    // chain), also while the agent is down: a connection in use keeps its socket.
+    weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "stop"]);
+    host_sh(
+        lab,
+        "h1",
+        &format!("nft add element ip weft translated {{ {elem} timeout 10m expires 15s }}"),
+    );
+    assert!(left().is_some_and(|s| s <= 15), "{what}: {}", set());
+    feed.write_all(b"while-stopped\n").unwrap();
+    feed.flush().unwrap();
+    assert!(
+        received("while-stopped"),
+        "{what}: the Service connection lost its replies with h1's agent stopped: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    assert!(
+        left().is_some_and(|s| s >= 300),
+        "{what}: the backend's reply did not renew {elem}: {}",
+        set()
+    );
+    weft_ok(&["lab", "agent", "--name", &lab.name, "h1", "start"]);
 }
 
 #[test]

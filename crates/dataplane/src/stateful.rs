@@ -11,12 +11,16 @@ use ipnet::IpNet;
 /// The nftables table weft owns, in the `ip` and `ip6` families.
 pub const NFT_TABLE: &str = "weft";
 
-/// The packet mark bit weft's `forward` rule sets on a translated packet between pool
-/// addresses (the fast path's egress program reads it; `TRANSLATED_MARK` in fastpath.c).
+/// The packet mark bit weft's `postrouting` rule sets on the first packet of a translated
+/// connection between pool addresses (the fast path's egress program reads it; `TRANSLATED_MARK` in fastpath.c).
 pub const TRANSLATED_MARK: u32 = 0x0100_0000;
 
-/// How long a translated TCP or SCTP client socket stays in the set without a packet of
-/// its connection's original direction or a refresh by the agent, which enters the socket
+/// The chain at the `forward` hook of agents before 2026-12-07, and its hook: deleted.
+const OLD_FORWARD: &str = "forward";
+const OLD_FORWARD_HOOK: &str = "type filter hook forward priority filter; policy accept;";
+
+/// How long a translated TCP or SCTP client socket stays in the set without a reply of its
+/// connection or a refresh by the agent, which enters the socket
 /// of every translated connection conntrack still knows again every
 /// [`TRANSLATED_REFRESH_SECS`] (see [`refresh_script`]): so a connection idle for longer
 /// keeps its socket, and the set only has to outlive an agent restart. At 10 minutes the
@@ -47,8 +51,9 @@ pub const TRANSLATED_SIZE: u32 = 262_144;
 /// say, in one transaction. With `nat`, a family that has pools gets its table: the pools
 /// as a set, masquerade of traffic leaving the pools, `notrack` of traffic between pools
 /// and of weft's VXLAN packets, except replies to client sockets of translated connections
-/// (the `translated` set, filled at `forward` from `ct status dnat` by packets of the
-/// original direction only: a reply there still has the backend's source) and ICMP errors.
+/// (the `translated` set, filled at `postrouting` from `ct status dnat` by the first packet
+/// of each such connection, the only one a NAT chain sees, and kept by its replies) and
+/// ICMP errors.
 /// A family with one pool has its prefix written into the rules (see [`pool_match`]). The
 /// table is changed in place (chains flushed and refilled), never deleted and re-made, so
 /// the `translated` set survives an agent restart or a change of the pools. With `policy`
@@ -97,10 +102,7 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
                 "type filter hook output priority raw; policy accept;",
             ),
             ("raw_pods", ""),
-            (
-                "forward",
-                "type filter hook forward priority filter; policy accept;",
-            ),
+            ("raw_translated", ""),
             (
                 "postrouting",
                 "type nat hook postrouting priority srcnat; policy accept;",
@@ -112,7 +114,13 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         for (c, hook) in chains {
             s.push_str(&format!("  chain {c} {{ {hook} }}\n"));
         }
+        // Agents before 2026-12-07 learnt at a `forward` chain, which every forwarded
+        // packet passed: declared (whether or not it is there) and deleted.
+        s.push_str(&format!("  chain {OLD_FORWARD} {{ {OLD_FORWARD_HOOK} }}\n"));
         s.push_str("}\n");
+        s.push_str(&format!(
+            "flush chain {t} {OLD_FORWARD}\ndelete chain {t} {OLD_FORWARD}\n"
+        ));
         // The pools inline in a declaration (`nft` reads the whole ruleset before a
         // separate `add element`, a thousand policy chains included).
         s.push_str(&format!("flush set {t} pools\n"));
@@ -143,8 +151,9 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
         // Replies to a translated connection's client socket: tracked, so conntrack
         // translates them back. (No protocol test first: the set holds only TCP, UDP and
         // SCTP sockets, so another protocol's key never matches.)
+        let socket = format!("{fam} daddr . meta l4proto . th dport");
         let mut pods = vec![
-            format!("{fam} daddr . meta l4proto . th dport @translated accept"),
+            format!("{socket} @translated goto raw_translated"),
             format!("{icmp_errors} accept"),
         ];
         if policy {
@@ -159,15 +168,30 @@ pub fn nft_script(pools: &[IpNet], nat: bool, policy: bool, vxlan_port: u16) -> 
             s.push_str(&format!("add rule {t} raw_pods {rule}\n"));
         }
         // UDP sockets with a timeout of their own (see TRANSLATED_UDP_TIMEOUT).
-        for (protos, timeout) in [
+        let kinds = [
             (
-                "meta l4proto udp",
+                "meta l4proto udp ",
                 format!(" timeout {TRANSLATED_UDP_TIMEOUT}"),
             ),
-            ("meta l4proto { tcp, sctp }", String::new()),
+            ("", String::new()),
+        ];
+        // A reply to a translated socket keeps its entry while the connection is in
+        // use, also while the agent is down (only packets that matched the set come
+        // here: the refresh costs nothing to the rest).
+        for (proto, timeout) in &kinds {
+            s.push_str(&format!(
+                "add rule {t} raw_translated {proto}update @translated {{ {socket}{timeout} }} accept\n"
+            ));
+        }
+        // Learnt from the first packet of a DNAT'd connection between pool addresses:
+        // NAT chains see only a connection's first packet, so the packets of untracked
+        // traffic pass no rule of weft's here. Marked for the fast path's egress program.
+        for (proto, timeout) in [
+            ("meta l4proto udp", &kinds[0].1),
+            ("meta l4proto { tcp, sctp }", &kinds[1].1),
         ] {
             s.push_str(&format!(
-                "add rule {t} forward ct status dnat ct direction original {between} {protos} update @translated {{ {fam} saddr . meta l4proto . th sport{timeout} }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
+                "add rule {t} postrouting ct status dnat {between} {proto} update @translated {{ {fam} saddr . meta l4proto . th sport{timeout} }} meta mark set meta mark or {TRANSLATED_MARK:#010x}\n"
             ));
         }
         if nat {
@@ -233,7 +257,7 @@ fn client_sockets(conns: &[Conn], pools: &[IpNet], keep: impl Fn(IpAddr) -> bool
 
 /// The client sockets that belong in the `translated` sets of the tables [`nft_script`]
 /// writes with the same `pools`, `nat` and `policy`: those of every connection in `conns`
-/// that the sets' `forward` rule learns (translated, from a pool address to a pool address
+/// that the sets' `postrouting` rule learns (translated, from a pool address to a pool address
 /// after DNAT, TCP, UDP or SCTP), for each family that has a table. The agent enters them
 /// again every [`TRANSLATED_REFRESH_SECS`], each with its [`translated_timeout_secs`] as
 /// both timeout and expiry, so one already there gets its expiry back and one that expired
@@ -248,7 +272,7 @@ pub fn refresh_sockets(conns: &[Conn], pools: &[IpNet], nat: bool, policy: bool)
 }
 
 /// The timeout, in seconds, of a translated client socket of IP protocol `proto` in the set
-/// (what the `forward` rule gives it: [`TRANSLATED_UDP_TIMEOUT`] for UDP,
+/// (what the `postrouting` rule gives it: [`TRANSLATED_UDP_TIMEOUT`] for UDP,
 /// [`TRANSLATED_TIMEOUT`] otherwise).
 pub fn translated_timeout_secs(proto: u8) -> u64 {
     if proto == 17 {
@@ -380,30 +404,43 @@ mod tests {
         assert_eq!(chain.len(), 5, "{s}");
         assert_eq!(
             chain[0],
-            "ip daddr . meta l4proto . th dport @translated accept"
+            "ip daddr . meta l4proto . th dport @translated goto raw_translated"
         );
         assert!(chain[1].starts_with("icmp type {") && chain[1].ends_with("accept"));
         // Pods a policy isolates are tracked.
         assert_eq!(chain[2], "ip saddr @isolated accept");
         assert_eq!(chain[3], "ip daddr @isolated accept");
         assert_eq!(chain[4], "notrack");
+        // A reply to a translated socket gives its entry its timeout again (UDP's own).
+        assert_eq!(
+            rules("raw_translated"),
+            [
+                "meta l4proto udp update @translated { ip daddr . meta l4proto . th dport timeout 5m } accept",
+                "update @translated { ip daddr . meta l4proto . th dport } accept",
+            ],
+            "{s}"
+        );
         // Without a policy there is nothing isolated to look up.
         let none = nft_script(&pools(), true, false, 6784);
         assert!(!none.contains("@isolated"), "{none}");
         assert!(none.contains("add rule ip weft raw_pods icmp type {"));
         assert!(none.contains("add rule ip weft raw_pods notrack"));
-        // The forward rules learn the client socket of every DNAT'd pod-to-pod packet
-        // and mark it for the fast path's egress program; UDP sockets (a DNS query each)
-        // expire sooner than TCP and SCTP connections.
-        let forward = rules("forward");
+        // The NAT chain learns the client socket of a DNAT'd connection between pods from
+        // its first packet and marks it for the fast path's egress program, before the
+        // masquerade; UDP sockets (a DNS query each) expire sooner than TCP and SCTP ones.
         assert_eq!(
-            forward,
+            rules("postrouting"),
             [
-                "ct status dnat ct direction original ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto udp update @translated { ip saddr . meta l4proto . th sport timeout 5m } meta mark set meta mark or 0x01000000",
-                "ct status dnat ct direction original ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto { tcp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000",
+                "ct status dnat ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto udp update @translated { ip saddr . meta l4proto . th sport timeout 5m } meta mark set meta mark or 0x01000000",
+                "ct status dnat ip saddr 10.32.0.0/12 ip daddr 10.32.0.0/12 meta l4proto { tcp, sctp } update @translated { ip saddr . meta l4proto . th sport } meta mark set meta mark or 0x01000000",
+                "ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade",
             ],
             "{s}"
         );
+        // No rule of weft's at `forward` (every forwarded packet would pass it); an old
+        // agent's chain there is deleted.
+        assert!(!s.contains("add rule ip weft forward"), "{s}");
+        assert!(s.contains("flush chain ip weft forward\ndelete chain ip weft forward\n"));
         assert!(s.contains("icmpv6 type { destination-unreachable, packet-too-big"));
     }
 
