@@ -73,6 +73,9 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
         (route_to(&lab, "h1", &h3.ip) == Some(("route".into(), "h2".into()))).then_some(())
     });
     assert!(relayed.is_some(), "{:?}", dp_routes(&lab, "h1"));
+    // The fast path follows weft's routes itself (no FIB lookup): the relayed one too.
+    let fast = fast_routes_follow(&lab, "h1");
+    assert!(fast.iter().any(|r| r.contains('/')), "{fast:?}");
     // `weft status` names both ends: the relay as the next hop, h3 as the block's owner.
     assert_eq!(
         route_owner(&lab, "h1", &h3.ip).as_deref(),
@@ -87,6 +90,7 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
         "{:?}",
         dp_routes(&lab, "h1")
     );
+    fast_routes_follow(&lab, "h1");
 
     // A host that leaves is withdrawn within seconds; when it returns it is routed again.
     agent(&lab, "h3", "stop");
@@ -94,6 +98,7 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
         route_to(&lab, "h1", &h3.ip).is_none().then_some(())
     });
     assert!(gone.is_some(), "{:?}", dp_routes(&lab, "h1"));
+    fast_routes_follow(&lab, "h1");
     assert!(
         !weft_routes(&lab, "h1")
             .iter()

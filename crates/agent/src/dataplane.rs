@@ -82,6 +82,15 @@ impl Dataplane {
         }
     }
 
+    /// weft's routes to other hosts' prefixes as it installed them: those of the plan
+    /// last applied, without the prefixes another owner routes.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &weft_dataplane::Route> {
+        self.applied
+            .iter()
+            .flat_map(|p| p.routes.iter())
+            .filter(|r| !self.conflicts.contains(&r.dst))
+    }
+
     /// The MTU containers get now, once known.
     pub(crate) fn pod_mtu(&self) -> Option<u32> {
         self.applied.as_ref().map(|p| p.pod_mtu)

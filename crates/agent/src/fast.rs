@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use weft_fastpath::{Counters, Device, FastPath};
+use weft_fastpath::{Counters, Device, FastPath, RouteTarget};
 use weft_netlink::{Link, Netlink};
 
 use crate::dataplane::{VXLAN_ALIAS, VXLAN_DEV};
@@ -131,6 +131,35 @@ fn remove_all_leftovers() {
     }
 }
 
+/// The routes the program follows for containers' packets ([`FastPath::set_routes`]):
+/// weft's `routes` through the underlay (`underlay`, its ifindex) and `weft.vx` (`vx`,
+/// when it exists). Routes into the encrypted tunnel are left to the kernel's FIB (the
+/// tunnel device is not a device the program sends out of).
+fn route_targets<'a>(
+    routes: impl Iterator<Item = &'a weft_dataplane::Route>,
+    underlay: Option<u32>,
+    vx: Option<u32>,
+) -> BTreeMap<ipnet::IpNet, RouteTarget> {
+    use weft_dataplane::Via;
+    routes
+        .filter_map(|r| {
+            let (ifindex, gateway) = match r.via {
+                Via::Direct(ip) => (underlay?, ip),
+                Via::Vxlan(v6) => (vx?, std::net::IpAddr::V6(v6)),
+                Via::Tunnel(_) => return None,
+            };
+            Some((
+                r.dst,
+                RouteTarget {
+                    ifindex,
+                    gateway,
+                    mtu: r.mtu,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Tells the program the client sockets of every translated connection among `conns`
 /// (conntrack's table). Without the table weft cannot seed, and says so rather than
 /// forward translated replies untranslated.
@@ -176,6 +205,10 @@ pub struct FastReport {
     /// attached, their traffic takes the stack, where the qdisc applies.
     #[serde(default)]
     pub shaped: Vec<String>,
+    /// weft's routes the program follows for containers' packets without a FIB lookup
+    /// (`PREFIX via GATEWAY`).
+    #[serde(default)]
+    pub routes: Vec<String>,
     /// Why it is unavailable, or the last device it could not be attached to.
     pub error: Option<String>,
 }
@@ -251,12 +284,13 @@ impl Agent {
         // traffic takes the stack, where the qdisc applies.
         let (want, shaped) = wanted(&own, &self.fast.seen, &shaped_devices(&qdiscs), now);
         self.fast.shaped = shaped;
-        let uplinks: Vec<u32> = self
-            .dp
-            .underlay_if()
-            .and_then(|name| links.iter().find(|l| l.name == name))
-            .map(|l| vec![l.index])
-            .unwrap_or_default();
+        let index = |name: Option<&str>| {
+            name.and_then(|name| links.iter().find(|l| l.name == name))
+                .map(|l| l.index)
+        };
+        let underlay = index(self.dp.underlay_if());
+        let uplinks: Vec<u32> = underlay.into_iter().collect();
+        let routes = route_targets(self.dp.routes(), underlay, index(Some(VXLAN_DEV)));
         // The program's LRU map gets the translated connections' client sockets again on
         // the ticks the nftables set does (so idle connections keep theirs), from the same
         // listing of conntrack: one schedule, one listing (see `nftables_tick`).
@@ -273,6 +307,9 @@ impl Agent {
         }
         f.retain(|d| want.contains(d) && !lost.contains(d));
         let mut failed = f.set_uplinks(&uplinks).err();
+        if let Err(e) = f.set_routes(&routes) {
+            failed = Some(e);
+        }
         let have: BTreeSet<Device> = f.devices().cloned().collect();
         for d in want.difference(&have) {
             // Attached first: from now on the program learns the container's outbound
@@ -443,6 +480,12 @@ impl Agent {
                 .map(|f| f.counters())
                 .unwrap_or_default(),
             shaped: self.fast.shaped.clone(),
+            routes: self
+                .fast
+                .path
+                .iter()
+                .flat_map(|f| f.routes().map(|(n, t)| format!("{n} via {}", t.gateway)))
+                .collect(),
             error: self.fast.error.clone(),
         }
     }
@@ -478,6 +521,57 @@ mod tests {
         assert!(own_device(&link("weft1a2b", "veth", Some("weft:abc"))).is_none());
         assert!(own_device(&link("weft1a2b", "bridge", Some("weft:n:c:eth0"))).is_none());
         assert!(own_device(&link(VXLAN_DEV, "vxlan", Some("mine"))).is_none());
+    }
+
+    #[test]
+    fn the_program_follows_weft_s_routes_through_the_underlay_and_weft_vx_only() {
+        use weft_dataplane::{Route, Via};
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let gw4: std::net::IpAddr = "172.30.0.2".parse().unwrap();
+        let vtep: std::net::Ipv6Addr = "fe80::2".parse().unwrap();
+        let routes = [
+            Route {
+                dst: net("10.32.1.0/26"),
+                via: Via::Direct(gw4),
+                mtu: 1500,
+            },
+            Route {
+                dst: net("fd32::40:0/122"),
+                via: Via::Vxlan(vtep),
+                mtu: 1430,
+            },
+            Route {
+                dst: net("10.32.2.0/26"),
+                via: Via::Tunnel(weft_mesh::NodeId([3; 16])),
+                mtu: 1420,
+            },
+        ];
+        let got = route_targets(routes.iter(), Some(2), Some(9));
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                (
+                    net("10.32.1.0/26"),
+                    RouteTarget {
+                        ifindex: 2,
+                        gateway: gw4,
+                        mtu: 1500
+                    }
+                ),
+                (
+                    net("fd32::40:0/122"),
+                    RouteTarget {
+                        ifindex: 9,
+                        gateway: vtep.into(),
+                        mtu: 1430
+                    }
+                ),
+            ])
+        );
+        // Without weft.vx (route mode), its routes are the FIB's; without the underlay,
+        // every direct one.
+        assert_eq!(route_targets(routes.iter(), Some(2), None).len(), 1);
+        assert_eq!(route_targets(routes.iter(), None, Some(9)).len(), 1);
     }
 
     fn dev(i: u32, pod: bool) -> Device {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only
 // weft's fast path: a tc program on the host-side veth of every weft container and on
-// weft.vx, both at ingress. A packet between two pool addresses is forwarded by the
-// kernel's FIB straight to its egress device (or into the destination container's
+// weft.vx, both at ingress. A packet between two pool addresses is forwarded along weft's
+// route (or the kernel's FIB) straight to its egress device (or into the destination container's
 // namespace), so it skips the host namespace's IP stack and netfilter hooks. Anything
 // else, and anything the program is not sure about, goes on to the stack unchanged
 // (TC_ACT_OK): the fast path is an acceleration, never needed for correctness.
@@ -186,6 +186,48 @@ struct {
     __type(value, __u32);
 } epoch SEC(".maps");
 
+// weft's routes to other hosts' blocks (the agent's plan, without the prefixes another
+// owner routes): for a packet from a container of this host, the next hop and device
+// without the kernel's FIB lookup, the costliest step of the program when the caches are
+// cold (docs/dataplane.md, "Fast path", cold cost). `RouteKey4`, `RouteKey6` and `Route`
+// in src/lib.rs have the same layouts. A destination not in them (a container of this
+// host, a prefix weft does not route) is looked up in the FIB.
+struct route_key4 {
+    __u32 prefixlen;
+    __u32 addr;
+};
+
+struct route_key6 {
+    __u32 prefixlen;
+    __u32 addr[4];
+};
+
+// The device (the underlay, weft.vx), the path MTU of weft's route, and the gateway (an
+// IPv4 or IPv6 address: `family` AF_INET or AF_INET6, IPv4 in `nh[0]`, network order),
+// whose MAC the kernel's neighbour table gives (`bpf_redirect_neigh`).
+struct route {
+    __u32 ifindex;
+    __u32 mtu;
+    __u32 family;
+    __u32 nh[4];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, 65536);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct route_key4);
+    __type(value, struct route);
+} routes4 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, 65536);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct route_key6);
+    __type(value, struct route);
+} routes6 SEC(".maps");
+
 // Packet counters, per CPU (the indexes are those of `Counter` in src/lib.rs).
 enum { C_EGRESS, C_PEER, C_NEIGH, C_PASS, C_STATEFUL, C_POLICY, C_ESTABLISHED, C_MAX };
 struct {
@@ -326,6 +368,25 @@ static __attribute__((always_inline)) int stateful6(struct ipv6hdr *ip6, void *e
 static __attribute__((always_inline)) int forward(struct __sk_buff *skb, struct ethhdr *eth,
                                                   struct bpf_fib_lookup *fib);
 
+// A packet from a container of this host along weft's route `r` (found in `routes4` or
+// `routes6`): sent out of the route's device to its gateway, whose MAC the kernel's
+// neighbour table gives. -1: not this way (no route, or its device is not an enabled
+// uplink): the FIB decides. TC_ACT_OK: too big for the path (not GSO), the stack answers.
+static __attribute__((always_inline)) int via_route(struct __sk_buff *skb, struct route *r,
+                                                    __u32 l3len)
+{
+    if (!r || r->ifindex == skb->ingress_ifindex || dev_kind(r->ifindex) != DEV_UPLINK)
+        return -1;
+    if (!skb->gso_size && l3len > r->mtu) {
+        count(C_PASS);
+        return TC_ACT_OK;
+    }
+    struct bpf_redir_neigh nh = {.nh_family = r->family};
+    __builtin_memcpy(nh.ipv6_nh, r->nh, 16);
+    count(C_EGRESS);
+    return bpf_redirect_neigh(r->ifindex, &nh, sizeof(nh), 0);
+}
+
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
@@ -397,15 +458,23 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
         }
         promoted_pkt = 1;
     }
-    struct bpf_fib_lookup fib = {};
-    fib.family = AF_INET6;
-    fib.flowinfo = *(__be32 *)ip6 & htonl(0x0FFFFFFF);
-    fib.l4_protocol = nh;
-    fib.tot_len = 0;
-    __builtin_memcpy(fib.ipv6_src, ip6->saddr.in6_u.u6_addr32, 16);
-    __builtin_memcpy(fib.ipv6_dst, ip6->daddr.in6_u.u6_addr32, 16);
-    fib.ifindex = skb->ingress_ifindex;
-    int rc = forward(skb, eth, &fib);
+    int rc = -1;
+    if (dev_kind(skb->ingress_ifindex) == DEV_POD) {
+        struct route_key6 k = {.prefixlen = 128};
+        __builtin_memcpy(k.addr, ip6->daddr.in6_u.u6_addr32, 16);
+        rc = via_route(skb, bpf_map_lookup_elem(&routes6, &k), skb->len - sizeof(*eth));
+    }
+    if (rc < 0) {
+        struct bpf_fib_lookup fib = {};
+        fib.family = AF_INET6;
+        fib.flowinfo = *(__be32 *)ip6 & htonl(0x0FFFFFFF);
+        fib.l4_protocol = nh;
+        fib.tot_len = 0;
+        __builtin_memcpy(fib.ipv6_src, ip6->saddr.in6_u.u6_addr32, 16);
+        __builtin_memcpy(fib.ipv6_dst, ip6->daddr.in6_u.u6_addr32, 16);
+        fib.ifindex = skb->ingress_ifindex;
+        rc = forward(skb, eth, &fib);
+    }
     if (rc != TC_ACT_OK) {
         ip6->hop_limit -= 1;
         if (promoted_pkt)
@@ -460,15 +529,22 @@ int weft_fast(struct __sk_buff *skb)
         promoted_pkt = 1;
     }
 
-    struct bpf_fib_lookup fib = {};
-    fib.family = AF_INET;
-    fib.tos = ip->tos;
-    fib.l4_protocol = ip->protocol;
-    fib.tot_len = 0; // 0: the kernel checks the packet against the egress MTU
-    fib.ipv4_src = ip->saddr;
-    fib.ipv4_dst = ip->daddr;
-    fib.ifindex = skb->ingress_ifindex;
-    int rc = forward(skb, eth, &fib);
+    int rc = -1;
+    if (dev_kind(skb->ingress_ifindex) == DEV_POD) {
+        struct route_key4 k = {.prefixlen = 32, .addr = ip->daddr};
+        rc = via_route(skb, bpf_map_lookup_elem(&routes4, &k), skb->len - sizeof(*eth));
+    }
+    if (rc < 0) {
+        struct bpf_fib_lookup fib = {};
+        fib.family = AF_INET;
+        fib.tos = ip->tos;
+        fib.l4_protocol = ip->protocol;
+        fib.tot_len = 0; // 0: the kernel checks the packet against the egress MTU
+        fib.ipv4_src = ip->saddr;
+        fib.ipv4_dst = ip->daddr;
+        fib.ifindex = skb->ingress_ifindex;
+        rc = forward(skb, eth, &fib);
+    }
     if (rc != TC_ACT_OK) {
         if (promoted_pkt)
             count(C_ESTABLISHED);

@@ -2,7 +2,7 @@
 //!
 //! The program runs at tc ingress of weft's own devices: the host-side veth of every weft
 //! container, and `weft.vx`. A packet from a pool address to a pool address is forwarded
-//! by a FIB lookup straight to its egress device, or into the destination container's
+//! along weft's route (a map the agent keeps) or a FIB lookup straight to its egress device, or into the destination container's
 //! namespace, so it skips the host namespace's IP stack and its netfilter hooks; anything
 //! else goes on to the stack unchanged. Replies to connections that someone else
 //! translated (Services, hostPorts) take the stack too: the program remembers their client
@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLinkId, TcAttachOptions,
@@ -298,6 +299,55 @@ pub fn coarse_seconds() -> u32 {
     ts.tv_sec as u32
 }
 
+/// Where weft's route to another host's prefix sends packets: the device (the underlay
+/// or `weft.vx`), the gateway (whose MAC the kernel's neighbour table gives) and the
+/// route's MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteTarget {
+    /// The device's ifindex.
+    pub ifindex: u32,
+    /// The gateway.
+    pub gateway: IpAddr,
+    /// The path MTU.
+    pub mtu: u32,
+}
+
+/// A value of the `routes4` and `routes6` maps (`struct route` in fastpath.c).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct RouteValue {
+    ifindex: u32,
+    mtu: u32,
+    family: u32,
+    nh: [u8; 16],
+}
+
+// SAFETY: RouteValue is `repr(C)`: three u32 (12 bytes) followed by a byte array, so it
+// has no padding (28 bytes, alignment 4) and every bit pattern is a valid value.
+unsafe impl aya::Pod for RouteValue {}
+
+impl From<RouteTarget> for RouteValue {
+    fn from(t: RouteTarget) -> RouteValue {
+        let mut nh = [0u8; 16];
+        let family = match t.gateway {
+            IpAddr::V4(a) => {
+                nh[..4].copy_from_slice(&a.octets());
+                2 // AF_INET
+            }
+            IpAddr::V6(a) => {
+                nh = a.octets();
+                10 // AF_INET6
+            }
+        };
+        RouteValue {
+            ifindex: t.ifindex,
+            mtu: t.mtu,
+            family,
+            nh,
+        }
+    }
+}
+
 /// The loaded programs, their maps and their links.
 pub struct FastPath {
     bpf: Ebpf,
@@ -316,6 +366,10 @@ pub struct FastPath {
     /// The epoch promotions are made in now (never 0, which the program never honours).
     epoch: u32,
     counters: PerCpuArray<MapData, u64>,
+    routes4: LpmTrie<MapData, [u8; 4], RouteValue>,
+    routes6: LpmTrie<MapData, [u8; 16], RouteValue>,
+    /// What the two `routes` maps hold.
+    routes_now: BTreeMap<IpNet, RouteTarget>,
     links: BTreeMap<Device, Vec<SchedClassifierLinkId>>,
     uplinks: BTreeSet<u32>,
 }
@@ -346,6 +400,8 @@ impl FastPath {
             .set(0, 1, 0)
             .map_err(|e| err("setting the epoch", e))?;
         let counters = PerCpuArray::try_from(take("counters")?).map_err(|e| err("counters", e))?;
+        let routes4 = LpmTrie::try_from(take("routes4")?).map_err(|e| err("routes4", e))?;
+        let routes6 = LpmTrie::try_from(take("routes6")?).map_err(|e| err("routes6", e))?;
         for name in [INGRESS, EGRESS] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
@@ -369,6 +425,9 @@ impl FastPath {
             epoch_map,
             epoch: 1,
             counters,
+            routes4,
+            routes6,
+            routes_now: BTreeMap::new(),
             links: BTreeMap::new(),
             uplinks: BTreeSet::new(),
         })
@@ -412,6 +471,58 @@ impl FastPath {
             let _ = self.devs.remove(&ifindex);
             Ok(())
         }
+    }
+
+    /// Makes `routes` the routes the program follows for packets from this host's
+    /// containers (weft's routes to other hosts' prefixes); a destination in none of them
+    /// is looked up in the kernel's FIB. A route that changes is overwritten in place.
+    pub fn set_routes(&mut self, routes: &BTreeMap<IpNet, RouteTarget>) -> Result<(), String> {
+        let routes: BTreeMap<IpNet, RouteTarget> =
+            routes.iter().map(|(n, t)| (n.trunc(), *t)).collect();
+        for (&net, t) in &routes {
+            if self.routes_now.get(&net) == Some(t) {
+                continue;
+            }
+            let v = RouteValue::from(*t);
+            match net {
+                IpNet::V4(n) => self.routes4.insert(
+                    &Key::new(n.prefix_len().into(), n.network().octets()),
+                    v,
+                    0,
+                ),
+                IpNet::V6(n) => self.routes6.insert(
+                    &Key::new(n.prefix_len().into(), n.network().octets()),
+                    v,
+                    0,
+                ),
+            }
+            .map_err(|e| err(&format!("the route to {net}"), e))?;
+            self.routes_now.insert(net, *t);
+        }
+        let gone: Vec<IpNet> = self
+            .routes_now
+            .keys()
+            .filter(|n| !routes.contains_key(n))
+            .copied()
+            .collect();
+        for net in gone {
+            let res = match net {
+                IpNet::V4(n) => self
+                    .routes4
+                    .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+                IpNet::V6(n) => self
+                    .routes6
+                    .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+            };
+            res.map_err(|e| err(&format!("removing the route to {net}"), e))?;
+            self.routes_now.remove(&net);
+        }
+        Ok(())
+    }
+
+    /// The routes the program follows ([`FastPath::set_routes`]).
+    pub fn routes(&self) -> impl Iterator<Item = (&IpNet, &RouteTarget)> {
+        self.routes_now.iter()
     }
 
     /// Makes `ifindexes` the devices (besides `weft.vx`) the program may send packets out

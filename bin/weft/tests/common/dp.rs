@@ -310,6 +310,46 @@ pub fn dp_routes(lab: &Lab, host: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Waits until the routes `host`'s fast path follows without a FIB lookup are exactly
+/// its data plane's routes through the underlay and `weft.vx` (by prefix), and returns
+/// them; panics with both lists if they do not agree within 5 s.
+pub fn fast_routes_follow(lab: &Lab, host: &str) -> Vec<String> {
+    let both = || {
+        let s = status(lab, host);
+        let prefix = |r: &serde_json::Value| {
+            r.as_str()
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut fast: Vec<String> = s["dataplane"]["fast_path"]["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(prefix)
+            .collect();
+        let mut dp: Vec<String> = dp_routes(lab, host)
+            .into_iter()
+            .filter(|(_, mode, _)| mode == "route" || mode == "vxlan")
+            .map(|(dst, _, _)| dst)
+            .collect();
+        fast.sort();
+        dp.sort();
+        (fast, dp)
+    };
+    let same = wait_for(Duration::from_secs(5), || {
+        let (fast, dp) = both();
+        (fast == dp).then_some(fast)
+    });
+    same.unwrap_or_else(|| {
+        panic!(
+            "{host}: the fast path's routes and weft's differ: {:?}",
+            both()
+        )
+    })
+}
+
 /// The route of `ip` in `host`'s status (its JSON object): the longest match, as the
 /// kernel picks (with encryption the pools' catch-all holds every address too).
 fn route_of(lab: &Lab, host: &str, ip: &str) -> Option<serde_json::Value> {
