@@ -364,6 +364,9 @@ impl Agent {
                     }
                     return Attempt::Answer(500, error_json(&e));
                 }
+                // A borrowed address lies in another host's block, which the fast path
+                // routes to that host: the FIB's before the container sends anything.
+                self.fast_routes_sync();
                 let mtu = self.dp.pod_mtu();
                 // `address`: the first (IPv4 when there are IPv4 pools), for clients
                 // that know one address; `addresses`: one of every family; `dns`: the
@@ -492,6 +495,7 @@ impl Agent {
                     self.ipam.release(owner);
                     return refuse(format!("weft: cannot save the allocation: {e}"));
                 }
+                self.fast_routes_sync();
                 Attempt::Answer(200, weft_docker::pools::address_answer(a))
             }
             Err(AllocError::Exhausted) => refuse(format!(

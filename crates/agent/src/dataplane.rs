@@ -43,6 +43,13 @@ const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// while a host that is gone is withdrawn within seconds.
 const HOLD: Duration = Duration::from_secs(5);
 
+/// See [`Dataplane::installed`].
+pub(crate) struct Installed<'a> {
+    pub(crate) routes: &'a BTreeSet<weft_dataplane::Route>,
+    pub(crate) conflicts: &'a BTreeSet<IpNet>,
+    pub(crate) foreign: &'a BTreeSet<IpNet>,
+}
+
 /// The data plane's state in the owner task.
 pub(crate) struct Dataplane {
     pub(crate) cfg: DataplaneConfig,
@@ -58,6 +65,9 @@ pub(crate) struct Dataplane {
     error: Option<String>,
     /// Routes not installed because a route of another owner has the destination.
     conflicts: BTreeSet<IpNet>,
+    /// The prefixes of the main table's routes of other owners (the plugin's routes to
+    /// containers, an administrator's), as the last apply listed them.
+    foreign: BTreeSet<IpNet>,
     settled: bool,
     /// When the first peer connection was seen.
     linked_at: Option<Instant>,
@@ -76,19 +86,25 @@ impl Dataplane {
             nat_applied: None,
             error: None,
             conflicts: BTreeSet::new(),
+            foreign: BTreeSet::new(),
             settled: false,
             linked_at: None,
             last_hop: BTreeMap::new(),
         }
     }
 
-    /// weft's routes to other hosts' prefixes as it installed them: those of the plan
-    /// last applied, without the prefixes another owner routes.
-    pub(crate) fn routes(&self) -> impl Iterator<Item = &weft_dataplane::Route> {
-        self.applied
-            .iter()
-            .flat_map(|p| p.routes.iter())
-            .filter(|r| !self.conflicts.contains(&r.dst))
+    /// What the fast path follows weft's routes by: the plan last applied completely
+    /// (its routes to other hosts' prefixes), the prefixes of those another owner routes
+    /// (weft installed no route there), and the prefixes of the main table's routes of
+    /// other owners as last listed. `None` while the last apply failed: the kernel may
+    /// then hold part of a newer plan, and only its FIB knows which.
+    pub(crate) fn installed(&self) -> Option<Installed<'_>> {
+        let plan = self.applied.as_ref().filter(|_| self.error.is_none())?;
+        Some(Installed {
+            routes: &plan.routes,
+            conflicts: &self.conflicts,
+            foreign: &self.foreign,
+        })
     }
 
     /// The MTU containers get now, once known.
@@ -523,6 +539,7 @@ impl Agent {
             }
             nlh.add_route(r, true).map_err(e)?;
         }
+        self.dp.foreign = foreign;
         if conflicts != self.dp.conflicts {
             for c in conflicts.difference(&self.dp.conflicts) {
                 log(format!(

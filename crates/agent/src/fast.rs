@@ -48,6 +48,8 @@ pub(crate) struct Fast {
     /// Container veths that carry a queueing discipline of someone else's: left to the
     /// stack, where it applies.
     shaped: Vec<String>,
+    /// The ifindexes of the underlay and `weft.vx` at the last tick.
+    uplinks: (Option<u32>, Option<u32>),
 }
 
 /// The established TCP timeout of the host's conntrack.
@@ -132,32 +134,64 @@ fn remove_all_leftovers() {
 }
 
 /// The routes the program follows for containers' packets ([`FastPath::set_routes`]):
-/// weft's `routes` through the underlay (`underlay`, its ifindex) and `weft.vx` (`vx`,
-/// when it exists). Routes into the encrypted tunnel are left to the kernel's FIB (the
-/// tunnel device is not a device the program sends out of).
-fn route_targets<'a>(
-    routes: impl Iterator<Item = &'a weft_dataplane::Route>,
+/// weft's routes through the underlay (`underlay`, its ifindex) and `weft.vx` (`vx`, when
+/// it exists), each prefix with its target; `None`: the kernel's FIB decides. A longest-
+/// prefix match would otherwise send a packet along one of them where the kernel has a
+/// more specific route: so every prefix inside a followed one that the kernel may route
+/// otherwise gets `None`: weft's routes into the encrypted tunnel (its device is not one
+/// the program sends out of) and those another owner routes (`conflicts`), the other
+/// owners' routes (`foreign`, the last listing), and this host's containers' addresses
+/// (`local`: an address borrowed from another host's block lies inside that block's
+/// route, and the plugin's route to it may be younger than the listing).
+fn route_targets(
+    installed: Option<crate::dataplane::Installed<'_>>,
+    local: &[std::net::IpAddr],
     underlay: Option<u32>,
     vx: Option<u32>,
-) -> BTreeMap<ipnet::IpNet, RouteTarget> {
+) -> BTreeMap<ipnet::IpNet, Option<RouteTarget>> {
     use weft_dataplane::Via;
-    routes
-        .filter_map(|r| {
-            let (ifindex, gateway) = match r.via {
-                Via::Direct(ip) => (underlay?, ip),
-                Via::Vxlan(v6) => (vx?, std::net::IpAddr::V6(v6)),
-                Via::Tunnel(_) => return None,
+    let Some(inst) = installed else {
+        return BTreeMap::new();
+    };
+    let mut out: BTreeMap<ipnet::IpNet, Option<RouteTarget>> = inst
+        .routes
+        .iter()
+        .map(|r| {
+            let target = match r.via {
+                _ if inst.conflicts.contains(&r.dst) => None,
+                Via::Direct(ip) => underlay.map(|i| (i, ip)),
+                Via::Vxlan(v6) => vx.map(|i| (i, std::net::IpAddr::V6(v6))),
+                Via::Tunnel(_) => None,
             };
-            Some((
-                r.dst,
-                RouteTarget {
-                    ifindex,
-                    gateway,
-                    mtu: r.mtu,
-                },
-            ))
+            let target = target.map(|(ifindex, gateway)| RouteTarget {
+                ifindex,
+                gateway,
+                mtu: r.mtu,
+            });
+            (r.dst, target)
         })
-        .collect()
+        .collect();
+    let followed: Vec<ipnet::IpNet> = out
+        .iter()
+        .filter(|(_, t)| t.is_some())
+        .map(|(n, _)| *n)
+        .collect();
+    for net in inst
+        .foreign
+        .iter()
+        .copied()
+        .chain(local.iter().map(|&a| ipnet::IpNet::from(a)))
+    {
+        out.entry(net).or_insert(None);
+    }
+    // A prefix for the FIB matters only inside a followed one (a miss goes to the FIB).
+    out.retain(|n, t| {
+        t.is_some()
+            || followed
+                .iter()
+                .any(|f| f.prefix_len() < n.prefix_len() && f.contains(n))
+    });
+    out
 }
 
 /// Tells the program the client sockets of every translated connection among `conns`
@@ -290,7 +324,8 @@ impl Agent {
         };
         let underlay = index(self.dp.underlay_if());
         let uplinks: Vec<u32> = underlay.into_iter().collect();
-        let routes = route_targets(self.dp.routes(), underlay, index(Some(VXLAN_DEV)));
+        self.fast.uplinks = (underlay, index(Some(VXLAN_DEV)));
+        let routes = self.fast_route_targets();
         // The program's LRU map gets the translated connections' client sockets again on
         // the ticks the nftables set does (so idle connections keep theirs), from the same
         // listing of conntrack: one schedule, one listing (see `nftables_tick`).
@@ -364,6 +399,25 @@ impl Agent {
         if promoted_due {
             self.fast.promoted_refreshed = Some(Instant::now());
             self.fast_refresh_promoted();
+        }
+    }
+
+    /// The routes the program is to follow now (see [`route_targets`]).
+    fn fast_route_targets(&self) -> BTreeMap<ipnet::IpNet, Option<RouteTarget>> {
+        let local: Vec<std::net::IpAddr> = self.ipam.list().into_iter().map(|(a, _)| a).collect();
+        let (underlay, vx) = self.fast.uplinks;
+        route_targets(self.dp.installed(), &local, underlay, vx)
+    }
+
+    /// Gives the program the routes it follows at once (not at the next tick): called for
+    /// a new container's addresses before its ADD is answered, so that a borrowed one is
+    /// the FIB's before the container's first packet.
+    pub(crate) fn fast_routes_sync(&mut self) {
+        let routes = self.fast_route_targets();
+        if let Some(f) = self.fast.path.as_mut() {
+            if let Err(e) = f.set_routes(&routes) {
+                self.set_fast_error(Some(e));
+            }
         }
     }
 
@@ -484,7 +538,12 @@ impl Agent {
                 .fast
                 .path
                 .iter()
-                .flat_map(|f| f.routes().map(|(n, t)| format!("{n} via {}", t.gateway)))
+                .flat_map(|f| {
+                    f.routes().map(|(n, t)| match t {
+                        Some(t) => format!("{n} via {}", t.gateway),
+                        None => format!("{n} (the kernel's FIB)"),
+                    })
+                })
                 .collect(),
             error: self.fast.error.clone(),
         }
@@ -524,54 +583,79 @@ mod tests {
     }
 
     #[test]
-    fn the_program_follows_weft_s_routes_through_the_underlay_and_weft_vx_only() {
+    fn the_program_follows_weft_s_routes_and_leaves_what_lies_inside_them_to_the_fib() {
         use weft_dataplane::{Route, Via};
         let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
         let gw4: std::net::IpAddr = "172.30.0.2".parse().unwrap();
         let vtep: std::net::Ipv6Addr = "fe80::2".parse().unwrap();
-        let routes = [
-            Route {
-                dst: net("10.32.1.0/26"),
-                via: Via::Direct(gw4),
-                mtu: 1500,
-            },
-            Route {
-                dst: net("fd32::40:0/122"),
-                via: Via::Vxlan(vtep),
-                mtu: 1430,
-            },
-            Route {
-                dst: net("10.32.2.0/26"),
-                via: Via::Tunnel(weft_mesh::NodeId([3; 16])),
-                mtu: 1420,
-            },
-        ];
-        let got = route_targets(routes.iter(), Some(2), Some(9));
+        let route = |dst: &str, via: Via, mtu: u32| Route {
+            dst: net(dst),
+            via,
+            mtu,
+        };
+        let routes = BTreeSet::from([
+            route("10.32.1.0/26", Via::Direct(gw4), 1500),
+            route("fd32::40:0/122", Via::Vxlan(vtep), 1430),
+            // Into the tunnel: a whole block, and a borrowed address inside a direct one.
+            route(
+                "10.32.2.0/26",
+                Via::Tunnel(weft_mesh::NodeId([3; 16])),
+                1420,
+            ),
+            route(
+                "10.32.1.9/32",
+                Via::Tunnel(weft_mesh::NodeId([3; 16])),
+                1420,
+            ),
+            // Routed by someone else (weft installed nothing): not followed.
+            route("10.32.4.0/26", Via::Direct(gw4), 1500),
+        ]);
+        let conflicts = BTreeSet::from([net("10.32.4.0/26")]);
+        // The plugin's route to a container here, an administrator's inside a block,
+        // and the underlay's own subnet.
+        let foreign = BTreeSet::from([
+            net("10.32.0.3/32"),
+            net("10.32.1.40/30"),
+            net("172.30.0.0/24"),
+        ]);
+        // This host's containers: one in its own block, one borrowed from 10.32.1.0/26
+        // whose route the plugin may not have made yet.
+        let local: Vec<std::net::IpAddr> =
+            vec!["10.32.0.3".parse().unwrap(), "10.32.1.7".parse().unwrap()];
+        let inst = || {
+            Some(crate::dataplane::Installed {
+                routes: &routes,
+                conflicts: &conflicts,
+                foreign: &foreign,
+            })
+        };
+        let got = route_targets(inst(), &local, Some(2), Some(9));
+        let target = |ifindex, gateway, mtu| {
+            Some(RouteTarget {
+                ifindex,
+                gateway,
+                mtu,
+            })
+        };
         assert_eq!(
             got,
             BTreeMap::from([
-                (
-                    net("10.32.1.0/26"),
-                    RouteTarget {
-                        ifindex: 2,
-                        gateway: gw4,
-                        mtu: 1500
-                    }
-                ),
-                (
-                    net("fd32::40:0/122"),
-                    RouteTarget {
-                        ifindex: 9,
-                        gateway: vtep.into(),
-                        mtu: 1430
-                    }
-                ),
+                (net("10.32.1.0/26"), target(2, gw4, 1500)),
+                (net("fd32::40:0/122"), target(9, vtep.into(), 1430)),
+                // Inside 10.32.1.0/26: the FIB decides.
+                (net("10.32.1.9/32"), None),
+                (net("10.32.1.40/30"), None),
+                (net("10.32.1.7/32"), None),
             ])
         );
-        // Without weft.vx (route mode), its routes are the FIB's; without the underlay,
-        // every direct one.
-        assert_eq!(route_targets(routes.iter(), Some(2), None).len(), 1);
-        assert_eq!(route_targets(routes.iter(), None, Some(9)).len(), 1);
+        // Without weft.vx (route mode) its routes are the FIB's, without the underlay
+        // every direct one (and then nothing is inside a followed prefix).
+        let v4 = route_targets(inst(), &local, Some(2), None);
+        assert_eq!(v4.len(), 4, "{v4:?}");
+        let vx = route_targets(inst(), &local, None, Some(9));
+        assert_eq!(vx.keys().collect::<Vec<_>>(), [&net("fd32::40:0/122")]);
+        // A failed apply: nothing is followed, the FIB decides everything.
+        assert!(route_targets(None, &local, Some(2), Some(9)).is_empty());
     }
 
     fn dev(i: u32, pod: bool) -> Device {

@@ -32,6 +32,8 @@ static long (*bpf_map_update_elem)(void *map, const void *key, const void *value
                                    __u64 flags) = (void *)BPF_FUNC_map_update_elem;
 static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
 static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
+static long (*bpf_check_mtu)(void *ctx, __u32 ifindex, __u32 *mtu_len, __s32 len_diff,
+                             __u64 flags) = (void *)BPF_FUNC_check_mtu;
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -44,8 +46,8 @@ static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coars
 #define IPPROTO_SCTP 132
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
-// The packet mark bit weft's netfilter `forward` rule sets on a translated packet that
-// goes to a pod (`TRANSLATED_MARK` in crates/dataplane).
+// The packet mark bit weft's netfilter rule (in its NAT chain) sets on the first packet
+// of a translated connection that goes to a pod (`TRANSLATED_MARK` in crates/dataplane).
 #define TRANSLATED_MARK 0x01000000
 
 // What the agent tells the program as a whole (`Config` in src/lib.rs has the same
@@ -186,12 +188,14 @@ struct {
     __type(value, __u32);
 } epoch SEC(".maps");
 
-// weft's routes to other hosts' blocks (the agent's plan, without the prefixes another
-// owner routes): for a packet from a container of this host, the next hop and device
-// without the kernel's FIB lookup, the costliest step of the program when the caches are
-// cold (docs/dataplane.md, "Fast path", cold cost). `RouteKey4`, `RouteKey6` and `Route`
-// in src/lib.rs have the same layouts. A destination not in them (a container of this
-// host, a prefix weft does not route) is looked up in the FIB.
+// weft's routes to other hosts' blocks (the agent's plan): for a packet from a container
+// of this host, the next hop and device without the kernel's FIB lookup, the costliest
+// step of the program when the caches are cold (docs/dataplane.md, "Fast path", cold
+// cost). The keys have the layout of aya's `lpm_trie::Key<[u8; 4]>` and `<[u8; 16]>`, the
+// values that of `RouteValue` in src/lib.rs. A destination whose longest match is an
+// entry without a device (ifindex 0: a prefix inside one of weft's that the kernel may
+// route otherwise, such as a container's borrowed address or a route into the tunnel),
+// or that matches none, is looked up in the FIB.
 struct route_key4 {
     __u32 prefixlen;
     __u32 addr;
@@ -370,14 +374,21 @@ static __attribute__((always_inline)) int forward(struct __sk_buff *skb, struct 
 
 // A packet from a container of this host along weft's route `r` (found in `routes4` or
 // `routes6`): sent out of the route's device to its gateway, whose MAC the kernel's
-// neighbour table gives. -1: not this way (no route, or its device is not an enabled
-// uplink): the FIB decides. TC_ACT_OK: too big for the path (not GSO), the stack answers.
+// neighbour table gives. -1: not this way (no route, an entry for the FIB, a device that
+// is not an enabled uplink, a GSO packet whose segments the device's MTU does not take):
+// the FIB decides. TC_ACT_OK: too big for the route's MTU, the stack answers.
 static __attribute__((always_inline)) int via_route(struct __sk_buff *skb, struct route *r,
                                                     __u32 l3len)
 {
-    if (!r || r->ifindex == skb->ingress_ifindex || dev_kind(r->ifindex) != DEV_UPLINK)
+    if (!r || !r->ifindex || r->ifindex == skb->ingress_ifindex ||
+        dev_kind(r->ifindex) != DEV_UPLINK)
         return -1;
-    if (!skb->gso_size && l3len > r->mtu) {
+    if (skb->gso_size) {
+        // As the FIB lookup checks it: each segment against the device's MTU.
+        __u32 mtu_len = 0;
+        if (bpf_check_mtu(skb, r->ifindex, &mtu_len, 0, 0))
+            return -1;
+    } else if (l3len > r->mtu) {
         count(C_PASS);
         return TC_ACT_OK;
     }

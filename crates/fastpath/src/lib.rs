@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLinkId, TcAttachOptions,
     TcAttachType,
@@ -369,7 +369,7 @@ pub struct FastPath {
     routes4: LpmTrie<MapData, [u8; 4], RouteValue>,
     routes6: LpmTrie<MapData, [u8; 16], RouteValue>,
     /// What the two `routes` maps hold.
-    routes_now: BTreeMap<IpNet, RouteTarget>,
+    routes_now: BTreeMap<IpNet, Option<RouteTarget>>,
     links: BTreeMap<Device, Vec<SchedClassifierLinkId>>,
     uplinks: BTreeSet<u32>,
 }
@@ -474,30 +474,33 @@ impl FastPath {
     }
 
     /// Makes `routes` the routes the program follows for packets from this host's
-    /// containers (weft's routes to other hosts' prefixes); a destination in none of them
-    /// is looked up in the kernel's FIB. A route that changes is overwritten in place.
-    pub fn set_routes(&mut self, routes: &BTreeMap<IpNet, RouteTarget>) -> Result<(), String> {
-        let routes: BTreeMap<IpNet, RouteTarget> =
+    /// containers (weft's routes to other hosts' prefixes), each prefix with its target or
+    /// `None`: a destination whose longest match is such a prefix, or that matches none,
+    /// is looked up in the kernel's FIB. A route that changes is overwritten in place. A
+    /// prefix whose write fails is removed (the FIB decides there), the others are still
+    /// written, and the first error is returned.
+    pub fn set_routes(
+        &mut self,
+        routes: &BTreeMap<IpNet, Option<RouteTarget>>,
+    ) -> Result<(), String> {
+        let routes: BTreeMap<IpNet, Option<RouteTarget>> =
             routes.iter().map(|(n, t)| (n.trunc(), *t)).collect();
+        let mut first = None;
         for (&net, t) in &routes {
             if self.routes_now.get(&net) == Some(t) {
                 continue;
             }
-            let v = RouteValue::from(*t);
-            match net {
-                IpNet::V4(n) => self.routes4.insert(
-                    &Key::new(n.prefix_len().into(), n.network().octets()),
-                    v,
-                    0,
-                ),
-                IpNet::V6(n) => self.routes6.insert(
-                    &Key::new(n.prefix_len().into(), n.network().octets()),
-                    v,
-                    0,
-                ),
+            let v = t.map(RouteValue::from).unwrap_or_default();
+            match self.write_route(net, Some(v)) {
+                Ok(()) => {
+                    self.routes_now.insert(net, *t);
+                }
+                Err(e) => {
+                    first.get_or_insert(err(&format!("the route to {net}"), e));
+                    let _ = self.write_route(net, None);
+                    self.routes_now.remove(&net);
+                }
             }
-            .map_err(|e| err(&format!("the route to {net}"), e))?;
-            self.routes_now.insert(net, *t);
         }
         let gone: Vec<IpNet> = self
             .routes_now
@@ -506,22 +509,36 @@ impl FastPath {
             .copied()
             .collect();
         for net in gone {
-            let res = match net {
-                IpNet::V4(n) => self
-                    .routes4
-                    .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-                IpNet::V6(n) => self
-                    .routes6
-                    .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-            };
-            res.map_err(|e| err(&format!("removing the route to {net}"), e))?;
+            if let Err(e) = self.write_route(net, None) {
+                first.get_or_insert(err(&format!("removing the route to {net}"), e));
+            }
             self.routes_now.remove(&net);
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Writes (`Some`) or deletes the `routes` map entry of `net`.
+    fn write_route(&mut self, net: IpNet, v: Option<RouteValue>) -> Result<(), MapError> {
+        match (net, v) {
+            (IpNet::V4(n), Some(v)) => {
+                self.routes4
+                    .insert(&Key::new(n.prefix_len().into(), n.network().octets()), v, 0)
+            }
+            (IpNet::V6(n), Some(v)) => {
+                self.routes6
+                    .insert(&Key::new(n.prefix_len().into(), n.network().octets()), v, 0)
+            }
+            (IpNet::V4(n), None) => self
+                .routes4
+                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+            (IpNet::V6(n), None) => self
+                .routes6
+                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+        }
     }
 
     /// The routes the program follows ([`FastPath::set_routes`]).
-    pub fn routes(&self) -> impl Iterator<Item = (&IpNet, &RouteTarget)> {
+    pub fn routes(&self) -> impl Iterator<Item = (&IpNet, &Option<RouteTarget>)> {
         self.routes_now.iter()
     }
 

@@ -311,28 +311,46 @@ pub fn dp_routes(lab: &Lab, host: &str) -> Vec<(String, String, String)> {
 }
 
 /// Waits until the routes `host`'s fast path follows without a FIB lookup are exactly
-/// its data plane's routes through the underlay and `weft.vx` (by prefix), and returns
-/// them; panics with both lists if they do not agree within 5 s.
+/// its data plane's routes through the underlay and `weft.vx` (`PREFIX via GATEWAY`; the
+/// gateway of a VXLAN route is the peer's VTEP, which the status does not list, so those
+/// compare by prefix), and returns them; panics with both lists if they do not agree
+/// within 5 s.
 pub fn fast_routes_follow(lab: &Lab, host: &str) -> Vec<String> {
     let both = || {
         let s = status(lab, host);
-        let prefix = |r: &serde_json::Value| {
-            r.as_str()
-                .and_then(|r| r.split(' ').next())
-                .unwrap_or_default()
-                .to_string()
+        let vxlan: Vec<String> = s["dataplane"]["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r["mode"] == "vxlan")
+            .filter_map(|r| r["dst"].as_str().map(str::to_string))
+            .collect();
+        let shown = |r: String| match r.split(' ').next() {
+            Some(p) if vxlan.iter().any(|v| v == p) => p.to_string(),
+            _ => r,
         };
         let mut fast: Vec<String> = s["dataplane"]["fast_path"]["routes"]
             .as_array()
             .cloned()
             .unwrap_or_default()
             .iter()
-            .map(prefix)
+            .filter_map(|r| r.as_str().filter(|r| r.contains(" via ")))
+            .map(|r| shown(r.to_string()))
             .collect();
-        let mut dp: Vec<String> = dp_routes(lab, host)
-            .into_iter()
-            .filter(|(_, mode, _)| mode == "route" || mode == "vxlan")
-            .map(|(dst, _, _)| dst)
+        let mut dp: Vec<String> = s["dataplane"]["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r["mode"] == "route" || r["mode"] == "vxlan")
+            .map(|r| {
+                let dst = r["dst"].as_str().unwrap_or_default();
+                shown(format!(
+                    "{dst} via {}",
+                    r["via"].as_str().unwrap_or_default()
+                ))
+            })
             .collect();
         fast.sort();
         dp.sort();
