@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLinkId, TcAttachOptions,
     TcAttachType,
@@ -365,7 +365,8 @@ pub struct FastPath {
     epoch_map: Array<MapData, u32>,
     /// The epoch promotions are made in now (never 0, which the program never honours).
     epoch: u32,
-    counters: PerCpuArray<MapData, u64>,
+    /// One slot of counters per CPU (`COUNTER_SLOTS` in the program).
+    counters: Array<MapData, [u64; 8]>,
     routes4: LpmTrie<MapData, [u8; 4], RouteValue>,
     routes6: LpmTrie<MapData, [u8; 16], RouteValue>,
     /// What the two `routes` maps hold.
@@ -399,7 +400,7 @@ impl FastPath {
         epoch_map
             .set(0, 1, 0)
             .map_err(|e| err("setting the epoch", e))?;
-        let counters = PerCpuArray::try_from(take("counters")?).map_err(|e| err("counters", e))?;
+        let counters = Array::try_from(take("counters")?).map_err(|e| err("counters", e))?;
         let routes4 = LpmTrie::try_from(take("routes4")?).map_err(|e| err("routes4", e))?;
         let routes6 = LpmTrie::try_from(take("routes6")?).map_err(|e| err("routes6", e))?;
         for name in [INGRESS, EGRESS] {
@@ -772,20 +773,20 @@ impl FastPath {
 
     /// The packet counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
-        let sum = |i: u32| {
-            self.counters
-                .get(&i, 0)
-                .map(|v| v.iter().sum::<u64>())
-                .unwrap_or(0)
-        };
+        let mut sum = [0u64; 8];
+        for slot in self.counters.iter().flatten() {
+            for (s, v) in sum.iter_mut().zip(slot) {
+                *s += v;
+            }
+        }
         Counters {
-            egress: sum(0),
-            peer: sum(1),
-            neigh: sum(2),
-            pass: sum(3),
-            stateful: sum(4),
-            policy: sum(5),
-            established: sum(6),
+            egress: sum[0],
+            peer: sum[1],
+            neigh: sum[2],
+            pass: sum[3],
+            stateful: sum[4],
+            policy: sum[5],
+            established: sum[6],
         }
     }
 }
