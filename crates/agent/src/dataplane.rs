@@ -230,6 +230,16 @@ fn key(r: &nl::Route) -> RouteKey {
 /// uses conntrack).
 const CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
 
+/// How many connections the host namespace tracks now: 0 also while nothing in it uses
+/// conntrack; None when the count cannot be read.
+pub(crate) fn conntrack_count() -> Option<u64> {
+    match std::fs::read_to_string(CONNTRACK_COUNT) {
+        Ok(c) => c.trim().parse().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+        Err(_) => None,
+    }
+}
+
 /// Every address of this host's own namespace (what its traffic with a pod is sent from
 /// or to), with `extra` (weft's DNS address, a local route rather than an address).
 pub(crate) fn host_addrs(extra: Option<IpAddr>) -> Result<BTreeSet<IpAddr>, String> {
@@ -261,10 +271,7 @@ pub(crate) fn conntrack_table_status() -> Result<
     String,
 > {
     weft_netlink::netfilter::conntrack_list_status(0).or_else(|e| {
-        let tracked = std::fs::read_to_string(CONNTRACK_COUNT)
-            .ok()
-            .and_then(|c| c.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let tracked = conntrack_count().unwrap_or(0);
         if tracked == 0 {
             Ok(Vec::new())
         } else {

@@ -96,6 +96,12 @@ fn lost_filters<'a>(
 /// plugin's `ingress` qdisc cannot be added where a `clsact` already is.
 const ATTACH_AFTER: Duration = Duration::from_secs(1);
 
+/// How many devices a tick attaches at most. Each attach is a few netlink requests under
+/// the kernel's RTNL lock (about 0.5 ms a container veth here), which the container
+/// runtimes' own link changes wait for, and the agent answers nothing meanwhile: a burst
+/// of 200 new containers took 40-180 ms ticks. A veth not yet attached takes the stack.
+const ATTACH_PER_TICK: usize = 32;
+
 /// Which of weft's devices `own` the program is to be attached to at `now`: `weft.vx`
 /// always; a container veth once it has been seen for [`ATTACH_AFTER`] (`seen`: since
 /// when), and while it carries no qdisc of someone else's (`shaped`, by index). Also the
@@ -346,7 +352,11 @@ impl Agent {
             failed = Some(e);
         }
         let have: BTreeSet<Device> = f.devices().cloned().collect();
-        for d in want.difference(&have) {
+        // At most ATTACH_PER_TICK container veths a tick (weft.vx first): the rest wait
+        // for the next ticks, on the stack.
+        let mut todo: Vec<&Device> = want.difference(&have).collect();
+        todo.sort_by_key(|d| d.pod);
+        for d in todo.into_iter().take(ATTACH_PER_TICK) {
             // Attached first: from now on the program learns the container's outbound
             // sockets itself, but forwards nothing from or to it yet.
             match f.attach(d.clone()) {
@@ -369,7 +379,15 @@ impl Agent {
             } else {
                 crate::nftables::SHARED_LISTING
             };
-            let conns = self.conntrack_listing(age);
+            // Nothing tracked in the namespace (the count is read after the attach): no
+            // translated connection to seed, and no walk of the kernel's conntrack hash,
+            // which every namespace shares (about 12 ms a listing here, however few
+            // entries are this namespace's).
+            let conns = if !refresh_due && crate::dataplane::conntrack_count() == Some(0) {
+                Ok(std::sync::Arc::new(Vec::new()))
+            } else {
+                self.conntrack_listing(age)
+            };
             let f = self.fast.path.as_mut().expect("loaded above");
             let res = remember_translated(f, conns, &pools);
             self.fast.refresh_failed = res.is_err();

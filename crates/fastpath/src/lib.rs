@@ -568,15 +568,31 @@ impl FastPath {
     /// those down asynchronously when the veth is deleted, whereas deleting a device with
     /// TCX links waits for an RCU grace period per direction (about 15 ms each here),
     /// which a CNI DEL would pay. They outlive an agent that crashed; the next agent
-    /// replaces them ([`remove_leftovers`]).
+    /// replaces them ([`remove_leftovers`]): the agent removes them from every veth when
+    /// it loads the program, and a veth on which an attach still fails (a filter of the
+    /// same priority and handle is there) has them removed before a second try. Removing
+    /// first on every attach would cost two filter dumps per container, under the lock
+    /// the container runtimes' own link changes wait for.
     pub fn attach(&mut self, dev: Device) -> Result<(), String> {
         if self.links.contains_key(&dev) {
             return Ok(());
         }
+        let ids = match self.attach_once(&dev) {
+            Err(_) if dev.pod => {
+                remove_leftovers(&dev.name);
+                self.attach_once(&dev)?
+            }
+            res => res?,
+        };
+        self.links.insert(dev, ids);
+        Ok(())
+    }
+
+    /// One try of [`FastPath::attach`]: all of the device's links, or none.
+    fn attach_once(&mut self, dev: &Device) -> Result<Vec<SchedClassifierLinkId>, String> {
         let name = dev.name.clone();
         let mut ids: Vec<SchedClassifierLinkId> = Vec::new();
         let res = if dev.pod {
-            remove_leftovers(&name);
             match qdisc_add_clsact(&name) {
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                     Err(err(&format!("adding the clsact qdisc to {name}"), e))
@@ -616,8 +632,7 @@ impl FastPath {
             }
             return Err(e);
         }
-        self.links.insert(dev, ids);
-        Ok(())
+        Ok(ids)
     }
 
     /// Lets the program forward packets from and to an attached device: a container veth
