@@ -441,7 +441,7 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
         "on" => println!(
             "fast path: on, {} devices, {} routes of weft's followed without a FIB lookup; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}, left to conntrack (translated connections) {}, left to network policy {}, of isolated pods' established connections forwarded {}",
             f.devices.len(),
-            f.routes.len(),
+            f.routes.iter().filter(|r| r.contains(" via ")).count(),
             f.counters.egress,
             f.counters.peer,
             f.counters.neigh,

@@ -102,6 +102,15 @@ const ATTACH_AFTER: Duration = Duration::from_secs(1);
 /// of 200 new containers took 40-180 ms ticks. A veth not yet attached takes the stack.
 const ATTACH_PER_TICK: usize = 32;
 
+/// The devices of `want` not attached yet (`have`) that this tick attaches: `weft.vx`
+/// first, at most [`ATTACH_PER_TICK`]; the rest wait for the next ticks, on the stack.
+fn to_attach<'a>(want: &'a BTreeSet<Device>, have: &BTreeSet<Device>) -> Vec<&'a Device> {
+    let mut todo: Vec<&Device> = want.iter().filter(|d| !have.contains(d)).collect();
+    todo.sort_by_key(|d| d.pod);
+    todo.truncate(ATTACH_PER_TICK);
+    todo
+}
+
 /// Which of weft's devices `own` the program is to be attached to at `now`: `weft.vx`
 /// always; a container veth once it has been seen for [`ATTACH_AFTER`] (`seen`: since
 /// when), and while it carries no qdisc of someone else's (`shaped`, by index). Also the
@@ -352,11 +361,7 @@ impl Agent {
             failed = Some(e);
         }
         let have: BTreeSet<Device> = f.devices().cloned().collect();
-        // At most ATTACH_PER_TICK container veths a tick (weft.vx first): the rest wait
-        // for the next ticks, on the stack.
-        let mut todo: Vec<&Device> = want.difference(&have).collect();
-        todo.sort_by_key(|d| d.pod);
-        for d in todo.into_iter().take(ATTACH_PER_TICK) {
+        for d in to_attach(&want, &have) {
             // Attached first: from now on the program learns the container's outbound
             // sockets itself, but forwards nothing from or to it yet.
             match f.attach(d.clone()) {
@@ -701,6 +706,23 @@ mod tests {
         // Not seen at all (the tick that first lists it): not yet.
         let (want, _) = wanted(&own, &BTreeMap::new(), &BTreeSet::new(), now);
         assert!(want.iter().all(|d| !d.pod), "{want:?}");
+    }
+
+    #[test]
+    fn a_tick_attaches_weft_vx_first_and_a_bounded_number_of_veths() {
+        let veths = (10..10 + ATTACH_PER_TICK as u32 + 5).map(|i| dev(i, true));
+        let want: BTreeSet<Device> = veths.chain([dev(3, false)]).collect();
+        let have = BTreeSet::from([dev(10, true)]);
+        let first = to_attach(&want, &have);
+        assert_eq!(first.len(), ATTACH_PER_TICK);
+        assert_eq!(first[0], &dev(3, false), "weft.vx first: {first:?}");
+        assert!(!first.contains(&&dev(10, true)), "attached already");
+        // The next tick takes the rest.
+        let have: BTreeSet<Device> = first.into_iter().cloned().chain([dev(10, true)]).collect();
+        let second = to_attach(&want, &have);
+        assert_eq!(second.len(), 5);
+        assert!(second.iter().all(|d| d.pod && !have.contains(d)));
+        assert!(to_attach(&want, &want).is_empty());
     }
 
     #[test]

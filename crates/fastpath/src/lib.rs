@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.o"));
 const INGRESS: &str = "weft_fast";
 const EGRESS: &str = "weft_egress";
+/// The counters' slots in the program (`COUNTER_SLOTS` in bpf/fastpath.c).
+const COUNTER_SLOTS: usize = 256;
 
 /// The priority and handle of weft's tc filters on container veths (119 = 0x77, weft's
 /// number, as its route protocol).
@@ -365,7 +367,7 @@ pub struct FastPath {
     epoch_map: Array<MapData, u32>,
     /// The epoch promotions are made in now (never 0, which the program never honours).
     epoch: u32,
-    /// One slot of counters per CPU (`COUNTER_SLOTS` in the program).
+    /// One slot of counters per CPU ([`COUNTER_SLOTS`]).
     counters: Array<MapData, [u64; 8]>,
     routes4: LpmTrie<MapData, [u8; 4], RouteValue>,
     routes6: LpmTrie<MapData, [u8; 16], RouteValue>,
@@ -788,10 +790,14 @@ impl FastPath {
 
     /// The packet counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
+        // The slots of the CPUs there can be (CPUs past the last slot share slots).
+        let slots = aya::util::nr_cpus().map_or(COUNTER_SLOTS, |n| n.min(COUNTER_SLOTS));
         let mut sum = [0u64; 8];
-        for slot in self.counters.iter().flatten() {
-            for (s, v) in sum.iter_mut().zip(slot) {
-                *s += v;
+        for i in 0..slots as u32 {
+            if let Ok(slot) = self.counters.get(&i, 0) {
+                for (s, v) in sum.iter_mut().zip(slot) {
+                    *s += v;
+                }
             }
         }
         Counters {
