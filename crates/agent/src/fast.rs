@@ -384,15 +384,7 @@ impl Agent {
             } else {
                 crate::nftables::SHARED_LISTING
             };
-            // Nothing tracked in the namespace (the count is read after the attach): no
-            // translated connection to seed, and no walk of the kernel's conntrack hash,
-            // which every namespace shares (about 12 ms a listing here, however few
-            // entries are this namespace's).
-            let conns = if !refresh_due && crate::dataplane::conntrack_count() == Some(0) {
-                Ok(std::sync::Arc::new(Vec::new()))
-            } else {
-                self.conntrack_listing(age)
-            };
+            let conns = self.conntrack_listing(age);
             let f = self.fast.path.as_mut().expect("loaded above");
             let res = remember_translated(f, conns, &pools);
             self.fast.refresh_failed = res.is_err();
