@@ -439,8 +439,12 @@ fn print_dataplane(d: &weft_agent::DataplaneReport) {
     let f = &d.fast_path;
     match f.state.as_str() {
         "on" => println!(
-            "fast path: on, {} devices, {} routes of weft's followed without a FIB lookup; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}, left to conntrack (translated connections) {}, left to network policy {}, of isolated pods' established connections forwarded {}",
+            "fast path: on, {} devices{}, {} routes of weft's followed without a FIB lookup; packets forwarded {}, into containers {}, via neighbour resolution {}, left to the stack {}, left to conntrack (translated connections) {}, left to network policy {}, of isolated pods' established connections forwarded {}",
             f.devices.len(),
+            f.underlay
+                .as_ref()
+                .map(|u| format!(" and the underlay {u} (delivering into containers)"))
+                .unwrap_or_default(),
             f.routes.iter().filter(|r| r.contains(" via ")).count(),
             f.counters.egress,
             f.counters.peer,

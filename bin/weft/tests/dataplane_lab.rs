@@ -45,6 +45,18 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
         0,
         "h1/c1 -> h1/c2 went through FORWARD"
     );
+    // The receiving host delivers them from its underlay's ingress into the container,
+    // past its own stack as well.
+    assert_eq!(
+        receiver_forward_hook_sees(&lab, &pods[0], &pods[2]),
+        0,
+        "h1/c1 -> h2/c1 went through h2's FORWARD"
+    );
+    for h in ["h1", "h2", "h3"] {
+        let d = &status(&lab, h)["dataplane"];
+        assert!(d["underlay"].is_string(), "{h}: {d}");
+        assert_eq!(d["fast_path"]["underlay"], d["underlay"], "{h}: {d}");
+    }
 
     // A long-lived TCP connection between two hosts survives both agents' restarts, and
     // right after the restart (the agents relearn the cluster) the kernel kept every route.
@@ -242,6 +254,7 @@ fn without_the_fast_path_the_stack_forwards_the_same_traffic() {
     // The same probe that sees nothing with the fast path sees every packet without it.
     assert_eq!(forward_hook_sees(&lab, &pods[0], &pods[2]), 3);
     assert_eq!(forward_hook_sees(&lab, &pods[0], &pods[1]), 3);
+    assert_eq!(receiver_forward_hook_sees(&lab, &pods[0], &pods[2]), 3);
     nat_to_outside(&lab, &pods, &www, "172.30.0.250");
 }
 

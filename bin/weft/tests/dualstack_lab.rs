@@ -151,6 +151,7 @@ fn an_ipv6_underlay_carries_both_families_and_nats_ipv6_to_the_outside() {
         .find(|p| p.host == "h2" && p.name == "c1")
         .unwrap();
     fast_path_attached(&lab, "h1");
+    fast_path_attached(&lab, "h2");
     assert_eq!(
         forward_hook_sees6(&lab, h1c1, h2c1),
         0,
@@ -166,6 +167,19 @@ fn an_ipv6_underlay_carries_both_families_and_nats_ipv6_to_the_outside() {
         0,
         "h1/c1 -> h2/c1 (IPv4)"
     );
+    // h2 delivers them into h2/c1 from its underlay's ingress, past its FORWARD hook too.
+    assert_eq!(
+        receiver_forward_hook_sees6(&lab, h1c1, h2c1),
+        0,
+        "h1/c1 -> h2/c1 (IPv6) at h2"
+    );
+    assert_eq!(
+        receiver_forward_hook_sees(&lab, h1c1, h2c1),
+        0,
+        "h1/c1 -> h2/c1 (IPv4) at h2"
+    );
+    let f = &status(&lab, "h2")["dataplane"];
+    assert_eq!(f["fast_path"]["underlay"], f["underlay"], "{f}");
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! The fast path in the agent: loads weft's BPF program once (`weft_fastpath`), tells it
-//! the IPv4 pools, and keeps it attached to exactly weft's own devices: the host-side veth
-//! of every weft container (alias `weft:NET:CONTAINER:IF`, set by the plugin) and
-//! `weft.vx`. Containers come and go between ticks, so the links are compared with the
-//! kernel's on every tick. The links are file descriptors of this process: an agent that
-//! stops leaves nothing attached, and its containers' traffic takes the kernel's stack
-//! until it is back. Design: docs/dataplane.md, "Fast path".
+//! the pools, and keeps it attached to exactly weft's own devices: the host-side veth of
+//! every weft container (alias `weft:NET:CONTAINER:IF`, set by the plugin) and `weft.vx`;
+//! and, with a TCX link only, at ingress of the underlay while pods' traffic crosses it in
+//! clear ([`underlay_wanted`]). Containers come and go between ticks, so the links are
+//! compared with the kernel's on every tick. An agent that stops detaches everything; one
+//! that crashes leaves the container veths' filters (the next agent replaces them), while
+//! its TCX links go with its process. Design: docs/dataplane.md, "Fast path".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -138,6 +139,26 @@ fn wanted(
     (want, left)
 }
 
+/// The underlay (ifindex, name) the uplink program is to be attached to (docs/dataplane.md,
+/// "Fast path", the underlay): while weft routes pods' traffic over it in clear (one of
+/// `routes`, the program's, goes out of it: route mode, `auto` and `cross-subnet` towards
+/// peers on the segment), so that the other hosts' packets to this host's containers
+/// arrive on it, and only while no classic tc filters of someone else's may hang on its
+/// ingress (an `ingress` or `clsact` qdisc in `qdiscs`): the program delivers what it
+/// takes into the containers past them.
+fn underlay_wanted(
+    underlay: Option<(u32, &str)>,
+    routes: &BTreeMap<ipnet::IpNet, Option<RouteTarget>>,
+    qdiscs: &[(u32, String)],
+) -> Option<(u32, String)> {
+    let (index, name) = underlay?;
+    let used = routes.values().flatten().any(|t| t.ifindex == index);
+    let filtered = qdiscs
+        .iter()
+        .any(|(i, kind)| *i == index && (kind == "ingress" || kind == "clsact"));
+    (used && !filtered).then(|| (index, name.to_string()))
+}
+
 /// Removes the filters an earlier agent left on container veths (it crashed, or ran with
 /// the fast path on when this one cannot or must not).
 fn remove_all_leftovers() {
@@ -246,8 +267,12 @@ const PROMOTED_REFRESH: Duration = Duration::from_secs(30);
 pub struct FastReport {
     /// `on` (loaded), `off` (by config) or `unavailable` (the kernel refused it; see error).
     pub state: String,
-    /// The devices the program is attached to.
+    /// weft's devices the program is attached to (container veths, `weft.vx`).
     pub devices: Vec<String>,
+    /// The underlay interface, when the program is attached at its ingress (a TCX link)
+    /// to deliver the other hosts' packets into this host's containers.
+    #[serde(default)]
+    pub underlay: Option<String>,
     /// Packets it handled since the agent started.
     pub counters: Counters,
     /// Container veths that carry another's queueing discipline (bandwidth limits): not
@@ -341,6 +366,7 @@ impl Agent {
         let uplinks: Vec<u32> = underlay.into_iter().collect();
         self.fast.uplinks = (underlay, index(Some(VXLAN_DEV)));
         let routes = self.fast_route_targets();
+        let underlay_dev = underlay_wanted(underlay.zip(self.dp.underlay_if()), &routes, &qdiscs);
         // The program's LRU map gets the translated connections' client sockets again on
         // the ticks the nftables set does (so idle connections keep theirs), from the same
         // listing of conntrack: one schedule, one listing (see `nftables_tick`).
@@ -359,6 +385,17 @@ impl Agent {
         let mut failed = f.set_uplinks(&uplinks).err();
         if let Err(e) = f.set_routes(&routes) {
             failed = Some(e);
+        }
+        // Only enabled container veths are delivered into from the underlay: the same
+        // seeding and policy as for their neighbours' packets hold.
+        let before = f.underlay().map(String::from);
+        match f.set_underlay(underlay_dev.as_ref().map(|(i, n)| (*i, n.as_str()))) {
+            Ok(()) if f.underlay().map(String::from) != before => log(match f.underlay() {
+                Some(n) => format!("fast path: attached to the underlay {n} at ingress (TCX)"),
+                None => "fast path: detached from the underlay".to_string(),
+            }),
+            Ok(()) => {}
+            Err(e) => failed = Some(e),
         }
         let have: BTreeSet<Device> = f.devices().cloned().collect();
         for d in to_attach(&want, &have) {
@@ -542,6 +579,11 @@ impl Agent {
                 .iter()
                 .flat_map(|f| f.devices().map(|d| d.name.clone()))
                 .collect(),
+            underlay: self
+                .fast
+                .path
+                .as_ref()
+                .and_then(|f| f.underlay().map(String::from)),
             counters: self
                 .fast
                 .path
@@ -715,6 +757,44 @@ mod tests {
         assert_eq!(second.len(), 5);
         assert!(second.iter().all(|d| d.pod && !have.contains(d)));
         assert!(to_attach(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn the_underlay_is_attached_while_pods_traffic_crosses_it_in_clear_and_unfiltered() {
+        let target = |ifindex| {
+            Some(RouteTarget {
+                ifindex,
+                gateway: "172.30.0.2".parse().unwrap(),
+                mtu: 1500,
+            })
+        };
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let direct = BTreeMap::from([
+            (net("10.32.1.0/26"), target(2)),
+            (net("10.32.1.5/32"), None),
+        ]);
+        let vxlan = BTreeMap::from([
+            (net("10.32.1.0/26"), target(9)),
+            (net("10.32.2.0/26"), None),
+        ]);
+        let noqueue = [(2, "noqueue".to_string()), (9, "clsact".to_string())];
+        let eth0 = Some((2, "eth0"));
+        assert_eq!(
+            underlay_wanted(eth0, &direct, &noqueue),
+            Some((2, "eth0".to_string()))
+        );
+        // Only weft.vx (or the tunnel: no target) carries pods' traffic: nothing arrives.
+        assert_eq!(underlay_wanted(eth0, &vxlan, &noqueue), None);
+        assert_eq!(underlay_wanted(eth0, &BTreeMap::new(), &noqueue), None);
+        // Someone's classic filters at the underlay's ingress would be passed by.
+        for kind in ["ingress", "clsact"] {
+            let q = [(2, kind.to_string())];
+            assert_eq!(underlay_wanted(eth0, &direct, &q), None, "{kind}");
+        }
+        // A root qdisc (egress) is not in the way.
+        let q = [(2, "fq_codel".to_string())];
+        assert!(underlay_wanted(eth0, &direct, &q).is_some());
+        assert_eq!(underlay_wanted(None, &direct, &noqueue), None);
     }
 
     #[test]

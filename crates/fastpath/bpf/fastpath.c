@@ -451,7 +451,7 @@ static __attribute__((always_inline)) int promoted(struct flow_key *k, __u8 prot
 // extension headers are forwarded here; the last hop before the hop limit runs out is the
 // stack's.
 static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct ethhdr *eth,
-                                                void *end)
+                                                void *end, const int uplink)
 {
     struct ipv6hdr *ip6 = (void *)(eth + 1);
     struct config *c = get_config();
@@ -483,7 +483,7 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
         promoted_pkt = 1;
     }
     int rc = -1;
-    if (dev_kind(skb->ingress_ifindex) == DEV_POD) {
+    if (!uplink && dev_kind(skb->ingress_ifindex) == DEV_POD) {
         struct route_key6 k = {.prefixlen = 128};
         __builtin_memcpy(k.addr, ip6->daddr.in6_u.u6_addr32, 16);
         rc = via_route(skb, bpf_map_lookup_elem(&routes6, &k), skb->len - sizeof(*eth));
@@ -507,8 +507,10 @@ static __attribute__((always_inline)) int fast6(struct __sk_buff *skb, struct et
     return rc;
 }
 
-SEC("classifier")
-int weft_fast(struct __sk_buff *skb)
+// Both ingress programs: `uplink` is 1 (a constant, so the compiler drops what does not
+// apply) at ingress of the underlay, whose packets from other hosts' containers are
+// delivered into this host's containers and never sent on.
+static __attribute__((always_inline)) int fast(struct __sk_buff *skb, const int uplink)
 {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
@@ -518,7 +520,7 @@ int weft_fast(struct __sk_buff *skb)
     if ((void *)(eth + 1) > end)
         return TC_ACT_OK;
     if (eth->h_proto == htons(ETH_P_IPV6))
-        return fast6(skb, eth, end);
+        return fast6(skb, eth, end, uplink);
     if ((void *)(ip + 1) > end || eth->h_proto != htons(ETH_P_IP))
         return TC_ACT_OK;
     // Options are the stack's.
@@ -554,7 +556,7 @@ int weft_fast(struct __sk_buff *skb)
     }
 
     int rc = -1;
-    if (dev_kind(skb->ingress_ifindex) == DEV_POD) {
+    if (!uplink && dev_kind(skb->ingress_ifindex) == DEV_POD) {
         struct route_key4 k = {.prefixlen = 32, .addr = ip->daddr};
         rc = via_route(skb, bpf_map_lookup_elem(&routes4, &k), skb->len - sizeof(*eth));
     }
@@ -580,6 +582,28 @@ int weft_fast(struct __sk_buff *skb)
         ip->ttl -= 1;
     }
     return rc;
+}
+
+// At ingress of a container's host-side veth and of weft.vx (the device is weft's own, so
+// what the program leaves to the stack goes there at once).
+SEC("classifier")
+int weft_fast(struct __sk_buff *skb)
+{
+    return fast(skb, 0);
+}
+
+// At ingress of the underlay, a device weft did not create, through a TCX link of the
+// agent's: a packet from another host's container to a container of this host goes
+// straight into it (route mode's receiving host, which otherwise forwards it through its
+// stack). Everything else, the host's own traffic first of all, goes on unchanged to
+// whatever runs after this program on the device (the next TCX program, someone's tc
+// filters, then the stack): TC_ACT_UNSPEC (TCX_NEXT), not TC_ACT_OK, which would end the
+// device's tc processing there. Design: docs/dataplane.md, "Fast path", the underlay.
+SEC("classifier")
+int weft_uplink(struct __sk_buff *skb)
+{
+    int rc = fast(skb, 1);
+    return rc == TC_ACT_OK ? TC_ACT_UNSPEC : rc;
 }
 
 // The common tail: the FIB lookup and, when the packet is the fast path's, its new MACs

@@ -1,7 +1,8 @@
 //! weft's fast path, the thin loader of `bpf/fastpath.c` (built by `build.rs` with clang).
 //!
 //! The program runs at tc ingress of weft's own devices: the host-side veth of every weft
-//! container, and `weft.vx`. A packet from a pool address to a pool address is forwarded
+//! container, and `weft.vx`; a third entry point (`weft_uplink`) at ingress of the underlay
+//! delivers other hosts' packets into this host's containers ([`FastPath::set_underlay`]). A packet from a pool address to a pool address is forwarded
 //! along weft's route (a map the agent keeps) or a FIB lookup straight to its egress device, or into the destination container's
 //! namespace, so it skips the host namespace's IP stack and its netfilter hooks; anything
 //! else goes on to the stack unchanged. Replies to connections that someone else
@@ -23,7 +24,7 @@ use aya::programs::tc::{
     qdisc_add_clsact, qdisc_detach_program, NlOptions, SchedClassifierLinkId, TcAttachOptions,
     TcAttachType,
 };
-use aya::programs::SchedClassifier;
+use aya::programs::{LinkOrder, SchedClassifier};
 use aya::Ebpf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.o"));
 const INGRESS: &str = "weft_fast";
 const EGRESS: &str = "weft_egress";
+const UPLINK: &str = "weft_uplink";
 /// The counters' slots in the program (`COUNTER_SLOTS` in bpf/fastpath.c).
 const COUNTER_SLOTS: usize = 256;
 
@@ -375,6 +377,8 @@ pub struct FastPath {
     routes_now: BTreeMap<IpNet, Option<RouteTarget>>,
     links: BTreeMap<Device, Vec<SchedClassifierLinkId>>,
     uplinks: BTreeSet<u32>,
+    /// The underlay (ifindex, name) the uplink program is attached to, and its TCX link.
+    underlay: Option<((u32, String), SchedClassifierLinkId)>,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
@@ -405,7 +409,7 @@ impl FastPath {
         let counters = Array::try_from(take("counters")?).map_err(|e| err("counters", e))?;
         let routes4 = LpmTrie::try_from(take("routes4")?).map_err(|e| err("routes4", e))?;
         let routes6 = LpmTrie::try_from(take("routes6")?).map_err(|e| err("routes6", e))?;
-        for name in [INGRESS, EGRESS] {
+        for name in [INGRESS, EGRESS, UPLINK] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
                 .ok_or_else(|| err("the object lacks its program", name))?
@@ -433,6 +437,7 @@ impl FastPath {
             routes_now: BTreeMap::new(),
             links: BTreeMap::new(),
             uplinks: BTreeSet::new(),
+            underlay: None,
         })
     }
 
@@ -546,7 +551,8 @@ impl FastPath {
     }
 
     /// Makes `ifindexes` the devices (besides `weft.vx`) the program may send packets out
-    /// of: the underlay interface. It is only named in a map, never attached to.
+    /// of: the underlay interface. Naming it here attaches nothing to it (that is
+    /// [`FastPath::set_underlay`]).
     pub fn set_uplinks(&mut self, ifindexes: &[u32]) -> Result<(), String> {
         let want: BTreeSet<u32> = ifindexes.iter().copied().collect();
         for &gone in self.uplinks.clone().difference(&want) {
@@ -635,6 +641,38 @@ impl FastPath {
             return Err(e);
         }
         Ok(ids)
+    }
+
+    /// Attaches the uplink program at ingress of the underlay `dev` (ifindex, name), or
+    /// detaches it (`None`): it delivers packets from other hosts' containers into this
+    /// host's (enabled) containers past the stack, and passes everything else on to what
+    /// runs after it. The underlay is not weft's, so the program gets only a TCX link, this
+    /// process's file descriptor, placed after every program already there: nothing of the
+    /// device's own configuration changes (no qdisc), and the link goes with this process,
+    /// also when it crashes. Never attached through a classic tc filter, which would need a
+    /// `clsact` qdisc on the device: a kernel without TCX (older than 6.6) gets an error.
+    pub fn set_underlay(&mut self, dev: Option<(u32, &str)>) -> Result<(), String> {
+        let now = self.underlay.as_ref().map(|((i, n), _)| (*i, n.as_str()));
+        if now == dev {
+            return Ok(());
+        }
+        if let Some((_, id)) = self.underlay.take() {
+            let _ = self.prog(UPLINK).detach(id);
+        }
+        if let Some((ifindex, name)) = dev {
+            let opts = TcAttachOptions::TcxOrder(LinkOrder::last());
+            let id = self
+                .prog(UPLINK)
+                .attach_with_options(name, TcAttachType::Ingress, opts)
+                .map_err(|e| err(&format!("attaching to the underlay {name} (TCX)"), e))?;
+            self.underlay = Some(((ifindex, name.to_string()), id));
+        }
+        Ok(())
+    }
+
+    /// The underlay the uplink program is attached to ([`FastPath::set_underlay`]).
+    pub fn underlay(&self) -> Option<&str> {
+        self.underlay.as_ref().map(|((_, n), _)| n.as_str())
     }
 
     /// Lets the program forward packets from and to an attached device: a container veth

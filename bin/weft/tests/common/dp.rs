@@ -404,17 +404,29 @@ pub fn route_owner(lab: &Lab, host: &str, ip: &str) -> Option<String> {
 /// The fast path forwards a container's packets itself (0); the kernel's stack passes
 /// every one through FORWARD (3).
 pub fn forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
-    forward_probe(lab, src, &src.ip, &dst.ip, false)
+    forward_probe(lab, &src.host, src, &src.ip, &dst.ip, false)
 }
 
 /// As [`forward_hook_sees`], over IPv6.
 pub fn forward_hook_sees6(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
     let (s, d) = (src.ip6.as_deref().unwrap(), dst.ip6.as_deref().unwrap());
-    forward_probe(lab, src, s, d, true)
+    forward_probe(lab, &src.host, src, s, d, true)
 }
 
-fn forward_probe(lab: &Lab, src: &Pod, from: &str, to: &str, v6: bool) -> u64 {
-    let host = src.host.as_str();
+/// As [`forward_hook_sees`], at the FORWARD hook of `dst`'s host: in route mode the
+/// fast path at the underlay's ingress delivers into the container past it (0).
+pub fn receiver_forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
+    forward_probe(lab, &dst.host, src, &src.ip, &dst.ip, false)
+}
+
+/// As [`receiver_forward_hook_sees`], over IPv6.
+pub fn receiver_forward_hook_sees6(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
+    let (s, d) = (src.ip6.as_deref().unwrap(), dst.ip6.as_deref().unwrap());
+    forward_probe(lab, &dst.host, src, s, d, true)
+}
+
+/// The same probe of `host`'s FORWARD hook, pinging from `src`.
+fn forward_probe(lab: &Lab, host: &str, src: &Pod, from: &str, to: &str, v6: bool) -> u64 {
     let (fam, icmp, flag) = if v6 {
         ("ip6", "icmpv6", "-6")
     } else {
