@@ -54,8 +54,9 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
     );
     for h in ["h1", "h2", "h3"] {
         let d = &status(&lab, h)["dataplane"];
-        assert!(d["underlay"].is_string(), "{h}: {d}");
-        assert_eq!(d["fast_path"]["underlay"], d["underlay"], "{h}: {d}");
+        let attached = d["fast_path"]["underlay"].as_str().unwrap_or("-");
+        let underlay = d["underlay"].as_str().unwrap_or_default();
+        assert!(underlay.starts_with(&format!("{attached} ")), "{h}: {d}");
     }
 
     // A long-lived TCP connection between two hosts survives both agents' restarts, and
