@@ -53,10 +53,7 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
         "h1/c1 -> h2/c1 went through h2's FORWARD"
     );
     for h in ["h1", "h2", "h3"] {
-        let d = &status(&lab, h)["dataplane"];
-        let attached = d["fast_path"]["underlay"].as_str().unwrap_or("-");
-        let underlay = d["underlay"].as_str().unwrap_or_default();
-        assert!(underlay.starts_with(&format!("{attached} ")), "{h}: {d}");
+        underlay_attached(&lab, h);
     }
 
     // A long-lived TCP connection between two hosts survives both agents' restarts, and

@@ -419,6 +419,15 @@ pub fn receiver_forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
     forward_probe(lab, &dst.host, src, &src.ip, &dst.ip, false)
 }
 
+/// `host`'s fast path is attached at its underlay's ingress: its status names the data
+/// plane's underlay device there.
+pub fn underlay_attached(lab: &Lab, host: &str) {
+    let d = &status(lab, host)["dataplane"];
+    let attached = d["fast_path"]["underlay"].as_str().unwrap_or("-");
+    let underlay = d["underlay"].as_str().unwrap_or_default();
+    assert!(underlay.starts_with(&format!("{attached} ")), "{host}: {d}");
+}
+
 /// As [`receiver_forward_hook_sees`], over IPv6.
 pub fn receiver_forward_hook_sees6(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
     let (s, d) = (src.ip6.as_deref().unwrap(), dst.ip6.as_deref().unwrap());
