@@ -48,7 +48,7 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
     // The receiving host delivers them from its underlay's ingress into the container,
     // past its own stack as well.
     assert_eq!(
-        receiver_forward_hook_sees(&lab, &pods[0], &pods[2]),
+        receiver_forward_hook_sees(&lab, &pods[0], &pods[2], false),
         0,
         "h1/c1 -> h2/c1 went through h2's FORWARD"
     );
@@ -252,7 +252,10 @@ fn without_the_fast_path_the_stack_forwards_the_same_traffic() {
     // The same probe that sees nothing with the fast path sees every packet without it.
     assert_eq!(forward_hook_sees(&lab, &pods[0], &pods[2]), 3);
     assert_eq!(forward_hook_sees(&lab, &pods[0], &pods[1]), 3);
-    assert_eq!(receiver_forward_hook_sees(&lab, &pods[0], &pods[2]), 3);
+    assert_eq!(
+        receiver_forward_hook_sees(&lab, &pods[0], &pods[2], false),
+        3
+    );
     nat_to_outside(&lab, &pods, &www, "172.30.0.250");
 }
 

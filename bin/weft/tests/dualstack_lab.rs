@@ -166,11 +166,11 @@ fn an_ipv6_underlay_carries_both_families_and_nats_ipv6_to_the_outside() {
         ("h1/c1 -> h2/c1 (IPv4)", forward_hook_sees(&lab, h1c1, h2c1)),
         (
             "h1/c1 -> h2/c1 (IPv6) at h2",
-            receiver_forward_hook_sees6(&lab, h1c1, h2c1),
+            receiver_forward_hook_sees(&lab, h1c1, h2c1, true),
         ),
         (
             "h1/c1 -> h2/c1 (IPv4) at h2",
-            receiver_forward_hook_sees(&lab, h1c1, h2c1),
+            receiver_forward_hook_sees(&lab, h1c1, h2c1, false),
         ),
     ];
     for (what, seen) in probes {

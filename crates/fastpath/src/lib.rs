@@ -2,10 +2,11 @@
 //!
 //! The program runs at tc ingress of weft's own devices: the host-side veth of every weft
 //! container, and `weft.vx`; a third entry point (`weft_uplink`) at ingress of the underlay
-//! delivers other hosts' packets into this host's containers ([`FastPath::set_underlay`]). A packet from a pool address to a pool address is forwarded
-//! along weft's route (a map the agent keeps) or a FIB lookup straight to its egress device, or into the destination container's
-//! namespace, so it skips the host namespace's IP stack and its netfilter hooks; anything
-//! else goes on to the stack unchanged. Replies to connections that someone else
+//! delivers other hosts' packets into this host's containers ([`FastPath::set_underlay`]).
+//! A packet from a pool address to a pool address is forwarded along weft's route (a map
+//! the agent keeps) or a FIB lookup straight to its egress device, or into the destination
+//! container's namespace, so it skips the host namespace's IP stack and its netfilter
+//! hooks; anything else goes on to the stack unchanged. Replies to connections that someone else
 //! translated (Services, hostPorts) take the stack too: the program remembers their client
 //! sockets in its `translated` map (at ingress, every socket that sent outside the pools;
 //! at egress of container veths, a second program, the sources of packets weft's

@@ -404,42 +404,28 @@ pub fn route_owner(lab: &Lab, host: &str, ip: &str) -> Option<String> {
 /// The fast path forwards a container's packets itself (0); the kernel's stack passes
 /// every one through FORWARD (3).
 pub fn forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
-    forward_probe(lab, &src.host, src, &src.ip, &dst.ip, false)
+    forward_probe(lab, &src.host, src, dst, false)
 }
 
 /// As [`forward_hook_sees`], over IPv6.
 pub fn forward_hook_sees6(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
-    let (s, d) = (src.ip6.as_deref().unwrap(), dst.ip6.as_deref().unwrap());
-    forward_probe(lab, &src.host, src, s, d, true)
+    forward_probe(lab, &src.host, src, dst, true)
 }
 
-/// As [`forward_hook_sees`], at the FORWARD hook of `dst`'s host: in route mode the
-/// fast path at the underlay's ingress delivers into the container past it (0).
-pub fn receiver_forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
-    forward_probe(lab, &dst.host, src, &src.ip, &dst.ip, false)
+/// As [`forward_hook_sees`] (over IPv6 when `v6`), at the FORWARD hook of `dst`'s host:
+/// in route mode the fast path at the underlay's ingress delivers into the container past
+/// it (0).
+pub fn receiver_forward_hook_sees(lab: &Lab, src: &Pod, dst: &Pod, v6: bool) -> u64 {
+    forward_probe(lab, &dst.host, src, dst, v6)
 }
 
-/// `host`'s fast path is attached at its underlay's ingress: its status names the data
-/// plane's underlay device there.
-pub fn underlay_attached(lab: &Lab, host: &str) {
-    let d = &status(lab, host)["dataplane"];
-    let attached = d["fast_path"]["underlay"].as_str().unwrap_or("-");
-    let underlay = d["underlay"].as_str().unwrap_or_default();
-    assert!(underlay.starts_with(&format!("{attached} ")), "{host}: {d}");
-}
-
-/// As [`receiver_forward_hook_sees`], over IPv6.
-pub fn receiver_forward_hook_sees6(lab: &Lab, src: &Pod, dst: &Pod) -> u64 {
-    let (s, d) = (src.ip6.as_deref().unwrap(), dst.ip6.as_deref().unwrap());
-    forward_probe(lab, &dst.host, src, s, d, true)
-}
-
-/// The same probe of `host`'s FORWARD hook, pinging from `src`.
-fn forward_probe(lab: &Lab, host: &str, src: &Pod, from: &str, to: &str, v6: bool) -> u64 {
-    let (fam, icmp, flag) = if v6 {
-        ("ip6", "icmpv6", "-6")
+/// The same probe of `host`'s FORWARD hook, pinging from `src` to `dst`.
+fn forward_probe(lab: &Lab, host: &str, src: &Pod, dst: &Pod, v6: bool) -> u64 {
+    let (from, to, fam, icmp, flag) = if v6 {
+        let (s, d) = (src.ip6.as_deref().unwrap(), dst.ip6.as_deref().unwrap());
+        (s, d, "ip6", "icmpv6", "-6")
     } else {
-        ("ip", "icmp", "-4")
+        (src.ip.as_str(), dst.ip.as_str(), "ip", "icmp", "-4")
     };
     let rule = format!(
         "nft add table {fam} weftprobe && \
@@ -462,6 +448,15 @@ fn forward_probe(lab: &Lab, host: &str, src: &Pod, from: &str, to: &str, v6: boo
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no counter in {list}"))
+}
+
+/// `host`'s fast path is attached at its underlay's ingress: its status names the data
+/// plane's underlay device there.
+pub fn underlay_attached(lab: &Lab, host: &str) {
+    let d = &status(lab, host)["dataplane"];
+    let attached = d["fast_path"]["underlay"].as_str().unwrap_or("-");
+    let underlay = d["underlay"].as_str().unwrap_or_default();
+    assert!(underlay.starts_with(&format!("{attached} ")), "{host}: {d}");
 }
 
 /// The fast path runs on every host, is attached to weft.vx and each container's veth,
