@@ -83,6 +83,35 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// The moment another host's container resolves here, it is reachable from here: the
+/// agent routes a host's new block in the turn that brings it, before it answers the
+/// block's names. h2 has no block until `b` starts, so its route and `b`'s name come
+/// together; a client on h1 pings `b` once, as soon as the name resolves.
+#[test]
+fn a_name_from_another_host_resolves_only_once_this_host_routes_to_it() {
+    if !root_or_skip("dns_lab routes") {
+        return;
+    }
+    let lab = Lab::up("dnsroute", 2, "mesh");
+    run(&lab, "h1", "a", "default");
+    let script = "for i in $(seq 1 1000); do \
+         ip=$(dig +short +time=1 +tries=1 b.weft.local A); \
+         if [ -n \"$ip\" ]; then echo \"resolved $ip\"; exec ping -c1 -W2 \"$ip\"; fi; \
+         sleep 0.01; done; echo never resolved; exit 2";
+    let (client, b) = std::thread::scope(|s| {
+        let client = s.spawn(|| lab.exec("h1/a", &["sh", "-c", script]));
+        let b = run(&lab, "h2", "b", "default");
+        (client.join().unwrap(), b)
+    });
+    let (ok, out) = client;
+    assert!(
+        out.contains(&format!("resolved {}", b.v4)),
+        "b ({}) never resolved on h1: {out}",
+        b.v4
+    );
+    assert!(ok, "h1/a's first ping to b as it resolved: {out}");
+}
+
 /// Waits (at most `secs`) until `f` holds; returns whether it did and how long it took.
 fn until(secs: u64, mut f: impl FnMut() -> bool) -> (bool, Duration) {
     let t0 = Instant::now();

@@ -706,9 +706,11 @@ impl Agent {
                     if !self.pending.is_empty() && self.node.digest() != before {
                         self.ipam_step();
                     }
-                    // Policy changes are applied as they arrive, coalesced.
+                    // Policy changes are applied as they arrive, coalesced; so are new
+                    // blocks of other hosts (routed before their names resolve here).
                     if self.node.digest() != before {
                         self.policy_soon();
+                        self.routes_refresh();
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! One turn of the owner task: the events that are ready, handled one after another; then
-//! the work they left due, done once (the name service's zone, the save of the own
-//! records); then their answers.
+//! the work they left due, done once (the routes to other hosts' blocks, the name
+//! service's zone, the save of the own records); then their answers.
 //!
 //! A burst of ADDs (a node starting a hundred pods) would otherwise cost every ADD a
 //! rebuild of the zone and a write of every own record, and the owner task, one thread
@@ -23,6 +23,9 @@ pub(crate) type Reply = oneshot::Sender<(u16, String)>;
 pub(crate) struct Turn {
     /// The own records changed: write them at the end of the turn.
     save: bool,
+    /// A peer changed the mesh: bring the IPAM's view and the routes up to date at the end
+    /// of the turn, before the zone.
+    routes: bool,
     /// The mesh changed: rebuild the zone (if it changed) at the end of the turn.
     dns: bool,
     /// Answers held until the work above is done.
@@ -56,8 +59,22 @@ impl Agent {
         self.turn.dns = true;
     }
 
-    /// Ends the turn: the zone, the save, then the answers.
+    /// The IPAM's view and the routes are brought up to date at the end of the turn.
+    pub(crate) fn routes_refresh(&mut self) {
+        self.turn.routes = true;
+    }
+
+    /// Ends the turn: the routes, the zone, the save, then the answers.
+    ///
+    /// The routes come first: a name this host answers for a container of another host
+    /// is routed here by then. With the routes left to the tick, a container's name
+    /// resolved up to a tick before its host's new block was routed, and a client's
+    /// first packet to it was lost.
     pub(crate) fn end_turn(&mut self) {
+        if std::mem::take(&mut self.turn.routes) {
+            self.ipam_step();
+            self.dp_tick();
+        }
         if std::mem::take(&mut self.turn.dns) {
             self.dns_rebuild();
         }
