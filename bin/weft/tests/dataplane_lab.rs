@@ -34,7 +34,7 @@ fn mesh_pods_reach_each_other_directly_follow_cuts_and_survive_restarts() {
     nat_to_outside(&lab, &pods, &www, "172.30.0.250");
     // Route mode: containers' packets leave by the fast path; packets between the two
     // containers of a host go straight into the other one.
-    fast_path_carried(&lab, 3, &["egress", "peer"]);
+    fast_path_carried(&lab, &pods, &["egress", "peer"]);
     assert_eq!(
         forward_hook_sees(&lab, &pods[0], &pods[2]),
         0,
@@ -167,7 +167,7 @@ fn subnets_mix_direct_routes_and_vxlan_per_peer() {
     nat_to_outside(&lab, &pods, &www, "172.30.1.250");
     // Towards h3 and h4 through weft.vx, and decapsulated packets go straight into the
     // containers there.
-    fast_path_carried(&lab, 4, &["egress", "peer"]);
+    fast_path_carried(&lab, &pods, &["egress", "peer"]);
     let h3 = pods.iter().find(|p| p.host == "h3").unwrap();
     assert_eq!(
         forward_hook_sees(&lab, &pods[0], h3),
@@ -209,7 +209,7 @@ fn partial_relays_through_the_middle_host_in_vxlan_mode_too() {
             hops.contains(&"172.30.0.3") && hops.last() == Some(&h4.ip.as_str()),
             "{mode}: traceroute from h1/c1 to h4/c1 must pass the relay h3: {trace}"
         );
-        fast_path_carried(&lab, 4, &["egress", "peer"]);
+        fast_path_carried(&lab, &pods, &["egress", "peer"]);
         if mode == "vxlan" {
             let s = status(&lab, "h1");
             assert_eq!(s["dataplane"]["pod_mtu"], 1450, "{s}");

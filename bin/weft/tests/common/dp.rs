@@ -3,6 +3,7 @@
 //! over each family it has; routes and status of a host.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -459,25 +460,40 @@ pub fn underlay_attached(lab: &Lab, host: &str) {
     assert!(underlay.starts_with(&format!("{attached} ")), "{host}: {d}");
 }
 
-/// The fast path runs on every host, is attached to weft.vx and each container's veth,
-/// and carried this test's traffic: packets of `kinds` (`egress`: forwarded out of a
-/// host; `peer`: delivered into a container) were counted on every host.
-pub fn fast_path_carried(lab: &Lab, hosts: usize, kinds: &[&str]) {
-    for h in 1..=hosts {
-        let host = format!("h{h}");
-        fast_path_attached(lab, &host);
-        let s = status(lab, &host);
-        let f = &s["dataplane"]["fast_path"];
-        assert_eq!(f["state"], "on", "{host}: {f}");
-        let devices = f["devices"].as_array().map(|d| d.len()).unwrap_or(0);
-        assert!(devices >= 3, "{host}: weft.vx and two container veths: {f}");
-        for k in kinds {
-            assert!(
-                f["counters"][k].as_u64().unwrap_or(0) > 0,
-                "{host}: no {k} packets: {f}"
-            );
-        }
+/// The fast path runs on every host of `pods`, is attached to weft.vx and each
+/// container's veth, and carries the pods' traffic: once it is attached everywhere, every
+/// pod reaches every other again, until packets of `kinds` (`egress`: forwarded out of a
+/// host; `peer`: delivered into a container) are counted on every host. The traffic
+/// before is not enough: a veth is enabled a tick or two after its ADD, and with routes
+/// that are there at once the pods may all have talked before that.
+pub fn fast_path_carried(lab: &Lab, pods: &[Pod], kinds: &[&str]) {
+    let hosts: BTreeSet<&str> = pods.iter().map(|p| p.host.as_str()).collect();
+    for host in &hosts {
+        fast_path_attached(lab, host);
     }
+    let missing = || -> Vec<String> {
+        let mut m = Vec::new();
+        for host in &hosts {
+            let f = status(lab, host)["dataplane"]["fast_path"].clone();
+            let devices = f["devices"].as_array().map(|d| d.len()).unwrap_or(0);
+            if f["state"] != "on" || devices < 3 {
+                m.push(format!(
+                    "{host}: not on weft.vx and two container veths: {f}"
+                ));
+            }
+            for k in kinds {
+                if f["counters"][k].as_u64().unwrap_or(0) == 0 {
+                    m.push(format!("{host}: no {k} packets: {f}"));
+                }
+            }
+        }
+        m
+    };
+    let done = wait_for(Duration::from_secs(20), || {
+        all_reach_all(lab, pods);
+        missing().is_empty().then_some(())
+    });
+    assert!(done.is_some(), "{}", missing().join("\n"));
 }
 
 pub fn agent(lab: &Lab, host: &str, action: &str) {
