@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release --quiet -p weft -p weft-bench
+# Built for the host tuple, named (.cargo/config.toml); weft-bench measures the weft beside it.
+bin="target/$(rustc --print host-tuple)/release"
 
 # The encryption benchmark's anchors (benchmark only, not the tests): Debian's wireguard-go
 # (with wg to configure it) and nebula, and boringtun-cli built from crates.io.
@@ -25,15 +27,15 @@ fi
 
 containers=${CONTAINERS:-200}
 cni_rounds=${CNI_ROUNDS:-5}
-cni=$(./target/release/weft-bench cni --containers "$containers" --rounds "$cni_rounds" --weft target/release/weft)
-mesh=$(./target/release/weft-bench mesh-bytes --nodes 20,200,1000)
-join=$(./target/release/weft-bench mesh-join --hosts 20 --rounds 5 --weft target/release/weft)
+cni=$("$bin/weft-bench" cni --containers "$containers" --rounds "$cni_rounds")
+mesh=$("$bin/weft-bench" mesh-bytes --nodes 20,200,1000)
+join=$("$bin/weft-bench" mesh-join --hosts 20 --rounds 5)
 dp_rounds=${DP_ROUNDS:-7}
-dataplane=$(./target/release/weft-bench dataplane --weft target/release/weft --rounds "$dp_rounds")
-policy=$(./target/release/weft-bench policy --weft target/release/weft --policies 1000 --pods 100 --hosts 20 --traffic-rounds 25)
-dns=$(./target/release/weft-bench dns --weft target/release/weft --names 50 --rounds 3 --hosts 20)
-docker=$(./target/release/weft-bench docker --weft target/release/weft --rounds 5 --runs 10)
-encrypt=$(./target/release/weft-bench encrypt --weft target/release/weft --rounds 3)
+dataplane=$("$bin/weft-bench" dataplane --rounds "$dp_rounds")
+policy=$("$bin/weft-bench" policy --policies 1000 --pods 100 --hosts 20 --traffic-rounds 25)
+dns=$("$bin/weft-bench" dns --names 50 --rounds 3 --hosts 20)
+docker=$("$bin/weft-bench" docker --rounds 5 --runs 10)
+encrypt=$("$bin/weft-bench" encrypt --rounds 3)
 
 dns_intro() {
   echo "## Name service"
@@ -137,7 +139,7 @@ encrypt_intro() {
   echo
   echo "## Pod-to-pod data plane"
   echo
-  echo "Command: \`weft-bench dataplane --weft target/release/weft --rounds $dp_rounds\` (part of \`bash scripts/bench.sh\`):"
+  echo "Command: \`weft-bench dataplane --rounds $dp_rounds\` (part of \`bash scripts/bench.sh\`):"
   echo "two lab hosts on one L2 underlay (2-host \`mesh\` labs), client on h1's side, server on h2's;"
   echo "iperf3 TCP throughput (receiver's count), \`ping -i 0.01\` median round trip, and TCP"
   echo "request/response (weft-bench's own 1-byte ping-pong on one connection, TCP_NODELAY). All paths,"

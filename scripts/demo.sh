@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --release --quiet -p weft
-exec ./target/release/weft lab demo "$@"
+# Built for the host tuple, named (.cargo/config.toml): target/<tuple>/release.
+exec "./target/$(rustc --print host-tuple)/release/weft" lab demo "$@"

@@ -13,6 +13,8 @@ pkgs=(iproute2 nftables iptables iputils-ping traceroute busybox-static util-lin
       podman runc conmon containernetworking-plugins iperf3 jq curl ca-certificates
       # The BPF fast path (crates/fastpath) is compiled with clang against the kernel's UAPI headers.
       clang linux-libc-dev
+      # glibc is linked into weft statically (.cargo/config.toml): libc.a.
+      libc6-dev
       # Operations tests: Prometheus scrapes the lab's agents; systemd-analyze checks the unit
       # that `weft install` writes.
       prometheus systemd
@@ -56,16 +58,17 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 fi
-# Debian 12's own rustc (1.63) is older than weft needs (1.89: the YAML reader of `weft apply`): without a new enough
-# cargo, rustup installs the stable toolchain for root.
+# Debian 12's own rustc (1.63) is older than weft needs (1.91: `build.target = "host-tuple"` in
+# .cargo/config.toml; 1.89 for the YAML reader of `weft apply`): without a new enough cargo,
+# rustup installs the stable toolchain for root.
 cargo_ok() {
   command -v cargo >/dev/null 2>&1 || return 1
   local v
   v=$(cargo --version | awk '{print $2}')
-  [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -n1)" = "1.89.0" ]
+  [ "$(printf '%s\n1.91.0\n' "$v" | sort -V | head -n1)" = "1.91.0" ]
 }
 if ! cargo_ok; then
-  echo "setup: no Rust 1.89 or newer found; installing the stable toolchain with rustup"
+  echo "setup: no Rust 1.91 or newer found; installing the stable toolchain with rustup"
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >/dev/null
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"

@@ -46,9 +46,10 @@ enum Cmd {
         /// the percentiles are over every round's calls.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// The weft binary to measure (a release build).
-        #[arg(long, default_value = "target/release/weft")]
-        weft: PathBuf,
+        /// The weft binary to measure (a release build) [default: the weft beside this
+        /// weft-bench].
+        #[arg(long)]
+        weft: Option<PathBuf>,
     },
     /// Mesh convergence and footprint on a lab: time until every agent sees a host that
     /// (re)joins as up, and each agent's resident memory.
@@ -59,9 +60,9 @@ enum Cmd {
         /// Joins measured (the last host leaves and joins again each time).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// The weft binary (a release build).
-        #[arg(long, default_value = "target/release/weft")]
-        weft: PathBuf,
+        /// The weft binary (a release build) [default: the weft beside this weft-bench].
+        #[arg(long)]
+        weft: Option<PathBuf>,
     },
     /// Mesh control traffic: bytes each node sends per state change, in the simulator, at
     /// growing cluster sizes (the growth must be flat, not linear).
@@ -77,9 +78,9 @@ enum Cmd {
     /// beside host to host, hand-made routes and a hand-made VXLAN (iperf3, ping, TCP
     /// request/response).
     Dataplane {
-        /// The weft binary (a release build).
-        #[arg(long, default_value = "target/release/weft")]
-        weft: PathBuf,
+        /// The weft binary (a release build) [default: the weft beside this weft-bench].
+        #[arg(long)]
+        weft: Option<PathBuf>,
         /// Lab name of the anchors (1 to 10 of a-z0-9); the IPv6 anchors' lab is NAME6, the
         /// weft labs are NAMEr, NAMErn, NAMErs, NAMEv, NAMEvn and NAMEvs (route and VXLAN
         /// mode: defaults, NAT off, fast path off), NAME6r, NAME6rn, NAME6rs and NAME6v (IPv6
@@ -113,9 +114,9 @@ enum Cmd {
     /// throughput and request/response through 100 and 1000 policies beside a pod of the
     /// same host that no policy selects.
     Policy {
-        /// The weft binary (a release build).
-        #[arg(long, default_value = "target/release/weft")]
-        weft: PathBuf,
+        /// The weft binary (a release build) [default: the weft beside this weft-bench].
+        #[arg(long)]
+        weft: Option<PathBuf>,
         /// Policies to program.
         #[arg(long, default_value_t = 1000)]
         policies: usize,
@@ -142,9 +143,9 @@ enum Cmd {
     /// serving the same names from a hosts file on the same host (labs bdns), and the time
     /// until a new container's name resolves on every host of a bigger lab (bdnsp).
     Dns {
-        /// The weft binary (a release build).
-        #[arg(long, default_value = "target/release/weft")]
-        weft: PathBuf,
+        /// The weft binary (a release build) [default: the weft beside this weft-bench].
+        #[arg(long)]
+        weft: Option<PathBuf>,
         /// Containers whose names are queried.
         #[arg(long, default_value_t = 50)]
         names: usize,
@@ -166,9 +167,9 @@ enum Cmd {
     /// TCP throughput, TCP request/response, and `docker run` until the container is
     /// reachable from the other host.
     Docker {
-        /// The weft binary (a release build).
-        #[arg(long, default_value = "target/release/weft")]
-        weft: PathBuf,
+        /// The weft binary (a release build) [default: the weft beside this weft-bench].
+        #[arg(long)]
+        weft: Option<PathBuf>,
         /// Lab name (1 to 11 of a-z0-9); weft's VXLAN lab is NAMEv.
         #[arg(long, default_value = "bdk")]
         lab: String,
@@ -197,9 +198,9 @@ enum Cmd {
     /// 2-host labs in one run: single-stream TCP throughput, TCP request/response and the
     /// machine's CPU seconds per GB.
     Encrypt {
-        /// The weft binary (a release build).
-        #[arg(long, default_value = "target/release/weft")]
-        weft: PathBuf,
+        /// The weft binary (a release build) [default: the weft beside this weft-bench].
+        #[arg(long)]
+        weft: Option<PathBuf>,
         /// Lab name prefix (1 to 11 of a-z0-9): labs NAMEv, NAMEe and NAMEo.
         #[arg(long, default_value = "ben")]
         lab: String,
@@ -456,17 +457,24 @@ fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-/// The absolute path of the weft binary to measure, or how to build it.
-fn weft_binary(weft: &Path) -> Result<PathBuf, String> {
-    weft.canonicalize().map_err(|e| {
+/// The weft binary to measure: `--weft`, else the one built beside this program (cargo
+/// builds both into the same directory).
+fn weft_binary(weft: &Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = match weft {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("where is weft-bench: {e}"))?
+            .with_file_name("weft"),
+    };
+    path.canonicalize().map_err(|e| {
         format!(
             "{}: {e} (build it: cargo build --release -p weft)",
-            weft.display()
+            path.display()
         )
     })
 }
 
-fn mesh_join(hosts: usize, rounds: usize, weft: &Path) -> Result<(), String> {
+fn mesh_join(hosts: usize, rounds: usize, weft: &Option<PathBuf>) -> Result<(), String> {
     let weft = weft_binary(weft)?;
     let _ = weft_lab::down(MESH_LAB);
     let started = Instant::now();
@@ -553,7 +561,7 @@ struct Plugin {
     del: Vec<Vec<Duration>>,
 }
 
-fn cni(n: usize, rounds: usize, weft: &Path) -> Result<(), String> {
+fn cni(n: usize, rounds: usize, weft: &Option<PathBuf>) -> Result<(), String> {
     if n == 0 || rounds == 0 {
         return Err("--containers and --rounds must be at least 1".into());
     }
