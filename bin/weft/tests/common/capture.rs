@@ -10,7 +10,7 @@ use std::process::{Child, ChildStderr, Command, Stdio};
 /// A running capture.
 pub struct Capture {
     child: Child,
-    _stderr: BufReader<ChildStderr>,
+    stderr: BufReader<ChildStderr>,
     file: String,
 }
 
@@ -34,7 +34,20 @@ impl Capture {
         let _ = std::fs::remove_file(file);
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", ns, "tcpdump", "-i", iface, "-U", "-s", "0", "-w", file,
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-i",
+                iface,
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "0",
+                "-B",
+                "32768",
+                "-w",
+                file,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -52,16 +65,39 @@ impl Capture {
         }
         Capture {
             child,
-            _stderr: stderr,
+            stderr,
             file: file.to_string(),
         }
     }
 
-    /// Ends the capture (SIGINT to the process this test started) and reads it.
+    /// Ends the capture (SIGINT to the process this test started) and reads it. tcpdump
+    /// writes each packet as it reads it (`-U`) and drops what is still in the kernel's
+    /// buffer when it is interrupted, so the file is first given time to stop growing; a
+    /// capture the kernel dropped packets from is refused (it would not show everything
+    /// that crossed).
     pub fn stop(mut self) -> Vec<Frame> {
+        let size = || std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (mut last, mut same) = (size(), 0);
+        while same < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = size();
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = self.child.wait();
+        let mut stats = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stderr, &mut stats);
+        let dropped = stats
+            .lines()
+            .find(|l| l.contains("dropped by kernel"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
+        assert!(
+            dropped.unwrap_or(0) == 0,
+            "the capture is incomplete (tcpdump: {stats})"
+        );
         let bytes = std::fs::read(&self.file).expect("the capture file");
         let _ = std::fs::remove_file(&self.file);
         parse_pcap(&bytes)
