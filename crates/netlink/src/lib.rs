@@ -7,8 +7,10 @@
 //! time than the whole ADD.
 //!
 //! A [`Netlink`] handle talks to the network namespace its socket was opened in. To work in
-//! another namespace, use [`in_netns`], which runs a closure on a fresh OS thread that has
-//! entered the namespace; the caller's thread never changes namespace.
+//! another namespace, open a handle there with [`Netlink::open_in`] (the calling thread
+//! enters it only for the `socket` call), or use [`in_netns`], which runs a closure on a
+//! fresh OS thread that has entered the namespace (for work that is not netlink: files of
+//! `/proc/sys`, sockets of other kinds).
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -208,6 +210,26 @@ impl Netlink {
             seq: 1,
             buf: Vec::with_capacity(64 * 1024),
         })
+    }
+
+    /// Opens a socket in the network namespace `ns`. A socket stays in the namespace it was
+    /// made in, so the calling thread enters `ns` only for the `socket` call and is back in
+    /// its own before this returns: two `setns` instead of a thread (the CNI plugin's ADD
+    /// programs the container's end this way, on the critical path of every container
+    /// start). If the thread cannot go back, the process aborts: everything it did after
+    /// would act on the wrong namespace.
+    pub fn open_in(ns: &File) -> Result<Self> {
+        use nix::sched::{setns, CloneFlags};
+        let home = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| Error::new("open /proc/thread-self/ns/net", e))?;
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::new("enter network namespace", e.into()))?;
+        let opened = Netlink::open();
+        if let Err(e) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {
+            eprintln!("weft: cannot return to the original network namespace: {e}");
+            std::process::abort();
+        }
+        opened
     }
 
     /// Sends one request with a new sequence number, which it returns.

@@ -219,7 +219,7 @@ impl Ctx {
             }
         };
         let Allocated { ips, held_before } = source.allocate(&owner)?;
-        match self.wire(&a, &netns, netns_path, &ips, source.mtu()) {
+        match self.wire(&mut nlh, &a, &netns, netns_path, &ips, source.mtu()) {
             Ok(mut result) => {
                 if let Some(dns) = source.dns() {
                     result.dns = dns;
@@ -249,6 +249,7 @@ impl Ctx {
     /// on the host.
     fn wire(
         &self,
+        nlh: &mut Netlink,
         a: &Attach,
         netns: &File,
         netns_path: &str,
@@ -256,12 +257,11 @@ impl Ctx {
         source_mtu: Option<u32>,
     ) -> Result<CniResult, CniError> {
         let host_if = self.host_ifname(a);
-        let mut nlh = Netlink::open().map_err(nl_err)?;
         // The configured MTU, else the one the agent's data plane allows, else the
         // interface of the default route's.
         let mtu = match self.net.mtu.or(source_mtu) {
             Some(m) => m,
-            None => detect_mtu(&mut nlh),
+            None => detect_mtu(nlh),
         };
         if ips.iter().any(|ip| ip.is_ipv6()) && mtu < 1280 {
             return Err(CniError::new(
@@ -304,56 +304,8 @@ impl Ctx {
             })
             .collect();
 
-        // Container side, on a thread inside the container's namespace.
-        let ifname = a.ifname.to_string();
-        let inside = plan.clone();
-        let cont_mac = nl::in_netns(netns, move || -> Result<[u8; 6], nl::Error> {
-            let mut c = Netlink::open()?;
-            if let Some(lo) = c.link_by_name("lo")? {
-                if !lo.up {
-                    c.set_up(lo.index)?;
-                }
-            }
-            let link = c.link_by_name(&ifname)?.ok_or_else(|| nl::Error {
-                op: format!("find {ifname} in the container"),
-                source: std::io::Error::from_raw_os_error(libc::ENODEV),
-            })?;
-            for (ip_net, _, _) in &inside {
-                c.add_address(link.index, *ip_net, true)?;
-            }
-            c.set_up(link.index)?;
-            for (ip_net, gw, gw_net) in &inside {
-                c.set_permanent_neighbour(link.index, *gw, host_mac)?;
-                c.add_route(
-                    &nl::Route::new(
-                        *gw_net,
-                        None,
-                        Some(link.index),
-                        Scope::Link,
-                        WEFT_ROUTE_PROTOCOL,
-                        MAIN_TABLE,
-                    ),
-                    true,
-                )?;
-                c.add_route(
-                    &nl::Route::new(
-                        default_net(ip_net.addr()),
-                        Some(*gw),
-                        Some(link.index),
-                        Scope::Universe,
-                        WEFT_ROUTE_PROTOCOL,
-                        MAIN_TABLE,
-                    ),
-                    true,
-                )?;
-            }
-            link.mac.ok_or_else(|| nl::Error {
-                op: format!("read the MAC of {ifname}"),
-                source: std::io::Error::from_raw_os_error(libc::ENODEV),
-            })
-        })
-        .and_then(|r| r)
-        .map_err(nl_err)?;
+        // Container side, through a socket opened in the container's namespace.
+        let cont_mac = wire_container(netns, a.ifname, &plan, host_mac).map_err(nl_err)?;
 
         // Host side.
         for v6 in [false, true] {
@@ -497,37 +449,7 @@ impl Ctx {
             }
         }
         let netns = open_netns_env(env.netns.as_deref().unwrap_or_default())?;
-        let ifname = a.ifname.to_string();
-        let problem = nl::in_netns(&netns, move || -> Result<Option<String>, nl::Error> {
-            let mut c = Netlink::open()?;
-            let Some(link) = c.link_by_name(&ifname)? else {
-                return Ok(Some(format!(
-                    "interface {ifname} is missing in the container"
-                )));
-            };
-            if !link.up {
-                return Ok(Some(format!("interface {ifname} is down in the container")));
-            }
-            let addrs = c.addresses(link.index)?;
-            for (ip_net, gw) in &want {
-                if !addrs.iter().any(|(_, n)| n == ip_net) {
-                    return Ok(Some(format!(
-                        "interface {ifname} lacks address {ip_net} in the container"
-                    )));
-                }
-                let routes = c.routes(ip_net.addr().is_ipv6(), MAIN_TABLE)?;
-                if !routes.iter().any(|r| {
-                    r.dst.prefix_len() == 0 && r.gateway == Some(*gw) && r.oif == Some(link.index)
-                }) {
-                    return Ok(Some(format!(
-                        "the container has no default route via {gw} dev {ifname}"
-                    )));
-                }
-            }
-            Ok(None)
-        })
-        .and_then(|r| r)
-        .map_err(nl_err)?;
+        let problem = check_container(&netns, a.ifname, &want).map_err(nl_err)?;
         match problem {
             Some(p) => Err(fail(p)),
             None => Ok(()),
@@ -628,6 +550,97 @@ fn open_netns_env(path: &str) -> Result<File, CniError> {
                 e.source
             ),
         )
+    })
+}
+
+/// What is wrong with the container's end of an attachment (`ifname` in the namespace
+/// `netns`, with the addresses and gateways `want`), if anything.
+fn check_container(
+    netns: &File,
+    ifname: &str,
+    want: &[(IpNet, IpAddr)],
+) -> Result<Option<String>, nl::Error> {
+    let mut c = Netlink::open_in(netns)?;
+    let Some(link) = c.link_by_name(ifname)? else {
+        return Ok(Some(format!(
+            "interface {ifname} is missing in the container"
+        )));
+    };
+    if !link.up {
+        return Ok(Some(format!("interface {ifname} is down in the container")));
+    }
+    let addrs = c.addresses(link.index)?;
+    for (ip_net, gw) in want {
+        if !addrs.iter().any(|(_, n)| n == ip_net) {
+            return Ok(Some(format!(
+                "interface {ifname} lacks address {ip_net} in the container"
+            )));
+        }
+        let routes = c.routes(ip_net.addr().is_ipv6(), MAIN_TABLE)?;
+        if !routes
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(*gw) && r.oif == Some(link.index))
+        {
+            return Ok(Some(format!(
+                "the container has no default route via {gw} dev {ifname}"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Programs the container's end of the veth (`ifname`, in the namespace `netns`): `lo` up,
+/// each address of `plan` (address, gateway, gateway as a host prefix) with a permanent
+/// neighbour for its gateway (`host_mac`), the route to the gateway and the default route
+/// through it. Returns the container end's MAC.
+fn wire_container(
+    netns: &File,
+    ifname: &str,
+    plan: &[(IpNet, IpAddr, IpNet)],
+    host_mac: [u8; 6],
+) -> Result<[u8; 6], nl::Error> {
+    let mut c = Netlink::open_in(netns)?;
+    if let Some(lo) = c.link_by_name("lo")? {
+        if !lo.up {
+            c.set_up(lo.index)?;
+        }
+    }
+    let link = c.link_by_name(ifname)?.ok_or_else(|| nl::Error {
+        op: format!("find {ifname} in the container"),
+        source: std::io::Error::from_raw_os_error(libc::ENODEV),
+    })?;
+    for (ip_net, _, _) in plan {
+        c.add_address(link.index, *ip_net, true)?;
+    }
+    c.set_up(link.index)?;
+    for (ip_net, gw, gw_net) in plan {
+        c.set_permanent_neighbour(link.index, *gw, host_mac)?;
+        c.add_route(
+            &nl::Route::new(
+                *gw_net,
+                None,
+                Some(link.index),
+                Scope::Link,
+                WEFT_ROUTE_PROTOCOL,
+                MAIN_TABLE,
+            ),
+            true,
+        )?;
+        c.add_route(
+            &nl::Route::new(
+                default_net(ip_net.addr()),
+                Some(*gw),
+                Some(link.index),
+                Scope::Universe,
+                WEFT_ROUTE_PROTOCOL,
+                MAIN_TABLE,
+            ),
+            true,
+        )?;
+    }
+    link.mac.ok_or_else(|| nl::Error {
+        op: format!("read the MAC of {ifname}"),
+        source: std::io::Error::from_raw_os_error(libc::ENODEV),
     })
 }
 
