@@ -702,12 +702,10 @@ impl Agent {
                     let before = self.node.digest();
                     let outs = self.node.on_message(peer, msg, now);
                     self.perform(outs);
-                    // Waiting allocations go on as soon as the space they wait for arrives.
-                    if !self.pending.is_empty() && self.node.digest() != before {
-                        self.ipam_step();
-                    }
                     // Policy changes are applied as they arrive, coalesced; so are new
-                    // blocks of other hosts (routed before their names resolve here).
+                    // blocks of other hosts (routed before their names resolve here), and
+                    // waiting allocations go on in the same step of the IPAM, at the end
+                    // of this turn, once the space they wait for has arrived.
                     if self.node.digest() != before {
                         self.policy_soon();
                         self.routes_refresh();
