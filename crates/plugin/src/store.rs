@@ -8,7 +8,7 @@
 //!   with the table: `renameat2(RENAME_EXCHANGE)`), so concurrent plugin invocations never
 //!   hand out one address twice and a crash mid-write never leaves a torn file.
 //!
-//!   Why an exchange and not a rename over the table: on ext4 (and XFS) a rename that
+//!   Why an exchange and not a rename over the table: on ext4 a rename that
 //!   replaces a file starts the writeback of the new one at once (`auto_da_alloc`), and
 //!   that cost every ADD and DEL about 150 µs at the median and 400 µs at p99 on a lab
 //!   host whose `/run` and `/var/lib` are ext4 (docs/benchmarks.md, CNI). Nothing is
